@@ -1,0 +1,7 @@
+"""numbadlrm: autograd-free DLRM training on CPUs with Numba kernels and MPI."""
+
+from .batch import Batch
+from .config import DLRMConfig
+
+__all__ = ["Batch", "DLRMConfig"]
+__version__ = "0.1.0"

@@ -1,0 +1,134 @@
+"""A mini-batch of DLRM inputs, validated before any kernel sees it.
+
+    dense    (B, I)     float32   continuous features
+    offsets  (T, B+1)   int64     bag b of table t is indices[offsets[t, b]:offsets[t, b + 1]]
+    indices  (nnz,)     int64     every table's lookups, concatenated
+    labels   (B,)       float32   0 or 1
+
+Offsets index straight into ``indices``, so table t's lookups are the slice
+``indices[offsets[t, 0]:offsets[t, B]]``. A bag with no lookups pools to zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(eq=False)
+class Batch:
+    dense: np.ndarray  # (B, I) float32
+    offsets: np.ndarray  # (T, B+1) int64
+    indices: np.ndarray  # (nnz,) int64
+    labels: np.ndarray  # (B,) float32
+    _checked_for: tuple | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _expect_array("dense", self.dense, np.float32, 2)
+        _expect_array("offsets", self.offsets, np.int64, 2)
+        _expect_array("indices", self.indices, np.int64, 1)
+        _expect_array("labels", self.labels, np.float32, 1)
+        b = self.dense.shape[0]
+        if b == 0:
+            raise ValueError("Batch: dense has zero rows; a batch needs at least one sample")
+        if self.labels.shape[0] != b:
+            raise ValueError(f"Batch: labels has {self.labels.shape[0]} rows, dense has {b}")
+        if self.offsets.shape[1] != b + 1:
+            raise ValueError(
+                f"Batch: offsets must have shape (T, B+1) = (T, {b + 1}), got {self.offsets.shape}"
+            )
+        bad = (self.labels != 0) & (self.labels != 1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"Batch: labels must be 0 or 1, labels[{i}] = {self.labels[i]}")
+        if not np.isfinite(self.dense).all():
+            row = int(np.argmax(~np.isfinite(self.dense).all(axis=1)))
+            raise ValueError(f"Batch: dense has a non-finite value in row {row}")
+        self._check_offsets()
+
+    def _check_offsets(self) -> None:
+        off = self.offsets
+        nnz = self.indices.shape[0]
+        if off.size and (off.min() < 0 or off.max() > nnz):
+            raise ValueError(f"Batch: offsets must lie in [0, nnz={nnz}], got {off.min()}..{off.max()}")
+        steps = np.diff(off, axis=1)
+        if (steps < 0).any():
+            t, b = np.argwhere(steps < 0)[0]
+            raise ValueError(
+                f"Batch: offsets of table {t} decrease at bag {b}: "
+                f"{off[t, b]} -> {off[t, b + 1]} (offsets must be non-decreasing)"
+            )
+
+    @property
+    def batch_size(self) -> int:  # B
+        return self.dense.shape[0]
+
+    @property
+    def num_tables(self) -> int:  # T
+        return self.offsets.shape[0]
+
+    def table_indices(self, t: int) -> np.ndarray:
+        """The lookups of table t, a view into ``indices``."""
+        return self.indices[self.offsets[t, 0] : self.offsets[t, -1]]
+
+    def check_against(self, num_dense: int, embedding_sizes: tuple[int, ...]) -> None:
+        """Check the batch fits a model: feature count, table count, index ranges.
+
+        The result is remembered, so a batch reused across steps is checked once.
+        """
+        key = (num_dense, tuple(embedding_sizes))
+        if self._checked_for == key:
+            return
+        if self.dense.shape[1] != num_dense:
+            raise ValueError(
+                f"Batch: dense has {self.dense.shape[1]} features, the model expects {num_dense}"
+            )
+        if self.num_tables != len(embedding_sizes):
+            raise ValueError(
+                f"Batch: offsets describe {self.num_tables} tables, the model has "
+                f"{len(embedding_sizes)}"
+            )
+        for t, rows in enumerate(embedding_sizes):
+            idx = self.table_indices(t)
+            if idx.size and (idx.min() < 0 or idx.max() >= rows):
+                bad = idx[(idx < 0) | (idx >= rows)][0]
+                raise ValueError(
+                    f"Batch: table {t} has {rows} rows but is looked up at index {bad}"
+                )
+        self._checked_for = key
+
+
+def _expect_array(name: str, value: object, dtype: type, ndim: int) -> None:
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"Batch: {name} must be a numpy array, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise ValueError(f"Batch: {name} must be {np.dtype(dtype).name}, got {value.dtype}")
+    if value.ndim != ndim:
+        raise ValueError(f"Batch: {name} must be {ndim}-D, got shape {value.shape}")
+    if not value.flags.c_contiguous:
+        raise ValueError(f"Batch: {name} must be C-contiguous (use np.ascontiguousarray)")
+
+
+def batch_from_lists(
+    dense: np.ndarray, bags: list[list[list[int]]], labels: np.ndarray
+) -> Batch:
+    """Build a Batch from per-table, per-sample lists of row ids: ``bags[t][b]``.
+
+    Convenient for tests and small examples; generators build the arrays directly.
+    """
+    num_tables = len(bags)
+    b = len(labels)
+    offsets = np.zeros((num_tables, b + 1), dtype=np.int64)
+    flat: list[int] = []
+    for t in range(num_tables):
+        offsets[t, 0] = len(flat)
+        for i in range(b):
+            flat.extend(bags[t][i])
+            offsets[t, i + 1] = len(flat)
+    return Batch(
+        dense=np.ascontiguousarray(dense, dtype=np.float32),
+        offsets=offsets,
+        indices=np.asarray(flat, dtype=np.int64),
+        labels=np.ascontiguousarray(labels, dtype=np.float32),
+    )

@@ -1,0 +1,32 @@
+"""Numerics flags for every Numba kernel, defined in one place.
+
+``fastmath`` allows reassociation and FMA contraction (so reductions vectorise) but
+keeps NaN/Inf semantics (``nnan``/``ninf`` are off), so a diverging run still shows
+NaN instead of silently producing garbage. ``cache=True`` writes compiled kernels to
+``__pycache__`` next to this package, so only the first run pays for compilation.
+
+Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, debuggable).
+"""
+
+from __future__ import annotations
+
+import numba
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# Parallel kernels: loops written with prange run on Numba's thread pool.
+jit_parallel = numba.njit(cache=True, fastmath=FASTMATH, parallel=True, nogil=True)
+# Serial helpers (inlined into the parallel kernels or called on small data).
+jit_serial = numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+
+
+def set_num_threads(n: int) -> None:
+    """Set Numba's thread count (``--threads``); 1 <= n <= NUMBA_NUM_THREADS."""
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n <= limit:
+        raise ValueError(f"threads: must be between 1 and {limit}, got {n}")
+    numba.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return numba.get_num_threads()

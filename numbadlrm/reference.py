@@ -1,0 +1,211 @@
+"""DLRM in plain NumPy: every op's forward and hand-derived backward, and a whole step.
+
+This module is the test oracle and the teaching text. It imports no Numba and is
+written to be read, not to be fast. It works in whatever float dtype it is given
+(float64 for finite-difference checks, float32 to compare with the kernels).
+
+The model (Naumov et al. 2019, "Deep Learning Recommendation Model"):
+
+    dense (B, I) --> bottom MLP --> x (B, D) --------------------+
+                                                                 |  feats (B, F, D)
+    sparse ids --> T embedding bags (sum) --> e_1..e_T (B, D) ---+--> interaction --> r
+                                                                          |
+    p = sigmoid(top MLP(r))  (B,)   loss = mean BCE(p, labels)  <---------+
+
+Each op, with its backward derived by hand (``d`` + name is the gradient of the loss):
+
+linear (+ReLU):  z = x W^T + b;  y = max(z, 0) or z
+    dz = dy * [z > 0] (= dy * [y > 0]);  dW = dz^T x;  db = sum_b dz;  dx = dz W
+embedding bag:   e[b] = sum_{j in bag b} E[idx_j]
+    dE[idx_j] += de[b] for every lookup j of bag b (a sparse, row-wise scatter-add)
+dot interaction: Z[b] = feats[b] feats[b]^T (F x F);  r = [x, Z[b][i, j] for pairs i > j]
+    dfeats[b, i] += dZ_ij feats[b, j];  dfeats[b, j] += dZ_ij feats[b, i]
+    (a diagonal pair (i, i) with interaction_itself gives dfeats[b, i] += 2 dZ_ii feats[b, i])
+    plus dx += dr[:, :D] for the pass-through copy of x
+cat interaction: r = feats reshaped to (B, F*D);  dfeats = dr reshaped back
+sigmoid + BCE:   loss = mean_b [softplus(s) - y s] = mean_b [max(s,0) - y s + log1p(exp(-|s|))]
+    ds = (sigmoid(s) - y) / B
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import DLRMConfig
+
+# ----------------------------------------------------------------------------- linear
+
+
+def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, relu: bool):
+    """x (B, I), W (O, I), b (O,) -> y (B, O)."""
+    y = x @ W.T + b
+    if relu:
+        y = np.maximum(y, 0)
+    return y, (x, W, y, relu)
+
+
+def linear_backward(dy: np.ndarray, cache):
+    """dy (B, O) -> dx (B, I), dW (O, I), db (O,)."""
+    x, W, y, relu = cache
+    dz = dy * (y > 0) if relu else dy
+    return dz @ W, dz.T @ x, dz.sum(axis=0)
+
+
+def mlp_forward(x, weights, biases, relu_last: bool):
+    """A stack of linear layers with ReLU after each (after the last only if relu_last)."""
+    caches = []
+    n = len(weights)
+    for i, (W, b) in enumerate(zip(weights, biases, strict=True)):
+        x, cache = linear_forward(x, W, b, relu=(i < n - 1) or relu_last)
+        caches.append(cache)
+    return x, caches
+
+
+def mlp_backward(dy, caches):
+    """The forward read in reverse: returns dx and per-layer (dW, db) lists."""
+    dWs, dbs = [], []
+    for cache in reversed(caches):
+        dy, dW, db = linear_backward(dy, cache)
+        dWs.append(dW)
+        dbs.append(db)
+    return dy, dWs[::-1], dbs[::-1]
+
+
+# ------------------------------------------------------------------------ embedding bag
+
+
+def embedding_bag_forward(table: np.ndarray, offsets: np.ndarray, indices: np.ndarray):
+    """Sum pooling. table (rows, D), offsets (B+1,) into indices -> pooled (B, D)."""
+    b = offsets.shape[0] - 1
+    pooled = np.zeros((b, table.shape[1]), dtype=table.dtype)
+    for i in range(b):
+        rows = indices[offsets[i] : offsets[i + 1]]
+        if rows.size:
+            pooled[i] = table[rows].sum(axis=0)
+    return pooled
+
+
+def embedding_bag_backward(dpooled: np.ndarray, offsets: np.ndarray, indices: np.ndarray,
+                           num_rows: int):
+    """Dense gradient of the table (rows, D). Only the oracle builds this; kernels never do."""
+    dtable = np.zeros((num_rows, dpooled.shape[1]), dtype=dpooled.dtype)
+    bag_of = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
+    np.add.at(dtable, indices[offsets[0] : offsets[-1]], dpooled[bag_of])
+    return dtable
+
+
+# -------------------------------------------------------------------------- interaction
+
+
+def pair_indices(num_features: int, itself: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major lower triangle: (1,0), (2,0), (2,1), (3,0)... (diagonal too if itself)."""
+    li = [i for i in range(num_features) for j in range(i + (1 if itself else 0))]
+    lj = [j for i in range(num_features) for j in range(i + (1 if itself else 0))]
+    return np.array(li, dtype=np.int64), np.array(lj, dtype=np.int64)
+
+
+def interaction_forward(feats: np.ndarray, op: str, itself: bool):
+    """feats (B, F, D) with feats[:, 0] = x -> r (B, D + P) for dot, (B, F*D) for cat."""
+    bsz, f, d = feats.shape
+    if op == "cat":
+        return feats.reshape(bsz, f * d).copy()
+    Z = feats @ feats.transpose(0, 2, 1)  # (B, F, F)
+    li, lj = pair_indices(f, itself)
+    return np.concatenate([feats[:, 0, :], Z[:, li, lj]], axis=1)
+
+
+def interaction_backward(dr: np.ndarray, feats: np.ndarray, op: str, itself: bool):
+    """dr (B, width) -> dfeats (B, F, D)."""
+    bsz, f, d = feats.shape
+    if op == "cat":
+        return dr.reshape(bsz, f, d).copy()
+    li, lj = pair_indices(f, itself)
+    dZ = np.zeros((bsz, f, f), dtype=dr.dtype)
+    np.add.at(dZ, (slice(None), li, lj), dr[:, d:])  # only the kept pairs get gradient
+    dZ = dZ + dZ.transpose(0, 2, 1)  # Z is symmetric: each pair feeds both rows
+    dfeats = dZ @ feats
+    dfeats[:, 0, :] += dr[:, :d]
+    return dfeats
+
+
+# ----------------------------------------------------------------------- sigmoid + BCE
+
+
+def sigmoid(s: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(s))
+    return np.where(s >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid_bce_forward(s: np.ndarray, labels: np.ndarray):
+    """Logits s (B,), labels (B,) -> (mean loss, probabilities)."""
+    loss = np.maximum(s, 0) - labels * s + np.log1p(np.exp(-np.abs(s)))
+    return loss.mean(), sigmoid(s)
+
+
+def sigmoid_bce_backward(p: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return (p - labels) / labels.shape[0]
+
+
+# ------------------------------------------------------------------------ whole model
+
+
+class ReferenceDLRM:
+    """The whole model over a dict of parameters named as :meth:`DLRM.state_dict` names them."""
+
+    def __init__(self, config: DLRMConfig, params: dict[str, np.ndarray], dtype=np.float64):
+        self.config = config
+        self.params = {k: np.array(v, dtype=dtype) for k, v in params.items()}
+        self.nb = len(config.bottom_sizes) - 1
+        self.nt = len(config.top_sizes) - 1
+
+    def _layers(self, prefix: str, n: int):
+        ws = [self.params[f"{prefix}.{i}.weight"] for i in range(n)]
+        bs = [self.params[f"{prefix}.{i}.bias"] for i in range(n)]
+        return ws, bs
+
+    def forward(self, dense, offsets, indices, labels):
+        cfg = self.config
+        dtype = next(iter(self.params.values())).dtype
+        ws, bs = self._layers("bottom_mlp", self.nb)
+        x, bot_caches = mlp_forward(dense.astype(dtype), ws, bs, relu_last=True)
+        pooled = [
+            embedding_bag_forward(self.params[f"embeddings.{t}.weight"], offsets[t], indices)
+            for t in range(cfg.num_tables)
+        ]
+        feats = np.stack([x, *pooled], axis=1)  # (B, F, D)
+        r = interaction_forward(feats, cfg.interaction_op, cfg.interaction_itself)
+        ws, bs = self._layers("top_mlp", self.nt)
+        s, top_caches = mlp_forward(r, ws, bs, relu_last=False)
+        loss, p = sigmoid_bce_forward(s[:, 0], labels.astype(dtype))
+        return loss, p, (bot_caches, feats, top_caches, p)
+
+    def backward(self, offsets, indices, labels, cache) -> dict[str, np.ndarray]:
+        """Gradients of every parameter (tables as dense arrays), named like params."""
+        cfg = self.config
+        bot_caches, feats, top_caches, p = cache
+        ds = sigmoid_bce_backward(p, labels.astype(p.dtype))[:, None]
+        dr, dWs, dbs = mlp_backward(ds, top_caches)
+        grads = _named("top_mlp", dWs, dbs)
+        dfeats = interaction_backward(dr, feats, cfg.interaction_op, cfg.interaction_itself)
+        for t, rows in enumerate(cfg.embedding_sizes):
+            grads[f"embeddings.{t}.weight"] = embedding_bag_backward(
+                dfeats[:, t + 1], offsets[t], indices, rows
+            )
+        _, dWs, dbs = mlp_backward(dfeats[:, 0], bot_caches)
+        grads.update(_named("bottom_mlp", dWs, dbs))
+        return grads
+
+    def train_step(self, dense, offsets, indices, labels, lr: float) -> float:
+        loss, _, cache = self.forward(dense, offsets, indices, labels)
+        grads = self.backward(offsets, indices, labels, cache)
+        for name, g in grads.items():
+            self.params[name] -= lr * g
+        return float(loss)
+
+
+def _named(prefix: str, dWs, dbs) -> dict[str, np.ndarray]:
+    out = {}
+    for i, (dW, db) in enumerate(zip(dWs, dbs, strict=True)):
+        out[f"{prefix}.{i}.weight"] = dW
+        out[f"{prefix}.{i}.bias"] = db
+    return out
