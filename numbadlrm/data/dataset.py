@@ -1,0 +1,326 @@
+"""Memory-mapped Criteo data (written by :mod:`numbadlrm.data.criteo`) as Batches.
+
+    data = ProcessedData("criteo-kaggle")
+    train = data.split("train")
+    for batch in train.batches(128, shuffle=True, seed=0, epoch=3, start_batch=0):
+        ...                                   # a numbadlrm.batch.Batch
+
+A split is a list of row ranges ("segments") over the per-input-file parts; the
+binary layout is documented in :mod:`numbadlrm.data.criteo`.
+
+Batches: one lookup per table per sample, so with B rows and T = 26 tables
+
+    offsets[t] = t * B + arange(B + 1)            # (T, B+1) int64
+    indices    = categorical.T.ravel()            # (T * B,) int64, table by table
+
+Shuffling (deterministic given seed and epoch, a permutation of the split's rows):
+the split's rows are cut into blocks of ``block_rows`` contiguous rows; the block
+order is permuted with ``default_rng([seed, epoch])``; consecutive permuted blocks
+are grouped into windows of ``buffer_blocks`` blocks (the shuffle buffer, about
+``block_rows * buffer_blocks`` rows); the rows inside window w are permuted with
+``default_rng([seed, epoch, w])``. Reading stays sequential inside each block, and
+memory holds one window. ``start_batch=k`` skips to row k * batch_size of the same
+order without reading the rows before it, so a resumed run continues exactly.
+
+Batches are assembled by a background thread (:func:`prefetch`) a few batches
+ahead of the consumer; stopping early (``break``, ``close()``) stops that thread.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from numbadlrm.batch import Batch
+
+FORMAT_NAME = "numbadlrm-criteo"
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+NUM_DENSE = 13  # I1..I13
+NUM_CATEGORICAL = 26  # C1..C26, one embedding table each
+SPLITS = ("train", "validation", "test")
+# part file suffix -> (dtype, columns); columns 0 means a 1-D array
+PART_FILES = {
+    "dense": (".dense.f32", np.float32, NUM_DENSE),
+    "categorical": (".categorical.i32", np.int32, NUM_CATEGORICAL),
+    "labels": (".labels.u8", np.uint8, 0),
+}
+
+T = TypeVar("T")
+
+
+def part_path(directory: Path, part: str, kind: str) -> Path:
+    """Path of one array of a part: kind is "dense", "categorical" or "labels"."""
+    return Path(directory) / (part + PART_FILES[kind][0])
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A range of rows: dense (N, 13) float32, categorical (N, 26) int32, labels (N,) float32."""
+
+    dense: np.ndarray  # (N, 13) float32
+    categorical: np.ndarray  # (N, 26) int32
+    labels: np.ndarray  # (N,) float32
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+class ProcessedData:
+    """A preprocessed Criteo directory: metadata plus one memory map per part array."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        meta_path = self.directory / METADATA_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"{self.directory}: no {METADATA_FILE}; preprocessing is missing or unfinished"
+            )
+        self.metadata = json.loads(meta_path.read_text())
+        if self.metadata.get("format") != FORMAT_NAME:
+            raise ValueError(f"{meta_path}: not a {FORMAT_NAME} metadata file")
+        version = self.metadata.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_path}: format version {version}, this numbadlrm reads {FORMAT_VERSION}; "
+                "preprocess the raw files again"
+            )
+        self.table_sizes: tuple[int, ...] = tuple(self.metadata["table_sizes"])
+        self.num_dense: int = self.metadata["num_dense"]
+        self._parts = {p["name"]: _open_part(self.directory, p) for p in self.metadata["parts"]}
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise ValueError(f"split: must be one of {SPLITS}, got {name!r}")
+        segments = [(self._parts[p], start, stop) for p, start, stop in self.metadata["splits"][name]]
+        return Split(name, segments)
+
+
+def _open_part(directory: Path, part: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = part["rows"]
+    arrays = []
+    for kind in ("dense", "categorical", "labels"):
+        _, dtype, cols = PART_FILES[kind]
+        shape = (rows, cols) if cols else (rows,)
+        path = part_path(directory, part["name"], kind)
+        expected = rows * max(cols, 1) * np.dtype(dtype).itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            raise ValueError(f"{path}: missing or not {expected} bytes; preprocess again")
+        if rows == 0:
+            arrays.append(np.zeros(shape, dtype=dtype))  # mmap refuses empty files
+        else:
+            arrays.append(np.memmap(path, dtype=dtype, mode="r", shape=shape))
+    return arrays[0], arrays[1], arrays[2]
+
+
+class Split:
+    """The rows of one split: ``len``, :meth:`rows_slice` and :meth:`batches`."""
+
+    def __init__(self, name: str, segments: list) -> None:
+        self.name = name
+        self._segments = [(arrays, start, stop) for arrays, start, stop in segments if stop > start]
+        lengths = [stop - start for _, start, stop in self._segments]
+        self._starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def rows_slice(self, start: int, stop: int) -> Rows:
+        """Rows [start, stop) of this split (e.g. one MPI rank's share), copied into RAM."""
+        n = len(self)
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"rows_slice: need 0 <= start <= stop <= {n}, got {start}, {stop}")
+        pieces = []
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        for s in range(max(first, 0), len(self._segments)):
+            lo = max(start, self._starts[s])
+            hi = min(stop, self._starts[s + 1])
+            if lo >= hi:
+                break
+            (dense, cat, labels), seg_start, _ = self._segments[s]
+            a = seg_start + lo - self._starts[s]
+            b = seg_start + hi - self._starts[s]
+            pieces.append((dense[a:b], cat[a:b], labels[a:b]))
+        return _rows_from_pieces(pieces)
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        full, tail = divmod(len(self), batch_size)
+        return full + (1 if tail and not drop_last else 0)
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        epoch: int = 0,
+        start_batch: int = 0,
+        drop_last: bool = False,
+        *,
+        block_rows: int = 4096,
+        buffer_blocks: int = 64,
+        prefetch_depth: int = 4,
+    ) -> Iterator[Batch]:
+        """Batches of ``batch_size`` rows in epoch order, from batch ``start_batch`` on."""
+        for name, value in (("batch_size", batch_size), ("block_rows", block_rows)):
+            if value < 1:
+                raise ValueError(f"{name}: must be >= 1, got {value}")
+        if buffer_blocks < 1 or prefetch_depth < 1:
+            raise ValueError("buffer_blocks and prefetch_depth must be >= 1")
+        total = self.num_batches(batch_size, drop_last)
+        if not 0 <= start_batch <= total:
+            raise ValueError(f"start_batch: must be in [0, {total}], got {start_batch}")
+        plan = _epoch_plan(len(self), block_rows, buffer_blocks, shuffle, seed, epoch)
+        rows = self._ordered_rows(plan, start_batch * batch_size)
+        return prefetch(_to_batches(rows, batch_size, drop_last), prefetch_depth)
+
+    def _ordered_rows(self, plan: _EpochPlan, first: int) -> Iterator[Rows]:
+        """The split's rows in epoch order, one window at a time, from position ``first``."""
+        w0 = int(np.searchsorted(plan.window_starts, first, side="right")) - 1
+        for w in range(max(w0, 0), len(plan.windows)):
+            blocks = plan.windows[w]
+            rows = _rows_from_pieces(
+                [self._as_piece(b * plan.block_rows, plan.block_rows) for b in blocks]
+            )
+            if plan.shuffle:
+                perm = np.random.default_rng([plan.seed, plan.epoch, w]).permutation(len(rows))
+                rows = Rows(rows.dense[perm], rows.categorical[perm], rows.labels[perm])
+            skip = first - int(plan.window_starts[w])
+            if skip > 0:
+                rows = Rows(rows.dense[skip:], rows.categorical[skip:], rows.labels[skip:])
+            yield rows
+
+    def _as_piece(self, start: int, count: int) -> tuple:
+        r = self.rows_slice(start, min(start + count, len(self)))
+        return r.dense, r.categorical, r.labels
+
+
+@dataclass(frozen=True)
+class _EpochPlan:
+    block_rows: int
+    windows: list  # block ids of each window, in epoch order
+    window_starts: np.ndarray  # first epoch position of each window
+    shuffle: bool
+    seed: int
+    epoch: int
+
+
+def _epoch_plan(
+    n: int, block_rows: int, buffer_blocks: int, shuffle: bool, seed: int, epoch: int
+) -> _EpochPlan:
+    num_blocks = -(-n // block_rows)
+    order = np.arange(num_blocks, dtype=np.int64)
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(num_blocks)
+    block_len = np.minimum(block_rows, n - order * block_rows)
+    windows = [order[w : w + buffer_blocks] for w in range(0, num_blocks, buffer_blocks)]
+    window_len = [int(block_len[w : w + buffer_blocks].sum()) for w in range(0, num_blocks, buffer_blocks)]
+    window_starts = np.concatenate([[0], np.cumsum(window_len, dtype=np.int64)])[:-1]
+    return _EpochPlan(block_rows, windows, window_starts, shuffle, seed, epoch)
+
+
+def _rows_from_pieces(pieces: list) -> Rows:
+    if not pieces:
+        return Rows(
+            np.zeros((0, NUM_DENSE), np.float32),
+            np.zeros((0, NUM_CATEGORICAL), np.int32),
+            np.zeros(0, np.float32),
+        )
+    dense = np.concatenate([p[0] for p in pieces])
+    cat = np.concatenate([p[1] for p in pieces])
+    labels = np.concatenate([p[2] for p in pieces]).astype(np.float32)
+    return Rows(dense, cat, labels)
+
+
+def _to_batches(windows: Iterable[Rows], batch_size: int, drop_last: bool) -> Iterator[Batch]:
+    """Cut a stream of row windows into batches; a batch may straddle two windows."""
+    carry: Rows | None = None
+    for rows in windows:
+        if carry is not None:
+            rows = _rows_from_pieces([(carry.dense, carry.categorical, carry.labels)] + [
+                (rows.dense, rows.categorical, rows.labels)
+            ])
+        n_full = len(rows) // batch_size * batch_size
+        for a in range(0, n_full, batch_size):
+            yield make_batch(rows, a, a + batch_size)
+        carry = _tail(rows, n_full)
+    if carry is not None and len(carry) and not drop_last:
+        yield make_batch(carry, 0, len(carry))
+
+
+def _tail(rows: Rows, start: int) -> Rows | None:
+    if start >= len(rows):
+        return None
+    return Rows(rows.dense[start:], rows.categorical[start:], rows.labels[start:])
+
+
+def make_batch(rows: Rows, start: int, stop: int) -> Batch:
+    """A Batch of rows [start, stop): one lookup per table per sample."""
+    b = stop - start
+    t = rows.categorical.shape[1]
+    offsets = np.arange(t, dtype=np.int64)[:, None] * b + np.arange(b + 1, dtype=np.int64)
+    indices = np.ascontiguousarray(rows.categorical[start:stop].T, dtype=np.int64).ravel()
+    return Batch(
+        dense=np.ascontiguousarray(rows.dense[start:stop]),
+        offsets=offsets,
+        indices=indices,
+        labels=np.ascontiguousarray(rows.labels[start:stop], dtype=np.float32),
+    )
+
+
+_ITEM, _DONE, _ERROR = 0, 1, 2
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, at most ``depth`` elements ahead.
+
+    An exception in the producer is re-raised in the consumer. When the consumer stops
+    early (``break`` then garbage collection, or ``close()``), the thread is told to
+    stop and joined, so no thread outlives the iteration.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not _put(q, (_ITEM, item), stop):
+                    return
+            _put(q, (_DONE, None), stop)
+        except BaseException as exc:  # forwarded to the consumer
+            _put(q, (_ERROR, exc), stop)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="numbadlrm-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == _DONE:
+                return
+            if kind == _ERROR:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _put(q: queue.Queue, item: tuple, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False

@@ -1,0 +1,80 @@
+"""Embedding-bag kernels: sum-pooled forward and the fused backward + SGD update.
+
+All T tables live in one buffer ``weights`` (total_rows, D); table t is the row range
+``row_start[t]:row_start[t + 1]``. Offsets (T, B+1) index into the concatenated
+``indices`` (see numbadlrm.batch).
+
+    forward:  pooled[t, b] = sum_{j in bag (t, b)} weights[row_start[t] + indices[j]]
+    update:   weights[row_start[t] + indices[j]] -= lr * dpooled[t, b]  for every lookup j
+
+The update never builds a dense (rows, D) gradient nor a (lookups, D) copy: each
+lookup reads its bag's pooled gradient and applies it straight to the row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit_parallel, jit_serial
+
+
+@jit_parallel
+def embedding_bags_forward(pooled, weights, row_start, offsets, indices):
+    """pooled (T, B, D) out; weights (R, D); row_start (T+1,); offsets (T, B+1); indices (nnz,)."""
+    num_tables, batch, dim = pooled.shape
+    # Each iteration (t, b) writes only pooled[t, b]: race-free.
+    for tb in prange(num_tables * batch):
+        t = tb // batch
+        b = tb - t * batch
+        base = row_start[t]
+        out = pooled[t, b]
+        out[:] = 0.0
+        for j in range(offsets[t, b], offsets[t, b + 1]):
+            row = weights[base + indices[j]]
+            for d in range(dim):
+                out[d] += row[d]
+
+
+@jit_serial
+def _owner(row, num_owners):
+    """Which of num_owners threads owns a row: a multiplicative hash, then range reduction.
+
+    Hashing spreads consecutive (often equally hot) rows over owners, and the
+    multiply-shift avoids an integer division in the inner loop.
+    """
+    h = (row * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+    return ((h & np.uint64(0xFFFFFFFF)) * np.uint64(num_owners)) >> np.uint64(32)
+
+
+@jit_parallel
+def embedding_bags_sgd_update(weights, row_start, offsets, indices, dpooled, lr, num_owners):
+    """weights (R, D) updated in place: weights[row] -= lr * dpooled[t, b] for each lookup.
+
+    Race-free by row ownership: owner c applies every update whose row hashes to c, and
+    no other owner touches that row. Each owner scans all lookups (cheap: 8 bytes each)
+    but moves only its own rows (D * 4 bytes each, the expensive part). Updates to one
+    row are applied in lookup order by one thread, so repeated indices sum exactly and
+    the result does not depend on the thread count.
+    """
+    num_tables, batch, dim = dpooled.shape
+    for c in prange(num_owners):
+        for t in range(num_tables):
+            base = row_start[t]
+            for b in range(batch):
+                grad = dpooled[t, b]
+                for j in range(offsets[t, b], offsets[t, b + 1]):
+                    r = base + indices[j]
+                    if _owner(np.uint64(r), num_owners) == c:
+                        row = weights[r]
+                        for d in range(dim):
+                            row[d] -= lr * grad[d]
+
+
+def embedding_bags_forward_naive(pooled, weights, row_start, offsets, indices):
+    """The obvious loop, kept beside the kernel as its specification."""
+    num_tables, batch, _ = pooled.shape
+    for t in range(num_tables):
+        for b in range(batch):
+            rows = row_start[t] + indices[offsets[t, b] : offsets[t, b + 1]]
+            pooled[t, b] = weights[rows].sum(axis=0)

@@ -1,0 +1,182 @@
+"""DLRM wired from the layers: the forward reads like the paper, the backward reverses it.
+
+    x    = bottom_mlp(dense)                        (B, D)    ReLU after every layer
+    emb  = embedding_bags(offsets, indices)         (T, B, D) sum pooling
+    r    = interaction(x, emb)                      (B, D+P) dot, (B, F*D) cat
+    s    = top_mlp(r)                               (B, 1)    ReLU between layers
+    loss = mean BCE(sigmoid(s), labels)
+
+The backward runs the same list in reverse and ends with the fused sparse update of the
+tables; the dense parameters are then updated by one SGD call over the flat buffer.
+All activations and gradients live in a per-batch-size workspace allocated once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .batch import Batch
+from .config import DLRMConfig
+from .kernels.elementwise import sgd_update
+from .layers.embedding_bag import embedding_backward_sgd, embedding_forward
+from .layers.interaction import Interaction
+from .layers.linear import BACKENDS, linear_backward, linear_forward
+from .layers.loss import sigmoid, sigmoid_bce
+from .params import LinearSlot, init_mlp, init_table_rows, mlp_slots, slot_views
+
+
+class _Workspace:
+    """Every activation and gradient buffer of one step at batch size B."""
+
+    def __init__(self, cfg: DLRMConfig, batch: int):
+        f32 = np.float32
+        self.bottom = [np.empty((batch, n), f32) for n in cfg.bottom_sizes[1:]]
+        self.dbottom = [np.empty((batch, n), f32) for n in cfg.bottom_sizes[1:]]
+        self.emb = np.empty((cfg.num_tables, batch, cfg.sparse_feature_size), f32)
+        self.demb = np.empty_like(self.emb)
+        self.top = [np.empty((batch, n), f32) for n in cfg.top_sizes]  # top[0] = r
+        self.dtop = [np.empty((batch, n), f32) for n in cfg.top_sizes]
+        self.p = np.empty(batch, f32)
+
+
+class DLRM:
+    """A DLRM model. ``gemm`` picks the linear layers' backend: "auto", "numba" or "blas"."""
+
+    def __init__(self, config: DLRMConfig, seed: int = 0, gemm: str = "auto"):
+        if gemm not in BACKENDS:
+            raise ValueError(f"gemm: must be one of {BACKENDS}, got {gemm!r}")
+        self.config = config
+        self.seed = seed
+        self.gemm = gemm
+        self.bottom_slots, n = mlp_slots("bottom_mlp", config.bottom_sizes, 0)
+        self.top_slots, n = mlp_slots("top_mlp", config.top_sizes, n)
+        self.params = np.empty(n, np.float32)  # every dense parameter, one buffer
+        self.grads = np.zeros(n, np.float32)  # their gradients, same layout
+        init_mlp(self.params, self.bottom_slots + self.top_slots, seed)
+        self.bottom = [self._views(s) for s in self.bottom_slots]
+        self.top = [self._views(s) for s in self.top_slots]
+        sizes = np.asarray(config.embedding_sizes, dtype=np.int64)
+        self.row_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (T+1,)
+        self.weights = np.empty((int(sizes.sum()), config.sparse_feature_size), np.float32)
+        for t, rows in enumerate(config.embedding_sizes):
+            init_table_rows(self.table(t), seed, t, rows, 0)
+        self.interaction = Interaction(
+            config.interaction_op, config.interaction_itself, config.num_tables
+        )
+        self._workspaces: dict[int, _Workspace] = {}
+
+    def _views(self, slot: LinearSlot):
+        w, b = slot_views(self.params, slot)
+        dw, db = slot_views(self.grads, slot)
+        return w, b, dw, db
+
+    def table(self, t: int) -> np.ndarray:
+        """Table t (rows, D), a view into the shared embedding buffer."""
+        return self.weights[self.row_start[t] : self.row_start[t + 1]]
+
+    def workspace(self, batch: int) -> _Workspace:
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            if len(self._workspaces) >= 4:  # training + eval sizes; drop stale ones
+                self._workspaces.clear()
+            ws = self._workspaces[batch] = _Workspace(self.config, batch)
+        return ws
+
+    # ------------------------------------------------------------------- forward
+
+    def _mlp_forward(self, layers, acts, x, relu_last: bool) -> None:
+        n = len(layers)
+        for i, (w, b, _, _) in enumerate(layers):
+            relu = i < n - 1 or relu_last
+            linear_forward(acts[i], x, w, b, relu, self.gemm)
+            x = acts[i]
+
+    def forward(self, batch: Batch) -> _Workspace:
+        """Run the model; returns the workspace holding every activation (logits in top[-1])."""
+        batch.check_against(self.config.num_dense, self.config.embedding_sizes)
+        ws = self.workspace(batch.batch_size)
+        self._mlp_forward(self.bottom, ws.bottom, batch.dense, relu_last=True)
+        embedding_forward(ws.emb, self.weights, self.row_start, batch.offsets, batch.indices)
+        self.interaction.forward(ws.top[0], ws.bottom[-1], ws.emb)
+        self._mlp_forward(self.top, ws.top[1:], ws.top[0], relu_last=False)
+        return ws
+
+    # ------------------------------------------------------------------ backward
+
+    def _mlp_backward(self, layers, acts, dacts, x, dx_first, relu_last: bool) -> None:
+        """dacts[i] holds dL/d(acts[i]); layer i writes dL/d(its input) into dacts[i-1]."""
+        n = len(layers)
+        for i in reversed(range(n)):
+            w, _, dw, db = layers[i]
+            layer_in = acts[i - 1] if i > 0 else x
+            dx = dacts[i - 1] if i > 0 else dx_first
+            relu = i < n - 1 or relu_last
+            linear_backward(dx, dw, db, dacts[i], layer_in, acts[i], w, relu, self.gemm)
+
+    def backward_and_update(self, batch: Batch, ws: _Workspace, lr: float) -> None:
+        """The forward in reverse; tables updated sparsely, dense params by one SGD call."""
+        top_in = ws.top[0]
+        self._mlp_backward(self.top, ws.top[1:], ws.dtop[1:], top_in, ws.dtop[0], False)
+        dx = ws.dbottom[-1]
+        self.interaction.backward(dx, ws.demb, ws.dtop[0], ws.bottom[-1], ws.emb)
+        embedding_backward_sgd(
+            self.weights, self.row_start, batch.offsets, batch.indices, ws.demb, lr
+        )
+        self._mlp_backward(self.bottom, ws.bottom, ws.dbottom, batch.dense, None, True)
+        sgd_update(self.params, self.grads, np.float32(lr))
+
+    # ----------------------------------------------------------------- public API
+
+    def train_step(self, batch: Batch, lr: float) -> float:
+        """One SGD step; returns the batch's mean BCE loss before the update."""
+        ws = self.forward(batch)
+        loss = sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], batch.labels)
+        self.backward_and_update(batch, ws, lr)
+        return loss
+
+    def loss(self, batch: Batch) -> float:
+        ws = self.forward(batch)
+        return sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], batch.labels)
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """(B,) float32 click probabilities (a copy)."""
+        ws = self.forward(batch)
+        sigmoid(ws.p, ws.top[-1][:, 0])
+        return ws.p.copy()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """{name: copy}: bottom_mlp.{i}.weight (O, I), .bias, top_mlp.*, embeddings.{t}.weight."""
+        return {name: value.copy() for name, value in self._param_targets().items()}
+
+    def load_state_dict(self, sd: dict[str, np.ndarray]) -> None:
+        """Copy values in after checking names, shapes and dtypes (nothing changes on error)."""
+        own = self._param_targets()
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"load_state_dict: missing {missing or 'nothing'}, unexpected "
+                f"{unexpected or 'nothing'}"
+            )
+        for name, target in own.items():
+            value = sd[name]
+            if not isinstance(value, np.ndarray):
+                raise ValueError(f"load_state_dict: {name} is {type(value).__name__}, not ndarray")
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"load_state_dict: {name} has shape {value.shape}, expected {target.shape}"
+                )
+            if value.dtype != np.float32:
+                raise ValueError(f"load_state_dict: {name} has dtype {value.dtype}, expected float32")
+        for name, target in own.items():
+            target[...] = sd[name]
+
+    def _param_targets(self) -> dict[str, np.ndarray]:
+        out = {}
+        for slot in self.bottom_slots + self.top_slots:
+            w, b = slot_views(self.params, slot)
+            out[f"{slot.name}.weight"] = w
+            out[f"{slot.name}.bias"] = b
+        for t in range(self.config.num_tables):
+            out[f"embeddings.{t}.weight"] = self.table(t)
+        return out

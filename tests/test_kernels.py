@@ -1,0 +1,129 @@
+"""Every non-GEMM Numba kernel against the NumPy reference, in float32.
+
+Tolerances: float32 sums of at most a few dozen terms of O(1) values carry relative
+error ~ n * 6e-8, so rtol=1e-5 / atol=1e-5 fails on any real indexing or logic bug
+(which shows up as O(1) errors) and passes rounding.
+"""
+
+import numpy as np
+import pytest
+
+from numbadlrm import reference as ref
+from numbadlrm.kernels import elementwise, embedding
+from numbadlrm.layers.embedding_bag import embedding_backward_sgd, embedding_forward
+from numbadlrm.layers.interaction import Interaction
+from numbadlrm.layers.loss import sigmoid_bce
+
+from ._helpers import random_batch, small_config
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _tables(rng, cfg):
+    sizes = np.asarray(cfg.embedding_sizes)
+    row_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    weights = rng.normal(size=(sizes.sum(), cfg.sparse_feature_size)).astype(np.float32)
+    return weights, row_start
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 33])
+def test_embedding_forward(threads, batch_size):
+    cfg = small_config(tables="7-11-5-1", dim=5)
+    rng = np.random.default_rng(batch_size)
+    batch = random_batch(rng, cfg, batch_size, max_bag=5)
+    weights, row_start = _tables(rng, cfg)
+    pooled = np.full((cfg.num_tables, batch_size, 5), np.nan, np.float32)
+    embedding_forward(pooled, weights, row_start, batch.offsets, batch.indices)
+    for t in range(cfg.num_tables):
+        expect = ref.embedding_bag_forward(
+            weights[row_start[t] : row_start[t + 1]], batch.offsets[t], batch.indices
+        )
+        np.testing.assert_allclose(pooled[t], expect, **TOL)
+    naive = np.empty_like(pooled)
+    embedding.embedding_bags_forward_naive(naive, weights, row_start, batch.offsets,
+                                           batch.indices)
+    np.testing.assert_allclose(pooled, naive, **TOL)
+
+
+@pytest.mark.parametrize("batch_size", [1, 9, 64])
+def test_embedding_sgd_update_sums_repeated_indices(threads, batch_size):
+    cfg = small_config(tables="3-50-2", dim=6)  # tiny tables force many repeats
+    rng = np.random.default_rng(batch_size + 100)
+    batch = random_batch(rng, cfg, batch_size, max_bag=6)
+    weights, row_start = _tables(rng, cfg)
+    dpooled = rng.normal(size=(cfg.num_tables, batch_size, 6)).astype(np.float32)
+    expect = weights.astype(np.float64)
+    for t, rows in enumerate(cfg.embedding_sizes):
+        dtable = ref.embedding_bag_backward(dpooled[t].astype(np.float64), batch.offsets[t],
+                                            batch.indices, rows)
+        expect[row_start[t] : row_start[t + 1]] -= 0.5 * dtable
+    embedding_backward_sgd(weights, row_start, batch.offsets, batch.indices, dpooled, 0.5)
+    np.testing.assert_allclose(weights, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_update_independent_of_owner_count():
+    """Row ownership applies each row's updates in lookup order, whoever owns the row."""
+    cfg = small_config(tables="4-9", dim=3)
+    rng = np.random.default_rng(5)
+    batch = random_batch(rng, cfg, 40, max_bag=5)
+    w0, row_start = _tables(rng, cfg)
+    dpooled = rng.normal(size=(2, 40, 3)).astype(np.float32)
+    results = []
+    for owners in (1, 2, 3, 7):
+        w = w0.copy()
+        embedding.embedding_bags_sgd_update(w, row_start, batch.offsets, batch.indices, dpooled,
+                                            np.float32(0.1), owners)
+        results.append(w)
+    for w in results[1:]:
+        np.testing.assert_array_equal(w, results[0])
+
+
+def test_owner_hash_covers_all_owners():
+    owners = [embedding._owner(np.uint64(r), 3) for r in range(300)]
+    assert set(owners) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("op,itself", [("dot", False), ("dot", True), ("cat", False)])
+@pytest.mark.parametrize("batch_size", [1, 13])
+def test_interaction(threads, op, itself, batch_size):
+    rng = np.random.default_rng(7)
+    num_tables, dim = 4, 7
+    x = rng.normal(size=(batch_size, dim)).astype(np.float32)
+    emb = rng.normal(size=(num_tables, batch_size, dim)).astype(np.float32)
+    feats = np.concatenate([x[:, None], emb.transpose(1, 0, 2)], axis=1)
+    expect = ref.interaction_forward(feats.astype(np.float64), op, itself)
+    layer = Interaction(op, itself, num_tables)
+    out = np.full(expect.shape, np.nan, np.float32)
+    layer.forward(out, x, emb)
+    np.testing.assert_allclose(out, expect, **TOL)
+
+    dout = rng.normal(size=expect.shape).astype(np.float32)
+    dfeats = ref.interaction_backward(dout.astype(np.float64), feats.astype(np.float64), op,
+                                      itself)
+    dx = np.full_like(x, np.nan)
+    demb = np.full_like(emb, np.nan)
+    layer.backward(dx, demb, dout, x, emb)
+    np.testing.assert_allclose(dx, dfeats[:, 0], **TOL)
+    np.testing.assert_allclose(demb, dfeats[:, 1:].transpose(1, 0, 2), **TOL)
+
+
+def test_sigmoid_bce_kernel():
+    rng = np.random.default_rng(8)
+    s = (rng.normal(size=50) * 10).astype(np.float32)
+    s[:2] = [90.0, -90.0]  # saturated logits stay finite
+    y = rng.integers(0, 2, 50).astype(np.float32)
+    p, ds = np.empty_like(s), np.empty_like(s)
+    loss = sigmoid_bce(p, ds, s, y)
+    ref_loss, ref_p = ref.sigmoid_bce_forward(s.astype(np.float64), y.astype(np.float64))
+    assert np.isclose(loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(p, ref_p, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ds, ref.sigmoid_bce_backward(ref_p, y), rtol=1e-5, atol=1e-8)
+
+
+def test_sgd_update(threads):
+    rng = np.random.default_rng(9)
+    params = rng.normal(size=1001).astype(np.float32)
+    grads = rng.normal(size=1001).astype(np.float32)
+    expect = params - np.float32(0.25) * grads
+    elementwise.sgd_update(params, grads, np.float32(0.25))
+    np.testing.assert_allclose(params, expect, rtol=1e-6, atol=1e-7)
