@@ -22,10 +22,10 @@ from .layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from .layers.interaction import Interaction
 from .layers.linear import BACKENDS, linear_backward, linear_forward
 from .layers.loss import sigmoid, sigmoid_bce
-from .params import LinearSlot, init_mlp, init_table_rows, mlp_slots, slot_views
+from .params import LinearSlot, init_mlp, init_table_rows, mlp_slots, slot_views, table_buffer
 
 
-class _Workspace:
+class Workspace:
     """Every activation and gradient buffer of one step at batch size B."""
 
     def __init__(self, cfg: DLRMConfig, batch: int):
@@ -39,6 +39,96 @@ class _Workspace:
         self.p = np.empty(batch, f32)
 
 
+def dense_layout(config: DLRMConfig) -> tuple[list[LinearSlot], list[LinearSlot], int]:
+    """(bottom slots, top slots, parameter count) of the MLPs in one flat buffer."""
+    bottom_slots, n = mlp_slots("bottom_mlp", config.bottom_sizes, 0)
+    top_slots, n = mlp_slots("top_mlp", config.top_sizes, n)
+    return bottom_slots, top_slots, n
+
+
+class DenseTower:
+    """Bottom MLP, interaction and top MLP: everything but the embedding tables.
+
+    Works on views of flat ``params`` and ``grads`` buffers laid out by
+    :func:`dense_layout`; the caller owns the buffers (and may make them longer, as
+    the MPI model does). The tables' pooled output enters through ``ws.emb`` and their
+    gradient leaves through ``ws.demb``, so the single-process model and the MPI model
+    run the same code between them.
+    """
+
+    def __init__(self, config: DLRMConfig, params: np.ndarray, grads: np.ndarray, gemm: str):
+        if gemm not in BACKENDS:
+            raise ValueError(f"gemm: must be one of {BACKENDS}, got {gemm!r}")
+        self.config = config
+        self.gemm = gemm
+        self.bottom_slots, self.top_slots, self.num_params = dense_layout(config)
+        self.bottom = [_views(params, grads, s) for s in self.bottom_slots]
+        self.top = [_views(params, grads, s) for s in self.top_slots]
+        self.interaction = Interaction(
+            config.interaction_op, config.interaction_itself, config.num_tables
+        )
+        self._workspaces: dict[int, Workspace] = {}
+
+    def workspace(self, batch: int) -> Workspace:
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            if len(self._workspaces) >= 4:  # training + eval sizes; drop stale ones
+                self._workspaces.clear()
+            ws = self._workspaces[batch] = Workspace(self.config, batch)
+        return ws
+
+    # ------------------------------------------------------------------- forward
+
+    def bottom_forward(self, ws: Workspace, dense: np.ndarray, after_layer=None) -> None:
+        """x = bottom_mlp(dense) into ws.bottom[-1]; ``after_layer()`` runs between layers."""
+        _mlp_forward(self.bottom, ws.bottom, dense, True, self.gemm, after_layer)
+
+    def top_forward(self, ws: Workspace) -> None:
+        """r = interaction(x, emb), s = top_mlp(r): logits in ws.top[-1]."""
+        self.interaction.forward(ws.top[0], ws.bottom[-1], ws.emb)
+        _mlp_forward(self.top, ws.top[1:], ws.top[0], False, self.gemm, None)
+
+    # ------------------------------------------------------------------ backward
+
+    def top_backward(self, ws: Workspace) -> None:
+        """From ds in ws.dtop[-1]: top MLP grads, and dr in ws.dtop[0]."""
+        _mlp_backward(self.top, ws.top[1:], ws.dtop[1:], ws.top[0], ws.dtop[0], False, self.gemm)
+
+    def interaction_backward(self, ws: Workspace) -> None:
+        """dx into ws.dbottom[-1], demb into ws.demb."""
+        self.interaction.backward(ws.dbottom[-1], ws.demb, ws.dtop[0], ws.bottom[-1], ws.emb)
+
+    def bottom_backward(self, ws: Workspace, dense: np.ndarray) -> None:
+        _mlp_backward(self.bottom, ws.bottom, ws.dbottom, dense, None, True, self.gemm)
+
+
+def _views(params: np.ndarray, grads: np.ndarray, slot: LinearSlot):
+    w, b = slot_views(params, slot)
+    dw, db = slot_views(grads, slot)
+    return w, b, dw, db
+
+
+def _mlp_forward(layers, acts, x, relu_last: bool, gemm: str, after_layer) -> None:
+    n = len(layers)
+    for i, (w, b, _, _) in enumerate(layers):
+        relu = i < n - 1 or relu_last
+        linear_forward(acts[i], x, w, b, relu, gemm)
+        x = acts[i]
+        if after_layer is not None:
+            after_layer()
+
+
+def _mlp_backward(layers, acts, dacts, x, dx_first, relu_last: bool, gemm: str) -> None:
+    """dacts[i] holds dL/d(acts[i]); layer i writes dL/d(its input) into dacts[i-1]."""
+    n = len(layers)
+    for i in reversed(range(n)):
+        w, _, dw, db = layers[i]
+        layer_in = acts[i - 1] if i > 0 else x
+        dx = dacts[i - 1] if i > 0 else dx_first
+        relu = i < n - 1 or relu_last
+        linear_backward(dx, dw, db, dacts[i], layer_in, acts[i], w, relu, gemm)
+
+
 class DLRM:
     """A DLRM model. ``gemm`` picks the linear layers' backend: "auto", "numba" or "blas"."""
 
@@ -48,81 +138,44 @@ class DLRM:
         self.config = config
         self.seed = seed
         self.gemm = gemm
-        self.bottom_slots, n = mlp_slots("bottom_mlp", config.bottom_sizes, 0)
-        self.top_slots, n = mlp_slots("top_mlp", config.top_sizes, n)
+        _, _, n = dense_layout(config)
         self.params = np.empty(n, np.float32)  # every dense parameter, one buffer
         self.grads = np.zeros(n, np.float32)  # their gradients, same layout
+        self.tower = DenseTower(config, self.params, self.grads, gemm)
+        self.bottom_slots, self.top_slots = self.tower.bottom_slots, self.tower.top_slots
+        self.bottom, self.top = self.tower.bottom, self.tower.top
+        self.interaction = self.tower.interaction
         init_mlp(self.params, self.bottom_slots + self.top_slots, seed)
-        self.bottom = [self._views(s) for s in self.bottom_slots]
-        self.top = [self._views(s) for s in self.top_slots]
         sizes = np.asarray(config.embedding_sizes, dtype=np.int64)
         self.row_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (T+1,)
-        self.weights = np.empty((int(sizes.sum()), config.sparse_feature_size), np.float32)
+        self.weights = table_buffer(int(sizes.sum()), config.sparse_feature_size)
         for t, rows in enumerate(config.embedding_sizes):
             init_table_rows(self.table(t), seed, t, rows, 0)
-        self.interaction = Interaction(
-            config.interaction_op, config.interaction_itself, config.num_tables
-        )
-        self._workspaces: dict[int, _Workspace] = {}
-
-    def _views(self, slot: LinearSlot):
-        w, b = slot_views(self.params, slot)
-        dw, db = slot_views(self.grads, slot)
-        return w, b, dw, db
 
     def table(self, t: int) -> np.ndarray:
         """Table t (rows, D), a view into the shared embedding buffer."""
         return self.weights[self.row_start[t] : self.row_start[t + 1]]
 
-    def workspace(self, batch: int) -> _Workspace:
-        ws = self._workspaces.get(batch)
-        if ws is None:
-            if len(self._workspaces) >= 4:  # training + eval sizes; drop stale ones
-                self._workspaces.clear()
-            ws = self._workspaces[batch] = _Workspace(self.config, batch)
-        return ws
+    def workspace(self, batch: int) -> Workspace:
+        return self.tower.workspace(batch)
 
-    # ------------------------------------------------------------------- forward
-
-    def _mlp_forward(self, layers, acts, x, relu_last: bool) -> None:
-        n = len(layers)
-        for i, (w, b, _, _) in enumerate(layers):
-            relu = i < n - 1 or relu_last
-            linear_forward(acts[i], x, w, b, relu, self.gemm)
-            x = acts[i]
-
-    def forward(self, batch: Batch) -> _Workspace:
+    def forward(self, batch: Batch) -> Workspace:
         """Run the model; returns the workspace holding every activation (logits in top[-1])."""
         batch.check_against(self.config.num_dense, self.config.embedding_sizes)
         ws = self.workspace(batch.batch_size)
-        self._mlp_forward(self.bottom, ws.bottom, batch.dense, relu_last=True)
+        self.tower.bottom_forward(ws, batch.dense)
         embedding_forward(ws.emb, self.weights, self.row_start, batch.offsets, batch.indices)
-        self.interaction.forward(ws.top[0], ws.bottom[-1], ws.emb)
-        self._mlp_forward(self.top, ws.top[1:], ws.top[0], relu_last=False)
+        self.tower.top_forward(ws)
         return ws
 
-    # ------------------------------------------------------------------ backward
-
-    def _mlp_backward(self, layers, acts, dacts, x, dx_first, relu_last: bool) -> None:
-        """dacts[i] holds dL/d(acts[i]); layer i writes dL/d(its input) into dacts[i-1]."""
-        n = len(layers)
-        for i in reversed(range(n)):
-            w, _, dw, db = layers[i]
-            layer_in = acts[i - 1] if i > 0 else x
-            dx = dacts[i - 1] if i > 0 else dx_first
-            relu = i < n - 1 or relu_last
-            linear_backward(dx, dw, db, dacts[i], layer_in, acts[i], w, relu, self.gemm)
-
-    def backward_and_update(self, batch: Batch, ws: _Workspace, lr: float) -> None:
+    def backward_and_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
         """The forward in reverse; tables updated sparsely, dense params by one SGD call."""
-        top_in = ws.top[0]
-        self._mlp_backward(self.top, ws.top[1:], ws.dtop[1:], top_in, ws.dtop[0], False)
-        dx = ws.dbottom[-1]
-        self.interaction.backward(dx, ws.demb, ws.dtop[0], ws.bottom[-1], ws.emb)
+        self.tower.top_backward(ws)
+        self.tower.interaction_backward(ws)
         embedding_backward_sgd(
             self.weights, self.row_start, batch.offsets, batch.indices, ws.demb, lr
         )
-        self._mlp_backward(self.bottom, ws.bottom, ws.dbottom, batch.dense, None, True)
+        self.tower.bottom_backward(ws, batch.dense)
         sgd_update(self.params, self.grads, np.float32(lr))
 
     # ----------------------------------------------------------------- public API
@@ -151,23 +204,7 @@ class DLRM:
     def load_state_dict(self, sd: dict[str, np.ndarray]) -> None:
         """Copy values in after checking names, shapes and dtypes (nothing changes on error)."""
         own = self._param_targets()
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"load_state_dict: missing {missing or 'nothing'}, unexpected "
-                f"{unexpected or 'nothing'}"
-            )
-        for name, target in own.items():
-            value = sd[name]
-            if not isinstance(value, np.ndarray):
-                raise ValueError(f"load_state_dict: {name} is {type(value).__name__}, not ndarray")
-            if value.shape != target.shape:
-                raise ValueError(
-                    f"load_state_dict: {name} has shape {value.shape}, expected {target.shape}"
-                )
-            if value.dtype != np.float32:
-                raise ValueError(f"load_state_dict: {name} has dtype {value.dtype}, expected float32")
+        check_state_dict(sd, {name: target.shape for name, target in own.items()})
         for name, target in own.items():
             target[...] = sd[name]
 
@@ -180,3 +217,34 @@ class DLRM:
         for t in range(self.config.num_tables):
             out[f"embeddings.{t}.weight"] = self.table(t)
         return out
+
+
+def state_dict_shapes(config: DLRMConfig) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of every entry of :meth:`DLRM.state_dict`, in its order."""
+    bottom_slots, top_slots, _ = dense_layout(config)
+    out: dict[str, tuple[int, ...]] = {}
+    for slot in bottom_slots + top_slots:
+        out[f"{slot.name}.weight"] = (slot.out_features, slot.in_features)
+        out[f"{slot.name}.bias"] = (slot.out_features,)
+    for t, rows in enumerate(config.embedding_sizes):
+        out[f"embeddings.{t}.weight"] = (rows, config.sparse_feature_size)
+    return out
+
+
+def check_state_dict(sd: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise ValueError unless ``sd`` has exactly these names, shapes and dtype float32."""
+    missing = sorted(set(shapes) - set(sd))
+    unexpected = sorted(set(sd) - set(shapes))
+    if missing or unexpected:
+        raise ValueError(
+            f"load_state_dict: missing {missing or 'nothing'}, unexpected "
+            f"{unexpected or 'nothing'}"
+        )
+    for name, shape in shapes.items():
+        value = sd[name]
+        if not isinstance(value, np.ndarray):
+            raise ValueError(f"load_state_dict: {name} is {type(value).__name__}, not ndarray")
+        if value.shape != tuple(shape):
+            raise ValueError(f"load_state_dict: {name} has shape {value.shape}, expected {shape}")
+        if value.dtype != np.float32:
+            raise ValueError(f"load_state_dict: {name} has dtype {value.dtype}, expected float32")

@@ -6,8 +6,8 @@ model's wiring at once. Each comparison runs twice:
 
 - torch in float64 against the reference in float64: only summation order differs, so
   everything agrees to ~1e-15 (measured); we allow 1e-12 (1e-11 for parameters after
-  10 steps). This pins down the semantics: a wrong pair order, activation or pooling
-  mode misses by ~1e-2.
+  10 steps). This pins down the semantics: column-major pairs, a missing ReLU, mean
+  pooling or a dropped diagonal each fail these tests (checked by mutating the model).
 - torch in float32 (as it is used as a baseline) against the reference in float64 from
   the same float32 parameters. The model is a few layers of width <= 16 with values O(1),
   so each output carries a handful of float32 roundings (eps = 1.2e-7) times a small

@@ -99,7 +99,9 @@ class ProcessedData:
     def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise ValueError(f"split: must be one of {SPLITS}, got {name!r}")
-        segments = [(self._parts[p], start, stop) for p, start, stop in self.metadata["splits"][name]]
+        segments = [
+            (self._parts[p], start, stop) for p, start, stop in self.metadata["splits"][name]
+        ]
         return Split(name, segments)
 
 
@@ -220,7 +222,9 @@ def _epoch_plan(
         order = np.random.default_rng([seed, epoch]).permutation(num_blocks)
     block_len = np.minimum(block_rows, n - order * block_rows)
     windows = [order[w : w + buffer_blocks] for w in range(0, num_blocks, buffer_blocks)]
-    window_len = [int(block_len[w : w + buffer_blocks].sum()) for w in range(0, num_blocks, buffer_blocks)]
+    window_len = [
+        int(block_len[w : w + buffer_blocks].sum()) for w in range(0, num_blocks, buffer_blocks)
+    ]
     window_starts = np.concatenate([[0], np.cumsum(window_len, dtype=np.int64)])[:-1]
     return _EpochPlan(block_rows, windows, window_starts, shuffle, seed, epoch)
 
@@ -243,9 +247,8 @@ def _to_batches(windows: Iterable[Rows], batch_size: int, drop_last: bool) -> It
     carry: Rows | None = None
     for rows in windows:
         if carry is not None:
-            rows = _rows_from_pieces([(carry.dense, carry.categorical, carry.labels)] + [
-                (rows.dense, rows.categorical, rows.labels)
-            ])
+            pieces = [(r.dense, r.categorical, r.labels) for r in (carry, rows)]
+            rows = _rows_from_pieces(pieces)
         n_full = len(rows) // batch_size * batch_size
         for a in range(0, n_full, batch_size):
             yield make_batch(rows, a, a + batch_size)

@@ -31,8 +31,14 @@ POWER_ALPHA = 2.5  # id = floor(n * u**alpha): larger alpha, hotter head
 BIAS = -1.6  # logit offset giving a ~25% positive rate
 
 
-def bag_offsets(rng: np.random.Generator, num_tables: int, batch: int, lookups: int,
-                fixed: bool, embedding_sizes: tuple[int, ...]) -> np.ndarray:
+def bag_offsets(
+    rng: np.random.Generator,
+    num_tables: int,
+    batch: int,
+    lookups: int,
+    fixed: bool,
+    embedding_sizes: tuple[int, ...],
+) -> np.ndarray:
     """(T, B+1) offsets; bag sizes = lookups, or uniform in [1, min(lookups, rows)]."""
     if fixed:
         counts = np.full((num_tables, batch), lookups, dtype=np.int64)
@@ -47,8 +53,9 @@ def bag_offsets(rng: np.random.Generator, num_tables: int, batch: int, lookups: 
     return offsets
 
 
-def random_batch(rng: np.random.Generator, cfg: DLRMConfig, batch: int, lookups: int,
-                 fixed: bool) -> Batch:
+def random_batch(
+    rng: np.random.Generator, cfg: DLRMConfig, batch: int, lookups: int, fixed: bool
+) -> Batch:
     offsets = bag_offsets(rng, cfg.num_tables, batch, lookups, fixed, cfg.embedding_sizes)
     indices = np.empty(offsets[-1, -1], dtype=np.int64)
     for t, rows in enumerate(cfg.embedding_sizes):
@@ -114,9 +121,16 @@ class Teacher:
         return Batch(dense=dense, offsets=offsets, indices=indices, labels=labels)
 
 
-def batch_stream(cfg: DLRMConfig, kind: str, num_batches: int, batch_size: int, seed: int,
-                 lookups: int = 1, fixed: bool = False,
-                 teacher: Teacher | None = None) -> Iterator[Batch]:
+def batch_stream(
+    cfg: DLRMConfig,
+    kind: str,
+    num_batches: int,
+    batch_size: int,
+    seed: int,
+    lookups: int = 1,
+    fixed: bool = False,
+    teacher: Teacher | None = None,
+) -> Iterator[Batch]:
     """num_batches batches of kind "random" or "synthetic" from the stream ``seed``."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(11,)))
     if kind == "synthetic":

@@ -1,0 +1,755 @@
+"""Raw Criteo click logs (Kaggle ``train.txt``, Terabyte ``day_0..day_23``) -> binary arrays.
+
+Input: one example per line, 40 tab-separated fields, plain or gzip:
+
+    label  I1 .. I13                      C1 .. C26
+    0/1    integers (may be <0 or empty)  hex ids, 8 digits (may be empty)
+
+Missing trailing fields count as empty; ``\\r\\n`` line ends are accepted.
+
+Transform (as the reference DLRM):
+
+    dense[j]  = float32(log(max(I_j, 0) + 1))     empty -> 0 -> 0.0 (log computed in float64)
+    raw id    = int(C_j, 16) as int64 (ids >= 2**31 are fine; at most 15 hex digits)
+    --max-ind-range N (hashing, one pass):   id = raw % N,  empty -> 0 (as the reference)
+        table size N for every table.
+    --min-count K (vocabulary, two passes: count, then map):
+        id 0 = empty (missing), id 1 = rare (seen < K times), ids 2.. = frequent raw
+        values in ascending order; table size 2 + (number of frequent values).
+        Counts cover every input row, all splits, as the reference's dictionaries do.
+
+Output directory layout (format version 1, all little-endian, C order, no headers):
+
+    part-000.dense.f32         (N0, 13) float32     one "part" per input file, in the
+    part-000.categorical.i32   (N0, 26) int32       order the inputs were given; row r of
+    part-000.labels.u8         (N0,)    uint8 0/1   each array is line r of the input
+    part-000.json              marker: part finished (source, rows, sha256, options)
+    part-001.* ...                                  (bad lines skipped, if asked)
+    counts/part-000.npz,.json  vocabulary mode: per-part counts (resumable pass 1)
+    vocabulary.npz             vocabulary mode: C1..C26 sorted frequent raw ids
+    metadata.json              written last: format, table_sizes, parts, splits, options
+
+A split in metadata.json is a list of ``[part, start, stop]`` row ranges:
+
+    kaggle    one file as 7 "days" (divmod(N, 7), remainder to the first days):
+              days 0-5 train, day 6 halved (first half validation, rest test)
+    days      e.g. Terabyte day_0..day_23: every file but the last train, the last
+              halved into validation and test
+    fractions --split-fractions 0.8,0.1,0.1 over all rows of all files, in order
+
+Resuming: each part's arrays are written as ``*.tmp`` and renamed when complete, then
+its marker is written; a rerun skips parts whose marker matches the source (path, size,
+mtime_ns) and the options. ``sha256`` in the marker/metadata is of the source file's bytes
+(compressed bytes for .gz), computed while streaming, so it costs no extra read.
+
+Speed: the reader thread streams blocks of ``chunk_bytes`` cut at the last newline
+(decompressing and hashing in the background); a parallel Numba kernel parses the lines
+of a block, one output row per line. Memory is bounded by a few chunks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from numba import prange
+from tqdm import tqdm
+
+from numbadlrm.data.dataset import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    NUM_CATEGORICAL,
+    NUM_DENSE,
+    PART_FILES,
+    part_path,
+    prefetch,
+)
+from numbadlrm.kernels._jit import jit_parallel, jit_serial
+
+NUM_FIELDS = 1 + NUM_DENSE + NUM_CATEGORICAL  # 40
+SPLIT_MODES = ("kaggle", "days", "fractions")
+ERR_OK, ERR_FIELDS, ERR_INT, ERR_HEX, ERR_LABEL = 0, 1, 2, 3, 4
+_ERR_TEXT = {
+    ERR_FIELDS: f"too many fields (a Criteo line has {NUM_FIELDS}), extra value",
+    ERR_INT: "not an integer",
+    ERR_HEX: "not a hex id (at most 15 hex digits)",
+    ERR_LABEL: "label must be 0 or 1, got",
+}
+
+
+class CriteoError(ValueError):
+    """A problem with the raw inputs or the output directory; the CLI prints it."""
+
+
+class CriteoFormatError(CriteoError):
+    """A malformed line or file: the message names file, line, field and value."""
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """How to turn raw files into arrays. ``max_ind_range > 0`` hashes, else vocabulary."""
+
+    split: str = "fractions"  # "kaggle" | "days" | "fractions"
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    max_ind_range: int = 0
+    min_count: int = 0  # vocabulary mode threshold; 0 means 1 (keep every seen value)
+    skip_bad_lines: bool = False
+    chunk_bytes: int = 8 << 20
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLIT_MODES:
+            raise ValueError(f"split: must be one of {SPLIT_MODES}, got {self.split!r}")
+        fr = tuple(float(f) for f in self.split_fractions)
+        object.__setattr__(self, "split_fractions", fr)
+        if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
+            raise ValueError(
+                f"split_fractions: need three non-negative fractions summing to 1, got {fr}"
+            )
+        if not 0 <= self.max_ind_range <= 2**31 - 1:
+            raise ValueError(f"max_ind_range: must be in [0, 2**31 - 1], got {self.max_ind_range}")
+        if self.min_count < 0:
+            raise ValueError(f"min_count: must be >= 0, got {self.min_count}")
+        if self.max_ind_range > 0 and self.min_count > 0:
+            raise ValueError("choose one of max_ind_range (hashing) and min_count (vocabulary)")
+        if self.chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes: must be >= 1, got {self.chunk_bytes}")
+
+    @property
+    def hashing(self) -> bool:
+        return self.max_ind_range > 0
+
+    def output_key(self) -> dict:
+        """The options that change the output arrays (part markers must match them)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "max_ind_range": self.max_ind_range,
+            "min_count": 0 if self.hashing else max(self.min_count, 1),
+            "skip_bad_lines": self.skip_bad_lines,
+        }
+
+
+def field_name(field: int) -> str:
+    """0 -> "label", 1..13 -> "I1".."I13", 14..39 -> "C1".."C26", 40+ -> "field 41"."""
+    if field == 0:
+        return "label"
+    if field <= NUM_DENSE:
+        return f"I{field}"
+    if field < NUM_FIELDS:
+        return f"C{field - NUM_DENSE}"
+    return f"field {field + 1}"
+
+
+# ---------------------------------------------------------------- kernels: bytes -> arrays
+
+
+@jit_serial
+def _parse_int(buf, a, b):
+    """Decimal integer in buf[a:b] with optional sign; empty -> 0. Returns (ok, value)."""
+    if a == b:
+        return True, 0
+    i = a
+    negative = False
+    if buf[i] == 45 or buf[i] == 43:  # '-' or '+'
+        negative = buf[i] == 45
+        i += 1
+    if i == b or b - i > 18:
+        return False, 0
+    value = 0
+    while i < b:
+        d = np.int64(buf[i]) - 48
+        if d < 0 or d > 9:
+            return False, 0
+        value = value * 10 + d
+        i += 1
+    return True, -value if negative else value
+
+
+@jit_serial
+def _parse_hex(buf, a, b):
+    """Hex id in buf[a:b]; empty -> -1 (missing). Returns (ok, value)."""
+    if a == b:
+        return True, -1
+    if b - a > 15:
+        return False, -1
+    value = 0
+    for i in range(a, b):
+        c = np.int64(buf[i])
+        if 48 <= c <= 57:
+            d = c - 48
+        elif 97 <= c <= 102:
+            d = c - 87
+        elif 65 <= c <= 70:
+            d = c - 55
+        else:
+            return False, -1
+        value = value * 16 + d
+    return True, value
+
+
+@jit_serial
+def _parse_line(dense, raw, labels, errors, i, buf, a, b):
+    """Parse line buf[a:b] into row i; on error set errors[i] = code, field, start, stop."""
+    field = 0
+    pos = a
+    while True:
+        e = pos
+        while e < b and buf[e] != 9:  # tab
+            e += 1
+        code = ERR_OK
+        if field >= NUM_FIELDS:
+            code, e = ERR_FIELDS, b
+        elif field == 0:
+            if e - pos == 1 and (buf[pos] == 48 or buf[pos] == 49):
+                labels[i] = buf[pos] - 48
+            else:
+                code = ERR_LABEL
+        elif field <= NUM_DENSE:
+            ok, v = _parse_int(buf, pos, e)
+            dense[i, field - 1] = np.float32(np.log(np.float64(abs(v)) + 1.0))
+            code = ERR_OK if ok else ERR_INT
+        else:
+            ok, v = _parse_hex(buf, pos, e)
+            raw[i, field - 1 - NUM_DENSE] = v
+            code = ERR_OK if ok else ERR_HEX
+        if code != ERR_OK:
+            errors[i, 0], errors[i, 1], errors[i, 2], errors[i, 3] = code, field, pos, e
+            return
+        field += 1
+        if e >= b:
+            break
+        pos = e + 1
+    for f in range(max(field, 1), NUM_FIELDS):  # missing trailing fields are empty
+        if f <= NUM_DENSE:
+            dense[i, f - 1] = 0.0
+        else:
+            raw[i, f - 1 - NUM_DENSE] = -1
+    errors[i, 0] = ERR_OK
+
+
+@jit_parallel
+def parse_lines(dense, raw, labels, errors, buf, starts, ends):
+    """Parse lines buf[starts[i]:ends[i]]: dense (L, 13) f32, raw (L, 26) i64 (-1 = empty),
+    labels (L,) u8, errors (L, 4) i64 (code, field, value start, value stop)."""
+    for i in prange(starts.shape[0]):  # race-free: line i writes only row i
+        _parse_line(dense, raw, labels, errors, i, buf, starts[i], ends[i])
+
+
+@jit_parallel
+def hash_ids(out, raw, modulus):
+    """out (L, 26) int32 = raw % modulus; empty (-1) -> 0."""
+    for i in prange(raw.shape[0]):  # race-free: row i only
+        for t in range(raw.shape[1]):
+            v = raw[i, t]
+            out[i, t] = 0 if v < 0 else v % modulus
+
+
+@jit_parallel
+def map_vocabulary(out, raw, keys, key_offsets):
+    """out (L, 26) int32: 0 empty, 1 rare/unknown, 2 + rank of raw in keys[key_offsets[t]:..]."""
+    for i in prange(raw.shape[0]):  # race-free: row i only
+        for t in range(raw.shape[1]):
+            v = raw[i, t]
+            if v < 0:
+                out[i, t] = 0
+                continue
+            lo, hi = key_offsets[t], key_offsets[t + 1]
+            j = np.searchsorted(keys[lo:hi], v)
+            out[i, t] = 2 + j if j < hi - lo and keys[lo + j] == v else 1
+
+
+def line_bounds(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and stop (exclusive, without ``\\n`` or ``\\r\\n``) of every line in buf."""
+    newlines = np.flatnonzero(buf == 10)
+    ends = newlines if buf.size and buf[-1] == 10 else np.append(newlines, buf.size)
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = newlines[: ends.size - 1] + 1
+    cr = ends > starts
+    cr[cr] = buf[ends[cr] - 1] == 13
+    return starts, ends - cr
+
+
+# ---------------------------------------------------------------- reading raw files
+
+
+class _HashingReader:
+    """A binary file whose bytes are fed to sha256 as they are read."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.sha256.update(data)
+        return data
+
+
+@dataclass
+class _Chunk:
+    data: bytes | None  # complete lines (the last may lack its newline); None at the end
+    length: int = 0  # bytes of data that belong to this chunk
+    sha256: str = ""  # set on the final item
+    raw_bytes: int = 0  # decompressed bytes read, set on the final item
+
+
+def read_chunks(path: Path, chunk_bytes: int) -> Iterator[_Chunk]:
+    """Stream ``path`` (plain or .gz) as blocks cut at the last newline, hashing the file."""
+    with open(path, "rb") as f:
+        hashing = _HashingReader(f)
+        stream = gzip.GzipFile(fileobj=hashing, mode="rb") if _is_gzip(path) else hashing
+        leftover = b""
+        total = 0
+        try:
+            while block := stream.read(chunk_bytes):
+                total += len(block)
+                data = leftover + block if leftover else block
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    yield _Chunk(data, cut)
+                leftover = data[cut:]
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise CriteoFormatError(f"{path}: truncated or corrupt gzip file ({exc})") from None
+        except OSError as exc:
+            raise CriteoError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        if leftover:  # no final newline
+            yield _Chunk(leftover, len(leftover))
+        while f.read(1 << 20):  # hash any bytes the decompressor did not need
+            pass
+        yield _Chunk(None, sha256=hashing.sha256.hexdigest(), raw_bytes=total)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+@dataclass
+class ParsedChunk:
+    dense: np.ndarray  # (L, 13) float32
+    raw: np.ndarray  # (L, 26) int64, -1 = empty
+    labels: np.ndarray  # (L,) uint8
+    skipped: int  # bad lines dropped
+
+
+def parse_chunk(
+    chunk: _Chunk, path: Path, first_line: int, skip_bad_lines: bool
+) -> tuple[ParsedChunk, int]:
+    """Parse a chunk's lines; returns the rows and the number of lines it held."""
+    buf = np.frombuffer(chunk.data, dtype=np.uint8, count=chunk.length)
+    starts, ends = line_bounds(buf)
+    n = starts.size
+    dense = np.empty((n, NUM_DENSE), np.float32)
+    raw = np.empty((n, NUM_CATEGORICAL), np.int64)
+    labels = np.empty(n, np.uint8)
+    errors = np.empty((n, 4), np.int64)
+    parse_lines(dense, raw, labels, errors, buf, starts, ends)
+    bad = np.flatnonzero(errors[:, 0])
+    if bad.size == 0:
+        return ParsedChunk(dense, raw, labels, 0), n
+    if not skip_bad_lines:
+        raise CriteoFormatError(_bad_line_message(path, first_line, bad[0], errors, buf))
+    keep = errors[:, 0] == ERR_OK
+    return ParsedChunk(dense[keep], raw[keep], labels[keep], int(bad.size)), n
+
+
+def _bad_line_message(path: Path, first_line: int, i: int, errors: np.ndarray, buf) -> str:
+    code, field, a, b = (int(x) for x in errors[i])
+    value = bytes(buf[a:b]).decode("utf-8", errors="replace")
+    if len(value) > 60:
+        value = value[:57] + "..."
+    return (
+        f"{path}: line {first_line + i + 1}, field {field_name(field)}: "
+        f"{_ERR_TEXT[code]} {value!r} (use --skip-bad-lines to skip such lines)"
+    )
+
+
+def parsed_chunks(path: Path, options: PreprocessOptions, info: dict) -> Iterator[ParsedChunk]:
+    """Every chunk of ``path`` parsed; fills info with sha256, lines and bad_lines_skipped."""
+    lines = skipped = 0
+    for chunk in prefetch(read_chunks(path, options.chunk_bytes), depth=1):
+        if chunk.data is None:
+            if chunk.raw_bytes == 0:
+                raise CriteoFormatError(f"{path}: file is empty (no rows)")
+            info.update(sha256=chunk.sha256, lines=lines, bad_lines_skipped=skipped)
+            return
+        parsed, n = parse_chunk(chunk, path, lines, options.skip_bad_lines)
+        lines += n
+        skipped += parsed.skipped
+        yield parsed
+
+
+# ---------------------------------------------------------------- writing parts
+
+
+def _source_identity(path: Path) -> dict:
+    st = path.stat()
+    return {"source": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _part_is_finished(out: Path, name: str, identity: dict, key: dict) -> dict | None:
+    """The marker of a finished part whose source and options still match, else None."""
+    marker = _read_marker(out / f"{name}.json")
+    if marker is None or marker.get("options") != key:
+        return None
+    if any(marker.get(k) != v for k, v in identity.items()):
+        return None
+    for kind, (_, dtype, cols) in PART_FILES.items():
+        expected = marker["rows"] * max(cols, 1) * np.dtype(dtype).itemsize
+        p = part_path(out, name, kind)
+        if not p.is_file() or p.stat().st_size != expected:
+            return None
+    return marker
+
+
+def write_part(
+    out: Path, name: str, path: Path, options: PreprocessOptions, vocab, bar: tqdm
+) -> dict:
+    """Convert one raw file into the part's three arrays (tmp files renamed at the end)."""
+    finals = {kind: part_path(out, name, kind) for kind in PART_FILES}
+    tmps = {kind: p.with_name(p.name + ".tmp") for kind, p in finals.items()}
+    info: dict = {}
+    rows = 0
+    bar.set_description(f"write {path.name}")
+    try:
+        with contextlib.ExitStack() as stack:
+            files = {kind: stack.enter_context(open(p, "wb")) for kind, p in tmps.items()}
+            for parsed in parsed_chunks(path, options, info):
+                cat = np.empty(parsed.raw.shape, np.int32)
+                if options.hashing:
+                    hash_ids(cat, parsed.raw, options.max_ind_range)
+                else:
+                    map_vocabulary(cat, parsed.raw, vocab.keys, vocab.offsets)
+                parsed.dense.tofile(files["dense"])
+                cat.tofile(files["categorical"])
+                parsed.labels.tofile(files["labels"])
+                rows += parsed.labels.size
+                bar.update(parsed.labels.size)
+        for kind in PART_FILES:
+            os.replace(tmps[kind], finals[kind])
+    except BaseException:
+        for p in tmps.values():
+            p.unlink(missing_ok=True)
+        raise
+    return {"name": name, "rows": rows, **info}
+
+
+def _finish_part(out: Path, marker: dict) -> None:
+    """Write the marker that makes a part count as finished (tests patch this to crash)."""
+    _write_json_atomic(out / f"{marker['name']}.json", marker)
+
+
+# ---------------------------------------------------------------- vocabulary (min-count)
+
+
+@dataclass
+class Vocabulary:
+    keys: np.ndarray  # all tables' frequent raw ids, sorted within each table
+    offsets: np.ndarray  # (27,) table t's keys are keys[offsets[t]:offsets[t + 1]]
+    digest: str  # sha256 of keys and offsets
+
+    @property
+    def table_sizes(self) -> list[int]:
+        return [2 + int(n) for n in np.diff(self.offsets)]
+
+
+def _merge_counts(keys, counts, new_keys, new_counts):
+    """Add sorted unique (new_keys, new_counts) into sorted (keys, counts)."""
+    pos = np.searchsorted(keys, new_keys)
+    found = pos < keys.size
+    found[found] = keys[pos[found]] == new_keys[found]
+    counts[pos[found]] += new_counts[found]
+    if found.all():
+        return keys, counts
+    new = ~found
+    return np.insert(keys, pos[new], new_keys[new]), np.insert(counts, pos[new], new_counts[new])
+
+
+def count_part(out: Path, name: str, path: Path, options: PreprocessOptions, bar: tqdm) -> dict:
+    """Pass 1 of vocabulary mode: count every raw id of one file, saved under counts/."""
+    tables = [(np.zeros(0, np.int64), np.zeros(0, np.int64)) for _ in range(NUM_CATEGORICAL)]
+    info: dict = {}
+    rows = 0
+    bar.set_description(f"count {path.name}")
+    for parsed in parsed_chunks(path, options, info):
+        for t in range(NUM_CATEGORICAL):
+            col = parsed.raw[:, t]
+            u, c = np.unique(col[col >= 0], return_counts=True)
+            tables[t] = _merge_counts(*tables[t], u, c)
+        rows += parsed.labels.size
+        bar.update(parsed.labels.size)
+    arrays = {f"keys{t}": k for t, (k, _) in enumerate(tables)}
+    arrays.update({f"counts{t}": c for t, (_, c) in enumerate(tables)})
+    final = out / "counts" / f"{name}.npz"
+    tmp = final.with_name(f"{name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, final)
+    return {"name": name, "rows": rows, **info}
+
+
+def build_vocabulary(out: Path, names: list[str], min_count: int) -> Vocabulary:
+    """Merge every part's counts; keep ids seen at least min_count times."""
+    per_table = []
+    for t in range(NUM_CATEGORICAL):
+        keys, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        for name in names:
+            with np.load(out / "counts" / f"{name}.npz") as z:
+                keys, counts = _merge_counts(keys, counts, z[f"keys{t}"], z[f"counts{t}"])
+        per_table.append(keys[counts >= min_count])
+    offsets = np.concatenate([[0], np.cumsum([k.size for k in per_table])]).astype(np.int64)
+    keys = np.concatenate(per_table).astype(np.int64)
+    digest = hashlib.sha256(keys.tobytes() + offsets.tobytes()).hexdigest()
+    tmp = out / "vocabulary.tmp.npz"
+    np.savez(tmp, **{f"C{t + 1}": k for t, k in enumerate(per_table)})
+    os.replace(tmp, out / "vocabulary.npz")
+    return Vocabulary(keys, offsets, digest)
+
+
+# ---------------------------------------------------------------- splits and driver
+
+
+def split_ranges(mode: str, part_rows: list[int], fractions=(0.8, 0.1, 0.1)) -> dict:
+    """Global row ranges [start, stop) of train/validation/test over the parts' rows."""
+    total = int(sum(part_rows))
+    if mode == "kaggle":
+        per_day, extra = divmod(total, 7)
+        days = [per_day + (1 if d < extra else 0) for d in range(7)]
+        last_start = sum(days[:6])
+    elif mode == "days":
+        last_start = total - part_rows[-1]
+    else:
+        a = round(total * fractions[0])
+        b = min(total, a + round(total * fractions[1]))
+        return {"train": (0, a), "validation": (a, b), "test": (b, total)}
+    last = total - last_start
+    half = last_start + last - last // 2  # np.array_split: the first half gets the extra row
+    return {"train": (0, last_start), "validation": (last_start, half), "test": (half, total)}
+
+
+def _segments(names: list[str], part_rows: list[int], start: int, stop: int) -> list:
+    """Global row range -> [[part, start, stop], ...] within the parts."""
+    segments = []
+    offset = 0
+    for name, rows in zip(names, part_rows, strict=True):
+        lo, hi = max(start, offset), min(stop, offset + rows)
+        if lo < hi:
+            segments.append([name, lo - offset, hi - offset])
+        offset += rows
+    return segments
+
+
+def _check_inputs(sources: list[Path], options: PreprocessOptions) -> None:
+    if not sources:
+        raise CriteoError("no input files given")
+    for p in sources:
+        if not p.exists():
+            raise CriteoError(f"{p}: input file not found")
+        if not p.is_file():
+            raise CriteoError(f"{p}: not a regular file")
+    if options.split == "kaggle" and len(sources) != 1:
+        raise CriteoError(f"split 'kaggle' needs exactly one file (train.txt), got {len(sources)}")
+    if options.split == "days" and len(sources) < 2:
+        raise CriteoError("split 'days' needs at least two day files (the last is held out)")
+
+
+def _prepare_out_dir(out: Path) -> None:
+    try:
+        (out / "counts").mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CriteoError(
+            f"{out}: output directory is not writable ({exc.strerror or exc})"
+        ) from None
+
+
+def preprocess(
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    options: PreprocessOptions | None = None,
+    progress: bool = True,
+) -> dict:
+    """Raw Criteo files -> a directory that :class:`ProcessedData` opens. Returns the metadata.
+
+    Finished parts of an earlier (interrupted) run with the same sources and options are
+    kept, not redone.
+    """
+    options = options or PreprocessOptions()
+    paths = [Path(s) for s in sources]
+    out = Path(out_dir)
+    _check_inputs(paths, options)
+    _prepare_out_dir(out)
+    (out / METADATA_FILE).unlink(missing_ok=True)  # the directory is incomplete until the end
+    names = [f"part-{i:03d}" for i in range(len(paths))]
+    key = options.output_key()
+    with tqdm(unit=" rows", unit_scale=True, disable=not progress, smoothing=0.05) as bar:
+        vocab = None
+        if not options.hashing:
+            _run_parts(out, names, paths, key, bar, counting=options)
+            vocab = build_vocabulary(out, names, key["min_count"])
+            key = {**key, "vocabulary_sha256": vocab.digest}
+        markers = _run_parts(out, names, paths, key, bar, options=options, vocab=vocab)
+    table_sizes = vocab.table_sizes if vocab else [options.max_ind_range] * NUM_CATEGORICAL
+    metadata = _metadata(names, markers, table_sizes, options)
+    _write_json_atomic(out / METADATA_FILE, metadata)
+    return metadata
+
+
+def _run_parts(out, names, paths, key, bar, options=None, vocab=None, counting=None) -> list:
+    """Run one pass over every part not already finished; returns the parts' markers."""
+    markers = []
+    for name, path in zip(names, paths, strict=True):
+        identity = _source_identity(path)
+        marker_dir = out / "counts" if counting else out
+        marker = _part_is_finished_pass(marker_dir, out, name, identity, key, counting)
+        if marker is None:
+            if counting:
+                info = count_part(out, name, path, counting, bar)
+            else:
+                info = write_part(out, name, path, options, vocab, bar)
+            marker = {**info, **identity, "options": key}
+            if counting:
+                _write_json_atomic(marker_dir / f"{name}.json", marker)
+            else:
+                _finish_part(out, marker)
+        markers.append(marker)
+    return markers
+
+
+def _part_is_finished_pass(marker_dir, out, name, identity, key, counting) -> dict | None:
+    if not counting:
+        return _part_is_finished(out, name, identity, key)
+    marker = _read_marker(marker_dir / f"{name}.json")
+    ok = (
+        marker is not None
+        and marker.get("options") == key
+        and all(marker.get(k) == v for k, v in identity.items())
+        and (marker_dir / f"{name}.npz").is_file()
+    )
+    return marker if ok else None
+
+
+def _metadata(names: list[str], markers: list[dict], table_sizes: list[int], options) -> dict:
+    part_rows = [m["rows"] for m in markers]
+    if sum(part_rows) == 0:
+        raise CriteoFormatError("no rows left to write (every line was bad)")
+    ranges = split_ranges(options.split, part_rows, options.split_fractions)
+    splits = {s: _segments(names, part_rows, a, b) for s, (a, b) in ranges.items()}
+    parts = [
+        {
+            k: m[k]
+            for k in (
+                "name",
+                "source",
+                "size",
+                "mtime_ns",
+                "sha256",
+                "rows",
+                "lines",
+                "bad_lines_skipped",
+            )
+        }
+        for m in markers
+    ]
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "num_dense": NUM_DENSE,
+        "num_categorical": NUM_CATEGORICAL,
+        "table_sizes": [int(s) for s in table_sizes],
+        "rows": {s: b - a for s, (a, b) in ranges.items()},
+        "splits": splits,
+        "parts": parts,
+        "bad_lines_skipped": sum(m["bad_lines_skipped"] for m in markers),
+        "options": {**asdict(options), **markers[0]["options"]},
+        "checksum": "sha256 of each source file's bytes, computed while streaming",
+    }
+
+
+def terabyte_sources(prefix: str | Path, days: int = 24) -> list[Path]:
+    """``prefix_0 .. prefix_{days-1}``, each plain or with ``.gz`` (e.g. prefix /data/day)."""
+    found, missing = [], []
+    for d in range(days):
+        plain = Path(f"{prefix}_{d}")
+        gz = Path(f"{prefix}_{d}.gz")
+        if plain.is_file() or gz.is_file():
+            found.append(plain if plain.is_file() else gz)
+        else:
+            missing.append(plain.name)
+    if missing:
+        raise CriteoError(f"Terabyte day files not found next to {prefix}: {', '.join(missing)}")
+    return found
+
+
+def preprocess_for_training(
+    data_set: str,
+    raw_data_file: str | Path,
+    out_dir: str | Path,
+    max_ind_range: int = 0,
+    min_count: int = 0,
+    skip_bad_lines: bool = False,
+    progress: bool = True,
+) -> Path:
+    """The reference's ``--data-set kaggle|terabyte --raw-data-file`` path.
+
+    kaggle: raw_data_file is train.txt (7-day split). terabyte: raw_data_file is the
+    prefix of day_0 .. day_23 (e.g. /data/day). Reuses out_dir when it already holds
+    a finished preprocessing of the same sources with the same options.
+    """
+    if data_set == "kaggle":
+        sources, split = [Path(raw_data_file)], "kaggle"
+    elif data_set == "terabyte":
+        sources, split = terabyte_sources(raw_data_file), "days"
+    else:
+        raise ValueError(f"data_set: must be 'kaggle' or 'terabyte', got {data_set!r}")
+    options = PreprocessOptions(
+        split=split,
+        max_ind_range=max_ind_range,
+        min_count=min_count,
+        skip_bad_lines=skip_bad_lines,
+    )
+    out = Path(out_dir)
+    if _finished_matches(out, sources, options):
+        return out
+    preprocess(sources, out, options, progress=progress)
+    return out
+
+
+def _finished_matches(out: Path, sources: list[Path], options: PreprocessOptions) -> bool:
+    meta = _read_marker(out / METADATA_FILE)
+    if meta is None or meta.get("format_version") != FORMAT_VERSION:
+        return False
+    if len(meta["parts"]) != len(sources):
+        return False
+    used = meta["options"]
+    if any(used.get(k) != v for k, v in options.output_key().items()):
+        return False
+    if used.get("split") != options.split:
+        return False
+    for part, src in zip(meta["parts"], sources, strict=True):
+        if not src.is_file() or any(part[k] != v for k, v in _source_identity(src).items()):
+            return False
+    return True

@@ -1,0 +1,479 @@
+"""GEMM kernels of the linear layer, bias and ReLU fused (shape letters: numbadlrm.config).
+
+W is stored (O, I) like PyTorch, x is (B, I), y is (B, O):
+
+    forward           y  = x W^T + b, then max(y, 0) if relu        (B, O)
+    mask              dz = dy * [y > 0] if relu else dy, in place    (B, O)
+    backward_data     dx = dz W                                      (B, I)
+    backward_weight   dW = dz^T x,   db = sum_b dz                   (O, I), (O,)
+
+Each pass is one GEMM  C (M, N) = A (M, K) @ Bm (K, N):
+
+    forward           M = B, N = O, K = I     A = x,     Bm = W^T
+    backward_data     M = B, N = I, K = O     A = dz,    Bm = W
+    backward_weight   M = O, N = I, K = B     A = dz^T,  Bm = x
+
+Two micro-kernels compute it. Which one is fast depends on K and on which operand is
+contiguous along k:
+
+- dot form: A (M, K) and Bt = Bm^T (N, K), both contiguous along k. A 4x4 tile of C is
+  16 scalar accumulators with the k loop innermost, which LLVM vectorises over k: 16 zmm
+  accumulators, 8 loads per 16 FMAs, C written once per tile. Every tile ends in 16
+  horizontal sums, so it wants K >= ~128.
+- axpy form: Bm (K, N) contiguous along n. c[i, :] += a[i, k] Bm[k, :] for 4 rows i and
+  4 values of k at once, the j loop innermost and vectorised: C is loaded and stored once
+  per 4 FMAs. No horizontal sums, so it wins when K is small.
+
+Versions, side by side (as karpathy/llm.c dev/cuda keeps them); ``VERSIONS`` maps a name
+to its (forward, backward_data, backward_weight):
+
+    naive   one dot product per output element: the obviously correct baseline
+    v1      axpy form on the operands as they lie (W^T transposed once for forward)
+    v2      dot form everywhere; W^T, dz^T and x^T transposed into scratch as needed
+    v3      v2 for K >= SMALL_K, else the axpy form over packed panels of Bm (default)
+
+Lessons that moved the numbers (see bench/bench_gemm.py):
+- Inner loops start at 0 and index 1-D row slices (``c = C[i, j0:j1]``). A
+  ``range(j0, j1)`` whose start Numba cannot prove >= 0 keeps the negative-index
+  wraparound and the loop is not vectorised at all (scalar ``vfmadd...ss``).
+- Rows 4 KiB apart (I or O = 1024) fall in the same L1 sets; the axpy form reads 8 such
+  rows at once and thrashes, so v3 copies Bm into contiguous (K, PANEL) panels first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit_parallel, jit_serial
+
+KC = 512  # dot form: k block; 4 rows of A (8 KiB) stay in L1 across a block of Bt rows
+SMALL_K = 128  # v3: below this K the axpy form beats the dot form's horizontal sums
+PANEL = 128  # v3: width (floats) of a packed Bm panel
+# Blocks of C per call, at least: balances 2-4 threads. A constant, not the thread count,
+# so that kernels cache and results do not depend on the number of threads.
+MIN_TASKS = 8
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+@jit_serial
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+@jit_serial
+def _block_sizes(M, N):
+    """Blocks of C handed to threads: 64 x 64, split until there are MIN_TASKS of them."""
+    mb, nb = 64, 64
+    while _cdiv(M, mb) * _cdiv(N, nb) < MIN_TASKS:
+        if mb > 4 and _cdiv(M, mb // 2) > _cdiv(M, mb):
+            mb //= 2
+        elif nb > 4 and _cdiv(N, nb // 2) > _cdiv(N, nb):
+            nb //= 2
+        else:
+            break
+    return mb, nb
+
+
+@jit_parallel
+def _transpose(out, a):
+    """out (N, M) = a (M, N)^T."""
+    M, N = a.shape
+    for t in prange(_cdiv(M, 16)):  # task t writes only columns 16t..16t+15 of out
+        i0 = t * 16
+        i1 = min(i0 + 16, M)
+        for j in range(N):
+            for i in range(i0, i1):
+                out[j, i] = a[i, j]
+
+
+@jit_parallel
+def _pack_panels(panels, Bm):
+    """panels (P, K, PANEL)[p, k, j] = Bm (K, N)[k, p * PANEL + j] (tail panel part-filled)."""
+    K, N = Bm.shape
+    for p in prange(panels.shape[0]):  # task p writes only panel p
+        j0 = p * PANEL
+        nj = min(PANEL, N - j0)
+        for k in range(K):
+            src = Bm[k, j0 : j0 + nj]
+            dst = panels[p, k]
+            for j in range(nj):
+                dst[j] = src[j]
+
+
+@jit_serial
+def _bias_relu(C, b, i0, i1, j0, j1, relu):
+    """C[i0:i1, j0:j1] += b[j0:j1], then ReLU: the forward's epilogue on a finished tile."""
+    bb = b[j0:j1]
+    for i in range(i0, i1):
+        c = C[i, j0:j1]
+        for j in range(j1 - j0):
+            v = c[j] + bb[j]
+            c[j] = max(v, np.float32(0.0)) if relu else v
+
+
+@jit_serial
+def _zero(C, i0, i1, j0, j1):
+    for i in range(i0, i1):
+        c = C[i, j0:j1]
+        for j in range(j1 - j0):
+            c[j] = 0.0
+
+
+@jit_serial
+def _row_sums(db, A, i0, i1):
+    """db[i] = sum_k A[i, k] for i0 <= i < i1 (A is dz^T, so this is db = sum_b dz)."""
+    K = A.shape[1]
+    for i in range(i0, i1):
+        s = np.float32(0.0)
+        for k in range(K):
+            s += A[i, k]
+        db[i] = s
+
+
+@jit_parallel
+def relu_mask(dy, y):
+    """dy *= [y > 0] in place: the ReLU backward (dy becomes dz)."""
+    B, O = dy.shape
+    for r in prange(B):  # task r writes only row r of dy
+        d = dy[r]
+        v = y[r]
+        for o in range(O):
+            if not v[o] > 0:
+                d[o] = 0.0
+
+
+# ------------------------------------------------------------------------ naive
+
+
+@jit_parallel
+def gemm_forward_naive(y, x, W, b, relu):
+    B, I = x.shape
+    O = W.shape[0]
+    for r in prange(B):  # task r writes only row r of y
+        for o in range(O):
+            acc = b[o]
+            for i in range(I):
+                acc += x[r, i] * W[o, i]
+            y[r, o] = max(acc, np.float32(0.0)) if relu else acc
+
+
+@jit_parallel
+def gemm_backward_data_naive(dx, dz, W):
+    B, O = dz.shape
+    I = W.shape[1]
+    for r in prange(B):  # task r writes only row r of dx
+        for i in range(I):
+            acc = np.float32(0.0)
+            for o in range(O):
+                acc += dz[r, o] * W[o, i]
+            dx[r, i] = acc
+
+
+@jit_parallel
+def gemm_backward_weight_naive(dW, db, dz, x):
+    B, O = dz.shape
+    I = x.shape[1]
+    for o in prange(O):  # task o writes only row o of dW and db[o]
+        s = np.float32(0.0)
+        for r in range(B):
+            s += dz[r, o]
+        db[o] = s
+        for i in range(I):
+            acc = np.float32(0.0)
+            for r in range(B):
+                acc += dz[r, o] * x[r, i]
+            dW[o, i] = acc
+
+
+# ------------------------------------------------------------------ axpy form (v1)
+
+
+@jit_serial
+def _axpy_rows4(C, A, Bm, i, j0, j1, bj0):
+    """C[i:i+4, j0:j1] += A[i:i+4, :] @ Bm[:, bj0:bj0+nj], 4 rows x 4 k per pass over j."""
+    K = A.shape[1]
+    nj = j1 - j0
+    c0, c1, c2, c3 = C[i, j0:j1], C[i + 1, j0:j1], C[i + 2, j0:j1], C[i + 3, j0:j1]
+    k = 0
+    while k + 4 <= K:
+        b0, b1 = Bm[k, bj0 : bj0 + nj], Bm[k + 1, bj0 : bj0 + nj]
+        b2, b3 = Bm[k + 2, bj0 : bj0 + nj], Bm[k + 3, bj0 : bj0 + nj]
+        a00, a01, a02, a03 = A[i, k], A[i, k + 1], A[i, k + 2], A[i, k + 3]
+        a10, a11, a12, a13 = A[i + 1, k], A[i + 1, k + 1], A[i + 1, k + 2], A[i + 1, k + 3]
+        a20, a21, a22, a23 = A[i + 2, k], A[i + 2, k + 1], A[i + 2, k + 2], A[i + 2, k + 3]
+        a30, a31, a32, a33 = A[i + 3, k], A[i + 3, k + 1], A[i + 3, k + 2], A[i + 3, k + 3]
+        for j in range(nj):
+            v0, v1, v2, v3 = b0[j], b1[j], b2[j], b3[j]
+            c0[j] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+            c1[j] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+            c2[j] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
+            c3[j] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+        k += 4
+    while k < K:
+        bk = Bm[k, bj0 : bj0 + nj]
+        a0, a1, a2, a3 = A[i, k], A[i + 1, k], A[i + 2, k], A[i + 3, k]
+        for j in range(nj):
+            v = bk[j]
+            c0[j] += a0 * v
+            c1[j] += a1 * v
+            c2[j] += a2 * v
+            c3[j] += a3 * v
+        k += 1
+
+
+@jit_serial
+def _axpy_row1(C, A, Bm, i, j0, j1, bj0):
+    """C[i, j0:j1] += A[i, :] @ Bm[:, bj0:bj0+nj]: the row tail of _axpy_rows4."""
+    nj = j1 - j0
+    c = C[i, j0:j1]
+    for k in range(A.shape[1]):
+        a = A[i, k]
+        bk = Bm[k, bj0 : bj0 + nj]
+        for j in range(nj):
+            c[j] += a * bk[j]
+
+
+@jit_serial
+def _axpy_block(C, A, Bm, i0, i1, j0, j1, bj0):
+    """C[i0:i1, j0:j1] = A[i0:i1, :] @ Bm[:, bj0:bj0 + (j1 - j0)]."""
+    _zero(C, i0, i1, j0, j1)
+    i = i0
+    while i + 4 <= i1:
+        _axpy_rows4(C, A, Bm, i, j0, j1, bj0)
+        i += 4
+    while i < i1:
+        _axpy_row1(C, A, Bm, i, j0, j1, bj0)
+        i += 1
+
+
+@jit_parallel
+def _axpy_gemm(C, A, Bm, db, with_db):
+    """C = A @ Bm on the operands as they lie; db = row sums of A when with_db."""
+    M, N = C.shape
+    mb, nb = _block_sizes(M, N)
+    nnb = _cdiv(N, nb)
+    for t in prange(_cdiv(M, mb) * nnb):  # task t writes only its C block (and db rows)
+        i0, j0 = (t // nnb) * mb, (t % nnb) * nb
+        i1, j1 = min(i0 + mb, M), min(j0 + nb, N)
+        _axpy_block(C, A, Bm, i0, i1, j0, j1, j0)
+        if with_db and j0 == 0:
+            _row_sums(db, A, i0, i1)
+
+
+@jit_parallel
+def _axpy_forward_epilogue(y, b, relu):
+    B, O = y.shape
+    for r in prange(B):  # task r writes only row r of y
+        _bias_relu(y, b, r, r + 1, 0, O, relu)
+
+
+@jit_serial
+def gemm_forward_v1(y, x, W, b, relu):
+    Wt = np.empty((W.shape[1], W.shape[0]), np.float32)  # (I, O)
+    _transpose(Wt, W)
+    _axpy_gemm(y, x, Wt, b, False)
+    _axpy_forward_epilogue(y, b, relu)
+
+
+@jit_serial
+def gemm_backward_data_v1(dx, dz, W):
+    _axpy_gemm(dx, dz, W, dx[0], False)
+
+
+@jit_serial
+def gemm_backward_weight_v1(dW, db, dz, x):
+    _axpy_gemm(dW, dz.T, x, db, True)
+
+
+# ------------------------------------------------------------------- dot form (v2)
+
+
+@jit_serial
+def _dot_4x4(C, i, j, nrows, first, a0, a1, a2, a3, b0, b1, b2, b3):
+    """C[i:i+nrows, j:j+4] (+)= [a0..a3] . [b0..b3]: 16 accumulators, k vectorised."""
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
+    for k in range(a0.shape[0]):
+        x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
+        w0, w1, w2, w3 = b0[k], b1[k], b2[k], b3[k]
+        s00 += x0 * w0
+        s01 += x0 * w1
+        s02 += x0 * w2
+        s03 += x0 * w3
+        s10 += x1 * w0
+        s11 += x1 * w1
+        s12 += x1 * w2
+        s13 += x1 * w3
+        s20 += x2 * w0
+        s21 += x2 * w1
+        s22 += x2 * w2
+        s23 += x2 * w3
+        s30 += x3 * w0
+        s31 += x3 * w1
+        s32 += x3 * w2
+        s33 += x3 * w3
+    _store4(C[i, j : j + 4], first, s00, s01, s02, s03)
+    if nrows > 1:
+        _store4(C[i + 1, j : j + 4], first, s10, s11, s12, s13)
+    if nrows > 2:
+        _store4(C[i + 2, j : j + 4], first, s20, s21, s22, s23)
+    if nrows > 3:
+        _store4(C[i + 3, j : j + 4], first, s30, s31, s32, s33)
+
+
+@jit_serial
+def _store4(c, first, s0, s1, s2, s3):
+    if first:
+        c[0], c[1], c[2], c[3] = s0, s1, s2, s3
+    else:
+        c[0] += s0
+        c[1] += s1
+        c[2] += s2
+        c[3] += s3
+
+
+@jit_serial
+def _dot_4x1(C, i, j, nrows, first, a0, a1, a2, a3, b0):
+    """The column tail of _dot_4x4: C[i:i+nrows, j] (+)= [a0..a3] . b0."""
+    s0 = s1 = s2 = s3 = np.float32(0.0)
+    for k in range(a0.shape[0]):
+        w = b0[k]
+        s0 += a0[k] * w
+        s1 += a1[k] * w
+        s2 += a2[k] * w
+        s3 += a3[k] * w
+    c = C[i : i + nrows, j]
+    for r, s in enumerate((s0, s1, s2, s3)):
+        if r < nrows:
+            c[r] = s if first else c[r] + s
+
+
+@jit_serial
+def _dot_block(C, A, Bt, i0, i1, j0, j1, k0, k1):
+    """C[i0:i1, j0:j1] (+)= A[i0:i1, k0:k1] @ Bt[j0:j1, k0:k1]^T (stores when k0 == 0)."""
+    last = A.shape[0] - 1
+    first = k0 == 0
+    for i in range(i0, i1, 4):
+        nrows = min(4, i1 - i)
+        # Rows past i1 repeat a valid row: computed, never stored.
+        a0 = A[i, k0:k1]
+        a1 = A[min(i + 1, last), k0:k1]
+        a2 = A[min(i + 2, last), k0:k1]
+        a3 = A[min(i + 3, last), k0:k1]
+        j = j0
+        while j + 4 <= j1:
+            b0, b1 = Bt[j, k0:k1], Bt[j + 1, k0:k1]
+            b2, b3 = Bt[j + 2, k0:k1], Bt[j + 3, k0:k1]
+            _dot_4x4(C, i, j, nrows, first, a0, a1, a2, a3, b0, b1, b2, b3)
+            j += 4
+        while j < j1:
+            _dot_4x1(C, i, j, nrows, first, a0, a1, a2, a3, Bt[j, k0:k1])
+            j += 1
+
+
+@jit_parallel
+def _dot_gemm(C, A, Bt, b, relu, with_bias, db, with_db):
+    """C = A @ Bt^T (+ b, ReLU when with_bias); db = row sums of A when with_db."""
+    M, N = C.shape
+    K = A.shape[1]
+    mb, nb = _block_sizes(M, N)
+    nnb = _cdiv(N, nb)
+    for t in prange(_cdiv(M, mb) * nnb):  # task t writes only its C block (and db rows)
+        i0, j0 = (t // nnb) * mb, (t % nnb) * nb
+        i1, j1 = min(i0 + mb, M), min(j0 + nb, N)
+        if K == 0:
+            _zero(C, i0, i1, j0, j1)
+        for k0 in range(0, K, KC):
+            _dot_block(C, A, Bt, i0, i1, j0, j1, k0, min(k0 + KC, K))
+        if with_bias:
+            _bias_relu(C, b, i0, i1, j0, j1, relu)
+        if with_db and j0 == 0:
+            _row_sums(db, A, i0, i1)
+
+
+@jit_serial
+def gemm_forward_v2(y, x, W, b, relu):
+    _dot_gemm(y, x, W, b, relu, True, b, False)
+
+
+@jit_serial
+def gemm_backward_data_v2(dx, dz, W):
+    Wt = np.empty((W.shape[1], W.shape[0]), np.float32)  # (I, O)
+    _transpose(Wt, W)
+    _dot_gemm(dx, dz, Wt, dx[0], False, False, dx[0], False)
+
+
+@jit_serial
+def gemm_backward_weight_v2(dW, db, dz, x):
+    dzt = np.empty((dz.shape[1], dz.shape[0]), np.float32)  # (O, B)
+    xt = np.empty((x.shape[1], x.shape[0]), np.float32)  # (I, B)
+    _transpose(dzt, dz)
+    _transpose(xt, x)
+    _dot_gemm(dW, dzt, xt, db, False, False, db, True)
+
+
+# ------------------------------------------------- v3: dot form, packed axpy for small K
+
+
+@jit_parallel
+def _panel_gemm(C, A, panels, b, relu, with_bias, db, with_db):
+    """C = A @ Bm with Bm packed by _pack_panels; epilogues as in _dot_gemm."""
+    M, N = C.shape
+    mb = _block_sizes(M, N)[0]
+    npan = panels.shape[0]
+    for t in prange(_cdiv(M, mb) * npan):  # task t writes only its C block (and db rows)
+        i0, p = (t // npan) * mb, t % npan
+        j0 = p * PANEL
+        i1, j1 = min(i0 + mb, M), min(j0 + PANEL, N)
+        _axpy_block(C, A, panels[p], i0, i1, j0, j1, 0)
+        if with_bias:
+            _bias_relu(C, b, i0, i1, j0, j1, relu)
+        if with_db and p == 0:
+            _row_sums(db, A, i0, i1)
+
+
+@jit_serial
+def _packed(Bm):
+    panels = np.empty((_cdiv(Bm.shape[1], PANEL), Bm.shape[0], PANEL), np.float32)
+    _pack_panels(panels, Bm)
+    return panels
+
+
+@jit_serial
+def gemm_forward_v3(y, x, W, b, relu):
+    if x.shape[1] >= SMALL_K:
+        _dot_gemm(y, x, W, b, relu, True, b, False)
+        return
+    Wt = np.empty((W.shape[1], W.shape[0]), np.float32)  # (I, O)
+    _transpose(Wt, W)
+    _panel_gemm(y, x, _packed(Wt), b, relu, True, b, False)
+
+
+@jit_serial
+def gemm_backward_data_v3(dx, dz, W):
+    if dz.shape[1] >= SMALL_K:
+        gemm_backward_data_v2(dx, dz, W)
+        return
+    _panel_gemm(dx, dz, _packed(W), dx[0], False, False, dx[0], False)
+
+
+@jit_serial
+def gemm_backward_weight_v3(dW, db, dz, x):
+    if dz.shape[0] >= SMALL_K:
+        gemm_backward_weight_v2(dW, db, dz, x)
+        return
+    dzt = np.empty((dz.shape[1], dz.shape[0]), np.float32)  # (O, B)
+    _transpose(dzt, dz)
+    _panel_gemm(dW, dzt, _packed(x), db, False, False, db, True)
+
+
+VERSIONS = {
+    "naive": (gemm_forward_naive, gemm_backward_data_naive, gemm_backward_weight_naive),
+    "v1": (gemm_forward_v1, gemm_backward_data_v1, gemm_backward_weight_v1),
+    "v2": (gemm_forward_v2, gemm_backward_data_v2, gemm_backward_weight_v2),
+    "v3": (gemm_forward_v3, gemm_backward_data_v3, gemm_backward_weight_v3),
+}
+DEFAULT_VERSION = "v3"
