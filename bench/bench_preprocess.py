@@ -132,12 +132,12 @@ def child(raw: str, out: str, max_ind_range: int, chunk_mb: int) -> None:
         tiny = Path(tmp) / "tiny.txt"
         write_synthetic(tiny, 100)
         preprocess([tiny], Path(tmp) / "out", opts, progress=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     meta = preprocess([raw], out, opts, progress=False)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     rows = sum(meta["rows"].values())
     hwm = next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")).split()[1]
-    print(json.dumps({"seconds": seconds, "rows": rows, "vmhwm_kib": int(hwm)}))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "rows": rows, "vmhwm_kib": int(hwm)}))
 
 
 def run_child(raw: Path, out: Path, args: argparse.Namespace) -> dict:
@@ -182,8 +182,11 @@ def main() -> None:
     seconds = statistics.median(r["seconds"] for r in results)
     rows = results[0]["rows"]
     peak = max(r["vmhwm_kib"] for r in results) / 1024
-    times = ", ".join(f"{r['seconds']:.2f}s" for r in results)
+    times = ", ".join(f"{r['seconds']:.2f}s wall / {r['cpu']:.2f}s cpu" for r in results)
     print(f"runs: {times}")
+    cpu = statistics.median(r["cpu"] for r in results)
+    print(f"CPU cost: {rows / cpu:,.0f} rows per CPU-second (CPU time of all threads; "
+          f"less sensitive to other load than wall time)")  # fmt: skip
     print(f"preprocess --max-ind-range: {rows / seconds:,.0f} rows/s, "
           f"{size / seconds / 1e6:.0f} MB/s (median of {len(results)})")  # fmt: skip
     print(f"peak RSS (VmHWM of the child process): {peak:.0f} MiB")

@@ -2,6 +2,7 @@
 
 from .batch import Batch
 from .config import DLRMConfig
+from .model import DLRM
 
-__all__ = ["Batch", "DLRMConfig"]
+__all__ = ["DLRM", "Batch", "DLRMConfig"]
 __version__ = "0.1.0"

@@ -9,6 +9,11 @@
 The backward runs the same list in reverse and ends with the fused sparse update of the
 tables; the dense parameters are then updated by one SGD call over the flat buffer.
 All activations and gradients live in a per-batch-size workspace allocated once.
+
+Everything except the tables is a :class:`DenseTower` (bottom MLP, interaction, top MLP):
+the pooled embeddings enter it through ``ws.emb`` and their gradient leaves through
+``ws.demb``. The MPI model (numbadlrm.parallel.distributed) runs the same tower between
+its own table shards and the embedding exchange.
 """
 
 from __future__ import annotations
@@ -39,10 +44,21 @@ class Workspace:
         self.p = np.empty(batch, f32)
 
 
-def dense_layout(config: DLRMConfig) -> tuple[list[LinearSlot], list[LinearSlot], int]:
-    """(bottom slots, top slots, parameter count) of the MLPs in one flat buffer."""
-    bottom_slots, n = mlp_slots("bottom_mlp", config.bottom_sizes, 0)
-    top_slots, n = mlp_slots("top_mlp", config.top_sizes, n)
+def dense_layout(
+    config: DLRMConfig, top_first: bool = False
+) -> tuple[list[LinearSlot], list[LinearSlot], int]:
+    """(bottom slots, top slots, parameter count) of the MLPs in one flat buffer.
+
+    The bottom MLP comes first unless ``top_first`` (the MPI model puts the top MLP first
+    so its gradients, ready first in the backward, are one contiguous slice to allreduce).
+    Initial values do not depend on the order (see params.init_mlp).
+    """
+    if top_first:
+        top_slots, n = mlp_slots("top_mlp", config.top_sizes, 0)
+        bottom_slots, n = mlp_slots("bottom_mlp", config.bottom_sizes, n)
+    else:
+        bottom_slots, n = mlp_slots("bottom_mlp", config.bottom_sizes, 0)
+        top_slots, n = mlp_slots("top_mlp", config.top_sizes, n)
     return bottom_slots, top_slots, n
 
 
@@ -56,12 +72,19 @@ class DenseTower:
     run the same code between them.
     """
 
-    def __init__(self, config: DLRMConfig, params: np.ndarray, grads: np.ndarray, gemm: str):
+    def __init__(
+        self,
+        config: DLRMConfig,
+        params: np.ndarray,
+        grads: np.ndarray,
+        gemm: str,
+        top_first: bool = False,
+    ):
         if gemm not in BACKENDS:
             raise ValueError(f"gemm: must be one of {BACKENDS}, got {gemm!r}")
         self.config = config
         self.gemm = gemm
-        self.bottom_slots, self.top_slots, self.num_params = dense_layout(config)
+        self.bottom_slots, self.top_slots, self.num_params = dense_layout(config, top_first)
         self.bottom = [_views(params, grads, s) for s in self.bottom_slots]
         self.top = [_views(params, grads, s) for s in self.top_slots]
         self.interaction = Interaction(
@@ -92,14 +115,16 @@ class DenseTower:
 
     def top_backward(self, ws: Workspace) -> None:
         """From ds in ws.dtop[-1]: top MLP grads, and dr in ws.dtop[0]."""
-        _mlp_backward(self.top, ws.top[1:], ws.dtop[1:], ws.top[0], ws.dtop[0], False, self.gemm)
+        top_in = ws.top[0]
+        _mlp_backward(self.top, ws.top[1:], ws.dtop[1:], top_in, ws.dtop[0], False, self.gemm, None)
 
     def interaction_backward(self, ws: Workspace) -> None:
         """dx into ws.dbottom[-1], demb into ws.demb."""
         self.interaction.backward(ws.dbottom[-1], ws.demb, ws.dtop[0], ws.bottom[-1], ws.emb)
 
-    def bottom_backward(self, ws: Workspace, dense: np.ndarray) -> None:
-        _mlp_backward(self.bottom, ws.bottom, ws.dbottom, dense, None, True, self.gemm)
+    def bottom_backward(self, ws: Workspace, dense: np.ndarray, after_layer=None) -> None:
+        """Bottom MLP grads from dx in ws.dbottom[-1]; ``after_layer()`` runs between layers."""
+        _mlp_backward(self.bottom, ws.bottom, ws.dbottom, dense, None, True, self.gemm, after_layer)
 
 
 def _views(params: np.ndarray, grads: np.ndarray, slot: LinearSlot):
@@ -118,7 +143,9 @@ def _mlp_forward(layers, acts, x, relu_last: bool, gemm: str, after_layer) -> No
             after_layer()
 
 
-def _mlp_backward(layers, acts, dacts, x, dx_first, relu_last: bool, gemm: str) -> None:
+def _mlp_backward(
+    layers, acts, dacts, x, dx_first, relu_last: bool, gemm: str, after_layer
+) -> None:
     """dacts[i] holds dL/d(acts[i]); layer i writes dL/d(its input) into dacts[i-1]."""
     n = len(layers)
     for i in reversed(range(n)):
@@ -127,6 +154,8 @@ def _mlp_backward(layers, acts, dacts, x, dx_first, relu_last: bool, gemm: str) 
         dx = dacts[i - 1] if i > 0 else dx_first
         relu = i < n - 1 or relu_last
         linear_backward(dx, dw, db, dacts[i], layer_in, acts[i], w, relu, gemm)
+        if after_layer is not None:
+            after_layer()
 
 
 class DLRM:
@@ -237,8 +266,7 @@ def check_state_dict(sd: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...
     unexpected = sorted(set(sd) - set(shapes))
     if missing or unexpected:
         raise ValueError(
-            f"load_state_dict: missing {missing or 'nothing'}, unexpected "
-            f"{unexpected or 'nothing'}"
+            f"load_state_dict: missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}"
         )
     for name, shape in shapes.items():
         value = sd[name]

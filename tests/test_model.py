@@ -100,7 +100,7 @@ def test_state_dict_round_trip_and_errors():
     sd = model.state_dict()
     assert sorted(sd) == sorted(
         [f"bottom_mlp.{i}.{k}" for i in range(2) for k in ("weight", "bias")]
-        + ["top_mlp.0.weight", "top_mlp.0.bias"]
+        + [f"top_mlp.{i}.{k}" for i in range(2) for k in ("weight", "bias")]
         + [f"embeddings.{t}.weight" for t in range(3)]
     )
     assert sd["bottom_mlp.0.weight"].shape == (8, 5)

@@ -214,7 +214,7 @@ def _parse_line(dense, raw, labels, errors, i, buf, a, b):
                 code = ERR_LABEL
         elif field <= NUM_DENSE:
             ok, v = _parse_int(buf, pos, e)
-            dense[i, field - 1] = np.float32(np.log(np.float64(abs(v)) + 1.0))
+            dense[i, field - 1] = np.float32(np.log(np.float64(max(v, 0)) + 1.0))
             code = ERR_OK if ok else ERR_INT
         else:
             ok, v = _parse_hex(buf, pos, e)
@@ -375,8 +375,14 @@ def _bad_line_message(path: Path, first_line: int, i: int, errors: np.ndarray, b
 
 def parsed_chunks(path: Path, options: PreprocessOptions, info: dict) -> Iterator[ParsedChunk]:
     """Every chunk of ``path`` parsed; fills info with sha256, lines and bad_lines_skipped."""
+    chunks = prefetch(read_chunks(path, options.chunk_bytes), depth=1)
+    with contextlib.closing(chunks):  # stops the reader thread at once on an error
+        yield from _parse_all(chunks, path, options, info)
+
+
+def _parse_all(chunks, path: Path, options: PreprocessOptions, info: dict):
     lines = skipped = 0
-    for chunk in prefetch(read_chunks(path, options.chunk_bytes), depth=1):
+    for chunk in chunks:
         if chunk.data is None:
             if chunk.raw_bytes == 0:
                 raise CriteoFormatError(f"{path}: file is empty (no rows)")
@@ -436,7 +442,8 @@ def write_part(
     try:
         with contextlib.ExitStack() as stack:
             files = {kind: stack.enter_context(open(p, "wb")) for kind, p in tmps.items()}
-            for parsed in parsed_chunks(path, options, info):
+            chunks = stack.enter_context(contextlib.closing(parsed_chunks(path, options, info)))
+            for parsed in chunks:
                 cat = np.empty(parsed.raw.shape, np.int32)
                 if options.hashing:
                     hash_ids(cat, parsed.raw, options.max_ind_range)

@@ -93,21 +93,30 @@ class Teacher:
             self.scramble.append((a, int(rng.integers(0, n))))
 
     def sample(self, rng: np.random.Generator, batch: int, lookups: int, fixed: bool) -> Batch:
+        """Draw features, then labels ~ Bernoulli(sigmoid(teacher logit))."""
         cfg = self.cfg
         counts = np.exp(rng.normal(self.dense_mu, 1.2, (batch, cfg.num_dense)))
         counts[rng.random(counts.shape) < 0.2] = 0.0  # Criteo's frequent zeros
         dense = np.log1p(np.floor(counts)).astype(np.float32)
-        logit = BIAS + (dense - self.dense_mu) @ self.dense_w
         offsets = bag_offsets(rng, cfg.num_tables, batch, lookups, fixed, cfg.embedding_sizes)
         indices = np.empty(offsets[-1, -1], dtype=np.int64)
-        latent_sum = np.zeros((batch, LATENT))
-        latent_sq = np.zeros(batch)
         for t, rows in enumerate(cfg.embedding_sizes):
             lo, hi = offsets[t, 0], offsets[t, -1]
             raw = np.floor(rows * rng.random(hi - lo) ** POWER_ALPHA).astype(np.int64)
             a, c = self.scramble[t]
-            ids = (raw * a + c) % rows
-            indices[lo:hi] = ids
+            indices[lo:hi] = (raw * a + c) % rows
+        logit = self.logits(dense, offsets, indices)
+        labels = (rng.random(batch) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+        return Batch(dense=dense, offsets=offsets, indices=indices, labels=labels)
+
+    def logits(self, dense: np.ndarray, offsets: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """The teacher's logit per sample (the Bayes-optimal score for its labels)."""
+        batch = dense.shape[0]
+        logit = BIAS + (dense - self.dense_mu) @ self.dense_w
+        latent_sum = np.zeros((batch, LATENT))
+        latent_sq = np.zeros(batch)
+        for t in range(self.cfg.num_tables):
+            ids = indices[offsets[t, 0] : offsets[t, -1]]
             bag = np.repeat(np.arange(batch), np.diff(offsets[t]))
             sizes = np.maximum(np.diff(offsets[t]), 1)
             logit += np.bincount(bag, self.effects[t][ids], minlength=batch) / sizes
@@ -116,9 +125,7 @@ class Teacher:
             u /= sizes[:, None]
             latent_sum += u
             latent_sq += (u * u).sum(axis=1)
-        logit += 0.5 * ((latent_sum * latent_sum).sum(axis=1) - latent_sq)  # FM pairs
-        labels = (rng.random(batch) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
-        return Batch(dense=dense, offsets=offsets, indices=indices, labels=labels)
+        return logit + 0.5 * ((latent_sum * latent_sum).sum(axis=1) - latent_sq)  # FM pairs
 
 
 def batch_stream(

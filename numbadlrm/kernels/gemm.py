@@ -47,7 +47,7 @@ from numba import prange
 
 from ._jit import jit_parallel, jit_serial
 
-KC = 512  # dot form: k block; 4 rows of A (8 KiB) stay in L1 across a block of Bt rows
+KC = 1024  # dot form: k block; 4 rows of A (8 KiB) stay in L1 across a block of Bt rows
 SMALL_K = 128  # v3: below this K the axpy form beats the dot form's horizontal sums
 PANEL = 128  # v3: width (floats) of a packed Bm panel
 # Blocks of C per call, at least: balances 2-4 threads. A constant, not the thread count,
@@ -79,14 +79,25 @@ def _block_sizes(M, N):
 
 @jit_parallel
 def _transpose(out, a):
-    """out (N, M) = a (M, N)^T."""
+    """out (N, M) = a (M, N)^T, 8 rows of a at a time.
+
+    Each input line is read once and each output write is 8 contiguous floats: with rows a
+    power of two apart, a taller block (16) thrashes its L1 set and runs 3x slower.
+    """
     M, N = a.shape
-    for t in prange(_cdiv(M, 16)):  # task t writes only columns 16t..16t+15 of out
-        i0 = t * 16
-        i1 = min(i0 + 16, M)
+    for t in prange(_cdiv(M, 8)):  # task t writes only columns 8t..8t+7 of out
+        i0 = t * 8
+        if i0 + 8 > M:
+            for j in range(N):
+                for i in range(i0, M):
+                    out[j, i] = a[i, j]
+            continue
+        r0, r1, r2, r3 = a[i0], a[i0 + 1], a[i0 + 2], a[i0 + 3]
+        r4, r5, r6, r7 = a[i0 + 4], a[i0 + 5], a[i0 + 6], a[i0 + 7]
         for j in range(N):
-            for i in range(i0, i1):
-                out[j, i] = a[i, j]
+            o = out[j, i0 : i0 + 8]
+            o[0], o[1], o[2], o[3] = r0[j], r1[j], r2[j], r3[j]
+            o[4], o[5], o[6], o[7] = r4[j], r5[j], r6[j], r7[j]
 
 
 @jit_parallel
@@ -226,14 +237,24 @@ def _axpy_rows4(C, A, Bm, i, j0, j1, bj0):
 
 @jit_serial
 def _axpy_row1(C, A, Bm, i, j0, j1, bj0):
-    """C[i, j0:j1] += A[i, :] @ Bm[:, bj0:bj0+nj]: the row tail of _axpy_rows4."""
+    """C[i, j0:j1] += A[i, :] @ Bm[:, bj0:bj0+nj], 4 k per pass: the row tail (and O < 4)."""
+    K = A.shape[1]
     nj = j1 - j0
     c = C[i, j0:j1]
-    for k in range(A.shape[1]):
+    k = 0
+    while k + 4 <= K:
+        b0, b1 = Bm[k, bj0 : bj0 + nj], Bm[k + 1, bj0 : bj0 + nj]
+        b2, b3 = Bm[k + 2, bj0 : bj0 + nj], Bm[k + 3, bj0 : bj0 + nj]
+        a0, a1, a2, a3 = A[i, k], A[i, k + 1], A[i, k + 2], A[i, k + 3]
+        for j in range(nj):
+            c[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j]
+        k += 4
+    while k < K:
         a = A[i, k]
         bk = Bm[k, bj0 : bj0 + nj]
         for j in range(nj):
             c[j] += a * bk[j]
+        k += 1
 
 
 @jit_serial
@@ -292,11 +313,19 @@ def gemm_backward_weight_v1(dW, db, dz, x):
 
 
 @jit_serial
-def _dot_4x4(C, i, j, nrows, first, a0, a1, a2, a3, b0, b1, b2, b3):
-    """C[i:i+nrows, j:j+4] (+)= [a0..a3] . [b0..b3]: 16 accumulators, k vectorised."""
+def _dot_4x4(C, A, Bt, i, j, nrows, k0, k1):
+    """C[i:i+nrows, j:j+4] (+)= A[i:i+4, k0:k1] @ Bt[j:j+4, k0:k1]^T (stores when k0 == 0).
+
+    16 scalar accumulators; LLVM vectorises the k loop (16 zmm accumulators, 8 loads per
+    16 FMAs). Rows past nrows repeat a valid row of A: computed, never stored.
+    """
+    last = A.shape[0] - 1
+    a0, a1 = A[i, k0:k1], A[min(i + 1, last), k0:k1]
+    a2, a3 = A[min(i + 2, last), k0:k1], A[min(i + 3, last), k0:k1]
+    b0, b1, b2, b3 = Bt[j, k0:k1], Bt[j + 1, k0:k1], Bt[j + 2, k0:k1], Bt[j + 3, k0:k1]
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
     s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
-    for k in range(a0.shape[0]):
+    for k in range(k1 - k0):
         x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
         w0, w1, w2, w3 = b0[k], b1[k], b2[k], b3[k]
         s00 += x0 * w0
@@ -315,6 +344,7 @@ def _dot_4x4(C, i, j, nrows, first, a0, a1, a2, a3, b0, b1, b2, b3):
         s31 += x3 * w1
         s32 += x3 * w2
         s33 += x3 * w3
+    first = k0 == 0
     _store4(C[i, j : j + 4], first, s00, s01, s02, s03)
     if nrows > 1:
         _store4(C[i + 1, j : j + 4], first, s10, s11, s12, s13)
@@ -336,10 +366,14 @@ def _store4(c, first, s0, s1, s2, s3):
 
 
 @jit_serial
-def _dot_4x1(C, i, j, nrows, first, a0, a1, a2, a3, b0):
-    """The column tail of _dot_4x4: C[i:i+nrows, j] (+)= [a0..a3] . b0."""
+def _dot_4x1(C, A, Bt, i, j, nrows, k0, k1):
+    """The column tail of _dot_4x4: C[i:i+nrows, j] (+)= A[i:i+4, k0:k1] @ Bt[j, k0:k1]."""
+    last = A.shape[0] - 1
+    a0, a1 = A[i, k0:k1], A[min(i + 1, last), k0:k1]
+    a2, a3 = A[min(i + 2, last), k0:k1], A[min(i + 3, last), k0:k1]
+    b0 = Bt[j, k0:k1]
     s0 = s1 = s2 = s3 = np.float32(0.0)
-    for k in range(a0.shape[0]):
+    for k in range(k1 - k0):
         w = b0[k]
         s0 += a0[k] * w
         s1 += a1[k] * w
@@ -348,29 +382,20 @@ def _dot_4x1(C, i, j, nrows, first, a0, a1, a2, a3, b0):
     c = C[i : i + nrows, j]
     for r, s in enumerate((s0, s1, s2, s3)):
         if r < nrows:
-            c[r] = s if first else c[r] + s
+            c[r] = s if k0 == 0 else c[r] + s
 
 
 @jit_serial
 def _dot_block(C, A, Bt, i0, i1, j0, j1, k0, k1):
     """C[i0:i1, j0:j1] (+)= A[i0:i1, k0:k1] @ Bt[j0:j1, k0:k1]^T (stores when k0 == 0)."""
-    last = A.shape[0] - 1
-    first = k0 == 0
     for i in range(i0, i1, 4):
         nrows = min(4, i1 - i)
-        # Rows past i1 repeat a valid row: computed, never stored.
-        a0 = A[i, k0:k1]
-        a1 = A[min(i + 1, last), k0:k1]
-        a2 = A[min(i + 2, last), k0:k1]
-        a3 = A[min(i + 3, last), k0:k1]
         j = j0
         while j + 4 <= j1:
-            b0, b1 = Bt[j, k0:k1], Bt[j + 1, k0:k1]
-            b2, b3 = Bt[j + 2, k0:k1], Bt[j + 3, k0:k1]
-            _dot_4x4(C, i, j, nrows, first, a0, a1, a2, a3, b0, b1, b2, b3)
+            _dot_4x4(C, A, Bt, i, j, nrows, k0, k1)
             j += 4
         while j < j1:
-            _dot_4x1(C, i, j, nrows, first, a0, a1, a2, a3, Bt[j, k0:k1])
+            _dot_4x1(C, A, Bt, i, j, nrows, k0, k1)
             j += 1
 
 
@@ -462,6 +487,9 @@ def gemm_backward_data_v3(dx, dz, W):
 
 @jit_serial
 def gemm_backward_weight_v3(dW, db, dz, x):
+    if dz.shape[1] < 4:  # O < 4: a dot tile would be mostly padding; stream x as it lies
+        _axpy_gemm(dW, dz.T, x, db, True)
+        return
     if dz.shape[0] >= SMALL_K:
         gemm_backward_weight_v2(dW, db, dz, x)
         return

@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 BYTES_PER_VALUE = 4  # float32
 
 
@@ -172,3 +174,59 @@ def _shard_text(s: Shard, sizes) -> str:
     if s.num_rows == sizes[s.table]:
         return f"{s.table}({s.num_rows:,})"
     return f"{s.table}[{s.row_begin:,}:{s.row_end:,})"
+
+
+@dataclass(frozen=True)
+class ShardLookups:
+    """One rank's lookups into its own shards, for the whole global batch.
+
+    Laid out as (R * S) "tables" of Bl bags, in the order of the exchange's send buffer
+    (destination rank q, then shard s), so the unchanged embedding kernels pool straight
+    into it and apply the returned gradients from it:
+
+        offsets   (R*S, Bl+1)  bag i of (q, s) = sample q*Bl + i of shard s
+        indices   (nnz',)      row ids local to each shard
+        row_start (R*S+1,)     first row of shard s in the rank's (rows, D) buffer
+    """
+
+    offsets: np.ndarray
+    indices: np.ndarray
+    row_start: np.ndarray
+
+
+def shard_lookups(
+    shards: tuple[Shard, ...],
+    sizes: tuple[int, ...],
+    offsets: np.ndarray,
+    indices: np.ndarray,
+    num_ranks: int,
+) -> ShardLookups:
+    """Route a global batch's lookups (offsets (T, B+1), indices) to ``shards``.
+
+    A whole-table shard reads the batch's own indices through its offsets (no copy); a
+    row-split shard keeps only the lookups in its row range, shifted to local ids.
+    """
+    batch = offsets.shape[1] - 1
+    local_batch = batch // num_ranks
+    parts, extra = [indices], indices.shape[0]
+    shard_offsets = np.empty((len(shards), batch + 1), np.int64)  # (S, B+1)
+    for s, shard in enumerate(shards):
+        row = offsets[shard.table]
+        if shard.num_rows == sizes[shard.table]:
+            shard_offsets[s] = row
+            continue
+        ids = indices[row[0] : row[-1]]
+        keep = (ids >= shard.row_begin) & (ids < shard.row_end)
+        kept_before = np.zeros(ids.shape[0] + 1, np.int64)
+        np.cumsum(keep, out=kept_before[1:])
+        shard_offsets[s] = extra + kept_before[row - row[0]]
+        parts.append(ids[keep] - shard.row_begin)
+        extra += parts[-1].shape[0]
+    columns = np.arange(num_ranks)[:, None] * local_batch + np.arange(local_batch + 1)
+    routed = shard_offsets[:, columns].transpose(1, 0, 2)  # (R, S, Bl+1)
+    starts = np.cumsum([0] + [s.num_rows for s in shards])
+    return ShardLookups(
+        offsets=np.ascontiguousarray(routed.reshape(num_ranks * len(shards), local_batch + 1)),
+        indices=parts[0] if len(parts) == 1 else np.concatenate(parts),
+        row_start=np.append(np.tile(starts[:-1], num_ranks), starts[-1]).astype(np.int64),
+    )

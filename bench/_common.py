@@ -1,0 +1,95 @@
+"""Helpers shared by the bench scripts: threads, machine header, timing, machine limits.
+
+Every bench prints :func:`header` first, sets threads with :func:`set_threads` (Numba and
+BLAS together), validates against numbadlrm.reference, then times with
+:func:`median_times`, which runs the candidates round-robin so that a neighbour's load on
+a shared machine hits all of them alike, and reports medians next to :func:`stream_copy_gbs`
+(memory bandwidth) or :func:`blas_sgemm_gflops` (compute).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+_blas_limit = None  # keeps the threadpool_limits context alive for the whole run
+
+
+def set_threads(n: int) -> None:
+    """Use n threads in Numba and in the BLAS behind NumPy (for the rest of the process)."""
+    global _blas_limit
+    numba.set_num_threads(n)
+    _blas_limit = threadpool_limits(limits=n, user_api="blas")
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown"
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def header(title: str) -> str:
+    """Machine, versions and thread counts, one per line."""
+    blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)"
+            for i in threadpool_info() if i["user_api"] == "blas"]
+    lines = [
+        f"# {title}",
+        f"machine:  {cpu_model()}, {os.cpu_count()} logical CPUs",
+        f"versions: python {platform.python_version()}, numpy {np.__version__}, "
+        f"numba {numba.__version__}",
+        f"threads:  numba {numba.get_num_threads()}, blas: {', '.join(blas) or 'none found'}",
+    ]
+    return "\n".join(lines)
+
+
+def median_times(fns: dict[str, Callable[[], object]], repeat: int = 10,
+                 warmup: int = 2) -> dict[str, float]:
+    """Median wall time (s) of each fn over `repeat` calls, after `warmup` calls (JIT, caches).
+
+    The candidates take turns in blocks of 3 calls so that a neighbour's load on a shared
+    machine hits all of them alike. The first call of each block is not counted: on a
+    small machine the previous candidate's thread pool (OpenBLAS, OpenMP) still spins for
+    a while after it returns and would be charged to the next one.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    while min(len(s) for s in samples.values()) < repeat:
+        for name, fn in fns.items():
+            fn()
+            for _ in range(2):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(s)) for name, s in samples.items()}
+
+
+def stream_copy_gbs(n_bytes: int = 256 << 20, repeat: int = 5) -> float:
+    """STREAM-copy bandwidth (GB/s, read + write counted) of np.copyto over n_bytes."""
+    src = np.ones(n_bytes // 8)
+    dst = np.empty_like(src)
+    t = median_times({"copy": lambda: np.copyto(dst, src)}, repeat=repeat, warmup=1)["copy"]
+    return 2 * src.nbytes / t / 1e9
+
+
+def blas_sgemm_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """float32 n x n x n np.matmul throughput (GFLOP/s) at the current BLAS thread count."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    t = median_times({"sgemm": lambda: np.matmul(a, b, out=c)}, repeat=repeat)["sgemm"]
+    return 2 * n**3 / t / 1e9

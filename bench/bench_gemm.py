@@ -1,0 +1,127 @@
+"""Linear-layer GEMMs: each Numba kernel version against OpenBLAS (np.matmul), per layer.
+
+For every layer of DLRM configs a, b, c and each pass (forward with bias + ReLU,
+backward_data dx = dz W, backward_weight dW = dz^T x with db), the kernel version is first
+validated against numbadlrm.reference, then timed round-robin with the layer's "blas" path
+(np.matmul into the output + NumPy epilogue). Prints median ms, GFLOP/s (2 B I O per pass)
+and numba / blas throughput.
+
+    python bench/bench_gemm.py --threads 2 --version v3
+    python bench/bench_gemm.py --quick          # tiny shapes, few repeats (CI smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from _common import blas_sgemm_gflops, header, median_times, set_threads
+
+from numbadlrm import reference
+from numbadlrm.kernels import gemm
+from numbadlrm.layers import linear
+
+# (name, batch, bottom widths incl. input, top widths incl. the computed input D + P)
+CONFIGS = {
+    "a": (128, (13, 512, 256, 64, 16), (16 + 36, 512, 256, 1)),
+    "b": (2048, (512, 512, 64), (64 + 36, 1024, 1024, 1024, 1)),
+    "c": (2048, (13, 512, 256, 128), (128 + 351, 1024, 1024, 512, 256, 1)),
+}
+QUICK = {"q": (17, (13, 24, 8), (8 + 3, 20, 1))}
+
+
+def layer_shapes(configs):
+    """(config, label, B, I, O, relu, needs_dx) for every linear layer."""
+    for name, (batch, bottom, top) in configs.items():
+        for part, widths in (("bot", bottom), ("top", top)):
+            for i in range(len(widths) - 1):
+                relu = not (part == "top" and i == len(widths) - 2)
+                needs_dx = not (part == "bot" and i == 0)
+                label = f"{part} {widths[i]}-{widths[i + 1]}"
+                yield name, label, batch, widths[i], widths[i + 1], relu, needs_dx
+
+
+def make_layer(rng, B, I, O):
+    x = rng.standard_normal((B, I), dtype=np.float32)
+    W = (rng.standard_normal((O, I), dtype=np.float32) / np.sqrt(I)).astype(np.float32)
+    b = rng.standard_normal(O, dtype=np.float32)
+    dz = rng.standard_normal((B, O), dtype=np.float32)
+    return x, W, b, dz
+
+
+def validate(version, B, I, O, relu, rng) -> None:
+    """Abort unless every pass matches the float64 reference (errors scaled by sqrt(K))."""
+    forward, backward_data, backward_weight = gemm.VERSIONS[version]
+    x, W, b, dz = make_layer(rng, B, I, O)
+    y, dx = np.empty((B, O), np.float32), np.empty((B, I), np.float32)
+    dW, db = np.empty((O, I), np.float32), np.empty(O, np.float32)
+    forward(y, x, W, b, relu)
+    backward_data(dx, dz, W)
+    backward_weight(dW, db, dz, x)
+    y_ref, cache = reference.linear_forward(x.astype(np.float64), W.astype(np.float64),
+                                            b.astype(np.float64), relu)
+    dx_ref, dW_ref, db_ref = reference.linear_backward(dz.astype(np.float64),
+                                                       (*cache[:3], False))
+    for what, got, want, k in (("y", y, y_ref, I), ("dx", dx, dx_ref, O),
+                               ("dW", dW, dW_ref, B), ("db", db, db_ref, B)):
+        err = np.abs(got - want).max() / (np.sqrt(k) * max(1.0, np.abs(want).max()))
+        if not err < 1e-5:
+            sys.exit(f"validation failed: {version} {what} B={B} I={I} O={O} error {err:.2e}")
+
+
+def pass_pairs(version, B, I, O, relu, rng):
+    """{pass: (numba fn, blas fn)} on one layer's buffers."""
+    forward, backward_data, backward_weight = gemm.VERSIONS[version]
+    x, W, b, dz = make_layer(rng, B, I, O)
+    y, dx = np.empty((B, O), np.float32), np.empty((B, I), np.float32)
+    dW, db = np.empty((O, I), np.float32), np.empty(O, np.float32)
+    return {
+        "forward": (lambda: forward(y, x, W, b, relu),
+                    lambda: linear.forward_blas(y, x, W, b, relu)),
+        "backward_data": (lambda: backward_data(dx, dz, W),
+                          lambda: linear.backward_data_blas(dx, dz, W)),
+        "backward_weight": (lambda: backward_weight(dW, db, dz, x),
+                            lambda: linear.backward_weight_blas(dW, db, dz, x)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--version", default=gemm.DEFAULT_VERSION, choices=list(gemm.VERSIONS))
+    parser.add_argument("--configs", default="abc", help="subset of configs a, b, c")
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    configs = QUICK if args.quick else {k: CONFIGS[k] for k in args.configs}
+    repeat = 3 if args.quick else args.repeat
+    print(header(f"bench_gemm: version {args.version}"))
+    if not args.quick:
+        print(f"limit:    OpenBLAS sgemm 2048^3 {blas_sgemm_gflops():.0f} GFLOP/s")
+    rng = np.random.default_rng(0)
+    print(f"{'cfg':3} {'layer':14} {'pass':15} {'B':>5} {'I':>5} {'O':>5} "
+          f"{'numba ms':>9} {'GF/s':>6} {'blas ms':>8} {'GF/s':>6} {'frac':>5}")
+    totals = {}
+    for name, label, B, I, O, relu, needs_dx in layer_shapes(configs):
+        validate(args.version, B, I, O, relu, rng)
+        flops = 2.0 * B * I * O
+        for pass_, (fn, blas) in pass_pairs(args.version, B, I, O, relu, rng).items():
+            if pass_ == "backward_data" and not needs_dx:
+                continue
+            t = median_times({"numba": fn, "blas": blas}, repeat=repeat)
+            tot = totals.setdefault(name, [0.0, 0.0])
+            tot[0] += t["numba"]
+            tot[1] += t["blas"]
+            print(f"{name:3} {label:14} {pass_:15} {B:5} {I:5} {O:5} "
+                  f"{t['numba'] * 1e3:9.3f} {flops / t['numba'] / 1e9:6.1f} "
+                  f"{t['blas'] * 1e3:8.3f} {flops / t['blas'] / 1e9:6.1f} "
+                  f"{t['blas'] / t['numba']:5.2f}")
+    for name, (tn, tb) in totals.items():
+        print(f"config {name}: all passes numba {tn * 1e3:.2f} ms, blas {tb * 1e3:.2f} ms, "
+              f"frac {tb / tn:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Checkpoints: one ``.npz`` file holding the config, every parameter and the run's position.
+
+Layout (NumPy's uncompressed .npz, readable with ``np.load``):
+    __meta__            a JSON string: format version, model config, training position
+                        (step, epoch, batch within the epoch), seeds, options used
+    <param name>        one array per state_dict entry (bottom_mlp.0.weight, ...,
+                        embeddings.{t}.weight), float32
+
+The file is written under a temporary name in the same directory and renamed into place,
+so a crash never leaves a file that looks complete. Loading checks the format, the config
+and every array; any mismatch or corruption raises CheckpointError naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import DLRMConfig
+
+FORMAT = "numbadlrm-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+@dataclass
+class Checkpoint:
+    config: DLRMConfig
+    state: dict[str, np.ndarray]
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    extra: dict = field(default_factory=dict)  # seeds, options: informational
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
+    """Write atomically: temporary file in the same directory, fsync, rename."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise CheckpointError(f"checkpoint: directory {path.parent} does not exist")
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": ckpt.config.to_dict(),
+        "step": ckpt.step,
+        "epoch": ckpt.epoch,
+        "batch_in_epoch": ckpt.batch_in_epoch,
+        "extra": ckpt.extra,
+        "names": sorted(ckpt.state),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, __meta__=np.array(json.dumps(meta)), **ckpt.state)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(f"checkpoint: {path} is not a numbadlrm checkpoint")
+            if meta.get("version") != VERSION:
+                raise CheckpointError(
+                    f"checkpoint: {path} has format version {meta.get('version')}, "
+                    f"this numbadlrm reads version {VERSION}"
+                )
+            state = {name: data[name] for name in meta["names"]}
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint: {path} is corrupt or truncated ({exc})") from None
+    try:
+        config = DLRMConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint: {path} holds an invalid model config: {exc}") from None
+    return Checkpoint(config, state, meta["step"], meta["epoch"], meta["batch_in_epoch"],
+                      meta.get("extra", {}))
+
+
+def check_compatible(ckpt: Checkpoint, config: DLRMConfig, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose model differs from the one asked for."""
+    if ckpt.config != config:
+        diffs = [
+            f"{k}: checkpoint {v!r} vs requested {config.to_dict()[k]!r}"
+            for k, v in ckpt.config.to_dict().items()
+            if config.to_dict()[k] != v
+        ]
+        raise CheckpointError(f"checkpoint: {path} was saved for another model ({'; '.join(diffs)})")

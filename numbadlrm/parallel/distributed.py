@@ -1,0 +1,304 @@
+"""DLRM on R MPI ranks: data-parallel MLPs, model-parallel (sharded) embedding tables.
+
+One step with global batch B on R ranks, local batch Bl = B / R (rank q owns samples
+[q Bl, (q+1) Bl) of every global batch; B must divide by R):
+
+    own shards:  pooled_out = embedding_bags(shards, all B samples)   (R, S, Bl, D)
+                 start alltoallv(pooled_out -> pooled_in) ...........+
+    x = bottom_mlp(dense[q Bl:(q+1) Bl])      overlaps the exchange   |
+    replicated tables: pooled for the Bl local samples                |
+                 wait <-----------------------------------------------+
+    emb = assemble(pooled_in, replicated)     (T, Bl, D), shard partial sums added
+    s = top_mlp(interaction(x, emb));  local loss, ds = (p - y) / Bl
+
+    backward:    ds *= 1 / R                   <- the only scaling (see below)
+                 top MLP backward;  start allreduce(top MLP grads) ...........+
+                 interaction backward -> dx, demb                             |
+                 start alltoallv(demb -> owners) ..........+                  |
+                 replicated tables: dense grads over Bl    |                  |
+                 bottom MLP backward; start allreduce(rest)|..............+   |
+                 wait; fused sparse update of own shards <-+              |   |
+                 wait allreduces; one SGD call over the flat buffer <-----+---+
+
+Scaling: the loss of the global batch is mean_B = (1/R) sum_q mean_Bl(q). Multiplying
+the local ds by 1/R makes every gradient that flows from it (dense grads, demb, the
+shards' updates) the gradient of the global mean restricted to the local samples, so
+a plain SUM allreduce gives the exact global gradient and the learning rate is the
+single-process one: R ranks at global batch B train the same model as one process at
+batch B, up to float32 summation order.
+
+Dense state: one flat float32 buffer [top MLP | bottom MLP | replicated tables], its
+gradients in another of the same layout plus one trailing slot that carries the local
+loss / R through the same allreduce (the global mean loss, for free).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from mpi4py import MPI
+
+from ..batch import Batch
+from ..config import DLRMConfig
+from ..kernels.elementwise import sgd_update
+from ..kernels.embedding import embedding_bags_sgd_update
+from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward
+from ..layers.loss import sigmoid, sigmoid_bce
+from ..model import DenseTower, Workspace, check_state_dict, dense_layout, state_dict_shapes
+from ..params import init_mlp, init_table_rows, slot_views
+from .exchange import EmbeddingExchange, GradientAllreduce, poke
+from .partition import Placement, plan_placement, shard_lookups
+
+
+class DistributedDLRM:
+    """The DLRM of ``config`` spread over ``comm``; every rank calls every method.
+
+    Batches passed in are global batches (the same on every rank); each rank reads the
+    dense features and labels of its own slice and the sparse ids of its own shards.
+    """
+
+    def __init__(
+        self,
+        config: DLRMConfig,
+        comm: MPI.Comm,
+        placement: Placement | None = None,
+        seed: int = 0,
+        gemm: str = "auto",
+    ):
+        self.config, self.comm, self.seed, self.gemm = config, comm, seed, gemm
+        dim = config.sparse_feature_size
+        if placement is None:
+            placement = plan_placement(config.embedding_sizes, dim, comm.size)
+        _check_placement(placement, config, comm.size)
+        self.placement = placement
+        self.replicated = placement.replicated
+        rep_rows = [config.embedding_sizes[t] for t in self.replicated]
+        self.rep_row_start = np.cumsum([0, *rep_rows]).astype(np.int64)  # (n_rep+1,)
+
+        tower_n = dense_layout(config, top_first=True)[2]
+        n = tower_n + int(self.rep_row_start[-1]) * dim
+        self.params = np.empty(n, np.float32)  # [top MLP | bottom MLP | replicated tables]
+        self._grad_buffer = np.zeros(n + 1, np.float32)  # + the loss slot
+        self.grads = self._grad_buffer[:n]
+        self.tower = DenseTower(
+            config, self.params[:tower_n], self.grads[:tower_n], gemm, top_first=True
+        )
+        init_mlp(self.params, self.tower.bottom_slots + self.tower.top_slots, seed)
+        self.rep_weights = self.params[tower_n:].reshape(-1, dim)
+        self.rep_grads = self.grads[tower_n:].reshape(-1, dim)
+        for i, t in enumerate(self.replicated):
+            init_table_rows(self._rep_table(i), seed, t, config.embedding_sizes[t], 0)
+
+        self.shards = placement.shards_on(comm.rank)  # S of them
+        self.row_start = np.cumsum([0] + [s.num_rows for s in self.shards]).astype(np.int64)
+        self.weights = np.empty((int(self.row_start[-1]), dim), np.float32)
+        for s, shard in enumerate(self.shards):
+            rows = self.weights[self.row_start[s] : self.row_start[s + 1]]
+            init_table_rows(
+                rows, seed, shard.table, config.embedding_sizes[shard.table], shard.row_begin
+            )
+        top_n = sum(s.in_features * s.out_features + s.out_features for s in self.tower.top_slots)
+        self.allreduce = GradientAllreduce(comm, self._grad_buffer, [(0, top_n), (top_n, n + 1)])
+        self._exchanges: dict[int, EmbeddingExchange] = {}
+
+    def _rep_table(self, i: int) -> np.ndarray:
+        return self.rep_weights[self.rep_row_start[i] : self.rep_row_start[i + 1]]
+
+    def local_slice(self, batch_size: int) -> slice:
+        """The samples of a global batch that this rank computes the MLPs for."""
+        if batch_size % self.comm.size:
+            raise ValueError(
+                f"batch size {batch_size} does not divide by the {self.comm.size} MPI ranks: "
+                f"use a multiple of {self.comm.size} (each rank takes an equal slice)"
+            )
+        local = batch_size // self.comm.size
+        return slice(self.comm.rank * local, (self.comm.rank + 1) * local)
+
+    def exchange(self, local_batch: int) -> EmbeddingExchange:
+        plan = self._exchanges.get(local_batch)
+        if plan is None:
+            if len(self._exchanges) >= 4:
+                self._exchanges.clear()
+            plan = EmbeddingExchange(self.comm, self.placement, local_batch)
+            self._exchanges[local_batch] = plan
+        return plan
+
+    # ------------------------------------------------------------------- forward
+
+    def forward(self, batch: Batch) -> tuple[Workspace, _StepState]:
+        """Logits of the local samples in ws.top[-1]; the step state feeds the backward."""
+        batch.check_against(self.config.num_dense, self.config.embedding_sizes)
+        mine = self.local_slice(batch.batch_size)
+        local = mine.stop - mine.start
+        plan = self.exchange(local)
+        lookups = shard_lookups(
+            self.shards, self.config.embedding_sizes, batch.offsets, batch.indices, self.comm.size
+        )
+        pooled = plan.pooled_out.reshape(-1, local, self.config.sparse_feature_size)
+        embedding_forward(pooled, self.weights, lookups.row_start, lookups.offsets, lookups.indices)
+        request = plan.start_forward()
+        ws = self.tower.workspace(local)
+        dense = batch.dense[mine]
+        self.tower.bottom_forward(ws, dense, after_layer=lambda: request.Test())
+        rep_offsets = np.ascontiguousarray(
+            batch.offsets[list(self.replicated), mine.start : mine.stop + 1]
+        )
+        if self.replicated:  # pooled for the local samples only
+            rep_emb = np.empty((len(self.replicated), *ws.emb.shape[1:]), np.float32)
+            embedding_forward(
+                rep_emb, self.rep_weights, self.rep_row_start, rep_offsets, batch.indices
+            )
+        request.Wait()
+        plan.assemble(ws.emb)
+        for i, t in enumerate(self.replicated):
+            ws.emb[t] = rep_emb[i]
+        self.tower.top_forward(ws)
+        return ws, _StepState(plan, lookups, dense, rep_offsets, batch.indices, batch.labels[mine])
+
+    # ------------------------------------------------------------------ backward
+
+    def backward_and_update(self, ws: Workspace, state: _StepState, lr: float) -> None:
+        """Gradients from ds in ws.dtop[-1] (already scaled to the global mean); update."""
+        self.tower.top_backward(ws)
+        self.allreduce.start(0)  # top MLP grads are final
+        self.tower.interaction_backward(ws)
+        state.plan.scatter(ws.demb)
+        exchange = state.plan.start_backward()
+        open_requests = [exchange, *self.allreduce.requests]
+        if self.replicated:  # dense grads of the small tables: dE += demb (lr = -1)
+            self.rep_grads[:] = 0.0
+            demb = np.ascontiguousarray(ws.demb[list(self.replicated)])
+            embedding_bags_sgd_update(
+                self.rep_grads,
+                self.rep_row_start,
+                state.rep_offsets,
+                state.indices,
+                demb,
+                np.float32(-1.0),
+                numba.get_num_threads(),
+            )
+        self.tower.bottom_backward(ws, state.dense, after_layer=lambda: poke(open_requests))
+        self.allreduce.start(1)  # bottom MLP, replicated tables, loss
+        exchange.Wait()
+        dpooled = state.plan.dpooled_in.reshape(-1, *ws.demb.shape[1:])  # (R*S, Bl, D)
+        lookups = state.lookups
+        embedding_backward_sgd(
+            self.weights, lookups.row_start, lookups.offsets, lookups.indices, dpooled, lr
+        )
+        self.allreduce.wait()
+        sgd_update(self.params, self.grads, np.float32(lr))
+
+    # ----------------------------------------------------------------- public API
+
+    def train_step(self, batch: Batch, lr: float) -> float:
+        """One SGD step on a global batch; returns its mean BCE loss before the update."""
+        ws, state = self.forward(batch)
+        loss = sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], state.labels)
+        ws.dtop[-1] *= np.float32(1.0 / self.comm.size)
+        self._grad_buffer[-1] = loss / self.comm.size
+        self.backward_and_update(ws, state, lr)
+        return float(self._grad_buffer[-1])
+
+    def loss(self, batch: Batch) -> float:
+        """Mean BCE over the global batch (no update)."""
+        ws, state = self.forward(batch)
+        local = sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], state.labels)
+        return self.comm.allreduce(local, MPI.SUM) / self.comm.size
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """(B,) float32 probabilities of the whole global batch, on every rank."""
+        ws, _ = self.forward(batch)
+        sigmoid(ws.p, ws.top[-1][:, 0])
+        out = np.empty(batch.batch_size, np.float32)
+        self.comm.Allgather(ws.p, out)
+        return out
+
+    def state_dict(self) -> dict[str, np.ndarray] | None:
+        """The single-process DLRM.state_dict() on rank 0 (tables gathered); None elsewhere."""
+        root = self.comm.rank == 0
+        out = {}
+        for slot in self.tower.bottom_slots + self.tower.top_slots:
+            w, b = slot_views(self.params, slot)
+            out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = w.copy(), b.copy()
+        shapes = state_dict_shapes(self.config)
+        for t in range(self.config.num_tables):
+            name = f"embeddings.{t}.weight"
+            if t in self.replicated:
+                out[name] = self._rep_table(self.replicated.index(t)).copy()
+                continue
+            full = np.empty(shapes[name], np.float32) if root else None
+            for shard in self.placement.shards_of(t):
+                self._move_shard(shard, full, to_root=True)
+            out[name] = full
+        return {name: out[name] for name in shapes} if root else None
+
+    def load_state_dict(self, sd: dict[str, np.ndarray] | None) -> None:
+        """Scatter a single-process state dict, read on rank 0 (others may pass None).
+
+        Checked on rank 0 first; on error every rank raises the same ValueError.
+        """
+        error = None
+        if self.comm.rank == 0:
+            try:
+                check_state_dict(sd, state_dict_shapes(self.config))
+            except ValueError as exc:
+                error = str(exc)
+        error = self.comm.bcast(error, root=0)
+        if error is not None:
+            raise ValueError(error)
+        root = self.comm.rank == 0
+        for slot in self.tower.bottom_slots + self.tower.top_slots:
+            w, b = slot_views(self.params, slot)
+            if root:
+                w[...], b[...] = sd[f"{slot.name}.weight"], sd[f"{slot.name}.bias"]
+        for i, t in enumerate(self.replicated):
+            if root:
+                self._rep_table(i)[...] = sd[f"embeddings.{t}.weight"]
+        self.comm.Bcast(self.params, root=0)  # MLPs and replicated tables
+        for shard in self.placement.shards:
+            full = sd[f"embeddings.{shard.table}.weight"] if root else None
+            self._move_shard(shard, full, to_root=False)
+
+    def _move_shard(self, shard, full: np.ndarray | None, to_root: bool) -> None:
+        """Copy one shard between its owner and rows of the full table on rank 0."""
+        rank = self.comm.rank
+        rows = slice(shard.row_begin, shard.row_end)
+        if shard.rank == rank:
+            local = self._shard_rows(shard)
+            if rank == 0:
+                if to_root:
+                    full[rows] = local
+                else:
+                    local[...] = full[rows]
+            elif to_root:
+                self.comm.Send(local, dest=0, tag=shard.table)
+            else:
+                self.comm.Recv(local, source=0, tag=shard.table)
+        elif rank == 0:
+            if to_root:
+                self.comm.Recv(full[rows], source=shard.rank, tag=shard.table)
+            else:
+                self.comm.Send(np.ascontiguousarray(full[rows]), dest=shard.rank, tag=shard.table)
+
+    def _shard_rows(self, shard) -> np.ndarray:
+        s = self.shards.index(shard)
+        return self.weights[self.row_start[s] : self.row_start[s + 1]]
+
+
+class _StepState:
+    """What the backward needs from the forward besides the workspace."""
+
+    def __init__(self, plan, lookups, dense, rep_offsets, indices, labels):
+        self.plan, self.lookups, self.dense = plan, lookups, dense
+        self.rep_offsets, self.indices, self.labels = rep_offsets, indices, labels
+
+
+def _check_placement(placement: Placement, config: DLRMConfig, ranks: int) -> None:
+    if placement.num_ranks != ranks:
+        raise ValueError(f"placement is for {placement.num_ranks} ranks, the job has {ranks}")
+    if placement.embedding_sizes != config.embedding_sizes:
+        raise ValueError("placement: its embedding_sizes differ from the model config's")
+    if placement.dim != config.sparse_feature_size:
+        raise ValueError(
+            f"placement: D={placement.dim}, the model has {config.sparse_feature_size}"
+        )

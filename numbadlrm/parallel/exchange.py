@@ -1,0 +1,113 @@
+"""Plans for the collectives of one training step: the embedding alltoall, the allreduce.
+
+R ranks, global batch B, local batch Bl = B / R; rank q owns samples [q Bl, (q+1) Bl).
+Rank r holds S_r table shards (numbadlrm.parallel.partition) and pools them for the
+whole global batch, straight into its send buffer laid out by destination:
+
+    forward   pooled_out (R, S_r, Bl, D)  block q = rank r's shards for q's samples
+              pooled_in  (sum_r S_r, Bl, D)  slot j = (source rank, its shard), by rank
+    backward  dpooled_out (sum_r S_r, Bl, D) -> dpooled_in (R, S_r, Bl, D), the reverse
+
+The counts differ by source (S_r), so it is an alltoallv; it is started non-blocking and
+the caller overlaps it with the bottom MLP (forward) or the bottom MLP's backward.
+``assemble`` turns pooled_in into the tower's emb (T, Bl, D), adding the partial sums
+of a row-split table's shards; ``scatter`` is its adjoint (a row-split table's gradient
+is copied to each of its shards, since d(sum)/d(part) = 1).
+
+MPICH progresses non-blocking collectives only inside MPI calls, so the caller ``poke``s
+the open requests between layers (a cheap MPI_Test).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from .partition import Placement
+
+
+class EmbeddingExchange:
+    """The forward and backward alltoallv of pooled embeddings at one local batch size."""
+
+    def __init__(self, comm: MPI.Comm, placement: Placement, local_batch: int):
+        ranks, rank, dim = comm.size, comm.rank, placement.dim
+        if placement.num_ranks != ranks:
+            raise ValueError(
+                f"placement is for {placement.num_ranks} ranks, the communicator has {ranks}"
+            )
+        self.comm = comm
+        self.local_batch = local_batch  # Bl
+        held = [len(placement.shards_on(r)) for r in range(ranks)]  # S_r
+        block = local_batch * dim  # floats per (shard, destination)
+        self.num_own = held[rank]
+        self.pooled_out = np.zeros((ranks, held[rank], local_batch, dim), np.float32)
+        self.dpooled_in = np.zeros_like(self.pooled_out)
+        self.pooled_in = np.zeros((sum(held), local_batch, dim), np.float32)
+        self.dpooled_out = np.zeros_like(self.pooled_in)
+        send_counts = np.full(ranks, held[rank] * block, dtype=np.int64)
+        recv_counts = np.asarray(held, dtype=np.int64) * block
+        self._send = (send_counts, _displacements(send_counts))
+        self._recv = (recv_counts, _displacements(recv_counts))
+        # slot j of pooled_in holds a shard of table_of_slot[j]
+        self.table_of_slot = [s.table for r in range(ranks) for s in placement.shards_on(r)]
+        self.slots_of_table: dict[int, list[int]] = {}
+        for j, t in enumerate(self.table_of_slot):
+            self.slots_of_table.setdefault(t, []).append(j)
+
+    def start_forward(self) -> MPI.Request:
+        """Send pooled_out to the samples' owners, receive pooled_in (non-blocking)."""
+        return self.comm.Ialltoallv(
+            [self.pooled_out, self._send, MPI.FLOAT], [self.pooled_in, self._recv, MPI.FLOAT]
+        )
+
+    def start_backward(self) -> MPI.Request:
+        """Send dpooled_out back to the shard owners, receive dpooled_in (non-blocking)."""
+        return self.comm.Ialltoallv(
+            [self.dpooled_out, self._recv, MPI.FLOAT], [self.dpooled_in, self._send, MPI.FLOAT]
+        )
+
+    def assemble(self, emb: np.ndarray) -> None:
+        """emb[t] (Bl, D) <- sum of table t's slots of pooled_in (replicated tables untouched)."""
+        for t, slots in self.slots_of_table.items():
+            np.copyto(emb[t], self.pooled_in[slots[0]])
+            for j in slots[1:]:
+                emb[t] += self.pooled_in[j]
+
+    def scatter(self, demb: np.ndarray) -> None:
+        """dpooled_out[j] <- demb[table of slot j]: the adjoint of :meth:`assemble`."""
+        for j, t in enumerate(self.table_of_slot):
+            np.copyto(self.dpooled_out[j], demb[t])
+
+
+class GradientAllreduce:
+    """Sum a flat gradient buffer over ranks, in contiguous segments started separately.
+
+    ``segments`` are (start, stop) slices of ``flat`` that together cover it; segment i
+    can be started as soon as its gradients are final, so its reduction overlaps the
+    rest of the backward. ``wait()`` completes all of them.
+    """
+
+    def __init__(self, comm: MPI.Comm, flat: np.ndarray, segments: list[tuple[int, int]]):
+        edges = [edge for segment in sorted(segments) for edge in segment]
+        if edges[0] != 0 or edges[-1] != flat.size or edges[1:-1:2] != edges[2:-1:2]:
+            raise ValueError(f"segments {segments} do not tile a buffer of {flat.size}")
+        self.comm = comm
+        self.views = [flat[a:b] for a, b in segments]
+        self.requests: list[MPI.Request] = []
+
+    def start(self, segment: int) -> None:
+        self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, self.views[segment], MPI.SUM))
+
+    def wait(self) -> None:
+        MPI.Request.Waitall(self.requests)
+        self.requests.clear()
+
+
+def poke(requests: list[MPI.Request]) -> None:
+    """Let MPI progress the open requests (MPI_Test does not complete them early)."""
+    for request in requests:
+        request.Test()
+
+
+def _displacements(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)

@@ -1,0 +1,213 @@
+"""The training loop on R MPI ranks: ``run_distributed_training(cfg, comm)``.
+
+It mirrors numbadlrm.train.run_training (same TrainConfig, same logged records, same
+return value) with a DistributedDLRM in place of the DLRM. The caller passes the
+communicator; only the command line entry reaches for COMM_WORLD.
+
+Data: every rank draws the same global batches from the same seed (the generators are
+deterministic and cheap next to a step), so no sample ever crosses the network: rank q
+reads dense features and labels of its slice, and every shard owner reads the sparse
+ids of its tables for the whole global batch. A file dataset does the same with
+rows_slice(start, stop) of the global batch (all ranks map the same file).
+
+Failures: an exception on any rank prints "[rank r/R] ..." with its traceback and calls
+comm.Abort(1), so mpiexec ends every rank with a non-zero status instead of hanging in
+the next collective.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numba
+import numpy as np
+from mpi4py import MPI
+from tqdm import tqdm
+
+from ..checkpoint import Checkpoint, CheckpointError, check_compatible, load_checkpoint
+from ..checkpoint import save_checkpoint as write_checkpoint
+from ..data.prefetch import Prefetcher
+from ..kernels._jit import set_num_threads
+from ..train import MetricsLog, TrainConfig, _format_eval, describe, evaluate, synthetic_streams
+from .distributed import DistributedDLRM
+from .partition import plan_placement
+
+
+@contextmanager
+def abort_on_error(comm: MPI.Comm):
+    """Turn an exception on one rank into comm.Abort(1) after printing it with the rank."""
+    try:
+        yield
+    except BaseException as exc:
+        if comm.size == 1:
+            raise
+        text = "".join(traceback.format_exception(exc))
+        sys.stderr.write(f"[rank {comm.rank}/{comm.size}] {type(exc).__name__}: {exc}\n{text}")
+        sys.stderr.flush()
+        comm.Abort(1)
+
+
+def default_threads(comm: MPI.Comm) -> int:
+    """Numba threads per rank: the node's cores shared by the ranks on this node."""
+    local_ranks = comm.Split_type(MPI.COMM_TYPE_SHARED).size
+    cores = min(os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS)
+    return max(1, cores // local_ranks)
+
+
+def expected_lookups(cfg: TrainConfig) -> tuple[float, ...]:
+    """Mean lookups per sample of each table under the built-in data's bag sizes."""
+    lookups = cfg.num_indices_per_lookup
+    sizes = cfg.model_config().embedding_sizes
+    if cfg.num_indices_per_lookup_fixed:
+        return (float(lookups),) * len(sizes)
+    return tuple((1 + min(lookups, n)) / 2 for n in sizes)
+
+
+def run_distributed_training(cfg: TrainConfig, comm: MPI.Comm, log=print) -> dict:
+    """Train as configured on every rank of ``comm``; returns the final metrics and model.
+
+    Every rank returns the same metrics. Logging, progress and the metrics file are
+    rank 0's; an exception on any rank aborts the job (see the module docstring).
+    """
+    with abort_on_error(comm):
+        return _run(cfg, comm, log if comm.rank == 0 else _quiet)
+
+
+def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
+    ranks = comm.size
+    for name in ("mini_batch_size", "test_mini_batch_size"):
+        if getattr(cfg, name) % ranks:
+            raise ValueError(
+                f"{name}: {getattr(cfg, name)} does not divide by the {ranks} MPI ranks; each "
+                f"rank takes an equal slice of the global batch, use a multiple of {ranks}"
+            )
+    threads = cfg.threads or default_threads(comm)
+    set_num_threads(threads)
+    mcfg = cfg.model_config()
+    lookups = expected_lookups(cfg)
+    # replicating a table costs an allreduce of its rows, sharding it an alltoall of one
+    # pooled vector per local sample: replicate tables with fewer rows than B / R
+    replicate = cfg.mini_batch_size // ranks if ranks > 1 else 0
+    placement = plan_placement(
+        mcfg.embedding_sizes, mcfg.sparse_feature_size, ranks, lookups, replicate_max_rows=replicate
+    )
+    model = DistributedDLRM(mcfg, comm, placement, seed=cfg.seed, gemm=cfg.gemm)
+    log(f"numbadlrm: {describe(mcfg)}; data {cfg.data_generation}, batch {cfg.mini_batch_size}")
+    log(
+        f"MPI: {ranks} ranks x {threads} Numba threads, {cfg.mini_batch_size // ranks} "
+        f"samples per rank per step"
+    )
+    log(placement.describe(lookups))
+    train_batches, test_batches = synthetic_streams(cfg, mcfg)
+    metrics = MetricsLog(cfg.metrics_file if comm.rank == 0 else "")
+    step = 0
+    try:
+        for epoch in range(cfg.nepochs):
+            with Prefetcher(train_batches(epoch)) as batches:
+                step = _train_epoch(model, cfg, batches, epoch, step, metrics, test_batches, log)
+        final = evaluate(model, test_batches())
+        metrics.write({"step": step, "split": "test", **final})
+        log(_format_eval("test", step, final))
+    finally:
+        metrics.close()
+    return {**final, "model": model, "steps": step, "placement": placement}
+
+
+def _train_epoch(model, cfg, batches: Iterator, epoch, step, metrics, test_batches, log) -> int:
+    root = model.comm.rank == 0
+    bar = tqdm(
+        total=cfg.num_batches,
+        desc=f"epoch {epoch}",
+        disable=not (cfg.progress and root),
+        unit="batch",
+        dynamic_ncols=True,
+    )
+    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+    for batch in batches:
+        loss = model.train_step(batch, cfg.learning_rate)  # the global batch's mean loss
+        step += 1
+        window_loss += loss
+        window_n += 1
+        bar.update(1)
+        if step % cfg.print_freq == 0:
+            rate = window_n * cfg.mini_batch_size / (time.perf_counter() - window_start)
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss": window_loss / window_n,
+                "samples_per_s": rate,
+            }
+            metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", samples_per_s=f"{rate:,.0f}")
+            window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+        if cfg.test_freq and step % cfg.test_freq == 0:
+            result = evaluate(model, test_batches())  # predictions gathered: exact AUC
+            metrics.write({"step": step, "split": "validation", **result})
+            if root:
+                bar.write(_format_eval("validation", step, result))
+            window_start = time.perf_counter()
+    bar.close()
+    if not np.isfinite(window_loss):  # the same global loss on every rank: all raise
+        raise FloatingPointError(
+            f"training diverged: loss is {window_loss} at step {step}; "
+            "try a smaller --learning-rate"
+        )
+    return step
+
+
+def save_distributed_checkpoint(
+    path,
+    model: DistributedDLRM,
+    step: int = 0,
+    epoch: int = 0,
+    batch_in_epoch: int = 0,
+    extra: dict | None = None,
+) -> None:
+    """Collective: gather the tables to rank 0, which writes a numbadlrm.checkpoint file.
+
+    The file is the single-process format, so DLRM or any number of ranks can load it.
+    """
+    state = model.state_dict()
+    error = None
+    if model.comm.rank == 0:
+        try:
+            write_checkpoint(
+                path, Checkpoint(model.config, state, step, epoch, batch_in_epoch, extra or {})
+            )
+        except (OSError, ValueError) as exc:
+            error = str(exc)
+    error = model.comm.bcast(error, root=0)
+    if error is not None:
+        raise CheckpointError(error)
+
+
+def load_distributed_checkpoint(path, model: DistributedDLRM) -> Checkpoint:
+    """Collective: rank 0 reads and checks the file, the tables are re-sharded to fit.
+
+    Returns the checkpoint's position and extras on every rank (its ``state`` is empty).
+    """
+    ckpt, error = None, None
+    if model.comm.rank == 0:
+        try:
+            ckpt = load_checkpoint(path)
+            check_compatible(ckpt, model.config, path)
+        except (OSError, ValueError) as exc:
+            error = str(exc)
+    error = model.comm.bcast(error, root=0)
+    if error is not None:
+        raise CheckpointError(error)
+    model.load_state_dict(ckpt.state if ckpt is not None else None)
+    position = None
+    if ckpt is not None:
+        position = (ckpt.step, ckpt.epoch, ckpt.batch_in_epoch, ckpt.extra)
+    step, epoch, batch_in_epoch, extra = model.comm.bcast(position, root=0)
+    return Checkpoint(model.config, {}, step, epoch, batch_in_epoch, extra)
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass

@@ -1,0 +1,292 @@
+"""MPI test cases: each takes a communicator and a scratch directory and asserts.
+
+Run under mpiexec by tests/test_mpi.py (``mpiexec -n R python -m tests.mpi_cases OUT``),
+and in-process on a one-rank communicator by the same file, so the same tests run under
+pytest and under mpiexec (as mpi4py-fft does). Every rank runs every case; a case's
+assertions are made after its last collective, so a failing assertion on one rank
+cannot leave another rank waiting. Rank 0 writes {case: [error per rank]} to OUT.
+
+Why float32 tolerances suffice for "R ranks train the same model as one process": the
+distributed step computes the same sums in a different order (each rank sums its Bl
+samples, then the allreduce sums R partial results; ds is scaled by 1/R after the
+division by Bl instead of dividing by B). Each difference is a float32 rounding of
+about 6e-8 relative per operation; after a few steps at lr 0.3 parameters differ by
+~1e-7 absolute (the values are O(0.1..1)). We compare with rtol 1e-4, atol 1e-6 and
+losses with rtol 1e-5, while a wrong scaling (a factor R), a lost partial sum or a
+misrouted sample gives errors of 1e-2 or more.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+from mpi4py import MPI
+
+from numbadlrm import DLRM, DLRMConfig
+from numbadlrm.checkpoint import load_checkpoint
+from numbadlrm.parallel.distributed import DistributedDLRM
+from numbadlrm.parallel.exchange import EmbeddingExchange
+from numbadlrm.parallel.partition import plan_placement
+from numbadlrm.parallel.train_mpi import (
+    abort_on_error,
+    load_distributed_checkpoint,
+    run_distributed_training,
+    save_distributed_checkpoint,
+)
+from numbadlrm.train import TrainConfig, run_training
+
+from ._helpers import random_batch
+
+BATCH = 12  # divides by 1, 2, 3 and 4 ranks
+STEPS = 5
+LR = 0.3
+CASES = {}
+
+
+def case(fn):
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def tiny_config(op: str = "dot", tables: str = "7-400-5-30-3") -> DLRMConfig:
+    return DLRMConfig.from_arch(4, tables, "5-8-4", "6-1", interaction_op=op)
+
+
+def batches(cfg: DLRMConfig, count: int, seed: int = 0):
+    rng = np.random.default_rng(seed)  # the same global batches on every rank
+    return [random_batch(rng, cfg, BATCH) for _ in range(count)]
+
+
+def assert_same_model(sd: dict, expected: dict) -> None:
+    assert sorted(sd) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(sd[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def train_both(comm, cfg, placement, count=STEPS):
+    """Distributed and single-process runs from the same seed on the same global batches."""
+    model = DistributedDLRM(cfg, comm, placement, seed=3, gemm="numba")
+    reference = DLRM(cfg, seed=3, gemm="numba")
+    losses, ref_losses = [], []
+    for batch in batches(cfg, count):
+        losses.append(model.train_step(batch, LR))
+        ref_losses.append(reference.train_step(batch, LR))
+    probs = model.predict(batch)
+    return model.state_dict(), reference, losses, ref_losses, probs, batch
+
+
+def _check_matches_single_process(comm, cfg, placement):
+    sd, reference, losses, ref_losses, probs, batch = train_both(comm, cfg, placement)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    np.testing.assert_allclose(probs, reference.predict(batch), rtol=1e-5, atol=1e-6)
+    if comm.rank == 0:
+        assert_same_model(sd, reference.state_dict())
+    else:
+        assert sd is None
+
+
+# ------------------------------------------------------------------------ the cases
+
+
+@case
+def alltoall_round_trip(comm, workdir):
+    """Every pooled block reaches its sample's owner, and every gradient its shard's owner."""
+    cfg = tiny_config()
+    placement = plan_placement(cfg.embedding_sizes, 4, comm.size, replicate_max_rows=5)
+    local = 3
+    plan = EmbeddingExchange(comm, placement, local)
+    shard_id = {s: i for i, s in enumerate(placement.shards)}
+    i, d = np.arange(local)[:, None], np.arange(4)[None, :]
+
+    def code(shard, sample):  # a value naming (shard, global sample, d)
+        return 1000.0 * shard_id[shard] + 10.0 * sample + d
+
+    mine = placement.shards_on(comm.rank)
+    for q in range(comm.size):
+        for s, shard in enumerate(mine):
+            plan.pooled_out[q, s] = code(shard, q * local + i)
+    plan.start_forward().Wait()
+    emb = np.full((cfg.num_tables, local, 4), -1.0, np.float32)
+    plan.assemble(emb)
+    demb = np.random.default_rng(comm.rank).normal(size=emb.shape).astype(np.float32)
+    plan.scatter(demb)
+    plan.start_backward().Wait()
+
+    senders = [s for r in range(comm.size) for s in placement.shards_on(r)]
+    for j, shard in enumerate(senders):
+        np.testing.assert_array_equal(plan.pooled_in[j], code(shard, comm.rank * local + i))
+    for t in range(cfg.num_tables):
+        if t in placement.replicated:
+            assert (emb[t] == -1).all()  # replicated tables never travel
+            continue
+        expected = sum(code(s, comm.rank * local + i) for s in placement.shards_of(t))
+        np.testing.assert_array_equal(emb[t], expected)
+    for q in range(comm.size):
+        demb_q = np.random.default_rng(q).normal(size=emb.shape).astype(np.float32)
+        for s, shard in enumerate(mine):
+            np.testing.assert_array_equal(plan.dpooled_in[q, s], demb_q[shard.table])
+
+
+@case
+def matches_single_process_dot(comm, workdir):
+    cfg = tiny_config("dot", "7-40-5-30-3")
+    _check_matches_single_process(comm, cfg, plan_placement(cfg.embedding_sizes, 4, comm.size))
+
+
+@case
+def matches_single_process_cat(comm, workdir):
+    cfg = tiny_config("cat", "7-40-5-30-3")
+    _check_matches_single_process(comm, cfg, plan_placement(cfg.embedding_sizes, 4, comm.size))
+
+
+@case
+def matches_single_process_row_split(comm, workdir):
+    cfg = tiny_config("dot", "7-400-5-30-3")  # 400 rows > the mean share: split
+    placement = plan_placement(cfg.embedding_sizes, 4, comm.size)
+    if comm.size > 1:
+        assert len(placement.shards_of(1)) > 1
+    _check_matches_single_process(comm, cfg, placement)
+
+
+@case
+def matches_single_process_replicated(comm, workdir):
+    cfg = tiny_config("cat", "7-400-5-30-3")
+    placement = plan_placement(cfg.embedding_sizes, 4, comm.size, replicate_max_rows=7)
+    assert placement.replicated == (0, 2, 4)
+    _check_matches_single_process(comm, cfg, placement)
+
+
+@case
+def training_loop_matches_single_process(comm, workdir):
+    cfg = TrainConfig(
+        arch_sparse_feature_size=4,
+        arch_embedding_size="20-300-8-50",
+        arch_mlp_bot="13-8-4",
+        arch_mlp_top="8-1",
+        mini_batch_size=BATCH,
+        num_batches=8,
+        print_freq=4,
+        test_freq=4,
+        test_mini_batch_size=24,
+        test_num_batches=2,
+        num_indices_per_lookup=3,
+        threads=1,
+        gemm="numba",
+        progress=False,
+        seed=5,
+    )
+    quiet = lambda *args: None  # noqa: E731
+    result = run_distributed_training(cfg, comm, log=quiet)
+    sd = result["model"].state_dict()
+    assert result["steps"] == 8
+    if comm.rank == 0:
+        expected = run_training(cfg, log=quiet)
+        assert_same_model(sd, expected["model"].state_dict())
+        for key in ("auc", "logloss", "accuracy"):
+            assert np.isclose(result[key], expected[key], rtol=1e-5), key
+
+
+@case
+def load_state_dict_checks_on_rank_zero(comm, workdir):
+    cfg = tiny_config()
+    model = DistributedDLRM(cfg, comm, seed=1)
+    sd = model.state_dict()
+    if comm.rank == 0:
+        sd["embeddings.1.weight"] = np.zeros((3, 4), np.float32)
+    try:
+        model.load_state_dict(sd)
+    except ValueError as exc:
+        message = str(exc)
+    else:
+        message = ""
+    assert "embeddings.1.weight has shape (3, 4)" in message, message
+
+
+@case
+def refuses_uneven_batches(comm, workdir):
+    cfg = tiny_config()
+    model = DistributedDLRM(cfg, comm)
+    batch = random_batch(np.random.default_rng(0), cfg, comm.size * 4 + 1)
+    if comm.size == 1:
+        return
+    try:
+        model.train_step(batch, LR)
+    except ValueError as exc:
+        message = str(exc)
+    else:
+        message = ""
+    assert f"does not divide by the {comm.size} MPI ranks" in message, message
+
+
+@case
+def checkpoint_save(comm, workdir):
+    """Train STEPS steps and save (the 2-rank run); the 3- and 1-rank runs resume it."""
+    if comm.size != 2:
+        return
+    cfg = tiny_config("dot", "7-400-5-30-3")
+    placement = plan_placement(cfg.embedding_sizes, 4, 2, replicate_max_rows=5)
+    model = DistributedDLRM(cfg, comm, placement, seed=3, gemm="numba")
+    for batch in batches(cfg, STEPS):
+        model.train_step(batch, LR)
+    save_distributed_checkpoint(Path(workdir) / "ckpt.npz", model, step=STEPS)
+
+
+@case
+def checkpoint_resume(comm, workdir):
+    """Resume the 2-rank checkpoint on this many ranks; equal to 2 * STEPS on one process."""
+    path = Path(workdir) / "ckpt.npz"
+    if comm.size == 2 or not path.exists():
+        return
+    cfg = tiny_config("dot", "7-400-5-30-3")
+    model = DistributedDLRM(cfg, comm, seed=99, gemm="numba")  # other init: all overwritten
+    position = load_distributed_checkpoint(path, model)
+    for batch in batches(cfg, 2 * STEPS)[position.step :]:
+        model.train_step(batch, LR)
+    sd = model.state_dict()
+    assert position.step == STEPS
+    if comm.rank == 0:
+        reference = DLRM(cfg, seed=3, gemm="numba")
+        for batch in batches(cfg, 2 * STEPS):
+            reference.train_step(batch, LR)
+        assert_same_model(sd, reference.state_dict())
+        assert load_checkpoint(path).step == STEPS
+
+
+# ------------------------------------------------------------------------ the runner
+
+
+def run_cases(comm, workdir, names=None) -> dict[str, list[str | None]]:
+    """Run the named cases (default all) on ``comm``; {case: [error or None per rank]}."""
+    results = {}
+    for name in names or CASES:
+        try:
+            CASES[name](comm, workdir)
+            error = None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        results[name] = comm.allgather(error)
+    return results
+
+
+def main(argv: list[str]) -> int:
+    comm = MPI.COMM_WORLD
+    numba.set_num_threads(1)  # ranks share this machine's cores
+    with abort_on_error(comm):
+        if argv[1] == "fail":  # rank 1 raises while rank 0 waits in a collective
+            if comm.rank == 1:
+                raise RuntimeError("deliberate failure on rank 1")
+            comm.Barrier()
+            return 0
+        out = Path(argv[1])
+        results = run_cases(comm, out.parent)
+        if comm.rank == 0:
+            out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
