@@ -51,7 +51,9 @@ class Batch:
         off = self.offsets
         nnz = self.indices.shape[0]
         if off.size and (off.min() < 0 or off.max() > nnz):
-            raise ValueError(f"Batch: offsets must lie in [0, nnz={nnz}], got {off.min()}..{off.max()}")
+            raise ValueError(
+                f"Batch: offsets must lie in [0, nnz={nnz}], got {off.min()}..{off.max()}"
+            )
         steps = np.diff(off, axis=1)
         if (steps < 0).any():
             t, b = np.argwhere(steps < 0)[0]
@@ -110,9 +112,7 @@ def _expect_array(name: str, value: object, dtype: type, ndim: int) -> None:
         raise ValueError(f"Batch: {name} must be C-contiguous (use np.ascontiguousarray)")
 
 
-def batch_from_lists(
-    dense: np.ndarray, bags: list[list[list[int]]], labels: np.ndarray
-) -> Batch:
+def batch_from_lists(dense: np.ndarray, bags: list[list[list[int]]], labels: np.ndarray) -> Batch:
     """Build a Batch from per-table, per-sample lists of row ids: ``bags[t][b]``.
 
     Convenient for tests and small examples; generators build the arrays directly.

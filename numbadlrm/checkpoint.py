@@ -92,8 +92,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         config = DLRMConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint: {path} holds an invalid model config: {exc}") from None
-    return Checkpoint(config, state, meta["step"], meta["epoch"], meta["batch_in_epoch"],
-                      meta.get("extra", {}))
+    return Checkpoint(
+        config, state, meta["step"], meta["epoch"], meta["batch_in_epoch"], meta.get("extra", {})
+    )
 
 
 def check_compatible(ckpt: Checkpoint, config: DLRMConfig, path: str | os.PathLike) -> None:
@@ -104,4 +105,6 @@ def check_compatible(ckpt: Checkpoint, config: DLRMConfig, path: str | os.PathLi
             for k, v in ckpt.config.to_dict().items()
             if config.to_dict()[k] != v
         ]
-        raise CheckpointError(f"checkpoint: {path} was saved for another model ({'; '.join(diffs)})")
+        raise CheckpointError(
+            f"checkpoint: {path} was saved for another model ({'; '.join(diffs)})"
+        )

@@ -1,16 +1,22 @@
-"""The ``numbadlrm`` command. Options are generated from the config dataclasses' fields.
+"""The ``numbadlrm`` command. Training options are generated from TrainConfig's fields.
 
-    numbadlrm train [--arch-mlp-bot 13-512-256-64-16 ...]   train (default: built-in data)
+numbadlrm train [--arch-mlp-bot 13-512-256-64-16 ...]   train (default: built-in data)
+mpiexec -n 4 numbadlrm train ...                         hybrid-parallel on 4 ranks
+numbadlrm preprocess --data-set kaggle --raw-data-file train.txt --out-dir kaggle
+numbadlrm predict | plot | convert                       see numbadlrm/tools.py
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
 
+from .checkpoint import CheckpointError
+from .data import preprocess_cli
 from .train import TrainConfig, run_training
 
 
@@ -24,13 +30,18 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
         meta = dict(f.metadata)
         kind = hints[f.name]
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=meta.get("help"))
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+                help=meta.get("help"),
+            )
             continue
         if isinstance(kind, types.UnionType):  # e.g. int | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        parser.add_argument(flag, type=kind, default=f.default, choices=meta.get("choices"),
-                            help=meta.get("help"))
+        parser.add_argument(
+            flag, type=kind, default=f.default, choices=meta.get("choices"), help=meta.get("help")
+        )
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace):
@@ -45,6 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a DLRM", formatter_class=_Formatter)
     add_dataclass_options(train, TrainConfig)
+    preprocess_cli.add_parser(sub)
+    pred = sub.add_parser("predict", help="write one click probability per input row")
+    pred.add_argument("--load-model", required=True, help="checkpoint from train --save-model")
+    pred.add_argument("--processed-data-file", default="", help="a preprocessed directory")
+    pred.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    pred.add_argument("--raw-data-file", nargs="*", default=[], help="raw labelled TSV files")
+    pred.add_argument("--max-ind-range", type=int, default=0, help="as used for training")
+    pred.add_argument("--test-mini-batch-size", type=int, default=4096)
+    pred.add_argument("--output", required=True, help="text file, one probability a line")
+    plot = sub.add_parser("plot", help="draw loss and AUC curves from a metrics file")
+    plot.add_argument("metrics_file")
+    plot.add_argument("--output", default="metrics.png")
+    conv = sub.add_parser("convert", help="checkpoint <-> reference DLRM PyTorch state_dict")
+    conv.add_argument("source")
+    direction = conv.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--to-torch", metavar="OUT_PT")
+    direction.add_argument("--from-torch", metavar="OUT_NPZ")
     return parser
 
 
@@ -52,19 +80,64 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     pass
 
 
+def launched_by_mpi() -> bool:
+    """True under mpiexec (MPICH and Hydra set PMI_SIZE, Open MPI OMPI_COMM_WORLD_SIZE)."""
+    sizes = (os.environ.get(v, "") for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+    return any(s.isdigit() and int(s) > 1 for s in sizes)
+
+
+def train(cfg: TrainConfig) -> None:
+    if launched_by_mpi():  # the one place that reaches for COMM_WORLD
+        from mpi4py import MPI
+
+        from .parallel.train_mpi import run_distributed_training
+
+        if MPI.COMM_WORLD.size > 1:
+            run_distributed_training(cfg, MPI.COMM_WORLD)
+            return
+    run_training(cfg)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import tools
+
+    if args.command == "train":
+        train(dataclass_from_args(TrainConfig, args))
+    elif args.command == "preprocess":
+        return preprocess_cli.run(args)
+    elif args.command == "predict":
+        if bool(args.processed_data_file) == bool(args.raw_data_file):
+            raise ValueError("give either --processed-data-file or --raw-data-file")
+        rows = tools.predict_to_file(
+            args.load_model,
+            args.output,
+            args.test_mini_batch_size,
+            args.processed_data_file,
+            args.split,
+            args.raw_data_file,
+            args.max_ind_range,
+        )
+        print(f"wrote {rows} probabilities to {args.output}")
+    elif args.command == "plot":
+        tools.plot_metrics(args.metrics_file, args.output)
+        print(f"wrote {args.output}")
+    elif args.command == "convert":
+        to_torch = args.to_torch is not None
+        tools.convert(args.source, args.to_torch or args.from_torch, to_torch)
+        print(f"wrote {args.to_torch or args.from_torch}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            cfg = dataclass_from_args(TrainConfig, args)
-            run_training(cfg)
-            return 0
-    except (ValueError, FloatingPointError, OSError) as exc:
+        return _run(args)
+    except (ValueError, FloatingPointError, OSError, ImportError, CheckpointError) as exc:
         print(f"numbadlrm {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    except KeyboardInterrupt:
+        print(f"numbadlrm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Initialisation as the reference DLRM:
 
 from __future__ import annotations
 
+import itertools
 import mmap
 from dataclasses import dataclass
 
@@ -42,7 +43,7 @@ class LinearSlot:
 def mlp_slots(prefix: str, sizes: tuple[int, ...], start: int) -> tuple[list[LinearSlot], int]:
     slots = []
     offset = start
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         slots.append(LinearSlot(f"{prefix}.{i}", n_in, n_out, offset, offset + n_in * n_out))
         offset += n_in * n_out + n_out
     return slots, offset

@@ -85,8 +85,9 @@ def embedding_bag_forward(table: np.ndarray, offsets: np.ndarray, indices: np.nd
     return pooled
 
 
-def embedding_bag_backward(dpooled: np.ndarray, offsets: np.ndarray, indices: np.ndarray,
-                           num_rows: int):
+def embedding_bag_backward(
+    dpooled: np.ndarray, offsets: np.ndarray, indices: np.ndarray, num_rows: int
+):
     """Dense gradient of the table (rows, D). Only the oracle builds this; kernels never do."""
     dtable = np.zeros((num_rows, dpooled.shape[1]), dtype=dpooled.dtype)
     bag_of = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))

@@ -7,6 +7,7 @@ DLRM's flags (``arch_mlp_bot`` is ``--arch-mlp-bot``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -18,14 +19,18 @@ import numpy as np
 from tqdm import tqdm
 
 from .batch import Batch
+from .checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
 from .config import DLRMConfig
+from .data.criteo import preprocess_for_training
+from .data.dataset import ProcessedData
 from .data.prefetch import Prefetcher
 from .data.synthetic import Teacher, batch_stream
 from .kernels._jit import set_num_threads
 from .metrics import evaluate_predictions
 from .model import DLRM
 
-DATA_GENERATIONS = ("synthetic", "random")
+DATA_GENERATIONS = ("synthetic", "random", "dataset")
+DEFAULT_SYNTHETIC_BATCHES = 8000
 
 
 def _opt(help_text: str, **extra) -> dict:
@@ -52,14 +57,36 @@ class TrainConfig:
     )
     data_generation: str = field(
         default="synthetic",
-        metadata=_opt("built-in data: synthetic (learnable) or random", choices=DATA_GENERATIONS),
+        metadata=_opt(
+            "synthetic (learnable), random (benchmarks) or dataset (--processed-data-file)",
+            choices=DATA_GENERATIONS,
+        ),
     )
+    processed_data_file: str = field(
+        default="", metadata=_opt("directory written by `numbadlrm preprocess`")
+    )
+    data_set: str = field(
+        default="",
+        metadata=_opt("preprocess --raw-data-file first", choices=("", "kaggle", "terabyte")),
+    )
+    raw_data_file: str = field(
+        default="", metadata=_opt("Kaggle train.txt, or the Terabyte day_ prefix")
+    )
+    max_ind_range: int = field(
+        default=0, metadata=_opt("with --data-set: hash ids modulo N (0: frequency vocabulary)")
+    )
+    data_shuffle: bool = field(default=True, metadata=_opt("shuffle the dataset every epoch"))
     num_indices_per_lookup: int = field(default=1, metadata=_opt("lookups per bag"))
     num_indices_per_lookup_fixed: bool = field(
         default=False, metadata=_opt("every bag has exactly --num-indices-per-lookup lookups")
     )
     mini_batch_size: int = field(default=128, metadata=_opt("B, samples per step"))
-    num_batches: int = field(default=8000, metadata=_opt("training steps per epoch"))
+    num_batches: int = field(
+        default=0,
+        metadata=_opt(
+            f"steps per epoch (0: the whole dataset; built-in data: {DEFAULT_SYNTHETIC_BATCHES})"
+        ),
+    )
     nepochs: int = field(default=1, metadata=_opt("passes over the training data"))
     learning_rate: float = field(default=0.1, metadata=_opt("SGD learning rate"))
     print_freq: int = field(default=500, metadata=_opt("log the loss every N steps"))
@@ -72,31 +99,57 @@ class TrainConfig:
         default="auto", metadata=_opt("linear-layer backend", choices=("auto", "numba", "blas"))
     )
     metrics_file: str = field(default="", metadata=_opt("write JSON lines of metrics here"))
+    save_model: str = field(default="", metadata=_opt("write a checkpoint here (atomically)"))
+    save_freq: int = field(default=0, metadata=_opt("also checkpoint every N steps"))
+    load_model: str = field(default="", metadata=_opt("resume from (or evaluate) a checkpoint"))
+    inference_only: bool = field(
+        default=False, metadata=_opt("only evaluate the --load-model checkpoint")
+    )
     progress: bool = field(default=True, metadata=_opt("show a progress bar"))
 
     def __post_init__(self) -> None:
-        positive = ("arch_sparse_feature_size", "num_indices_per_lookup", "mini_batch_size",
-                    "num_batches", "nepochs", "print_freq", "test_mini_batch_size",
-                    "test_num_batches")
+        positive = (
+            "arch_sparse_feature_size",
+            "num_indices_per_lookup",
+            "mini_batch_size",
+            "nepochs",
+            "print_freq",
+            "test_mini_batch_size",
+            "test_num_batches",
+        )
         for name in positive:
             value = getattr(self, name)
             if value <= 0:
                 raise ValueError(f"{name}: must be positive, got {value}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: must be positive, got {self.learning_rate}")
-        for name in ("test_freq", "threads"):
+        for name in ("test_freq", "threads", "num_batches", "max_ind_range", "save_freq"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.data_generation not in DATA_GENERATIONS:
             raise ValueError(
                 f"data_generation: must be one of {DATA_GENERATIONS}, got {self.data_generation!r}"
             )
+        if self.data_set and not self.raw_data_file:
+            raise ValueError(f"data_set: --data-set {self.data_set} needs --raw-data-file")
+        if self.uses_dataset and not (self.processed_data_file or self.data_set):
+            raise ValueError(
+                "data_generation: 'dataset' needs --processed-data-file DIR "
+                "(or --data-set kaggle|terabyte --raw-data-file FILE)"
+            )
+        if self.inference_only and not self.load_model:
+            raise ValueError("inference_only: needs --load-model CHECKPOINT")
         self.model_config()  # validates the architecture strings
 
-    def model_config(self) -> DLRMConfig:
+    @property
+    def uses_dataset(self) -> bool:
+        return self.data_generation == "dataset" or bool(self.data_set)
+
+    def model_config(self, table_sizes: tuple[int, ...] | None = None) -> DLRMConfig:
+        """The model; a dataset's table sizes replace --arch-embedding-size."""
         return DLRMConfig.from_arch(
             sparse_feature_size=self.arch_sparse_feature_size,
-            embedding_size=self.arch_embedding_size,
+            embedding_size=table_sizes or self.arch_embedding_size,
             mlp_bot=self.arch_mlp_bot,
             mlp_top=self.arch_mlp_top,
             interaction_op=self.arch_interaction_op,
@@ -111,7 +164,7 @@ class MetricsLog:
         self._file: TextIO | None = None
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "w")  # noqa: SIM115 (closed in close())
+            self._file = open(path, "w")
 
     def write(self, record: dict) -> None:
         if self._file is not None:
@@ -134,85 +187,226 @@ def evaluate(model: DLRM, batches: Iterable[Batch]) -> dict[str, float]:
     return metrics
 
 
+class SyntheticSource:
+    """The built-in generators: an epoch is ``num_batches`` fresh batches from its own seed.
+
+    The validation and test streams are fixed held-out samples from the same teacher.
+    """
+
+    def __init__(self, cfg: TrainConfig, mcfg: DLRMConfig):
+        self.cfg, self.mcfg = cfg, mcfg
+        self.teacher = Teacher(mcfg) if cfg.data_generation == "synthetic" else None
+        self.num_batches = cfg.num_batches or DEFAULT_SYNTHETIC_BATCHES
+
+    def _stream(self, num_batches: int, batch_size: int, seed: int) -> Iterator[Batch]:
+        c = self.cfg
+        return batch_stream(
+            self.mcfg,
+            c.data_generation,
+            num_batches,
+            batch_size,
+            seed,
+            lookups=c.num_indices_per_lookup,
+            fixed=c.num_indices_per_lookup_fixed,
+            teacher=self.teacher,
+        )
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        stream = self._stream(
+            self.num_batches, self.cfg.mini_batch_size, seed=self.cfg.seed * 1000 + epoch
+        )
+        return itertools.islice(stream, start_batch, None)  # resume: regenerate and skip
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        offset = 999_998 if split == "validation" else 999_999
+        return self._stream(
+            self.cfg.test_num_batches,
+            self.cfg.test_mini_batch_size,
+            seed=self.cfg.seed * 1000 + offset,
+        )
+
+
+class DatasetSource:
+    """A preprocessed Criteo directory: shuffled train split, validation and test splits."""
+
+    def __init__(self, cfg: TrainConfig, data: ProcessedData):
+        self.cfg, self.data = cfg, data
+        self.train = data.split("train")
+        full = self.train.num_batches(cfg.mini_batch_size, drop_last=True)
+        if full == 0:
+            raise ValueError(
+                f"processed_data_file: the train split has {len(self.train)} rows, fewer than "
+                f"one batch of {cfg.mini_batch_size}"
+            )
+        self.num_batches = min(cfg.num_batches, full) if cfg.num_batches else full
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        batches = self.train.batches(
+            self.cfg.mini_batch_size,
+            shuffle=self.cfg.data_shuffle,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            start_batch=start_batch,
+            drop_last=True,
+        )
+        return itertools.islice(batches, self.num_batches - start_batch)
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        return self.data.split(split).batches(self.cfg.test_mini_batch_size, shuffle=False)
+
+
 def synthetic_streams(cfg: TrainConfig, mcfg: DLRMConfig):
-    """(train batches for one epoch, held-out batches) factories for the built-in data."""
-    teacher = Teacher(mcfg) if cfg.data_generation == "synthetic" else None
-    lookups, fixed = cfg.num_indices_per_lookup, cfg.num_indices_per_lookup_fixed
+    """(train batches of an epoch, held-out test batches) factories for the built-in data."""
+    source = SyntheticSource(cfg, mcfg)
+    return source.train_batches, lambda: source.eval_batches("test")
 
-    def train_batches(epoch: int) -> Iterator[Batch]:
-        return batch_stream(mcfg, cfg.data_generation, cfg.num_batches, cfg.mini_batch_size,
-                            seed=cfg.seed * 1000 + epoch, lookups=lookups, fixed=fixed,
-                            teacher=teacher)
 
-    def test_batches() -> Iterator[Batch]:
-        return batch_stream(mcfg, cfg.data_generation, cfg.test_num_batches,
-                            cfg.test_mini_batch_size, seed=cfg.seed * 1000 + 999_999,
-                            lookups=lookups, fixed=fixed, teacher=teacher)
-
-    return train_batches, test_batches
+def open_data(cfg: TrainConfig, log=print):
+    """(data source, model config) for the run; preprocesses raw data first if asked."""
+    if not cfg.uses_dataset:
+        mcfg = cfg.model_config()
+        return SyntheticSource(cfg, mcfg), mcfg
+    directory = cfg.processed_data_file
+    if cfg.data_set:
+        raw = Path(cfg.raw_data_file)
+        directory = directory or str(raw.parent / f"{raw.name}.numbadlrm")
+        log(f"preprocessing {cfg.data_set} data {raw} -> {directory}")
+        directory = str(
+            preprocess_for_training(
+                cfg.data_set, raw, directory, max_ind_range=cfg.max_ind_range, progress=cfg.progress
+            )
+        )
+    data = ProcessedData(directory)
+    mcfg = cfg.model_config(tuple(data.table_sizes))
+    return DatasetSource(cfg, data), mcfg
 
 
 def run_training(cfg: TrainConfig, log=print) -> dict:
-    """Train as configured; returns the final evaluation metrics (and the model)."""
+    """Train (or only evaluate) as configured; returns the final test metrics and the model."""
     if cfg.threads:
         set_num_threads(cfg.threads)
-    mcfg = cfg.model_config()
+    source, mcfg = open_data(cfg, log)
     model = DLRM(mcfg, seed=cfg.seed, gemm=cfg.gemm)
-    train_batches, test_batches = synthetic_streams(cfg, mcfg)
-    metrics = MetricsLog(cfg.metrics_file)
+    position = load_into(model, cfg.load_model, mcfg) if cfg.load_model else (0, 0, 0)
     log(f"numbadlrm: {describe(mcfg)}; data {cfg.data_generation}, batch {cfg.mini_batch_size}")
-    step = 0
-    try:
-        for epoch in range(cfg.nepochs):
-            with Prefetcher(train_batches(epoch)) as batches:
-                step = _train_epoch(model, cfg, batches, epoch, step, metrics, test_batches, log)
-        final = evaluate(model, test_batches())
-        metrics.write({"step": step, "split": "test", **final})
-        log(_format_eval("test", step, final))
-    finally:
-        metrics.close()
-    return {**final, "model": model, "steps": step}
+    loop = TrainLoop(cfg, model, source, mcfg, log)
+    return loop.run(*position)
 
 
-def _train_epoch(model, cfg, batches, epoch, step, metrics, test_batches, log) -> int:
-    bar = tqdm(total=cfg.num_batches, desc=f"epoch {epoch}", disable=not cfg.progress,
-               unit="batch", dynamic_ncols=True)
-    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
-    for batch in batches:
-        loss = model.train_step(batch, cfg.learning_rate)
-        step += 1
-        window_loss += loss
-        window_n += 1
-        bar.update(1)
-        if step % cfg.print_freq == 0:
-            elapsed = time.perf_counter() - window_start
-            rate = window_n * cfg.mini_batch_size / elapsed
-            record = {"step": step, "epoch": epoch, "loss": window_loss / window_n,
-                      "samples_per_s": rate}
-            metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", samples_per_s=f"{rate:,.0f}")
-            window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
-        if cfg.test_freq and step % cfg.test_freq == 0:
-            result = evaluate(model, test_batches())
-            metrics.write({"step": step, "split": "validation", **result})
-            bar.write(_format_eval("validation", step, result))
-            window_start = time.perf_counter()
-    bar.close()
-    if not np.isfinite(window_loss):
-        raise FloatingPointError(f"training diverged: loss is {window_loss} at step {step}; "
-                                 "try a smaller --learning-rate")
-    return step
+def load_into(model, path: str, mcfg: DLRMConfig) -> tuple[int, int, int]:
+    """Load a checkpoint's weights; returns its (step, epoch, batch_in_epoch)."""
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt, mcfg, path)
+    model.load_state_dict(ckpt.state)
+    return ckpt.step, ckpt.epoch, ckpt.batch_in_epoch
+
+
+class TrainLoop:
+    """Epochs of steps with logging, periodic evaluation and checkpoints.
+
+    Works with any model offering train_step, predict and state_dict (DLRM, and the
+    MPI layer's DistributedDLRM); ``root`` says whether this process logs and saves.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, model, source, mcfg: DLRMConfig, log=print, root: bool = True
+    ):
+        self.cfg, self.model, self.source, self.mcfg = cfg, model, source, mcfg
+        self.log, self.root = log, root
+        self.metrics = MetricsLog(cfg.metrics_file if root else "")
+
+    def run(self, step: int, epoch: int, batch_in_epoch: int) -> dict:
+        cfg = self.cfg
+        try:
+            if not cfg.inference_only:
+                for e in range(epoch, cfg.nepochs):
+                    start = batch_in_epoch if e == epoch else 0
+                    step = self._epoch(e, start, step)
+                if cfg.save_model:
+                    self.save(step, cfg.nepochs, 0)
+            final = self.evaluate("test", step)
+        finally:
+            self.metrics.close()
+        return {**final, "model": self.model, "steps": step}
+
+    def evaluate(self, split: str, step: int) -> dict:
+        result = evaluate(self.model, self.source.eval_batches(split))
+        self.metrics.write({"step": step, "split": split, **result})
+        self.log(_format_eval(split, step, result))
+        return result
+
+    def save(self, step: int, epoch: int, batch_in_epoch: int) -> None:
+        state = self.model.state_dict()  # a collective under MPI: every rank calls it
+        if self.root:
+            extra = {
+                "seed": self.cfg.seed,
+                "data_generation": self.cfg.data_generation,
+                "learning_rate": self.cfg.learning_rate,
+            }
+            save_checkpoint(
+                self.cfg.save_model,
+                Checkpoint(self.mcfg, state, step, epoch, batch_in_epoch, extra),
+            )
+
+    def _epoch(self, epoch: int, start: int, step: int) -> int:
+        cfg = self.cfg
+        total = self.source.num_batches
+        bar = tqdm(
+            total=total,
+            initial=start,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            disable=not (cfg.progress and self.root),
+            dynamic_ncols=True,
+        )
+        window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+        with Prefetcher(self.source.train_batches(epoch, start)) as batches:
+            for i, batch in enumerate(batches, start=start + 1):
+                loss = self.model.train_step(batch, cfg.learning_rate)
+                step += 1
+                window_loss += loss
+                window_n += 1
+                bar.update(1)
+                if not np.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training diverged: loss is {loss} at step {step}; "
+                        "try a smaller --learning-rate"
+                    )
+                if step % cfg.print_freq == 0:
+                    rate = window_n * cfg.mini_batch_size / (time.perf_counter() - window_start)
+                    record = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": window_loss / window_n,
+                        "samples_per_s": rate,
+                    }
+                    self.metrics.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", samples_per_s=f"{rate:,.0f}")
+                    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+                if cfg.test_freq and step % cfg.test_freq == 0:
+                    bar.clear()
+                    self.evaluate("validation", step)
+                    window_start = time.perf_counter()
+                if cfg.save_model and cfg.save_freq and step % cfg.save_freq == 0:
+                    position = (epoch, i) if i < total else (epoch + 1, 0)
+                    self.save(step, *position)
+        bar.close()
+        return step
 
 
 def _format_eval(split: str, step: int, m: dict) -> str:
-    return (f"{split} at step {step}: auc {m['auc']:.4f}  logloss {m['logloss']:.4f}  "
-            f"accuracy {m['accuracy']:.4f}  ({m['samples']} samples)")
+    return (
+        f"{split} at step {step}: auc {m['auc']:.4f}  logloss {m['logloss']:.4f}  "
+        f"accuracy {m['accuracy']:.4f}  ({m['samples']} samples)"
+    )
 
 
 def describe(mcfg: DLRMConfig) -> str:
     s = mcfg.arch_strings()
-    return (f"T={mcfg.num_tables} D={mcfg.sparse_feature_size} bottom {s['mlp_bot']} "
-            f"top {mcfg.top_sizes[0]}-{s['mlp_top']} interaction {mcfg.interaction_op}")
+    return (
+        f"T={mcfg.num_tables} D={mcfg.sparse_feature_size} bottom {s['mlp_bot']} "
+        f"top {mcfg.top_sizes[0]}-{s['mlp_top']} interaction {mcfg.interaction_op}"
+    )
 
 
 def config_as_dict(cfg: TrainConfig) -> dict:

@@ -7,16 +7,22 @@ import numpy as np
 from numbadlrm import Batch, DLRMConfig
 
 
-def small_config(op: str = "dot", itself: bool = False, tables: str = "7-11-5",
-                 dim: int = 4) -> DLRMConfig:
+def small_config(
+    op: str = "dot", itself: bool = False, tables: str = "7-11-5", dim: int = 4
+) -> DLRMConfig:
     return DLRMConfig.from_arch(
-        sparse_feature_size=dim, embedding_size=tables, mlp_bot=f"5-8-{dim}",
-        mlp_top="6-1", interaction_op=op, interaction_itself=itself,
+        sparse_feature_size=dim,
+        embedding_size=tables,
+        mlp_bot=f"5-8-{dim}",
+        mlp_top="6-1",
+        interaction_op=op,
+        interaction_itself=itself,
     )
 
 
-def random_batch(rng: np.random.Generator, cfg: DLRMConfig, batch: int, max_bag: int = 4,
-                 empty_bags: bool = True) -> Batch:
+def random_batch(
+    rng: np.random.Generator, cfg: DLRMConfig, batch: int, max_bag: int = 4, empty_bags: bool = True
+) -> Batch:
     """Variable bag sizes (empty bags included) with repeated indices likely."""
     low = 0 if empty_bags else 1
     counts = rng.integers(low, max_bag + 1, size=(cfg.num_tables, batch))

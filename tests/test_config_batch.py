@@ -34,8 +34,13 @@ def test_from_arch_computes_top_input():
     ],
 )
 def test_bad_arch_strings(kwargs, message):
-    args = {"sparse_feature_size": 16, "embedding_size": "10-10", "mlp_bot": "13-16",
-            "mlp_top": "4-1", **kwargs}
+    args = {
+        "sparse_feature_size": 16,
+        "embedding_size": "10-10",
+        "mlp_bot": "13-16",
+        "mlp_top": "4-1",
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=message):
         DLRMConfig.from_arch(**args)
 
@@ -97,5 +102,4 @@ def test_batch_from_lists_and_random_helper():
     assert b.offsets.tolist() == [[0, 2, 2], [2, 3, 5]]
     assert b.table_indices(1).tolist() == [0, 0, 0]
     cfg = small_config()
-    random_batch(np.random.default_rng(0), cfg, 5).check_against(cfg.num_dense,
-                                                                cfg.embedding_sizes)
+    random_batch(np.random.default_rng(0), cfg, 5).check_against(cfg.num_dense, cfg.embedding_sizes)

@@ -40,8 +40,7 @@ def test_embedding_forward(threads, batch_size):
         )
         np.testing.assert_allclose(pooled[t], expect, **TOL)
     naive = np.empty_like(pooled)
-    embedding.embedding_bags_forward_naive(naive, weights, row_start, batch.offsets,
-                                           batch.indices)
+    embedding.embedding_bags_forward_naive(naive, weights, row_start, batch.offsets, batch.indices)
     np.testing.assert_allclose(pooled, naive, **TOL)
 
 
@@ -54,8 +53,9 @@ def test_embedding_sgd_update_sums_repeated_indices(threads, batch_size):
     dpooled = rng.normal(size=(cfg.num_tables, batch_size, 6)).astype(np.float32)
     expect = weights.astype(np.float64)
     for t, rows in enumerate(cfg.embedding_sizes):
-        dtable = ref.embedding_bag_backward(dpooled[t].astype(np.float64), batch.offsets[t],
-                                            batch.indices, rows)
+        dtable = ref.embedding_bag_backward(
+            dpooled[t].astype(np.float64), batch.offsets[t], batch.indices, rows
+        )
         expect[row_start[t] : row_start[t + 1]] -= 0.5 * dtable
     embedding_backward_sgd(weights, row_start, batch.offsets, batch.indices, dpooled, 0.5)
     np.testing.assert_allclose(weights, expect, rtol=1e-5, atol=1e-5)
@@ -71,8 +71,9 @@ def test_embedding_update_independent_of_owner_count():
     results = []
     for owners in (1, 2, 3, 7):
         w = w0.copy()
-        embedding.embedding_bags_sgd_update(w, row_start, batch.offsets, batch.indices, dpooled,
-                                            np.float32(0.1), owners)
+        embedding.embedding_bags_sgd_update(
+            w, row_start, batch.offsets, batch.indices, dpooled, np.float32(0.1), owners
+        )
         results.append(w)
     for w in results[1:]:
         np.testing.assert_array_equal(w, results[0])
@@ -98,8 +99,7 @@ def test_interaction(threads, op, itself, batch_size):
     np.testing.assert_allclose(out, expect, **TOL)
 
     dout = rng.normal(size=expect.shape).astype(np.float32)
-    dfeats = ref.interaction_backward(dout.astype(np.float64), feats.astype(np.float64), op,
-                                      itself)
+    dfeats = ref.interaction_backward(dout.astype(np.float64), feats.astype(np.float64), op, itself)
     dx = np.full_like(x, np.nan)
     demb = np.full_like(emb, np.nan)
     layer.backward(dx, demb, dout, x, emb)

@@ -122,8 +122,9 @@ def test_model_rejects_bad_batches_and_backend():
     cfg = small_config()
     model = DLRM(cfg)
     batch = random_batch(np.random.default_rng(3), cfg, 4)
-    bad = Batch(dense=batch.dense, offsets=batch.offsets, indices=batch.indices + 100,
-                labels=batch.labels)
+    bad = Batch(
+        dense=batch.dense, offsets=batch.offsets, indices=batch.indices + 100, labels=batch.labels
+    )
     with pytest.raises(ValueError, match="table 0 has 7 rows but is looked up at index"):
         model.train_step(bad, lr=0.1)
     with pytest.raises(ValueError, match="gemm"):
@@ -132,7 +133,7 @@ def test_model_rejects_bad_batches_and_backend():
 
 def test_dense_parameters_share_one_flat_buffer():
     model = DLRM(small_config())
-    w, b, dw, db = model.bottom[0]
+    w, _, dw, _ = model.bottom[0]
     assert np.shares_memory(w, model.params) and np.shares_memory(dw, model.grads)
     n = sum(v.size for k, v in model.state_dict().items() if not k.startswith("emb"))
     assert model.params.size == n

@@ -17,14 +17,25 @@ import numpy as np
 from ..kernels import embedding as k
 
 
-def embedding_forward(pooled: np.ndarray, weights: np.ndarray, row_start: np.ndarray,
-                      offsets: np.ndarray, indices: np.ndarray) -> None:
+def embedding_forward(
+    pooled: np.ndarray,
+    weights: np.ndarray,
+    row_start: np.ndarray,
+    offsets: np.ndarray,
+    indices: np.ndarray,
+) -> None:
     """pooled (T, B, D) <- sum-pooled rows."""
     k.embedding_bags_forward(pooled, weights, row_start, offsets, indices)
 
 
-def embedding_backward_sgd(weights: np.ndarray, row_start: np.ndarray, offsets: np.ndarray,
-                           indices: np.ndarray, dpooled: np.ndarray, lr: float) -> None:
+def embedding_backward_sgd(
+    weights: np.ndarray,
+    row_start: np.ndarray,
+    offsets: np.ndarray,
+    indices: np.ndarray,
+    dpooled: np.ndarray,
+    lr: float,
+) -> None:
     """weights -= lr * dL/dweights, in place, from dpooled (T, B, D) and the lookups."""
     k.embedding_bags_sgd_update(
         weights, row_start, offsets, indices, dpooled, np.float32(lr), numba.get_num_threads()

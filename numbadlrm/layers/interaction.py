@@ -34,8 +34,9 @@ class Interaction:
         else:
             k.cat_interaction_forward(out, x, emb)
 
-    def backward(self, dx: np.ndarray, demb: np.ndarray, dout: np.ndarray, x: np.ndarray,
-                 emb: np.ndarray) -> None:
+    def backward(
+        self, dx: np.ndarray, demb: np.ndarray, dout: np.ndarray, x: np.ndarray, emb: np.ndarray
+    ) -> None:
         """dx (B, D), demb (T, B, D) <- gradients from dout (B, width)."""
         if self.op == "dot":
             k.dot_interaction_backward(dx, demb, dout, x, emb, self.li, self.lj)

@@ -1,7 +1,7 @@
 """Sigmoid + binary cross-entropy, fused, forward and backward in one pass.
 
-    loss = mean_b [max(s, 0) - y s + log1p(exp(-|s|))]    (= BCE(sigmoid(s), y), stable)
-    ds   = (sigmoid(s) - y) / B
+loss = mean_b [max(s, 0) - y s + log1p(exp(-|s|))]    (= BCE(sigmoid(s), y), stable)
+ds   = (sigmoid(s) - y) / B
 """
 
 from __future__ import annotations

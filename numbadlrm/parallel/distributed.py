@@ -34,6 +34,8 @@ loss / R through the same allreduce (the global mean loss, for free).
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 from mpi4py import MPI
@@ -100,6 +102,15 @@ class DistributedDLRM:
         top_n = sum(s.in_features * s.out_features + s.out_features for s in self.tower.top_slots)
         self.allreduce = GradientAllreduce(comm, self._grad_buffer, [(0, top_n), (top_n, n + 1)])
         self._exchanges: dict[int, EmbeddingExchange] = {}
+        # seconds spent in MPI calls of train_step: "start" (posting, testing), "wait"
+        self.mpi_seconds = {"start": 0.0, "wait": 0.0}
+
+    def _mpi(self, bucket: str, fn, *args):
+        """Call an MPI function, adding its wall time to mpi_seconds[bucket]."""
+        start = time.perf_counter()
+        out = fn(*args)
+        self.mpi_seconds[bucket] += time.perf_counter() - start
+        return out
 
     def _rep_table(self, i: int) -> np.ndarray:
         return self.rep_weights[self.rep_row_start[i] : self.rep_row_start[i + 1]]
@@ -136,10 +147,12 @@ class DistributedDLRM:
         )
         pooled = plan.pooled_out.reshape(-1, local, self.config.sparse_feature_size)
         embedding_forward(pooled, self.weights, lookups.row_start, lookups.offsets, lookups.indices)
-        request = plan.start_forward()
+        request = self._mpi("start", plan.start_forward)
         ws = self.tower.workspace(local)
         dense = batch.dense[mine]
-        self.tower.bottom_forward(ws, dense, after_layer=lambda: request.Test())
+        self.tower.bottom_forward(
+            ws, dense, after_layer=lambda: self._mpi("start", poke, [request])
+        )
         rep_offsets = np.ascontiguousarray(
             batch.offsets[list(self.replicated), mine.start : mine.stop + 1]
         )
@@ -148,7 +161,7 @@ class DistributedDLRM:
             embedding_forward(
                 rep_emb, self.rep_weights, self.rep_row_start, rep_offsets, batch.indices
             )
-        request.Wait()
+        self._mpi("wait", request.Wait)
         plan.assemble(ws.emb)
         for i, t in enumerate(self.replicated):
             ws.emb[t] = rep_emb[i]
@@ -160,10 +173,10 @@ class DistributedDLRM:
     def backward_and_update(self, ws: Workspace, state: _StepState, lr: float) -> None:
         """Gradients from ds in ws.dtop[-1] (already scaled to the global mean); update."""
         self.tower.top_backward(ws)
-        self.allreduce.start(0)  # top MLP grads are final
+        self._mpi("start", self.allreduce.start, 0)  # top MLP grads are final
         self.tower.interaction_backward(ws)
         state.plan.scatter(ws.demb)
-        exchange = state.plan.start_backward()
+        exchange = self._mpi("start", state.plan.start_backward)
         open_requests = [exchange, *self.allreduce.requests]
         if self.replicated:  # dense grads of the small tables: dE += demb (lr = -1)
             self.rep_grads[:] = 0.0
@@ -177,15 +190,16 @@ class DistributedDLRM:
                 np.float32(-1.0),
                 numba.get_num_threads(),
             )
-        self.tower.bottom_backward(ws, state.dense, after_layer=lambda: poke(open_requests))
-        self.allreduce.start(1)  # bottom MLP, replicated tables, loss
-        exchange.Wait()
+        poke_all = lambda: self._mpi("start", poke, open_requests)  # noqa: E731
+        self.tower.bottom_backward(ws, state.dense, after_layer=poke_all)
+        self._mpi("start", self.allreduce.start, 1)  # bottom MLP, replicated tables, loss
+        self._mpi("wait", exchange.Wait)
         dpooled = state.plan.dpooled_in.reshape(-1, *ws.demb.shape[1:])  # (R*S, Bl, D)
         lookups = state.lookups
         embedding_backward_sgd(
             self.weights, lookups.row_start, lookups.offsets, lookups.indices, dpooled, lr
         )
-        self.allreduce.wait()
+        self._mpi("wait", self.allreduce.wait)
         sgd_update(self.params, self.grads, np.float32(lr))
 
     # ----------------------------------------------------------------- public API

@@ -1,0 +1,134 @@
+"""The smaller commands: predict, plot, convert (to and from the reference's PyTorch format).
+
+numbadlrm predict --load-model m.npz --processed-data-file DIR --split test --output p.txt
+numbadlrm predict --load-model m.npz --raw-data-file day.tsv --max-ind-range N --output p.txt
+numbadlrm plot runs/metrics.jsonl --output curves.png
+numbadlrm convert m.npz --to-torch m.pt         (a state_dict the reference DLRM loads)
+numbadlrm convert m.pt --from-torch m.npz       (config inferred from the tensor shapes)
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import DLRMConfig, num_pairs
+from .model import DLRM
+
+
+def predict_to_file(
+    ckpt_path: str,
+    output: str,
+    batch_size: int,
+    processed: str = "",
+    split: str = "test",
+    raw_files: list[str] | None = None,
+    max_ind_range: int = 0,
+) -> int:
+    """Write one probability per input row (in input order); returns the row count."""
+    from .data.criteo import PreprocessOptions, preprocess
+    from .data.dataset import ProcessedData
+
+    ckpt = load_checkpoint(ckpt_path)
+    model = DLRM(ckpt.config)
+    model.load_state_dict(ckpt.state)
+    with tempfile.TemporaryDirectory(prefix="numbadlrm-predict-") as tmp:
+        if raw_files:
+            if max_ind_range <= 0:
+                raise ValueError("predict: raw input needs --max-ind-range N (the training value)")
+            options = PreprocessOptions(
+                split="fractions", split_fractions=(1.0, 0.0, 0.0), max_ind_range=max_ind_range
+            )
+            preprocess([Path(f) for f in raw_files], tmp, options, progress=False)
+            processed, split = tmp, "train"
+        data = ProcessedData(processed)
+        rows = 0
+        tmp_out = Path(output).with_name(f".{Path(output).name}.tmp")
+        with open(tmp_out, "w") as f:
+            for batch in data.split(split).batches(batch_size, shuffle=False):
+                probs = model.predict(batch)
+                f.write("".join(f"{p:.6f}\n" for p in probs))
+                rows += len(probs)
+        tmp_out.replace(output)
+    return rows
+
+
+def plot_metrics(metrics_file: str, output: str) -> None:
+    """Training loss and evaluation AUC against step, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plot needs matplotlib: pip install 'numbadlrm[plot]'") from None
+    records = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line]
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "auc" in r]
+    if not train and not evals:
+        raise ValueError(f"plot: {metrics_file} holds no loss or auc records")
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train])
+    ax_loss.set(xlabel="step", ylabel="training loss (BCE)", title="loss")
+    for split in sorted({r.get("split", "eval") for r in evals}):
+        pts = [r for r in evals if r.get("split", "eval") == split]
+        ax_auc.plot([r["step"] for r in pts], [r["auc"] for r in pts], "o-", label=split)
+    ax_auc.set(xlabel="step", ylabel="AUC", title="evaluation AUC")
+    if evals:
+        ax_auc.legend()
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+
+
+def config_from_reference_shapes(sd: dict) -> DLRMConfig:
+    """Recover a DLRMConfig from a reference-format state_dict's tensor shapes."""
+
+    def sizes(prefix: str) -> tuple[int, ...]:
+        layers = sorted(
+            int(k.split(".")[1]) for k in sd if k.startswith(prefix) and k.endswith(".weight")
+        )
+        if not layers:
+            raise ValueError(f"convert: no {prefix}*.weight tensors in the state_dict")
+        shapes = [tuple(sd[f"{prefix}{i}.weight"].shape) for i in layers]
+        return (shapes[0][1], *[s[0] for s in shapes])
+
+    bottom, top = sizes("bot_l."), sizes("top_l.")
+    tables = [
+        tuple(sd[f"emb_l.{t}.weight"].shape) for t in range(sum(k.startswith("emb_l.") for k in sd))
+    ]
+    dim, f = bottom[-1], len(tables) + 1
+    for op, itself, width in (
+        ("dot", False, dim + num_pairs(f, False)),
+        ("dot", True, dim + num_pairs(f, True)),
+        ("cat", False, f * dim),
+    ):
+        if top[0] == width:
+            return DLRMConfig(tuple(r for r, _ in tables), dim, bottom, top, op, itself)
+    raise ValueError(
+        f"convert: top MLP input width {top[0]} fits no interaction of "
+        f"T={len(tables)} tables with D={dim}"
+    )
+
+
+def convert(src: str, dst: str, to_torch: bool) -> None:
+    import torch
+
+    from .torch_dlrm import from_reference_state_dict, to_reference_state_dict
+
+    if to_torch:
+        ckpt = load_checkpoint(src)
+        torch.save(to_reference_state_dict(ckpt.state, ckpt.config), dst)
+        return
+    sd = torch.load(src, map_location="cpu", weights_only=True)
+    sd = sd.get("state_dict", sd)  # the reference saves {"state_dict": ..., ...}
+    config = config_from_reference_shapes(sd)
+    state = {
+        k: np.ascontiguousarray(v, dtype=np.float32)
+        for k, v in from_reference_state_dict(sd, config).items()
+    }
+    save_checkpoint(dst, Checkpoint(config, state, extra={"converted_from": str(src)}))

@@ -1,0 +1,169 @@
+"""Linear layer: every GEMM kernel version and both backends against numbadlrm.reference.
+
+Tolerance: the oracle runs in float64 on the same float32 inputs, so its own error is
+negligible. A float32 sum of K products, in any order (the kernels reassociate), is off by
+at most about K * eps32 * sum_k |a_k b_k| (the standard bound gamma_K), so each entry is
+checked against ``(K + 2) * eps32 * (|A| @ |B|)`` (+2 for the bias add and the output
+rounding). A wrong index or a lost term is off by ~|a_k b_k|, far above that for K <= 2000.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from numbadlrm import reference
+from numbadlrm.kernels import gemm
+from numbadlrm.layers import linear
+
+EPS = float(np.finfo(np.float32).eps)
+ODD_SHAPES = [(b, i, o) for b in (1, 7, 129) for i in (1, 13, 100) for o in (1, 17, 64)]
+# Every path of every version: dot form (K >= SMALL_K) and panels, k blocks (K > KC),
+# O < 4, row and column tails.
+VERSION_SHAPES = [(1, 1, 1), (7, 13, 17), (129, 100, 64), (9, 129, 130), (33, 150, 3),
+                  (1030, 20, 9), (5, 1030, 6)]
+
+
+def make(rng, B, I, O):
+    x = rng.standard_normal((B, I), dtype=np.float32)
+    W = rng.standard_normal((O, I), dtype=np.float32)
+    b = rng.standard_normal(O, dtype=np.float32)
+    y = np.maximum(rng.standard_normal((B, O), dtype=np.float32), 0)  # exact zeros: masked
+    dy = rng.standard_normal((B, O), dtype=np.float32)
+    return x, W, b, y, dy
+
+
+def assert_gemm_close(got, want, abs_a, abs_b, K, what):
+    """|got - want| <= (K + 2) eps32 (|A| @ |B|) entrywise; abs_a @ abs_b in float64."""
+    bound = (K + 2) * EPS * (abs_a @ abs_b) + 1e-30
+    err = np.abs(got.astype(np.float64) - want)
+    assert np.isfinite(got).all(), f"{what}: non-finite output"
+    worst = np.unravel_index(np.argmax(err / bound), err.shape)
+    assert (err <= bound).all(), f"{what}: error {err[worst]:.3e} > bound {bound[worst]:.3e}"
+
+
+def check_forward(y, x, W, b, relu):
+    x64, W64, b64 = (a.astype(np.float64) for a in (x, W, b))
+    want, _ = reference.linear_forward(x64, W64, b64, relu)
+    abs_b = np.abs(W64.T)
+    assert_gemm_close(y, want, np.hstack([np.abs(x64), np.ones((len(x), 1))]),
+                      np.vstack([abs_b, np.abs(b64)[None]]), x.shape[1], "y")
+
+
+def check_backward(dx, dW, db, dz, x, y, W, dy, relu):
+    """dz: the kernel's masked dy; compared with the oracle's backward from dy and y."""
+    x64, W64, y64, dy64 = (a.astype(np.float64) for a in (x, W, y, dy))
+    dx_ref, dW_ref, db_ref = reference.linear_backward(dy64, (x64, W64, y64, relu))
+    want_dz = dy64 * (y64 > 0) if relu else dy64
+    np.testing.assert_array_equal(dz, want_dz.astype(np.float32))
+    abs_dz = np.abs(want_dz)
+    B = x.shape[0]
+    if dx is not None:
+        assert_gemm_close(dx, dx_ref, abs_dz, np.abs(W64), W.shape[0], "dx")
+    assert_gemm_close(dW, dW_ref, abs_dz.T, np.abs(x64), B, "dW")
+    assert_gemm_close(db, db_ref, abs_dz.T, np.ones((B,)), B, "db")
+
+
+def outputs(B, I, O):
+    """NaN-filled outputs, so that an entry a kernel forgets to write fails the check."""
+    return (np.full((B, O), np.nan, np.float32), np.full((B, I), np.nan, np.float32),
+            np.full((O, I), np.nan, np.float32), np.full(O, np.nan, np.float32))
+
+
+# ---------------------------------------------------------------------- layer API
+
+
+@pytest.mark.parametrize("backend", linear.BACKENDS)
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+@pytest.mark.parametrize(("B", "I", "O"), ODD_SHAPES)
+def test_layer_matches_reference(backend, relu, B, I, O):
+    rng = np.random.default_rng([B, I, O])
+    x, W, b, y_in, dy = make(rng, B, I, O)
+    y, dx, dW, db = outputs(B, I, O)
+    linear.linear_forward(y, x, W, b, relu, backend)
+    check_forward(y, x, W, b, relu)
+    dz = dy.copy()
+    linear.linear_backward(dx, dW, db, dz, x, y_in, W, relu, backend)
+    check_backward(dx, dW, db, dz, x, y_in, W, dy, relu)
+
+
+@pytest.mark.parametrize("backend", linear.BACKENDS)
+def test_backward_without_dx(backend):
+    """The first layer passes dx=None: dW and db are still formed, nothing else written."""
+    rng = np.random.default_rng(1)
+    x, W, _, y, dy = make(rng, 129, 13, 64)
+    _, _, dW, db = outputs(129, 13, 64)
+    dz = dy.copy()
+    linear.linear_backward(None, dW, db, dz, x, y, W, True, backend)
+    check_backward(None, dW, db, dz, x, y, W, dy, True)
+
+
+def test_numba_layer_bitwise_across_threads(threads):
+    """Blocks do not depend on the thread count, so neither do the sums' orders."""
+    rng = np.random.default_rng(2)
+    x, W, b, y_in, dy = make(rng, 129, 150, 130)
+    results = []
+    for n in (1, threads):
+        numba.set_num_threads(n)
+        y, dx, dW, db = outputs(129, 150, 130)
+        linear.linear_forward(y, x, W, b, True, "numba")
+        linear.linear_backward(dx, dW, db, dy.copy(), x, y_in, W, True, "numba")
+        results.append((y, dx, dW, db))
+    for a, b_ in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b_)
+
+
+def test_bad_backend_is_named():
+    x, W, b, y, dy = make(np.random.default_rng(3), 2, 3, 4)
+    with pytest.raises(ValueError, match="'cuda'"):
+        linear.linear_forward(np.empty_like(y), x, W, b, True, "cuda")
+    with pytest.raises(ValueError, match="'gpu'"):
+        linear.linear_backward(None, np.empty_like(W), np.empty_like(b), dy, x, y, W, True,
+                               "gpu")
+
+
+def test_bad_shapes_and_dtypes_are_rejected():
+    x, W, b, y, _ = make(np.random.default_rng(4), 2, 3, 4)
+    with pytest.raises(ValueError, match="y"):
+        linear.linear_forward(np.empty((2, 5), np.float32), x, W, b, True, "numba")
+    with pytest.raises(ValueError, match="x"):
+        linear.linear_forward(y, x.astype(np.float64), W, b, True, "numba")
+    with pytest.raises(ValueError, match="W"):
+        linear.linear_forward(y, x, np.asfortranarray(W), b, True, "numba")
+
+
+def test_choose_backend_is_deterministic():
+    shapes = [(b, i, o) for b in (1, 128, 2048) for i in (1, 13, 100, 512, 1024)
+              for o in (1, 16, 64, 256, 1024)]
+    for pass_ in linear.PASSES:
+        first = [linear.choose_backend(*s, pass_) for s in shapes]
+        assert set(first) <= {"numba", "blas"}
+        assert first == [linear.choose_backend(*s, pass_) for s in shapes]
+    with pytest.raises(ValueError, match="'sideways'"):
+        linear.choose_backend(2, 3, 4, "sideways")
+
+
+# ------------------------------------------------------------------ kernel versions
+
+
+@pytest.mark.parametrize("version", list(gemm.VERSIONS))
+@pytest.mark.parametrize(("B", "I", "O"), VERSION_SHAPES)
+def test_kernel_version_matches_reference(version, threads, B, I, O):
+    forward, backward_data, backward_weight = gemm.VERSIONS[version]
+    rng = np.random.default_rng([B, I, O, 7])
+    x, W, b, y_in, dy = make(rng, B, I, O)
+    y, dx, dW, db = outputs(B, I, O)
+    for relu in (False, True):
+        forward(y, x, W, b, relu)
+        check_forward(y, x, W, b, relu)
+    dz = dy.copy()
+    gemm.relu_mask(dz, y_in)
+    backward_data(dx, dz, W)
+    backward_weight(dW, db, dz, x)
+    check_backward(dx, dW, db, dz, x, y_in, W, dy, True)
+
+
+def test_default_version_is_the_layers():
+    assert gemm.DEFAULT_VERSION in gemm.VERSIONS
+    assert linear._FORWARD is gemm.VERSIONS[gemm.DEFAULT_VERSION][0]

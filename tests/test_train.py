@@ -1,0 +1,202 @@
+"""The training loop and the command line: metrics, checkpoints, exact resume, data paths."""
+
+import json
+
+import numpy as np
+import pytest
+
+from numbadlrm.checkpoint import CheckpointError, load_checkpoint
+from numbadlrm.cli import main
+from numbadlrm.model import DLRM
+from numbadlrm.train import TrainConfig, run_training
+
+from ._criteo_files import quirky_lines, write_raw
+
+TINY = {
+    "arch_sparse_feature_size": 4,
+    "arch_embedding_size": "50-40-30",
+    "arch_mlp_bot": "13-16-4",
+    "arch_mlp_top": "8-1",
+    "mini_batch_size": 32,
+    "test_mini_batch_size": 256,
+    "test_num_batches": 2,
+    "progress": False,
+    "learning_rate": 0.2,
+}
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_synthetic_run_learns_and_logs(tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    cfg = TrainConfig(
+        **TINY, num_batches=400, print_freq=100, test_freq=200, metrics_file=str(metrics)
+    )
+    result = run_training(cfg, log=lambda *_: None)
+    records = _records(metrics)
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [100, 200, 300, 400]
+    assert all(r["samples_per_s"] > 0 for r in steps)
+    evals = [r for r in records if "auc" in r]
+    assert [(r["step"], r["split"]) for r in evals] == [
+        (200, "validation"),
+        (400, "validation"),
+        (400, "test"),
+    ]
+    assert result["auc"] > 0.6  # the teacher's signal is learnable; random data gives 0.5
+    assert result["steps"] == 400
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """Interrupt after a mid-epoch checkpoint, resume: the same losses as one whole run."""
+    base = {**TINY, "num_batches": 20, "nepochs": 2, "print_freq": 1}
+    full = tmp_path / "full.jsonl"
+    whole = run_training(TrainConfig(**base, metrics_file=str(full)), log=lambda *_: None)
+
+    ckpt = tmp_path / "m.npz"
+    original = DLRM.train_step
+    calls = {"n": 0}
+
+    def interrupt_after_27(self, batch, lr):
+        calls["n"] += 1
+        if calls["n"] > 27:
+            raise KeyboardInterrupt
+        return original(self, batch, lr)
+
+    monkeypatch.setattr(DLRM, "train_step", interrupt_after_27)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(TrainConfig(**base, save_model=str(ckpt), save_freq=25), log=lambda *_: None)
+    monkeypatch.setattr(DLRM, "train_step", original)
+    saved = load_checkpoint(ckpt)
+    assert (saved.step, saved.epoch, saved.batch_in_epoch) == (25, 1, 5)
+
+    resumed = tmp_path / "resumed.jsonl"
+    again = run_training(
+        TrainConfig(**base, load_model=str(ckpt), metrics_file=str(resumed)), log=lambda *_: None
+    )
+    expect = {r["step"]: r["loss"] for r in _records(full) if "loss" in r}
+    got = {r["step"]: r["loss"] for r in _records(resumed) if "loss" in r}
+    assert sorted(got) == list(range(26, 41))
+    for step, loss in got.items():
+        assert loss == expect[step], step  # bit-for-bit: same data, same weights, same order
+    assert again["auc"] == whole["auc"]
+    for name, value in again["model"].state_dict().items():
+        np.testing.assert_array_equal(value, whole["model"].state_dict()[name])
+
+
+def test_checkpoint_errors(tmp_path):
+    ckpt = tmp_path / "m.npz"
+    run_training(TrainConfig(**TINY, num_batches=3, save_model=str(ckpt)), log=lambda *_: None)
+    other = {**TINY, "arch_embedding_size": "50-40-31"}
+    with pytest.raises(CheckpointError, match=r"saved for another model.*embedding_sizes"):
+        run_training(TrainConfig(**other, num_batches=3, load_model=str(ckpt)), log=lambda *_: None)
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(broken)
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "text.npz")
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_inference_only_evaluates_a_checkpoint(tmp_path):
+    ckpt = tmp_path / "m.npz"
+    trained = run_training(
+        TrainConfig(**TINY, num_batches=50, save_model=str(ckpt)), log=lambda *_: None
+    )
+    again = run_training(
+        TrainConfig(**TINY, load_model=str(ckpt), inference_only=True), log=lambda *_: None
+    )
+    assert again["auc"] == trained["auc"] and again["steps"] == 50
+
+
+def test_dataset_training_predict_and_plot(tmp_path, capsys):
+    """Raw file -> preprocess -> train -> predict -> plot, through the command line."""
+    rng = np.random.default_rng(0)
+    raw = write_raw(tmp_path / "train.txt", quirky_lines(rng, 1400))
+    out = tmp_path / "proc"
+    ckpt = tmp_path / "m.npz"
+    metrics = tmp_path / "m.jsonl"
+    args = [
+        "train",
+        "--data-set",
+        "kaggle",
+        "--raw-data-file",
+        str(raw),
+        "--processed-data-file",
+        str(out),
+        "--max-ind-range",
+        "97",
+        "--arch-sparse-feature-size",
+        "4",
+        "--arch-mlp-bot",
+        "13-8-4",
+        "--arch-mlp-top",
+        "8-1",
+        "--mini-batch-size",
+        "64",
+        "--test-mini-batch-size",
+        "64",
+        "--print-freq",
+        "5",
+        "--no-progress",
+        "--save-model",
+        str(ckpt),
+        "--metrics-file",
+        str(metrics),
+        "--test-freq",
+        "10",
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    saved = load_checkpoint(ckpt)
+    assert saved.config.embedding_sizes == (97,) * 26  # table sizes come from the data
+    assert saved.step == 1200 // 64  # days 0-5 of 1400 rows, full batches
+    preds = tmp_path / "p.txt"
+    assert (
+        main(
+            [
+                "predict",
+                "--load-model",
+                str(ckpt),
+                "--processed-data-file",
+                str(out),
+                "--output",
+                str(preds),
+            ]
+        )
+        == 0
+    )
+    values = np.loadtxt(preds)
+    assert values.shape == (100,) and ((values > 0) & (values < 1)).all()  # half of day 6
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curves.png"
+    assert main(["plot", str(metrics), "--output", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_convert_round_trip(tmp_path):
+    torch = pytest.importorskip("torch")
+    ckpt = tmp_path / "m.npz"
+    run_training(TrainConfig(**TINY, num_batches=3, save_model=str(ckpt)), log=lambda *_: None)
+    pt = tmp_path / "m.pt"
+    assert main(["convert", str(ckpt), "--to-torch", str(pt)]) == 0
+    sd = torch.load(pt)
+    assert sd["bot_l.2.weight"].shape == (4, 16) and "emb_l.2.weight" in sd
+    back = tmp_path / "back.npz"
+    assert main(["convert", str(pt), "--from-torch", str(back)]) == 0
+    a, b = load_checkpoint(ckpt), load_checkpoint(back)
+    assert a.config == b.config
+    for name, value in a.state.items():
+        np.testing.assert_array_equal(value, b.state[name])
+
+
+def test_cli_train_and_errors(tmp_path, capsys):
+    assert main(["train", "--arch-mlp-bot", "13-512-8", "--arch-sparse-feature-size", "16"]) == 2
+    assert "must equal sparse_feature_size" in capsys.readouterr().err
+    assert main(["train", "--data-generation", "dataset"]) == 2
+    assert "--processed-data-file" in capsys.readouterr().err
+    assert main(["train", "--load-model", str(tmp_path / "none.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err
