@@ -42,8 +42,11 @@ def cpu_model() -> str:
 
 def header(title: str) -> str:
     """Machine, versions and thread counts, one per line."""
-    blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)"
-            for i in threadpool_info() if i["user_api"] == "blas"]
+    blas = [
+        f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)"
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    ]
     lines = [
         f"# {title}",
         f"machine:  {cpu_model()}, {os.cpu_count()} logical CPUs",
@@ -54,8 +57,9 @@ def header(title: str) -> str:
     return "\n".join(lines)
 
 
-def median_times(fns: dict[str, Callable[[], object]], repeat: int = 10,
-                 warmup: int = 2) -> dict[str, float]:
+def median_times(
+    fns: dict[str, Callable[[], object]], repeat: int = 10, warmup: int = 2
+) -> dict[str, float]:
     """Median wall time (s) of each fn over `repeat` calls, after `warmup` calls (JIT, caches).
 
     The candidates take turns in blocks of 3 calls so that a neighbour's load on a shared

@@ -59,12 +59,16 @@ def validate(version, B, I, O, relu, rng) -> None:
     forward(y, x, W, b, relu)
     backward_data(dx, dz, W)
     backward_weight(dW, db, dz, x)
-    y_ref, cache = reference.linear_forward(x.astype(np.float64), W.astype(np.float64),
-                                            b.astype(np.float64), relu)
-    dx_ref, dW_ref, db_ref = reference.linear_backward(dz.astype(np.float64),
-                                                       (*cache[:3], False))
-    for what, got, want, k in (("y", y, y_ref, I), ("dx", dx, dx_ref, O),
-                               ("dW", dW, dW_ref, B), ("db", db, db_ref, B)):
+    y_ref, cache = reference.linear_forward(
+        x.astype(np.float64), W.astype(np.float64), b.astype(np.float64), relu
+    )
+    dx_ref, dW_ref, db_ref = reference.linear_backward(dz.astype(np.float64), (*cache[:3], False))
+    for what, got, want, k in (
+        ("y", y, y_ref, I),
+        ("dx", dx, dx_ref, O),
+        ("dW", dW, dW_ref, B),
+        ("db", db, db_ref, B),
+    ):
         err = np.abs(got - want).max() / (np.sqrt(k) * max(1.0, np.abs(want).max()))
         if not err < 1e-5:
             sys.exit(f"validation failed: {version} {what} B={B} I={I} O={O} error {err:.2e}")
@@ -77,12 +81,18 @@ def pass_pairs(version, B, I, O, relu, rng):
     y, dx = np.empty((B, O), np.float32), np.empty((B, I), np.float32)
     dW, db = np.empty((O, I), np.float32), np.empty(O, np.float32)
     return {
-        "forward": (lambda: forward(y, x, W, b, relu),
-                    lambda: linear.forward_blas(y, x, W, b, relu)),
-        "backward_data": (lambda: backward_data(dx, dz, W),
-                          lambda: linear.backward_data_blas(dx, dz, W)),
-        "backward_weight": (lambda: backward_weight(dW, db, dz, x),
-                            lambda: linear.backward_weight_blas(dW, db, dz, x)),
+        "forward": (
+            lambda: forward(y, x, W, b, relu),
+            lambda: linear.forward_blas(y, x, W, b, relu),
+        ),
+        "backward_data": (
+            lambda: backward_data(dx, dz, W),
+            lambda: linear.backward_data_blas(dx, dz, W),
+        ),
+        "backward_weight": (
+            lambda: backward_weight(dW, db, dz, x),
+            lambda: linear.backward_weight_blas(dW, db, dz, x),
+        ),
     }
 
 
@@ -101,8 +111,10 @@ def main() -> None:
     if not args.quick:
         print(f"limit:    OpenBLAS sgemm 2048^3 {blas_sgemm_gflops():.0f} GFLOP/s")
     rng = np.random.default_rng(0)
-    print(f"{'cfg':3} {'layer':14} {'pass':15} {'B':>5} {'I':>5} {'O':>5} "
-          f"{'numba ms':>9} {'GF/s':>6} {'blas ms':>8} {'GF/s':>6} {'frac':>5}")
+    print(
+        f"{'cfg':3} {'layer':14} {'pass':15} {'B':>5} {'I':>5} {'O':>5} "
+        f"{'numba ms':>9} {'GF/s':>6} {'blas ms':>8} {'GF/s':>6} {'frac':>5}"
+    )
     totals = {}
     for name, label, B, I, O, relu, needs_dx in layer_shapes(configs):
         validate(args.version, B, I, O, relu, rng)
@@ -114,13 +126,17 @@ def main() -> None:
             tot = totals.setdefault(name, [0.0, 0.0])
             tot[0] += t["numba"]
             tot[1] += t["blas"]
-            print(f"{name:3} {label:14} {pass_:15} {B:5} {I:5} {O:5} "
-                  f"{t['numba'] * 1e3:9.3f} {flops / t['numba'] / 1e9:6.1f} "
-                  f"{t['blas'] * 1e3:8.3f} {flops / t['blas'] / 1e9:6.1f} "
-                  f"{t['blas'] / t['numba']:5.2f}")
+            print(
+                f"{name:3} {label:14} {pass_:15} {B:5} {I:5} {O:5} "
+                f"{t['numba'] * 1e3:9.3f} {flops / t['numba'] / 1e9:6.1f} "
+                f"{t['blas'] * 1e3:8.3f} {flops / t['blas'] / 1e9:6.1f} "
+                f"{t['blas'] / t['numba']:5.2f}"
+            )
     for name, (tn, tb) in totals.items():
-        print(f"config {name}: all passes numba {tn * 1e3:.2f} ms, blas {tb * 1e3:.2f} ms, "
-              f"frac {tb / tn:.2f}")
+        print(
+            f"config {name}: all passes numba {tn * 1e3:.2f} ms, blas {tb * 1e3:.2f} ms, "
+            f"frac {tb / tn:.2f}"
+        )
 
 
 if __name__ == "__main__":

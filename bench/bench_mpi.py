@@ -1,8 +1,9 @@
 """End-to-end MPI training step: time per iteration split into compute, MPI calls, waiting.
 
 The driver launches ``mpiexec -n R`` for R = 1, 2, 4 on a reduced config, strong scaling
-(global batch fixed) and weak scaling (B = B0 R). Each rank gets max(1, cores // R)
-Numba threads; a run with more ranks x threads than cores is flagged "oversubscribed"
+(global batch fixed) and weak scaling (B = B0 R): R = 1 with all cores and with one
+thread, then R ranks of one thread each; "vs 1x1" is throughput over one rank with one
+thread. A run with more ranks x threads than cores is flagged "oversubscribed"
 (its times measure the machine's time slicing, not the method). Each worker first checks
 two distributed steps against a single-process DLRM (losses to 1e-5), warms up, then times
 steps on pre-generated global batches:
@@ -142,21 +143,23 @@ def main(argv=None) -> None:
     )
     print(
         f"{'scaling':<7} {'R':>2} {'thr':>3} {'B':>6} {'step':>8} {'compute':>8} {'mpi':>7}"
-        f" {'wait':>7} {'comm':>7} {'samples/s':>10} {'vs R=1':>7}"
+        f" {'wait':>7} {'comm':>7} {'samples/s':>10} {'vs 1x1':>7}"
     )
+    runs = [(1, cores), (1, 1), (2, 1)] if args.quick else [(1, cores), (1, 1), (2, 1), (4, 1)]
     for scaling in ("strong", "weak"):
         base = None
-        for ranks in (1, 2) if args.quick else (1, 2, 4):
-            threads = max(1, cores // ranks)
+        for ranks, threads in runs:
             batch = batch0 * ranks if scaling == "weak" else batch0
             r = launch(config, ranks, batch, threads)
             rate = batch / r["step"]
-            base = base or rate
+            if (ranks, threads) == (1, 1):
+                base = rate
+            vs = f"{rate / base:>7.2f}" if base else f"{'':>7}"
             flag = "  oversubscribed" if ranks * threads > cores else ""
             print(
                 f"{scaling:<7} {ranks:>2} {threads:>3} {batch:>6} {r['step'] * 1e3:>8.2f} "
                 f"{r['compute'] * 1e3:>8.2f} {r['mpi'] * 1e3:>7.2f} {r['wait'] * 1e3:>7.2f} "
-                f"{r['comm'] * 1e3:>7.2f} {rate:>10,.0f} {rate / base:>7.2f}{flag}"
+                f"{r['comm'] * 1e3:>7.2f} {rate:>10,.0f} {vs}{flag}"
             )
 
 

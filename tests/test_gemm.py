@@ -21,8 +21,15 @@ EPS = float(np.finfo(np.float32).eps)
 ODD_SHAPES = [(b, i, o) for b in (1, 7, 129) for i in (1, 13, 100) for o in (1, 17, 64)]
 # Every path of every version: dot form (K >= SMALL_K) and panels, k blocks (K > KC),
 # O < 4, row and column tails.
-VERSION_SHAPES = [(1, 1, 1), (7, 13, 17), (129, 100, 64), (9, 129, 130), (33, 150, 3),
-                  (1030, 20, 9), (5, 1030, 6)]
+VERSION_SHAPES = [
+    (1, 1, 1),
+    (7, 13, 17),
+    (129, 100, 64),
+    (9, 129, 130),
+    (33, 150, 3),
+    (1030, 20, 9),
+    (5, 1030, 6),
+]
 
 
 def make(rng, B, I, O):
@@ -47,8 +54,14 @@ def check_forward(y, x, W, b, relu):
     x64, W64, b64 = (a.astype(np.float64) for a in (x, W, b))
     want, _ = reference.linear_forward(x64, W64, b64, relu)
     abs_b = np.abs(W64.T)
-    assert_gemm_close(y, want, np.hstack([np.abs(x64), np.ones((len(x), 1))]),
-                      np.vstack([abs_b, np.abs(b64)[None]]), x.shape[1], "y")
+    assert_gemm_close(
+        y,
+        want,
+        np.hstack([np.abs(x64), np.ones((len(x), 1))]),
+        np.vstack([abs_b, np.abs(b64)[None]]),
+        x.shape[1],
+        "y",
+    )
 
 
 def check_backward(dx, dW, db, dz, x, y, W, dy, relu):
@@ -67,8 +80,12 @@ def check_backward(dx, dW, db, dz, x, y, W, dy, relu):
 
 def outputs(B, I, O):
     """NaN-filled outputs, so that an entry a kernel forgets to write fails the check."""
-    return (np.full((B, O), np.nan, np.float32), np.full((B, I), np.nan, np.float32),
-            np.full((O, I), np.nan, np.float32), np.full(O, np.nan, np.float32))
+    return (
+        np.full((B, O), np.nan, np.float32),
+        np.full((B, I), np.nan, np.float32),
+        np.full((O, I), np.nan, np.float32),
+        np.full(O, np.nan, np.float32),
+    )
 
 
 # ---------------------------------------------------------------------- layer API
@@ -119,8 +136,7 @@ def test_bad_backend_is_named():
     with pytest.raises(ValueError, match="'cuda'"):
         linear.linear_forward(np.empty_like(y), x, W, b, True, "cuda")
     with pytest.raises(ValueError, match="'gpu'"):
-        linear.linear_backward(None, np.empty_like(W), np.empty_like(b), dy, x, y, W, True,
-                               "gpu")
+        linear.linear_backward(None, np.empty_like(W), np.empty_like(b), dy, x, y, W, True, "gpu")
 
 
 def test_bad_shapes_and_dtypes_are_rejected():
@@ -134,8 +150,12 @@ def test_bad_shapes_and_dtypes_are_rejected():
 
 
 def test_choose_backend_is_deterministic():
-    shapes = [(b, i, o) for b in (1, 128, 2048) for i in (1, 13, 100, 512, 1024)
-              for o in (1, 16, 64, 256, 1024)]
+    shapes = [
+        (b, i, o)
+        for b in (1, 128, 2048)
+        for i in (1, 13, 100, 512, 1024)
+        for o in (1, 16, 64, 256, 1024)
+    ]
     for pass_ in linear.PASSES:
         first = [linear.choose_backend(*s, pass_) for s in shapes]
         assert set(first) <= {"numba", "blas"}

@@ -49,7 +49,7 @@ from ._jit import jit_parallel, jit_serial
 
 KC = 1024  # dot form: k block; 4 rows of A (8 KiB) stay in L1 across a block of Bt rows
 SMALL_K = 128  # v3: below this K the axpy form beats the dot form's horizontal sums
-PANEL = 128  # v3: width (floats) of a packed Bm panel
+PANEL = 256  # v3: width (floats) of a packed Bm panel
 # Blocks of C per call, at least: balances 2-4 threads. A constant, not the thread count,
 # so that kernels cache and results do not depend on the number of threads.
 MIN_TASKS = 8

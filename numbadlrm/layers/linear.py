@@ -27,7 +27,7 @@ _FORWARD, _BACKWARD_DATA, _BACKWARD_WEIGHT = gemm.VERSIONS[gemm.DEFAULT_VERSION]
 
 
 def choose_backend(batch: int, in_features: int, out_features: int, pass_: str) -> str:
-    """"numba" or "blas" for one pass of a (batch, in_features -> out_features) layer.
+    """ "numba" or "blas" for one pass of a (batch, in_features -> out_features) layer.
 
     A fixed rule read off bench/bench_gemm.py at 2 threads (AMD EPYC Zen 4, OpenBLAS
     0.3.31), never a timing taken at run time, so a run is reproducible.
@@ -56,8 +56,9 @@ def _check(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
 # ---------------------------------------------------------------------- forward
 
 
-def linear_forward(y: np.ndarray, x: np.ndarray, W: np.ndarray, b: np.ndarray, relu: bool,
-                   backend: str = "auto") -> None:
+def linear_forward(
+    y: np.ndarray, x: np.ndarray, W: np.ndarray, b: np.ndarray, relu: bool, backend: str = "auto"
+) -> None:
     """y (B, O) <- x (B, I) @ W^T (I, O) + b (O,), then ReLU if relu."""
     batch, in_features = x.shape
     out_features = W.shape[0]
@@ -72,8 +73,7 @@ def linear_forward(y: np.ndarray, x: np.ndarray, W: np.ndarray, b: np.ndarray, r
         forward_blas(y, x, W, b, relu)
 
 
-def forward_blas(y: np.ndarray, x: np.ndarray, W: np.ndarray, b: np.ndarray,
-                 relu: bool) -> None:
+def forward_blas(y: np.ndarray, x: np.ndarray, W: np.ndarray, b: np.ndarray, relu: bool) -> None:
     np.matmul(x, W.T, out=y)
     y += b
     if relu:
@@ -83,9 +83,17 @@ def forward_blas(y: np.ndarray, x: np.ndarray, W: np.ndarray, b: np.ndarray,
 # --------------------------------------------------------------------- backward
 
 
-def linear_backward(dx: np.ndarray | None, dW: np.ndarray, db: np.ndarray, dy: np.ndarray,
-                    x: np.ndarray, y: np.ndarray, W: np.ndarray, relu: bool,
-                    backend: str = "auto") -> None:
+def linear_backward(
+    dx: np.ndarray | None,
+    dW: np.ndarray,
+    db: np.ndarray,
+    dy: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    W: np.ndarray,
+    relu: bool,
+    backend: str = "auto",
+) -> None:
     """dW (O, I), db (O,) and, unless dx is None, dx (B, I) from dy (B, O).
 
     dy is overwritten with dz = dy * [y > 0] when relu.
@@ -123,7 +131,6 @@ def backward_data_blas(dx: np.ndarray, dz: np.ndarray, W: np.ndarray) -> None:
     np.matmul(dz, W, out=dx)
 
 
-def backward_weight_blas(dW: np.ndarray, db: np.ndarray, dz: np.ndarray,
-                         x: np.ndarray) -> None:
+def backward_weight_blas(dW: np.ndarray, db: np.ndarray, dz: np.ndarray, x: np.ndarray) -> None:
     np.matmul(dz.T, x, out=dW)
     np.sum(dz, axis=0, out=db)

@@ -6,21 +6,8 @@
     train_mpi.py    run_distributed_training(cfg, comm), checkpoints, abort on error
 
 Importing this package does not import mpi4py (only the three modules above that talk
-to MPI do), so single-process runs never initialise MPI.
+to MPI do), so single-process runs never initialise MPI. The command line decides
+(numbadlrm.cli.launched_by_mpi) and passes MPI.COMM_WORLD in.
 """
 
 from __future__ import annotations
-
-import os
-
-_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
-
-
-def launched_by_mpiexec() -> bool:
-    """True when a process manager (MPICH/Hydra, Open MPI, PMIx) started this process
-    as one of several ranks; lets the command line decide whether to import mpi4py."""
-    for name in _SIZE_VARIABLES:
-        value = os.environ.get(name, "")
-        if value.isdigit() and int(value) > 1:
-            return True
-    return False

@@ -1,14 +1,17 @@
 """The training loop on R MPI ranks: ``run_distributed_training(cfg, comm)``.
 
-It mirrors numbadlrm.train.run_training (same TrainConfig, same logged records, same
-return value) with a DistributedDLRM in place of the DLRM. The caller passes the
+It mirrors numbadlrm.train.run_training (same TrainConfig, same data sources, the same
+TrainLoop with its logging, evaluation and checkpoints, same return value plus the
+placement) with a DistributedDLRM in place of the DLRM. The caller passes the
 communicator; only the command line entry reaches for COMM_WORLD.
 
-Data: every rank draws the same global batches from the same seed (the generators are
-deterministic and cheap next to a step), so no sample ever crosses the network: rank q
-reads dense features and labels of its slice, and every shard owner reads the sparse
-ids of its tables for the whole global batch. A file dataset does the same with
-rows_slice(start, stop) of the global batch (all ranks map the same file).
+Data: every rank builds the same global batches (the synthetic generators are seeded
+and deterministic; a processed dataset is memory-mapped by every rank and read in the
+same shuffled order), so no sample ever crosses the network: rank q uses the dense
+features and labels of its slice, and every shard owner the sparse ids of its tables
+for the whole global batch. Generation is cheap next to a step; what it costs is
+repeated on every rank (a file reader could read only rows_slice(start, stop) of the
+dense columns, see "what's left" in the MPI notes).
 
 Failures: an exception on any rank prints "[rank r/R] ..." with its traceback and calls
 comm.Abort(1), so mpiexec ends every rank with a non-zero status instead of hanging in
@@ -19,21 +22,17 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import traceback
-from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numba
-import numpy as np
 from mpi4py import MPI
-from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, CheckpointError, check_compatible, load_checkpoint
 from ..checkpoint import save_checkpoint as write_checkpoint
-from ..data.prefetch import Prefetcher
+from ..config import DLRMConfig
 from ..kernels._jit import set_num_threads
-from ..train import MetricsLog, TrainConfig, _format_eval, describe, evaluate, synthetic_streams
+from ..train import TrainConfig, TrainLoop, describe, open_data
 from .distributed import DistributedDLRM
 from .partition import plan_placement
 
@@ -59,10 +58,10 @@ def default_threads(comm: MPI.Comm) -> int:
     return max(1, cores // local_ranks)
 
 
-def expected_lookups(cfg: TrainConfig) -> tuple[float, ...]:
-    """Mean lookups per sample of each table under the built-in data's bag sizes."""
+def expected_lookups(cfg: TrainConfig, mcfg: DLRMConfig) -> tuple[float, ...]:
+    """Mean lookups per sample of each table under the configured bag sizes."""
     lookups = cfg.num_indices_per_lookup
-    sizes = cfg.model_config().embedding_sizes
+    sizes = mcfg.embedding_sizes
     if cfg.num_indices_per_lookup_fixed:
         return (float(lookups),) * len(sizes)
     return tuple((1 + min(lookups, n)) / 2 for n in sizes)
@@ -88,8 +87,8 @@ def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
             )
     threads = cfg.threads or default_threads(comm)
     set_num_threads(threads)
-    mcfg = cfg.model_config()
-    lookups = expected_lookups(cfg)
+    source, mcfg = open_data(cfg, log)
+    lookups = expected_lookups(cfg, mcfg)
     # replicating a table costs an allreduce of its rows, sharding it an alltoall of one
     # pooled vector per local sample: replicate tables with fewer rows than B / R
     replicate = cfg.mini_batch_size // ranks if ranks > 1 else 0
@@ -97,67 +96,18 @@ def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
         mcfg.embedding_sizes, mcfg.sparse_feature_size, ranks, lookups, replicate_max_rows=replicate
     )
     model = DistributedDLRM(mcfg, comm, placement, seed=cfg.seed, gemm=cfg.gemm)
+    position = (0, 0, 0)
+    if cfg.load_model:
+        ckpt = load_distributed_checkpoint(cfg.load_model, model)
+        position = (ckpt.step, ckpt.epoch, ckpt.batch_in_epoch)
     log(f"numbadlrm: {describe(mcfg)}; data {cfg.data_generation}, batch {cfg.mini_batch_size}")
     log(
         f"MPI: {ranks} ranks x {threads} Numba threads, {cfg.mini_batch_size // ranks} "
         f"samples per rank per step"
     )
     log(placement.describe(lookups))
-    train_batches, test_batches = synthetic_streams(cfg, mcfg)
-    metrics = MetricsLog(cfg.metrics_file if comm.rank == 0 else "")
-    step = 0
-    try:
-        for epoch in range(cfg.nepochs):
-            with Prefetcher(train_batches(epoch)) as batches:
-                step = _train_epoch(model, cfg, batches, epoch, step, metrics, test_batches, log)
-        final = evaluate(model, test_batches())
-        metrics.write({"step": step, "split": "test", **final})
-        log(_format_eval("test", step, final))
-    finally:
-        metrics.close()
-    return {**final, "model": model, "steps": step, "placement": placement}
-
-
-def _train_epoch(model, cfg, batches: Iterator, epoch, step, metrics, test_batches, log) -> int:
-    root = model.comm.rank == 0
-    bar = tqdm(
-        total=cfg.num_batches,
-        desc=f"epoch {epoch}",
-        disable=not (cfg.progress and root),
-        unit="batch",
-        dynamic_ncols=True,
-    )
-    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
-    for batch in batches:
-        loss = model.train_step(batch, cfg.learning_rate)  # the global batch's mean loss
-        step += 1
-        window_loss += loss
-        window_n += 1
-        bar.update(1)
-        if step % cfg.print_freq == 0:
-            rate = window_n * cfg.mini_batch_size / (time.perf_counter() - window_start)
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "loss": window_loss / window_n,
-                "samples_per_s": rate,
-            }
-            metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", samples_per_s=f"{rate:,.0f}")
-            window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
-        if cfg.test_freq and step % cfg.test_freq == 0:
-            result = evaluate(model, test_batches())  # predictions gathered: exact AUC
-            metrics.write({"step": step, "split": "validation", **result})
-            if root:
-                bar.write(_format_eval("validation", step, result))
-            window_start = time.perf_counter()
-    bar.close()
-    if not np.isfinite(window_loss):  # the same global loss on every rank: all raise
-        raise FloatingPointError(
-            f"training diverged: loss is {window_loss} at step {step}; "
-            "try a smaller --learning-rate"
-        )
-    return step
+    loop = TrainLoop(cfg, model, source, mcfg, log, root=comm.rank == 0)
+    return {**loop.run(*position), "placement": placement}
 
 
 def save_distributed_checkpoint(
