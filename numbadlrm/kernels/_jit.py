@@ -20,12 +20,19 @@ jit_parallel = numba.njit(cache=True, fastmath=FASTMATH, parallel=True, nogil=Tr
 jit_serial = numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
 
 
+_blas_limit = None  # keeps threadpoolctl's limit in force for the rest of the process
+
+
 def set_num_threads(n: int) -> None:
-    """Set Numba's thread count (``--threads``); 1 <= n <= NUMBA_NUM_THREADS."""
+    """Use n threads (``--threads``) in Numba and in the BLAS behind NumPy's matmul."""
+    global _blas_limit
     limit = numba.config.NUMBA_NUM_THREADS
     if not 1 <= n <= limit:
         raise ValueError(f"threads: must be between 1 and {limit}, got {n}")
     numba.set_num_threads(n)
+    from threadpoolctl import threadpool_limits
+
+    _blas_limit = threadpool_limits(limits=n, user_api="blas")
 
 
 def get_num_threads() -> int:

