@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from numbadlrm import reference as ref
-from numbadlrm.kernels import elementwise, embedding
+from numbadlrm.kernels import elementwise, embedding, interaction
 from numbadlrm.layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from numbadlrm.layers.interaction import Interaction
 from numbadlrm.layers.loss import sigmoid_bce
@@ -79,6 +79,41 @@ def test_embedding_update_independent_of_owner_count():
         np.testing.assert_array_equal(w, results[0])
 
 
+@pytest.mark.parametrize("version", list(embedding.FORWARD_VERSIONS))
+def test_embedding_forward_versions(threads, version):
+    """Every kernel version against the reference; a bag longer than the prefetch window."""
+    cfg = small_config(tables="7-300-5", dim=20)  # D not a multiple of 16
+    rng = np.random.default_rng(11)
+    batch = random_batch(rng, cfg, 21, max_bag=40)
+    weights, row_start = _tables(rng, cfg)
+    pooled = np.full((cfg.num_tables, 21, 20), np.nan, np.float32)
+    embedding.FORWARD_VERSIONS[version](pooled, weights, row_start, batch.offsets, batch.indices)
+    for t in range(cfg.num_tables):
+        table = weights[row_start[t] : row_start[t + 1]]
+        expect = ref.embedding_bag_forward(table, batch.offsets[t], batch.indices)
+        np.testing.assert_allclose(pooled[t], expect, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("version", list(embedding.UPDATE_VERSIONS))
+@pytest.mark.parametrize("owners", [1, 2, 3])
+def test_embedding_update_versions(version, owners):
+    cfg = small_config(tables="3-40-200", dim=20)
+    rng = np.random.default_rng(12)
+    batch = random_batch(rng, cfg, 30, max_bag=40)
+    weights, row_start = _tables(rng, cfg)
+    dpooled = rng.normal(size=(cfg.num_tables, 30, 20)).astype(np.float32)
+    expect = weights.astype(np.float64)
+    for t, rows in enumerate(cfg.embedding_sizes):
+        dtable = ref.embedding_bag_backward(
+            dpooled[t].astype(np.float64), batch.offsets[t], batch.indices, rows
+        )
+        expect[row_start[t] : row_start[t + 1]] -= 0.25 * dtable
+    embedding.UPDATE_VERSIONS[version](
+        weights, row_start, batch.offsets, batch.indices, dpooled, np.float32(0.25), owners
+    )
+    np.testing.assert_allclose(weights, expect, rtol=1e-5, atol=1e-4)
+
+
 def test_owner_hash_covers_all_owners():
     owners = [embedding._owner(np.uint64(r), 3) for r in range(300)]
     assert set(owners) == {0, 1, 2}
@@ -103,6 +138,28 @@ def test_interaction(threads, op, itself, batch_size):
     dx = np.full_like(x, np.nan)
     demb = np.full_like(emb, np.nan)
     layer.backward(dx, demb, dout, x, emb)
+    np.testing.assert_allclose(dx, dfeats[:, 0], **TOL)
+    np.testing.assert_allclose(demb, dfeats[:, 1:].transpose(1, 0, 2), **TOL)
+
+
+@pytest.mark.parametrize("version", list(interaction.DOT_VERSIONS))
+@pytest.mark.parametrize("itself", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 13])
+def test_dot_interaction_versions(threads, version, itself, batch_size):
+    rng = np.random.default_rng(13)
+    num_tables, dim = 5, 19
+    x = rng.normal(size=(batch_size, dim)).astype(np.float32)
+    emb = rng.normal(size=(num_tables, batch_size, dim)).astype(np.float32)
+    feats = np.concatenate([x[:, None], emb.transpose(1, 0, 2)], axis=1).astype(np.float64)
+    li, lj = ref.pair_indices(num_tables + 1, itself)
+    forward, backward = interaction.DOT_VERSIONS[version]
+    out = np.full((batch_size, dim + li.shape[0]), np.nan, np.float32)
+    forward(out, x, emb, li, lj)
+    np.testing.assert_allclose(out, ref.interaction_forward(feats, "dot", itself), **TOL)
+    dout = rng.normal(size=out.shape).astype(np.float32)
+    dfeats = ref.interaction_backward(dout.astype(np.float64), feats, "dot", itself)
+    dx, demb = np.full_like(x, np.nan), np.full_like(emb, np.nan)
+    backward(dx, demb, dout, x, emb, li, lj)
     np.testing.assert_allclose(dx, dfeats[:, 0], **TOL)
     np.testing.assert_allclose(demb, dfeats[:, 1:].transpose(1, 0, 2), **TOL)
 

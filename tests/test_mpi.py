@@ -89,3 +89,28 @@ def test_an_error_on_one_rank_aborts_the_job():
         pytest.fail("an exception on rank 1 left the job hanging")
     assert proc.returncode != 0
     assert "[rank 1/2] RuntimeError: deliberate failure on rank 1" in proc.stderr
+
+
+def test_cli_under_mpiexec_refuses_an_uneven_batch_cleanly():
+    """`mpiexec -n 3 numbadlrm train` with B=256: one clear message, no traceback."""
+    if not MPIEXEC.exists():
+        pytest.skip(f"no mpiexec next to {sys.executable}")
+    command = [
+        str(MPIEXEC),
+        "-n",
+        "3",
+        sys.executable,
+        "-m",
+        "numbadlrm.cli",
+        "train",
+        "--mini-batch-size",
+        "256",
+        "--num-batches",
+        "2",
+        "--no-progress",
+    ]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "numbadlrm train: error: [rank" in proc.stderr
+    assert "256 does not divide by the 3 MPI ranks" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -19,7 +19,7 @@ contiguous along k:
 - dot form: A (M, K) and Bt = Bm^T (N, K), both contiguous along k. A 4x4 tile of C is
   16 scalar accumulators with the k loop innermost, which LLVM vectorises over k: 16 zmm
   accumulators, 8 loads per 16 FMAs, C written once per tile. Every tile ends in 16
-  horizontal sums, so it wants K >= ~128.
+  horizontal sums, so it wants K >= ~256.
 - axpy form: Bm (K, N) contiguous along n. c[i, :] += a[i, k] Bm[k, :] for 4 rows i and
   4 values of k at once, the j loop innermost and vectorised: C is loaded and stored once
   per 4 FMAs. No horizontal sums, so it wins when K is small.
@@ -47,8 +47,8 @@ from numba import prange
 
 from ._jit import jit_parallel, jit_serial
 
-KC = 1024  # dot form: k block; 4 rows of A (8 KiB) stay in L1 across a block of Bt rows
-SMALL_K = 128  # v3: below this K the axpy form beats the dot form's horizontal sums
+KC = 1024  # dot form: k block; 4 rows of A (16 KiB) stay in L1 across a block of Bt rows
+SMALL_K = 256  # v3: below this K the axpy form beats the dot form's horizontal sums
 PANEL = 256  # v3: width (floats) of a packed Bm panel
 # Blocks of C per call, at least: balances 2-4 threads. A constant, not the thread count,
 # so that kernels cache and results do not depend on the number of threads.

@@ -45,8 +45,12 @@ def abort_on_error(comm: MPI.Comm):
     except BaseException as exc:
         if comm.size == 1:
             raise
-        text = "".join(traceback.format_exception(exc))
-        sys.stderr.write(f"[rank {comm.rank}/{comm.size}] {type(exc).__name__}: {exc}\n{text}")
+        where = f"[rank {comm.rank}/{comm.size}]"
+        if isinstance(exc, (ValueError, OSError, FloatingPointError)):  # bad input: message
+            sys.stderr.write(f"numbadlrm train: error: {where} {exc}\n")
+        else:  # a bug or an MPI failure: the whole traceback
+            text = "".join(traceback.format_exception(exc))
+            sys.stderr.write(f"{where} {type(exc).__name__}: {exc}\n{text}")
         sys.stderr.flush()
         comm.Abort(1)
 

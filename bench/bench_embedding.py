@@ -1,0 +1,138 @@
+"""Embedding bags: every forward and fused backward + update kernel version, in GB/s.
+
+Config b by default: T=8 tables x 1,000,000 rows, D=64, B=2048 bags of 100 lookups each
+(N = T B L = 1,638,400 lookups, tables 2 GB in huge pages). Each version is first
+validated against numbadlrm.reference on a small problem, then all versions and a STREAM
+copy (np.copyto of 256 MB, the bench/_common.py limit) are timed round-robin in one run,
+for uniform and for power-law row ids (id = floor(rows u^2.5), scrambled, as the
+synthetic data). GB/s follow an explicit byte model:
+
+    forward  N D 4 (rows read) + N 8 (indices) + T B D 4 (pooled written)
+    update   2 N D 4 (rows read and written) + N 8 (indices) + T B D 4 (pooled grads read)
+
+Power-law ids hit cached rows often, so their GB/s by this model can exceed DRAM's.
+
+    python bench/bench_embedding.py --threads 2                # all versions
+    python bench/bench_embedding.py --threads 2 --versions v1  # one version (v1, v2, ...)
+    python bench/bench_embedding.py --quick                    # tiny tables (CI smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numba
+import numpy as np
+from _common import header, median_times, set_threads
+
+from numbadlrm import reference
+from numbadlrm.data.synthetic import POWER_ALPHA
+from numbadlrm.kernels import embedding
+from numbadlrm.params import table_buffer
+
+
+def make_problem(rng, tables, rows, dim, batch, lookups, dist):
+    """(weights, row_start, offsets, indices): fixed-size bags, ids uniform or power-law."""
+    weights = table_buffer(tables * rows, dim)
+    weights[:] = 0.01  # touches every page; values do not matter for timing
+    row_start = np.arange(tables + 1, dtype=np.int64) * rows
+    flat = np.arange(tables * batch + 1, dtype=np.int64) * lookups
+    offsets = np.stack([flat[t * batch : (t + 1) * batch + 1] for t in range(tables)])
+    n = tables * batch * lookups
+    if dist == "uniform":
+        indices = rng.integers(0, rows, n)
+    else:  # hot rows spread over the table by an affine bijection, as synthetic data
+        raw = np.floor(rows * rng.random(n) ** POWER_ALPHA).astype(np.int64)
+        indices = (raw * 7919 + 12345) % rows if rows % 7919 else raw
+    return weights, row_start, offsets, indices
+
+
+def validate(rng, dim) -> None:
+    """Abort unless every version matches the reference (bags longer than the prefetch)."""
+    tables, rows, batch, lookups = 3, 500, 17, 40
+    weights, row_start, offsets, indices = make_problem(
+        rng, tables, rows, dim, batch, lookups, "power"
+    )
+    weights[:] = rng.standard_normal(weights.shape, dtype=np.float32)
+    dpooled = rng.standard_normal((tables, batch, dim), dtype=np.float32)
+    expect = np.empty((tables, batch, dim))
+    expect_w = weights.astype(np.float64)
+    for t in range(tables):
+        table = weights[row_start[t] : row_start[t + 1]]
+        expect[t] = reference.embedding_bag_forward(table, offsets[t], indices)
+        grad = reference.embedding_bag_backward(dpooled[t], offsets[t], indices, rows)
+        expect_w[row_start[t] : row_start[t + 1]] -= 0.5 * grad
+    for name, fn in embedding.FORWARD_VERSIONS.items():
+        pooled = np.empty((tables, batch, dim), np.float32)
+        fn(pooled, weights, row_start, offsets, indices)
+        if not np.allclose(pooled, expect, rtol=1e-4, atol=1e-4):
+            sys.exit(f"validation failed: forward {name}")
+    for name, fn in embedding.UPDATE_VERSIONS.items():
+        w = weights.copy()
+        fn(w, row_start, offsets, indices, dpooled, np.float32(0.5), numba.get_num_threads())
+        if not np.allclose(w, expect_w, rtol=1e-4, atol=1e-4):
+            sys.exit(f"validation failed: update {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--versions", default=",".join(embedding.FORWARD_VERSIONS))
+    parser.add_argument("--tables", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--lookups", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="tiny tables, 3 repeats")
+    args = parser.parse_args()
+    if args.quick:
+        args.tables, args.rows, args.batch, args.lookups, args.repeat = 2, 20_000, 64, 10, 3
+    versions = args.versions.split(",")
+    for v in versions:
+        if v not in embedding.FORWARD_VERSIONS:
+            sys.exit(f"--versions: {v!r} is not one of {list(embedding.FORWARD_VERSIONS)}")
+    set_threads(args.threads)
+    T, R, D, B, L = args.tables, args.rows, args.dim, args.batch, args.lookups
+    n = T * B * L
+    print(header(f"bench_embedding: T={T} rows={R} D={D} B={B} lookups={L}"))
+    rng = np.random.default_rng(0)
+    validate(rng, D)
+    print("validation: every version matches numbadlrm.reference")
+    print(f"{'ids':8} {'kernel':12} {'ms':>8} {'GB/s':>6} {'% STREAM':>9}")
+    for dist in ("uniform", "power"):
+        problem = make_problem(rng, T, R, D, B, L, dist)
+        times, stream_bytes = time_versions(problem, versions, args.quick, args.repeat)
+        stream = stream_bytes / times["stream copy"] / 1e9
+        for name, t in times.items():
+            if name == "stream copy":
+                nbytes = stream_bytes
+            elif name.startswith("forward"):
+                nbytes = n * D * 4 + n * 8 + T * B * D * 4
+            else:
+                nbytes = 2 * n * D * 4 + n * 8 + T * B * D * 4
+            gbs = nbytes / t / 1e9
+            print(f"{dist:8} {name:12} {t * 1e3:8.2f} {gbs:6.1f} {100 * gbs / stream:8.0f}%")
+
+
+def time_versions(problem, versions, quick, repeat):
+    """Median seconds of STREAM copy and each version's forward and update, round-robin."""
+    weights, row_start, offsets, indices = problem
+    num_tables, batch = offsets.shape[0], offsets.shape[1] - 1
+    pooled = np.zeros((num_tables, batch, weights.shape[1]), np.float32)
+    owners = numba.get_num_threads()
+    src = np.ones((16 << 20) if quick else (32 << 20))  # 128 / 256 MB
+    dst = np.empty_like(src)
+    fns = {"stream copy": lambda: np.copyto(dst, src)}
+    for v in versions:
+        fwd, upd = embedding.FORWARD_VERSIONS[v], embedding.UPDATE_VERSIONS[v]
+        fns[f"forward {v}"] = lambda f=fwd: f(pooled, weights, row_start, offsets, indices)
+        fns[f"update {v}"] = lambda u=upd: u(
+            weights, row_start, offsets, indices, pooled, np.float32(1e-9), owners
+        )
+    return median_times(fns, repeat=repeat), 2 * src.nbytes
+
+
+if __name__ == "__main__":
+    main()
