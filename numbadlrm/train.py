@@ -23,7 +23,7 @@ from .checkpoint import Checkpoint, check_compatible, load_checkpoint, save_chec
 from .config import DLRMConfig
 from .data.criteo import preprocess_for_training
 from .data.dataset import ProcessedData
-from .data.prefetch import Prefetcher
+from .data.prefetch import prefetch
 from .data.synthetic import Teacher, batch_stream
 from .kernels._jit import set_num_threads
 from .metrics import evaluate_predictions
@@ -215,7 +215,8 @@ class SyntheticSource:
         stream = self._stream(
             self.num_batches, self.cfg.mini_batch_size, seed=self.cfg.seed * 1000 + epoch
         )
-        return itertools.islice(stream, start_batch, None)  # resume: regenerate and skip
+        # resume mid-epoch: regenerate and skip, so batch k is the same batch as before
+        return prefetch(itertools.islice(stream, start_batch, None), depth=4)
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         offset = 999_998 if split == "validation" else 999_999
@@ -241,6 +242,7 @@ class DatasetSource:
         self.num_batches = min(cfg.num_batches, full) if cfg.num_batches else full
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        """The epoch's batches from start_batch on (the split's loader prefetches)."""
         batches = self.train.batches(
             self.cfg.mini_batch_size,
             shuffle=self.cfg.data_shuffle,
@@ -249,7 +251,10 @@ class DatasetSource:
             start_batch=start_batch,
             drop_last=True,
         )
-        return itertools.islice(batches, self.num_batches - start_batch)
+        try:
+            yield from itertools.islice(batches, self.num_batches - start_batch)
+        finally:
+            batches.close()
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         return self.data.split(split).batches(self.cfg.test_mini_batch_size, shuffle=False)
@@ -349,49 +354,73 @@ class TrainLoop:
             )
 
     def _epoch(self, epoch: int, start: int, step: int) -> int:
-        cfg = self.cfg
+        """Train batches start.. of one epoch; returns the global step count."""
         total = self.source.num_batches
         bar = tqdm(
             total=total,
             initial=start,
             desc=f"epoch {epoch}",
             unit="batch",
-            disable=not (cfg.progress and self.root),
+            disable=not (self.cfg.progress and self.root),
             dynamic_ncols=True,
         )
-        window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
-        with Prefetcher(self.source.train_batches(epoch, start)) as batches:
+        window = _Window()
+        batches = self.source.train_batches(epoch, start)  # a prefetching generator
+        try:
             for i, batch in enumerate(batches, start=start + 1):
-                loss = self.model.train_step(batch, cfg.learning_rate)
+                loss = self.model.train_step(batch, self.cfg.learning_rate)
                 step += 1
-                window_loss += loss
-                window_n += 1
                 bar.update(1)
-                if not np.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training diverged: loss is {loss} at step {step}; "
-                        "try a smaller --learning-rate"
-                    )
-                if step % cfg.print_freq == 0:
-                    rate = window_n * cfg.mini_batch_size / (time.perf_counter() - window_start)
-                    record = {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": window_loss / window_n,
-                        "samples_per_s": rate,
-                    }
-                    self.metrics.write(record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", samples_per_s=f"{rate:,.0f}")
-                    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
-                if cfg.test_freq and step % cfg.test_freq == 0:
-                    bar.clear()
-                    self.evaluate("validation", step)
-                    window_start = time.perf_counter()
-                if cfg.save_model and cfg.save_freq and step % cfg.save_freq == 0:
-                    position = (epoch, i) if i < total else (epoch + 1, 0)
-                    self.save(step, *position)
-        bar.close()
+                window.add(loss, step)
+                next_position = (epoch, i) if i < total else (epoch + 1, 0)
+                self._after_step(step, epoch, next_position, window, bar)
+        finally:
+            batches.close()
+            bar.close()
         return step
+
+    def _after_step(
+        self, step: int, epoch: int, next_position: tuple[int, int], window: _Window, bar
+    ) -> None:
+        """Logging, evaluation and checkpoints due after this step."""
+        cfg = self.cfg
+        if step % cfg.print_freq == 0:
+            record = {"step": step, "epoch": epoch, **window.flush(cfg.mini_batch_size)}
+            self.metrics.write(record)
+            bar.set_postfix(
+                loss=f"{record['loss']:.4f}", samples_per_s=f"{record['samples_per_s']:,.0f}"
+            )
+        if cfg.test_freq and step % cfg.test_freq == 0:
+            bar.clear()
+            self.evaluate("validation", step)
+            window.restart_clock()
+        if cfg.save_model and cfg.save_freq and step % cfg.save_freq == 0:
+            self.save(step, *next_position)
+
+
+class _Window:
+    """Mean loss and throughput over the steps since the last log line."""
+
+    def __init__(self):
+        self.loss, self.steps, self.start = 0.0, 0, time.perf_counter()
+
+    def add(self, loss: float, step: int) -> None:
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"training diverged: loss is {loss} at step {step}; try a smaller --learning-rate"
+            )
+        self.loss += loss
+        self.steps += 1
+
+    def restart_clock(self) -> None:
+        self.start = time.perf_counter()
+
+    def flush(self, batch_size: int) -> dict[str, float]:
+        rate = self.steps * batch_size / (time.perf_counter() - self.start)
+        out = {"loss": self.loss / self.steps, "samples_per_s": rate}
+        self.loss, self.steps = 0.0, 0
+        self.restart_clock()
+        return out
 
 
 def _format_eval(split: str, step: int, m: dict) -> str:

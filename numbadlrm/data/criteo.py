@@ -71,8 +71,8 @@ from numbadlrm.data.dataset import (
     NUM_DENSE,
     PART_FILES,
     part_path,
-    prefetch,
 )
+from numbadlrm.data.prefetch import prefetch
 from numbadlrm.kernels._jit import jit_parallel, jit_serial
 
 NUM_FIELDS = 1 + NUM_DENSE + NUM_CATEGORICAL  # 40

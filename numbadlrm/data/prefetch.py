@@ -12,59 +12,54 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
-_DONE = object()
+
+_ITEM, _DONE, _ERROR = 0, 1, 2
 
 
-class Prefetcher(Iterator[T]):
-    """Iterate ``source`` on a daemon thread, ``depth`` items ahead.
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, at most ``depth`` elements ahead.
 
-    An exception in the producer is re-raised in the consumer. ``close()`` (or leaving a
-    ``with`` block, or garbage collection) stops the producer promptly.
+    An exception in the producer is re-raised in the consumer. When the consumer stops
+    early (``break`` then garbage collection, or ``close()``), the thread is told to
+    stop and joined, so no thread outlives the iteration.
     """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
 
-    def __init__(self, source: Iterable[T], depth: int = 4):
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(iter(source),), daemon=True)
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, it: Iterator[T]) -> None:
+    def produce() -> None:
+        iterator = iter(items)
         try:
-            for item in it:
-                if not self._put(item):
+            for item in iterator:
+                if not _put(q, (_ITEM, item), stop):
                     return
-            self._put(_DONE)
-        except BaseException as exc:  # handed to the consumer
-            self._put(exc)
+            _put(q, (_DONE, None), stop)
+        except BaseException as exc:  # forwarded to the consumer
+            _put(q, (_ERROR, exc), stop)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
 
-    def __next__(self) -> T:
-        item = self._queue.get()
-        if item is _DONE:
-            self._queue.put(_DONE)  # stay exhausted
-            raise StopIteration
-        if isinstance(item, BaseException):
-            self.close()
-            raise item
-        return item
+    thread = threading.Thread(target=produce, name="numbadlrm-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == _DONE:
+                return
+            if kind == _ERROR:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
-    def __enter__(self) -> Prefetcher[T]:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self._stop.set()
+def _put(q: queue.Queue, item: tuple, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False

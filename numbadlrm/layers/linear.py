@@ -29,12 +29,23 @@ _FORWARD, _BACKWARD_DATA, _BACKWARD_WEIGHT = gemm.VERSIONS[gemm.DEFAULT_VERSION]
 def choose_backend(batch: int, in_features: int, out_features: int, pass_: str) -> str:
     """ "numba" or "blas" for one pass of a (batch, in_features -> out_features) layer.
 
-    A fixed rule read off bench/bench_gemm.py at 2 threads (AMD EPYC Zen 4, OpenBLAS
-    0.3.31), never a timing taken at run time, so a run is reproducible.
+    A fixed rule read off bench/bench_gemm.py (kernel version v3, AMD EPYC Zen 4,
+    OpenBLAS 0.3.31), never a timing taken at run time, so runs are reproducible. Numba
+    wins clearly only where OpenBLAS handles a degenerate K badly:
+
+    - forward with I < 32 (the dense input layer, I = 13): 1.4-1.7x OpenBLAS;
+    - backward_data with O < 4 (the logit layer, dx = dz W is an outer product):
+      5-10x OpenBLAS, which runs it as a K = 1 GEMM.
+
+    Everywhere else Numba measured 0.5-1.0x OpenBLAS, so "blas".
     """
     if pass_ not in PASSES:
         raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
-    return "numba"
+    if pass_ == "forward" and in_features < 32:
+        return "numba"
+    if pass_ == "backward_data" and out_features < 4:
+        return "numba"
+    return "blas"
 
 
 def _resolve(backend: str, batch: int, in_features: int, out_features: int, pass_: str) -> str:
