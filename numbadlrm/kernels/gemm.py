@@ -276,7 +276,9 @@ def _axpy_gemm(C, A, Bm, db, with_db):
     M, N = C.shape
     mb, nb = _block_sizes(M, N)
     nnb = _cdiv(N, nb)
-    for t in prange(_cdiv(M, mb) * nnb):  # task t writes only its C block (and db rows)
+    for t in prange(
+        _cdiv(M, mb) * nnb
+    ):  # task t writes only its C block; db[i0:i1] only by j0 == 0
         i0, j0 = (t // nnb) * mb, (t % nnb) * nb
         i1, j1 = min(i0 + mb, M), min(j0 + nb, N)
         _axpy_block(C, A, Bm, i0, i1, j0, j1, j0)
@@ -406,7 +408,9 @@ def _dot_gemm(C, A, Bt, b, relu, with_bias, db, with_db):
     K = A.shape[1]
     mb, nb = _block_sizes(M, N)
     nnb = _cdiv(N, nb)
-    for t in prange(_cdiv(M, mb) * nnb):  # task t writes only its C block (and db rows)
+    for t in prange(
+        _cdiv(M, mb) * nnb
+    ):  # task t writes only its C block; db[i0:i1] only by j0 == 0
         i0, j0 = (t // nnb) * mb, (t % nnb) * nb
         i1, j1 = min(i0 + mb, M), min(j0 + nb, N)
         if K == 0:
@@ -449,7 +453,9 @@ def _panel_gemm(C, A, panels, b, relu, with_bias, db, with_db):
     M, N = C.shape
     mb = _block_sizes(M, N)[0]
     npan = panels.shape[0]
-    for t in prange(_cdiv(M, mb) * npan):  # task t writes only its C block (and db rows)
+    for t in prange(
+        _cdiv(M, mb) * npan
+    ):  # task t writes only its C block; db[i0:i1] only by p == 0
         i0, p = (t // npan) * mb, t % npan
         j0 = p * PANEL
         i1, j1 = min(i0 + mb, M), min(j0 + PANEL, N)

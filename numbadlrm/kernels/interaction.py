@@ -14,85 +14,130 @@ unsuffixed names are the best, called by the layer):
 
     v1  per pair: pick each feature's row from x or emb, one dot (forward) or two axpys
         (backward) per pair
-    v2  per sample: copy A into a contiguous per-chunk scratch (F, D), then dots over its
-        rows (forward) and dA[i] = sum_j G[i, j] A[j] (backward). Contiguous rows picked
-        by index let LLVM vectorise the inner loops without per-pair branches
-        (config c, one thread: forward 1.4x, backward 1.2x faster than v1)
+    v2  per sample: copy A into a contiguous per-chunk scratch (F, D); forward: four
+        pairs sharing row i at a time (A[i] loaded once per four FMAs); backward: build
+        G, then dA = G A four rows of A per pass over dA[i]. 2-D indexing, no per-pair
+        row views (each view costs a reference count). Config c, one thread, Zen 4:
+        forward 9.6 -> 6.0 ms, backward 20.5 -> 14.9 ms (v1 -> v2).
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
 from ._jit import jit_parallel, jit_serial
 
-CHUNKS_PER_THREAD = 4  # samples are split into this many chunks per thread (load balance)
+# Samples are split into up to this many chunks, each with its own scratch (a fixed count,
+# not a multiple of the thread count, so that the compiled kernels can be cached).
+CHUNKS = 64
 
 
 @jit_serial
 def _gather_features(feats, x, emb, b):
     """feats (F, D) <- [x[b], emb[0, b], ..., emb[T-1, b]]."""
-    feats[0] = x[b]
+    dim = x.shape[1]
+    for d in range(dim):
+        feats[0, d] = x[b, d]
     for t in range(emb.shape[0]):
-        feats[t + 1] = emb[t, b]
+        for d in range(dim):
+            feats[t + 1, d] = emb[t, b, d]
+
+
+@jit_serial
+def _pair_dots(out, b, A, li, lj, offset):
+    """out[b, offset + p] = <A[li[p]], A[lj[p]]>, four pairs sharing a row i at a time.
+
+    The four dots read A[i] once for four FMAs (one load per FMA instead of two).
+    """
+    num_pairs = li.shape[0]
+    dim = A.shape[1]
+    p = 0
+    while p < num_pairs:
+        i = li[p]
+        if p + 3 < num_pairs and li[p + 3] == i:  # pairs are row-major: p..p+3 share i
+            j0, j1, j2, j3 = lj[p], lj[p + 1], lj[p + 2], lj[p + 3]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for d in range(dim):
+                v = A[i, d]
+                a0 += v * A[j0, d]
+                a1 += v * A[j1, d]
+                a2 += v * A[j2, d]
+                a3 += v * A[j3, d]
+            out[b, offset + p] = a0
+            out[b, offset + p + 1] = a1
+            out[b, offset + p + 2] = a2
+            out[b, offset + p + 3] = a3
+            p += 4
+        else:
+            j = lj[p]
+            a0 = np.float32(0.0)
+            for d in range(dim):
+                a0 += A[i, d] * A[j, d]
+            out[b, offset + p] = a0
+            p += 1
 
 
 @jit_parallel
 def dot_interaction_forward(out, x, emb, li, lj):
     """out (B, D+P); x (B, D); emb (T, B, D); li, lj (P,) pair feature ids."""
     batch, dim = x.shape
-    num_pairs = li.shape[0]
-    chunks = min(batch, CHUNKS_PER_THREAD * numba.get_num_threads())
-    scratch = np.empty((chunks, emb.shape[0] + 1, dim), np.float32)  # once per call
+    chunks = min(batch, CHUNKS)
+    scratch = np.empty((chunks, emb.shape[0] + 1, dim), np.float32)  # A, once per call
     # Chunk c writes only out[b] of its own samples and its own scratch[c]: race-free.
     for c in prange(chunks):
-        feats = scratch[c]
+        A = scratch[c]
         for b in range(c * batch // chunks, (c + 1) * batch // chunks):
-            _gather_features(feats, x, emb, b)
-            row = out[b]
-            row[:dim] = feats[0]
-            for p in range(num_pairs):
-                vi = feats[li[p]]
-                vj = feats[lj[p]]
-                acc = np.float32(0.0)
-                for d in range(dim):
-                    acc += vi[d] * vj[d]
-                row[dim + p] = acc
+            _gather_features(A, x, emb, b)
+            for d in range(dim):
+                out[b, d] = A[0, d]
+            _pair_dots(out, b, A, li, lj, dim)
+
+
+@jit_serial
+def _symmetric_product(dA, G, A):
+    """dA (F, D) = G (F, F) A (F, D), four rows of A per pass over dA[i]."""
+    nf, dim = A.shape
+    for i in range(nf):
+        for d in range(dim):
+            dA[i, d] = 0.0
+        j = 0
+        while j + 4 <= nf:
+            g0, g1, g2, g3 = G[i, j], G[i, j + 1], G[i, j + 2], G[i, j + 3]
+            for d in range(dim):
+                dA[i, d] += g0 * A[j, d] + g1 * A[j + 1, d] + g2 * A[j + 2, d] + g3 * A[j + 3, d]
+            j += 4
+        for jj in range(j, nf):
+            g0 = G[i, jj]
+            for d in range(dim):
+                dA[i, d] += g0 * A[jj, d]
 
 
 @jit_parallel
 def dot_interaction_backward(dx, demb, dout, x, emb, li, lj):
     """dx (B, D), demb (T, B, D) out; dout (B, D+P); x, emb, li, lj as in the forward."""
     batch, dim = x.shape
-    num_features = emb.shape[0] + 1
+    nf = emb.shape[0] + 1
     num_pairs = li.shape[0]
-    chunks = min(batch, CHUNKS_PER_THREAD * numba.get_num_threads())
-    scratch = np.empty((chunks, num_features, dim), np.float32)  # A, once per call
-    gscratch = np.empty((chunks, num_features, num_features), np.float32)  # G
-    ascratch = np.empty((chunks, dim), np.float32)  # one row of dA
+    chunks = min(batch, CHUNKS)
+    scratch = np.empty((chunks, nf, dim), np.float32)  # A, once per call
+    dscratch = np.empty((chunks, nf, dim), np.float32)  # dA
+    gscratch = np.empty((chunks, nf, nf), np.float32)  # G
     # Chunk c writes only dx[b], demb[:, b] of its own samples and its scratch: race-free.
     for c in prange(chunks):
-        feats, g, acc = scratch[c], gscratch[c], ascratch[c]
+        A, dA, G = scratch[c], dscratch[c], gscratch[c]
         for b in range(c * batch // chunks, (c + 1) * batch // chunks):
-            _gather_features(feats, x, emb, b)
-            g[:] = 0.0
+            _gather_features(A, x, emb, b)
+            G[:] = 0.0
             for p in range(num_pairs):  # a diagonal pair adds twice: d<f,f> = 2 f
-                g[li[p], lj[p]] += dout[b, dim + p]
-                g[lj[p], li[p]] += dout[b, dim + p]
-            for i in range(num_features):
-                acc[:] = 0.0
-                for j in range(num_features):
-                    s = g[i, j]
-                    fj = feats[j]
-                    for d in range(dim):
-                        acc[d] += s * fj[d]
-                if i == 0:
-                    for d in range(dim):
-                        dx[b, d] = dout[b, d] + acc[d]
-                else:
-                    demb[i - 1, b] = acc
+                G[li[p], lj[p]] += dout[b, dim + p]
+                G[lj[p], li[p]] += dout[b, dim + p]
+            _symmetric_product(dA, G, A)
+            for d in range(dim):
+                dx[b, d] = dout[b, d] + dA[0, d]
+            for t in range(nf - 1):
+                for d in range(dim):
+                    demb[t, b, d] = dA[t + 1, d]
 
 
 @jit_parallel
