@@ -19,7 +19,7 @@ cfg = DLRMConfig.from_arch(
 model = DLRM(cfg, seed=0)
 teacher = Teacher(cfg)  # a hidden logistic model that labels the synthetic samples
 
-for step, batch in enumerate(batch_stream(cfg, "synthetic", 2000, 128, seed=1, teacher=teacher)):
+for step, batch in enumerate(batch_stream(cfg, "synthetic", 1500, 128, seed=1, teacher=teacher)):
     loss = model.train_step(batch, lr=0.3)
     if step % 500 == 0:
         print(f"step {step:5d}  loss {loss:.4f}")

@@ -1,0 +1,308 @@
+"""End to end: training samples/s of numbadlrm against the PyTorch DLRM, per-op time, memory.
+
+For each config and thread count, numbadlrm's DLRM.train_step and TorchDLRM + plain
+torch.optim.SGD (the reference's semantics: EmbeddingBag sum with sparse gradients) run
+round-robin on the same batches (random data, fixed bag sizes), and the median step
+gives samples/s and their ratio. Then numbadlrm's step is split per op by timing the
+model's own calls in train_step's order. Last, each framework runs each config in a
+subprocess that reports its peak resident memory during training steps (VmHWM, reset after
+the model is built, so initialisation does not count) above the process baseline (the
+interpreter, libraries and compiled kernels, measured on a tiny model first), next to the
+tables' bytes and the activation bytes (numbadlrm's Workspace: every activation and
+gradient buffer of a step). The target is peak - baseline <= tables + 1.3 x activations.
+
+Configs (B, tables, D, lookups per bag, bottom MLP, top MLP as the reference writes it):
+    a  128,  8 x 1,000,     16,   1, 13-512-256-64-16, 512-256-1
+    b  2048, 8 x 1,000,000, 64, 100, 512-512-64,       1024-1024-1024-1
+    c  2048, 26 x 100,000,  128,  1, 13-512-256-128,   1024-1024-512-256-1
+Config b's tables are 2 GB per framework.
+
+    python bench/bench_e2e.py                                   # a, b, c at 1 and 2 threads
+    python bench/bench_e2e.py --configs c --threads 2 --steps 20
+    python bench/bench_e2e.py --quick                            # tiny config (CI smoke)
+PyTorch is optional: without it numbadlrm runs alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from _common import header, median_times, set_threads
+
+from numbadlrm import DLRMConfig, reference
+from numbadlrm.data.synthetic import batch_stream
+from numbadlrm.kernels.elementwise import sgd_update
+from numbadlrm.layers.embedding_bag import embedding_backward_sgd, embedding_forward
+from numbadlrm.layers.loss import sigmoid_bce
+from numbadlrm.model import DLRM, Workspace, _mlp_forward
+
+try:
+    import torch
+
+    from numbadlrm.torch_dlrm import TorchDLRM, torch_train_step
+except ImportError:
+    torch = None
+
+LR = 0.01
+
+
+@dataclass(frozen=True)
+class Setup:
+    batch: int
+    tables: int
+    rows: int
+    dim: int
+    lookups: int
+    bottom: str
+    top: str
+
+    def config(self) -> DLRMConfig:
+        return DLRMConfig.from_arch(
+            self.dim, "-".join([str(self.rows)] * self.tables), self.bottom, self.top
+        )
+
+
+CONFIGS = {
+    "a": Setup(128, 8, 1_000, 16, 1, "13-512-256-64-16", "512-256-1"),
+    "b": Setup(2048, 8, 1_000_000, 64, 100, "512-512-64", "1024-1024-1024-1"),
+    "c": Setup(2048, 26, 100_000, 128, 1, "13-512-256-128", "1024-1024-512-256-1"),
+}
+QUICK = {"q": Setup(64, 3, 500, 8, 4, "13-16-8", "16-1")}
+OPS = (
+    "bottom fwd", "embedding fwd", "interaction fwd", "top fwd", "loss",
+    "top bwd", "interaction bwd", "embedding update", "bottom bwd", "sgd",
+)  # fmt: skip
+
+
+def batches(setup: Setup, cfg: DLRMConfig, count: int = 4):
+    return list(batch_stream(cfg, "random", count, setup.batch, 1, setup.lookups, fixed=True))
+
+
+class Cycle:
+    """Calls step(batch) on batches in turn; one call per __call__."""
+
+    def __init__(self, step, data):
+        self.step, self.data, self.i = step, data, 0
+
+    def __call__(self):
+        self.step(self.data[self.i % len(self.data)])
+        self.i += 1
+
+
+def validate() -> None:
+    """Abort unless 3 numbadlrm steps match the float64 reference (and PyTorch) in loss."""
+    setup = QUICK["q"]
+    cfg = setup.config()
+    model = DLRM(cfg, seed=3)
+    ref = reference.ReferenceDLRM(cfg, model.state_dict())
+    oracle = TorchDLRM.from_numbadlrm(cfg, model.state_dict()) if torch else None
+    opt = torch.optim.SGD(oracle.parameters(), lr=0.2) if torch else None
+    for b in batches(setup, cfg, 3):
+        loss = model.train_step(b, 0.2)
+        want = ref.train_step(b.dense, b.offsets, b.indices, b.labels, 0.2)
+        got_torch = torch_train_step(oracle, opt, b) if torch else want
+        if not (np.isclose(loss, want, rtol=1e-4) and np.isclose(got_torch, want, rtol=1e-4)):
+            sys.exit(f"validation failed: loss {loss} reference {want} torch {got_torch}")
+
+
+def step_breakdown(model: DLRM, data, steps: int) -> dict[str, float]:
+    """Median seconds per op of numbadlrm's train_step, calling the model's own functions
+    in train_step's order (DLRM.forward, sigmoid_bce, DLRM.backward_and_update; top_forward
+    is split into its interaction and top-MLP calls). Keep in step with model.py."""
+    tower, cfg = model.tower, model.config
+    samples = defaultdict(list)
+    for k in range(steps):
+        b = data[k % len(data)]
+        b.check_against(cfg.num_dense, cfg.embedding_sizes)
+        ws = model.workspace(b.batch_size)
+        calls = (
+            (tower.bottom_forward, ws, b.dense),
+            (embedding_forward, ws.emb, model.weights, model.row_start, b.offsets, b.indices),
+            (tower.interaction.forward, ws.top[0], ws.bottom[-1], ws.emb),
+            (_mlp_forward, tower.top, ws.top[1:], ws.top[0], False, tower.gemm, None),
+            (sigmoid_bce, ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], b.labels),
+            (tower.top_backward, ws),
+            (tower.interaction_backward, ws),
+            (embedding_backward_sgd, model.weights, model.row_start, b.offsets, b.indices,
+             ws.demb, LR),
+            (tower.bottom_backward, ws, b.dense),
+            (sgd_update, model.params, model.grads, np.float32(LR)),
+        )  # fmt: skip
+        for name, (fn, *args) in zip(OPS, calls, strict=True):
+            t0 = time.perf_counter()
+            fn(*args)
+            samples[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(s)) for name, s in samples.items()}
+
+
+def run_config(name: str, setup: Setup, threads: list[int], steps: int) -> list[dict]:
+    cfg = setup.config()
+    data = batches(setup, cfg)
+    model = DLRM(cfg, seed=0)
+    step_ours = Cycle(lambda b: model.train_step(b, LR), data)
+    fns = {"numbadlrm": step_ours}
+    if torch is not None:
+        oracle = TorchDLRM(cfg, np.random.default_rng(0))
+        opt = torch.optim.SGD(oracle.parameters(), lr=LR)
+        fns["torch"] = Cycle(lambda b: torch_train_step(oracle, opt, b), data)
+    rows = []
+    for n in threads:
+        set_threads(n)
+        if torch is not None:
+            torch.set_num_threads(n)
+        t = median_times(fns, repeat=steps)
+        ops = step_breakdown(model, data, max(steps, 5))
+        rows.append({"config": name, "threads": n, "times": t, "ops": ops})
+        ours = setup.batch / t["numbadlrm"]
+        line = f"{name:3} {n:7} {ours:12.0f}"
+        if "torch" in t:
+            theirs = setup.batch / t["torch"]
+            line += f" {theirs:12.0f} {ours / theirs:6.2f}x"
+        print(line, flush=True)
+    return rows
+
+
+def print_breakdown(rows: list[dict]) -> None:
+    print("\nnumbadlrm step per op (median ms; 'sum' of ops vs the measured train_step)")
+    cols = [f"{r['config']}/{r['threads']}t" for r in rows]
+    print(f"{'op':18}" + "".join(f"{c:>10}" for c in cols))
+    for op in OPS:
+        print(f"{op:18}" + "".join(f"{r['ops'][op] * 1e3:10.2f}" for r in rows))
+    print(f"{'sum':18}" + "".join(f"{sum(r['ops'].values()) * 1e3:10.2f}" for r in rows))
+    print(f"{'train_step':18}" + "".join(f"{r['times']['numbadlrm'] * 1e3:10.2f}" for r in rows))
+
+
+# ------------------------------------------------------------------- peak memory
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(framework: str, name: str, threads: int, steps: int) -> None:
+    """In a subprocess: baseline after a tiny warm-up, then a config's step peak. Prints JSON."""
+    set_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    frameworks = {"numbadlrm": _numbadlrm_stepper, "torch": _torch_stepper}
+    make = frameworks[framework]
+    tiny = QUICK["q"]
+    Cycle(make(tiny.config()), batches(tiny, tiny.config(), 1))()  # load kernels, libraries
+    baseline = _rss_kb("VmRSS")
+    setup = (QUICK | CONFIGS)[name]
+    cfg = setup.config()
+    step = Cycle(make(cfg), batches(setup, cfg, 2))
+    built = _rss_kb("VmRSS")
+    reset = _reset_peak()
+    for _ in range(steps):
+        step()
+    peak = _rss_kb("VmHWM")  # since the reset, or since the process began
+    ws = Workspace(cfg, setup.batch)
+    activations = sum(a.nbytes for a in vars(ws).values() if isinstance(a, np.ndarray))
+    activations += sum(a.nbytes for key in ("bottom", "dbottom", "top", "dtop")
+                       for a in getattr(ws, key))  # fmt: skip
+    print(json.dumps({
+        "baseline": baseline * 1024, "built": built * 1024, "peak": peak * 1024,
+        "tables": sum(cfg.embedding_sizes) * cfg.sparse_feature_size * 4,
+        "activations": activations, "peak_reset": reset,
+    }))  # fmt: skip
+
+
+def _numbadlrm_stepper(cfg):
+    model = DLRM(cfg, seed=0)
+    return lambda b: model.train_step(b, LR)
+
+
+def _torch_stepper(cfg):
+    oracle = TorchDLRM(cfg, np.random.default_rng(0))
+    opt = torch.optim.SGD(oracle.parameters(), lr=LR)
+    return lambda b: torch_train_step(oracle, opt, b)
+
+
+def measure_memory(names: list[str], threads: int) -> None:
+    print(
+        f"\npeak memory of training steps ({threads} threads; MB = 1e6 bytes; "
+        "over = peak - baseline - tables - 1.3 x activations, <= 0 meets the target)"
+    )
+    print(
+        f"{'cfg':3} {'framework':10} {'baseline':>9} {'peak':>9} {'peak-base':>10} "
+        f"{'tables':>9} {'activ.':>8} {'over':>8}"
+    )
+    for name in names:
+        for framework in ("numbadlrm", "torch") if torch is not None else ("numbadlrm",):
+            cmd = [sys.executable, __file__, "--memory-child", framework, "--configs", name,
+                   "--threads", str(threads)]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.getcwd())
+            if out.returncode != 0:
+                print(f"{name:3} {framework:10} failed: {out.stderr.strip()[-300:]}")
+                continue
+            m = json.loads(out.stdout.strip().splitlines()[-1])
+            used = m["peak"] - m["baseline"]
+            over = used - m["tables"] - 1.3 * m["activations"]
+            mb = 1e-6
+            print(
+                f"{name:3} {framework:10} {m['baseline'] * mb:9.0f} {m['peak'] * mb:9.0f} "
+                f"{used * mb:10.0f} {m['tables'] * mb:9.0f} {m['activations'] * mb:8.1f} "
+                f"{over * mb:8.0f}" + ("" if m["peak_reset"] else "  (peak not reset)")
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", default="a,b,c")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per framework")
+    parser.add_argument("--quick", action="store_true", help="tiny config, 1 thread count")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    threads = [int(n) for n in args.threads.split(",")]
+    if args.memory_child:
+        memory_child(args.memory_child, args.configs, threads[0], 3)
+        return
+    configs = dict(QUICK) if args.quick else {k: CONFIGS[k] for k in args.configs.split(",")}
+    if args.quick:
+        threads, args.steps = threads[-1:], 3
+    set_threads(threads[0])
+    print(header("bench_e2e: numbadlrm DLRM.train_step vs TorchDLRM + torch.optim.SGD"))
+    print(f"torch:    {torch.__version__}" if torch else "torch:    not installed, numbadlrm only")
+    validate()
+    print("validation: 3 steps match numbadlrm.reference" + (" and PyTorch" if torch else ""))
+    print(
+        f"\n{'cfg':3} {'threads':>7} {'numbadlrm/s':>12}"
+        + (f" {'torch/s':>12} {'ratio':>7}" if torch else "")
+        + "   (samples/s, median)"
+    )
+    rows = []
+    for name, setup in configs.items():
+        rows += run_config(name, setup, threads, args.steps)
+    print_breakdown(rows)
+    if not args.no_memory:
+        measure_memory(list(configs), threads[-1])
+
+
+if __name__ == "__main__":
+    main()
