@@ -43,7 +43,7 @@ from numbadlrm.data.synthetic import batch_stream
 from numbadlrm.kernels.elementwise import sgd_update
 from numbadlrm.layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from numbadlrm.layers.loss import sigmoid_bce
-from numbadlrm.model import DLRM, Workspace, _mlp_forward
+from numbadlrm.model import DLRM, Workspace, _mlp_forward, dense_layout
 
 try:
     import torch
@@ -203,31 +203,33 @@ def _reset_peak() -> bool:
 
 
 def memory_child(framework: str, name: str, threads: int, steps: int) -> None:
-    """In a subprocess: baseline after a tiny warm-up, then a config's step peak. Prints JSON."""
+    """In a subprocess: a config's training-step peak over the process baseline. Prints JSON.
+
+    The baseline is taken after a tiny model's step (libraries and compiled kernels loaded)
+    and after the config's batch is generated (input data, not the step's memory).
+    """
     set_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
-    frameworks = {"numbadlrm": _numbadlrm_stepper, "torch": _torch_stepper}
-    make = frameworks[framework]
+    make = {"numbadlrm": _numbadlrm_stepper, "torch": _torch_stepper}[framework]
     tiny = QUICK["q"]
-    Cycle(make(tiny.config()), batches(tiny, tiny.config(), 1))()  # load kernels, libraries
-    baseline = _rss_kb("VmRSS")
+    Cycle(make(tiny.config()), batches(tiny, tiny.config(), 1))()
     setup = (QUICK | CONFIGS)[name]
     cfg = setup.config()
-    step = Cycle(make(cfg), batches(setup, cfg, 2))
-    built = _rss_kb("VmRSS")
-    reset = _reset_peak()
+    data = batches(setup, cfg, 1)
+    baseline = _rss_kb("VmRSS")
+    step = Cycle(make(cfg), data)
+    reset = _reset_peak()  # initialisation's temporaries do not count
     for _ in range(steps):
         step()
-    peak = _rss_kb("VmHWM")  # since the reset, or since the process began
+    peak = _rss_kb("VmHWM")  # since the reset (or, where unsupported, the process start)
     ws = Workspace(cfg, setup.batch)
-    activations = sum(a.nbytes for a in vars(ws).values() if isinstance(a, np.ndarray))
-    activations += sum(a.nbytes for key in ("bottom", "dbottom", "top", "dtop")
-                       for a in getattr(ws, key))  # fmt: skip
+    arrays = [ws.emb, ws.demb, ws.p, *ws.bottom, *ws.dbottom, *ws.top, *ws.dtop]
     print(json.dumps({
-        "baseline": baseline * 1024, "built": built * 1024, "peak": peak * 1024,
+        "baseline": baseline * 1024, "peak": peak * 1024, "peak_reset": reset,
         "tables": sum(cfg.embedding_sizes) * cfg.sparse_feature_size * 4,
-        "activations": activations, "peak_reset": reset,
+        "activations": sum(a.nbytes for a in arrays),
+        "dense": 2 * 4 * dense_layout(cfg)[2],  # MLP parameters and their gradients
     }))  # fmt: skip
 
 
@@ -243,14 +245,11 @@ def _torch_stepper(cfg):
 
 
 def measure_memory(names: list[str], threads: int) -> None:
-    print(
-        f"\npeak memory of training steps ({threads} threads; MB = 1e6 bytes; "
-        "over = peak - baseline - tables - 1.3 x activations, <= 0 meets the target)"
-    )
-    print(
-        f"{'cfg':3} {'framework':10} {'baseline':>9} {'peak':>9} {'peak-base':>10} "
-        f"{'tables':>9} {'activ.':>8} {'over':>8}"
-    )
+    print(f"\npeak memory of training steps ({threads} threads; MB = 1e6 bytes)")
+    print("  used = peak - baseline; over = used - tables - 1.3 x activations (<= 0 meets "
+          "the target); dense = MLP parameters + gradients, part of used")  # fmt: skip
+    print(f"{'cfg':3} {'framework':10} {'baseline':>9} {'peak':>9} {'used':>9} {'tables':>9} "
+          f"{'activ.':>8} {'dense':>7} {'over':>7}")  # fmt: skip
     for name in names:
         for framework in ("numbadlrm", "torch") if torch is not None else ("numbadlrm",):
             cmd = [sys.executable, __file__, "--memory-child", framework, "--configs", name,
@@ -259,15 +258,13 @@ def measure_memory(names: list[str], threads: int) -> None:
             if out.returncode != 0:
                 print(f"{name:3} {framework:10} failed: {out.stderr.strip()[-300:]}")
                 continue
-            m = json.loads(out.stdout.strip().splitlines()[-1])
+            m = {k: v if isinstance(v, bool) else v * 1e-6
+                 for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}  # fmt: skip
             used = m["peak"] - m["baseline"]
             over = used - m["tables"] - 1.3 * m["activations"]
-            mb = 1e-6
-            print(
-                f"{name:3} {framework:10} {m['baseline'] * mb:9.0f} {m['peak'] * mb:9.0f} "
-                f"{used * mb:10.0f} {m['tables'] * mb:9.0f} {m['activations'] * mb:8.1f} "
-                f"{over * mb:8.0f}" + ("" if m["peak_reset"] else "  (peak not reset)")
-            )
+            print(f"{name:3} {framework:10} {m['baseline']:9.0f} {m['peak']:9.0f} {used:9.0f} "
+                  f"{m['tables']:9.0f} {m['activations']:8.1f} {m['dense']:7.1f} {over:7.0f}"
+                  + ("" if m["peak_reset"] else "  (peak not reset)"))  # fmt: skip
 
 
 def main() -> None:

@@ -38,12 +38,11 @@ import numpy as np
 
 from numbadlrm.batch import Batch
 from numbadlrm.data.prefetch import prefetch
+from numbadlrm.kernels.parse import NUM_CATEGORICAL, NUM_DENSE  # I1..I13, C1..C26
 
 FORMAT_NAME = "numbadlrm-criteo"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
-NUM_DENSE = 13  # I1..I13
-NUM_CATEGORICAL = 26  # C1..C26, one embedding table each
 SPLITS = ("train", "validation", "test")
 # part file suffix -> (dtype, columns); columns 0 means a 1-D array
 PART_FILES = {
