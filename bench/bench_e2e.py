@@ -35,6 +35,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+import _pools  # first: sets the thread pools' environment
 import numpy as np
 from _common import header, median_times, set_threads
 
@@ -285,6 +286,7 @@ def main() -> None:
         threads, args.steps = threads[-1:], 3
     set_threads(threads[0])
     print(header("bench_e2e: numbadlrm DLRM.train_step vs TorchDLRM + torch.optim.SGD"))
+    print(_pools.describe())
     print(f"torch:    {torch.__version__}" if torch else "torch:    not installed, numbadlrm only")
     validate()
     print("validation: 3 steps match numbadlrm.reference" + (" and PyTorch" if torch else ""))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import _pools  # first: sets the thread pools' environment
 import numba
 import numpy as np
 from _common import header, median_times, set_threads
@@ -97,6 +98,7 @@ def main() -> None:
     T, R, D, B, L = args.tables, args.rows, args.dim, args.batch, args.lookups
     n = T * B * L
     print(header(f"bench_embedding: T={T} rows={R} D={D} B={B} lookups={L}"))
+    print(_pools.describe())
     rng = np.random.default_rng(0)
     validate(rng, D)
     print("validation: every version matches numbadlrm.reference")

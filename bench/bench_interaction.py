@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import _pools  # first: sets the thread pools' environment
 import numba
 import numpy as np
 from _common import header, median_times, set_threads
@@ -79,6 +80,12 @@ def candidates(versions, batch, tables, dim, rng):
         fwd, bwd = interaction.DOT_VERSIONS[v]
         fns[f"dot fwd {v}"] = (lambda g=fwd: g(out, x, emb, li, lj), *fwd_cost)
         fns[f"dot bwd {v}"] = (lambda g=bwd: g(dx, demb, dout, x, emb, li, lj), *bwd_cost)
+    fwd, bwd = (
+        interaction.dot_interaction_forward_serial,
+        interaction.dot_interaction_backward_serial,
+    )
+    fns["dot fwd serial"] = (lambda: fwd(out, x, emb, li, lj), *fwd_cost)  # the layer's pick
+    fns["dot bwd serial"] = (lambda: bwd(dx, demb, dout, x, emb, li, lj), *bwd_cost)  # if small
     fns["cat fwd"] = (
         lambda: interaction.cat_interaction_forward(cat_out, x, emb),
         0.0,
@@ -133,6 +140,7 @@ def main() -> None:
     if torch is not None:
         torch.set_num_threads(args.threads)
     print(header("bench_interaction"))
+    print(_pools.describe())
     print(
         f"torch:    {torch.__version__} ({torch.get_num_threads()} threads)"
         if torch
@@ -158,10 +166,14 @@ def main() -> None:
                 f"{name:3} {kernel:14} {batch:5} {tables + 1:3} {dim:4} {t * 1e3:8.3f} "
                 f"{gflops} {nbytes / t / 1e9:6.1f}"
             )
-        ours = times[f"dot fwd {versions[0]}"] + times[f"dot bwd {versions[0]}"]
+        ours = min(
+            times[f"dot fwd {versions[0]}"] + times[f"dot bwd {versions[0]}"],
+            times["dot fwd serial"] + times["dot bwd serial"],
+        )
         if "torch fwd+bwd" in times:
             print(
-                f"config {name}: dot fwd+bwd {versions[0]} {ours * 1e3:.3f} ms, torch "
+                f"config {name}: dot fwd+bwd (best of {versions[0]}, serial) {ours * 1e3:.3f} ms, "
+                f"torch "
                 f"{times['torch fwd+bwd'] * 1e3:.3f} ms, speedup "
                 f"{times['torch fwd+bwd'] / ours:.2f}x (threads: numba "
                 f"{numba.get_num_threads()})"

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 for script in bench/*.py; do
     case "$(basename "$script")" in _*) continue ;; esac
-    if ! python "$script" --help 2>/dev/null | grep -q -- "--quick"; then
+    # the flag, as the script's argparse declares it (reading the source runs nothing)
+    if ! grep -q -- '"--quick"' "$script"; then
         echo "== $script: no --quick flag, skipped"
         continue
     fi

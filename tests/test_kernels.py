@@ -18,6 +18,22 @@ from ._helpers import random_batch, small_config
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
+# Every kernel version, and the serial entry points the layers use for small batches.
+FORWARDS = {**embedding.FORWARD_VERSIONS, "serial": embedding.embedding_bags_forward_serial}
+UPDATES = {
+    **embedding.UPDATE_VERSIONS,
+    "serial": lambda w, rs, o, i, dp, lr, owners: embedding.embedding_bags_sgd_update_serial(
+        w, rs, o, i, dp, lr
+    ),
+}
+DOTS = {
+    **interaction.DOT_VERSIONS,
+    "serial": (
+        interaction.dot_interaction_forward_serial,
+        interaction.dot_interaction_backward_serial,
+    ),
+}
+
 
 def _tables(rng, cfg):
     sizes = np.asarray(cfg.embedding_sizes)
@@ -79,7 +95,7 @@ def test_embedding_update_independent_of_owner_count():
         np.testing.assert_array_equal(w, results[0])
 
 
-@pytest.mark.parametrize("version", list(embedding.FORWARD_VERSIONS))
+@pytest.mark.parametrize("version", list(FORWARDS))
 def test_embedding_forward_versions(threads, version):
     """Every kernel version against the reference; a bag longer than the prefetch window."""
     cfg = small_config(tables="7-300-5", dim=20)  # D not a multiple of 16
@@ -87,14 +103,14 @@ def test_embedding_forward_versions(threads, version):
     batch = random_batch(rng, cfg, 21, max_bag=40)
     weights, row_start = _tables(rng, cfg)
     pooled = np.full((cfg.num_tables, 21, 20), np.nan, np.float32)
-    embedding.FORWARD_VERSIONS[version](pooled, weights, row_start, batch.offsets, batch.indices)
+    FORWARDS[version](pooled, weights, row_start, batch.offsets, batch.indices)
     for t in range(cfg.num_tables):
         table = weights[row_start[t] : row_start[t + 1]]
         expect = ref.embedding_bag_forward(table, batch.offsets[t], batch.indices)
         np.testing.assert_allclose(pooled[t], expect, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("version", list(embedding.UPDATE_VERSIONS))
+@pytest.mark.parametrize("version", list(UPDATES))
 @pytest.mark.parametrize("owners", [1, 2, 3])
 def test_embedding_update_versions(version, owners):
     cfg = small_config(tables="3-40-200", dim=20)
@@ -108,7 +124,7 @@ def test_embedding_update_versions(version, owners):
             dpooled[t].astype(np.float64), batch.offsets[t], batch.indices, rows
         )
         expect[row_start[t] : row_start[t + 1]] -= 0.25 * dtable
-    embedding.UPDATE_VERSIONS[version](
+    UPDATES[version](
         weights, row_start, batch.offsets, batch.indices, dpooled, np.float32(0.25), owners
     )
     np.testing.assert_allclose(weights, expect, rtol=1e-5, atol=1e-4)
@@ -142,7 +158,7 @@ def test_interaction(threads, op, itself, batch_size):
     np.testing.assert_allclose(demb, dfeats[:, 1:].transpose(1, 0, 2), **TOL)
 
 
-@pytest.mark.parametrize("version", list(interaction.DOT_VERSIONS))
+@pytest.mark.parametrize("version", list(DOTS))
 @pytest.mark.parametrize("itself", [False, True])
 @pytest.mark.parametrize("batch_size", [1, 13])
 def test_dot_interaction_versions(threads, version, itself, batch_size):
@@ -152,7 +168,7 @@ def test_dot_interaction_versions(threads, version, itself, batch_size):
     emb = rng.normal(size=(num_tables, batch_size, dim)).astype(np.float32)
     feats = np.concatenate([x[:, None], emb.transpose(1, 0, 2)], axis=1).astype(np.float64)
     li, lj = ref.pair_indices(num_tables + 1, itself)
-    forward, backward = interaction.DOT_VERSIONS[version]
+    forward, backward = DOTS[version]
     out = np.full((batch_size, dim + li.shape[0]), np.nan, np.float32)
     forward(out, x, emb, li, lj)
     np.testing.assert_allclose(out, ref.interaction_forward(feats, "dot", itself), **TOL)
@@ -184,3 +200,11 @@ def test_sgd_update(threads):
     expect = params - np.float32(0.25) * grads
     elementwise.sgd_update(params, grads, np.float32(0.25))
     np.testing.assert_allclose(params, expect, rtol=1e-6, atol=1e-7)
+
+
+def test_run_serial_picks_small_work(threads):
+    """Layers run small problems through the kernels' serial entry points."""
+    from numbadlrm.kernels._jit import SERIAL_BELOW_BYTES, run_serial
+
+    assert run_serial(10)
+    assert run_serial(SERIAL_BELOW_BYTES) == (threads == 1)

@@ -37,3 +37,15 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return numba.get_num_threads()
+
+
+# Below this many bytes of work the layers call a kernel's serial entry point, which runs
+# on the calling thread without a parallel launch. A launch costs microseconds (tens with
+# Numba's workqueue layer) and, where a worker has been descheduled, a scheduler slice
+# (milliseconds), against a few microseconds of work at config a (B=128).
+SERIAL_BELOW_BYTES = 1 << 20
+
+
+def run_serial(nbytes: int) -> bool:
+    """True if work moving nbytes should run on the calling thread alone."""
+    return nbytes < SERIAL_BELOW_BYTES or numba.get_num_threads() == 1

@@ -15,6 +15,7 @@ import numba
 import numpy as np
 
 from ..kernels import embedding as k
+from ..kernels._jit import run_serial
 
 
 def embedding_forward(
@@ -25,7 +26,10 @@ def embedding_forward(
     indices: np.ndarray,
 ) -> None:
     """pooled (T, B, D) <- sum-pooled rows."""
-    k.embedding_bags_forward(pooled, weights, row_start, offsets, indices)
+    if run_serial(indices.shape[0] * weights.shape[1] * 4 + pooled.nbytes):
+        k.embedding_bags_forward_serial(pooled, weights, row_start, offsets, indices)
+    else:
+        k.embedding_bags_forward(pooled, weights, row_start, offsets, indices)
 
 
 def embedding_backward_sgd(
@@ -37,6 +41,9 @@ def embedding_backward_sgd(
     lr: float,
 ) -> None:
     """weights -= lr * dL/dweights, in place, from dpooled (T, B, D) and the lookups."""
-    k.embedding_bags_sgd_update(
-        weights, row_start, offsets, indices, dpooled, np.float32(lr), numba.get_num_threads()
-    )
+    lr = np.float32(lr)
+    if run_serial(2 * indices.shape[0] * weights.shape[1] * 4 + dpooled.nbytes):
+        k.embedding_bags_sgd_update_serial(weights, row_start, offsets, indices, dpooled, lr)
+    else:
+        owners = numba.get_num_threads()  # one owner per thread (see the kernel)
+        k.embedding_bags_sgd_update(weights, row_start, offsets, indices, dpooled, lr, owners)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import interaction as k
+from ..kernels._jit import run_serial
 from ..reference import pair_indices
 
 
@@ -29,16 +30,20 @@ class Interaction:
 
     def forward(self, out: np.ndarray, x: np.ndarray, emb: np.ndarray) -> None:
         """out (B, width) <- interaction of x (B, D) and emb (T, B, D)."""
-        if self.op == "dot":
-            k.dot_interaction_forward(out, x, emb, self.li, self.lj)
-        else:
+        if self.op == "cat":
             k.cat_interaction_forward(out, x, emb)
+        elif run_serial(x.nbytes + emb.nbytes + out.nbytes):
+            k.dot_interaction_forward_serial(out, x, emb, self.li, self.lj)
+        else:
+            k.dot_interaction_forward(out, x, emb, self.li, self.lj)
 
     def backward(
         self, dx: np.ndarray, demb: np.ndarray, dout: np.ndarray, x: np.ndarray, emb: np.ndarray
     ) -> None:
         """dx (B, D), demb (T, B, D) <- gradients from dout (B, width)."""
-        if self.op == "dot":
-            k.dot_interaction_backward(dx, demb, dout, x, emb, self.li, self.lj)
-        else:
+        if self.op == "cat":
             k.cat_interaction_backward(dx, demb, dout)
+        elif run_serial(2 * (x.nbytes + emb.nbytes) + dout.nbytes):
+            k.dot_interaction_backward_serial(dx, demb, dout, x, emb, self.li, self.lj)
+        else:
+            k.dot_interaction_backward(dx, demb, dout, x, emb, self.li, self.lj)
