@@ -25,6 +25,10 @@ PyTorch is optional: without it numbadlrm runs alone.
 
 from __future__ import annotations
 
+# isort: off
+from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+# isort: on
+
 import argparse
 import json
 import os
@@ -35,11 +39,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-import _pools  # first: sets the thread pools' environment
 import numpy as np
 from _common import header, median_times, set_threads
 
-from numbadlrm import DLRMConfig, reference
+from numbadlrm import (
+    DLRMConfig,
+    reference,
+)
 from numbadlrm.data.synthetic import batch_stream
 from numbadlrm.kernels.elementwise import sgd_update
 from numbadlrm.layers.embedding_bag import embedding_backward_sgd, embedding_forward

@@ -19,15 +19,20 @@ Power-law ids hit cached rows often, so their GB/s by this model can exceed DRAM
 
 from __future__ import annotations
 
+# isort: off
+from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+# isort: on
+
 import argparse
 import sys
 
-import _pools  # first: sets the thread pools' environment
 import numba
 import numpy as np
 from _common import header, median_times, set_threads
 
-from numbadlrm import reference
+from numbadlrm import (
+    reference,
+)
 from numbadlrm.data.synthetic import POWER_ALPHA
 from numbadlrm.kernels import embedding
 from numbadlrm.params import table_buffer

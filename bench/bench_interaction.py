@@ -19,15 +19,20 @@ pair model as ours, so its GFLOP/s is the useful rate.
 
 from __future__ import annotations
 
+# isort: off
+from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+# isort: on
+
 import argparse
 import sys
 
-import _pools  # first: sets the thread pools' environment
 import numba
 import numpy as np
 from _common import header, median_times, set_threads
 
-from numbadlrm import reference
+from numbadlrm import (
+    reference,
+)
 from numbadlrm.kernels import interaction
 
 try:

@@ -15,6 +15,7 @@ import sys
 import types
 import typing
 
+from . import _pools  # noqa: F401  first: thread-pool settings must precede numpy
 from .checkpoint import CheckpointError
 from .data import preprocess_cli
 from .train import TrainConfig, run_training
