@@ -2,9 +2,10 @@
 
 For each config and thread count, numbadlrm's DLRM.train_step and TorchDLRM + plain
 torch.optim.SGD (the reference's semantics: EmbeddingBag sum with sparse gradients) run
-round-robin on the same batches (random data, fixed bag sizes), and the median step
-gives samples/s and their ratio. Then numbadlrm's step is split per op by timing the
-model's own calls in train_step's order. Last, each framework runs each config in a
+on the same batches (random data, fixed bag sizes), each in its own subprocess (so one's
+idle thread pool cannot slow the other), alternating for --rounds rounds; the median
+step over all rounds gives samples/s and their ratio. Then numbadlrm's step is split per
+op by timing the model's own calls in train_step's order. Last, each framework runs each config in a
 subprocess that reports its peak resident memory during training steps (VmHWM, reset after
 the model is built, so initialisation does not count) above the process baseline (the
 interpreter, libraries and compiled kernels, measured on a tiny model first), next to the
@@ -40,17 +41,17 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from _common import header, median_times, set_threads
+from _common import header, set_threads
 
 from numbadlrm import (
     DLRMConfig,
     reference,
 )
 from numbadlrm.data.synthetic import batch_stream
-from numbadlrm.kernels.elementwise import sgd_update
 from numbadlrm.layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from numbadlrm.layers.loss import sigmoid_bce
 from numbadlrm.model import DLRM, Workspace, _mlp_forward, dense_layout
+from numbadlrm.optim import sgd_step
 
 try:
     import torch
@@ -142,7 +143,7 @@ def step_breakdown(model: DLRM, data, steps: int) -> dict[str, float]:
             (embedding_backward_sgd, model.weights, model.row_start, b.offsets, b.indices,
              ws.demb, LR),
             (tower.bottom_backward, ws, b.dense),
-            (sgd_update, model.params, model.grads, np.float32(LR)),
+            (sgd_step, model.params, model.grads, LR),
         )  # fmt: skip
         for name, (fn, *args) in zip(OPS, calls, strict=True):
             t0 = time.perf_counter()
@@ -151,23 +152,54 @@ def step_breakdown(model: DLRM, data, steps: int) -> dict[str, float]:
     return {name: float(np.median(s)) for name, s in samples.items()}
 
 
-def run_config(name: str, setup: Setup, threads: list[int], steps: int) -> list[dict]:
-    cfg = setup.config()
-    data = batches(setup, cfg)
-    model = DLRM(cfg, seed=0)
-    step_ours = Cycle(lambda b: model.train_step(b, LR), data)
-    fns = {"numbadlrm": step_ours}
+def time_child(framework: str, name: str, threads: int, steps: int) -> None:
+    """In a subprocess: seconds of each of `steps` training steps after a warm-up. Prints JSON.
+
+    Each framework runs alone in its process, so neither pays for the other's idle
+    threads: PyTorch's OpenMP workers spin for milliseconds after each op by default, and
+    in one process they would steal the second core from the next numbadlrm step.
+    """
+    set_threads(threads)
     if torch is not None:
-        oracle = TorchDLRM(cfg, np.random.default_rng(0))
-        opt = torch.optim.SGD(oracle.parameters(), lr=LR)
-        fns["torch"] = Cycle(lambda b: torch_train_step(oracle, opt, b), data)
+        torch.set_num_threads(threads)
+    setup = (QUICK | CONFIGS)[name]
+    cfg = setup.config()
+    step = Cycle(
+        {"numbadlrm": _numbadlrm_stepper, "torch": _torch_stepper}[framework](cfg),
+        batches(setup, cfg),
+    )
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps(times))
+
+
+def _child(mode: str, framework: str, name: str, threads: int, steps: int) -> list | dict:
+    cmd = [sys.executable, __file__, mode, framework, "--configs", name, "--threads",
+           str(threads), "--steps", str(steps)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.getcwd())
+    if out.returncode != 0:
+        sys.exit(f"{framework} {name} failed: {out.stderr.strip()[-500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_config(name: str, setup: Setup, threads: list[int], steps: int, rounds: int) -> list[dict]:
+    """Samples/s of each framework: `rounds` alternating subprocess runs, median step."""
+    frameworks = ("numbadlrm", "torch") if torch is not None else ("numbadlrm",)
     rows = []
     for n in threads:
+        samples: dict[str, list[float]] = {f: [] for f in frameworks}
+        for _ in range(rounds):  # alternate, so slow phases of a shared machine hit both
+            for f in frameworks:
+                samples[f] += _child("--time-child", f, name, n, steps)
+        t = {f: float(np.median(v)) for f, v in samples.items()}
         set_threads(n)
-        if torch is not None:
-            torch.set_num_threads(n)
-        t = median_times(fns, repeat=steps)
-        ops = step_breakdown(model, data, max(steps, 5))
+        cfg = setup.config()
+        ops = step_breakdown(DLRM(cfg, seed=0), batches(setup, cfg), max(steps, 5))
         rows.append({"config": name, "threads": n, "times": t, "ops": ops})
         ours = setup.batch / t["numbadlrm"]
         line = f"{name:3} {n:7} {ours:12.0f}"
@@ -281,15 +313,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per framework")
     parser.add_argument("--quick", action="store_true", help="tiny config, 1 thread count")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per framework")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--time-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads = [int(n) for n in args.threads.split(",")]
     if args.memory_child:
         memory_child(args.memory_child, args.configs, threads[0], 3)
         return
+    if args.time_child:
+        time_child(args.time_child, args.configs, threads[0], args.steps)
+        return
     configs = dict(QUICK) if args.quick else {k: CONFIGS[k] for k in args.configs.split(",")}
     if args.quick:
-        threads, args.steps = threads[-1:], 3
+        threads, args.steps, args.rounds = threads[-1:], 3, 1
     set_threads(threads[0])
     print(header("bench_e2e: numbadlrm DLRM.train_step vs TorchDLRM + torch.optim.SGD"))
     print(_pools.describe())
@@ -303,7 +340,7 @@ def main() -> None:
     )
     rows = []
     for name, setup in configs.items():
-        rows += run_config(name, setup, threads, args.steps)
+        rows += run_config(name, setup, threads, args.steps, args.rounds)
     print_breakdown(rows)
     if not args.no_memory:
         measure_memory(list(configs), threads[-1])

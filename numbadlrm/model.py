@@ -22,11 +22,11 @@ import numpy as np
 
 from .batch import Batch
 from .config import DLRMConfig
-from .kernels.elementwise import sgd_update
 from .layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from .layers.interaction import Interaction
 from .layers.linear import BACKENDS, linear_backward, linear_forward
 from .layers.loss import sigmoid, sigmoid_bce
+from .optim import sgd_step
 from .params import LinearSlot, init_mlp, init_table_rows, mlp_slots, slot_views, table_buffer
 
 
@@ -205,7 +205,7 @@ class DLRM:
             self.weights, self.row_start, batch.offsets, batch.indices, ws.demb, lr
         )
         self.tower.bottom_backward(ws, batch.dense)
-        sgd_update(self.params, self.grads, np.float32(lr))
+        sgd_step(self.params, self.grads, lr)
 
     # ----------------------------------------------------------------- public API
 

@@ -188,3 +188,16 @@ def test_kernel_version_matches_reference(version, threads, B, I, O):
 def test_default_version_is_the_layers():
     assert gemm.DEFAULT_VERSION in gemm.VERSIONS
     assert linear._FORWARD is gemm.VERSIONS[gemm.DEFAULT_VERSION][0]
+
+
+@pytest.mark.parametrize(("B", "O"), [(1, 1), (7, 33), (300, 1024)])
+def test_relu_mask_serial_and_parallel_agree(B, O):
+    rng = np.random.default_rng([B, O])
+    y = rng.normal(size=(B, O)).astype(np.float32)
+    y[0, 0] = 0.0  # the mask keeps only y > 0
+    dy = rng.normal(size=(B, O)).astype(np.float32)
+    expect = dy * (y > 0)
+    for mask in (gemm.relu_mask, gemm.relu_mask_serial):
+        out = dy.copy()
+        mask(out, y)
+        np.testing.assert_array_equal(out, expect)

@@ -198,8 +198,11 @@ def test_sgd_update(threads):
     params = rng.normal(size=1001).astype(np.float32)
     grads = rng.normal(size=1001).astype(np.float32)
     expect = params - np.float32(0.25) * grads
+    serial = params.copy()
     elementwise.sgd_update(params, grads, np.float32(0.25))
     np.testing.assert_allclose(params, expect, rtol=1e-6, atol=1e-7)
+    elementwise.sgd_update_serial(serial, grads, np.float32(0.25))
+    np.testing.assert_array_equal(serial, params)
 
 
 def test_run_serial_picks_small_work(threads):

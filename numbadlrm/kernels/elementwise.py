@@ -43,3 +43,10 @@ def sgd_update(params, grads, lr):
     # Element k is written by one iteration only: race-free.
     for k in prange(n):
         params[k] -= lr * grads[k]
+
+
+@jit_serial
+def sgd_update_serial(params, grads, lr):
+    """sgd_update on the calling thread, for buffers small enough to stay in cache."""
+    for k in range(params.shape[0]):
+        params[k] -= lr * grads[k]

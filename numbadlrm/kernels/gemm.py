@@ -144,16 +144,57 @@ def _row_sums(db, A, i0, i1):
         db[i] = s
 
 
+@jit_serial
+def _bias_act_row(row, b, relu):
+    for o in range(row.shape[0]):
+        v = row[o] + b[o]
+        row[o] = v if (v > 0 or not relu) else 0.0
+
+
+@jit_parallel
+def bias_act(y, b, relu):
+    """y += b, then ReLU if relu, in place: the epilogue of the BLAS forward."""
+    for r in prange(y.shape[0]):  # task r writes only row r of y
+        _bias_act_row(y[r], b, relu)
+
+
+@jit_serial
+def bias_act_serial(y, b, relu):
+    """bias_act on the calling thread (one pass, no pool wake-up) for small layers."""
+    for r in range(y.shape[0]):
+        _bias_act_row(y[r], b, relu)
+
+
+@jit_serial
+def _relu_mask_row(d, v):
+    for o in range(d.shape[0]):
+        d[o] = d[o] if v[o] > 0 else 0.0  # a select, not a branch: vectorises
+
+
 @jit_parallel
 def relu_mask(dy, y):
     """dy *= [y > 0] in place: the ReLU backward (dy becomes dz)."""
-    B, O = dy.shape
-    for r in prange(B):  # task r writes only row r of dy
+    for r in prange(dy.shape[0]):  # task r writes only row r of dy
+        _relu_mask_row(dy[r], y[r])
+
+
+@jit_serial
+def relu_mask_serial(dy, y):
+    """relu_mask on the calling thread: small work does not pay for waking the pool."""
+    for r in range(dy.shape[0]):
+        _relu_mask_row(dy[r], y[r])
+
+
+@jit_serial
+def relu_mask_bias_grad_serial(db, dy, y, relu):
+    """One pass on the calling thread: dz = dy * [y > 0] (if relu) in place, db = sum_b dz."""
+    db[:] = 0.0
+    for r in range(dy.shape[0]):
         d = dy[r]
-        v = y[r]
-        for o in range(O):
-            if not v[o] > 0:
-                d[o] = 0.0
+        if relu:
+            _relu_mask_row(d, y[r])
+        for o in range(d.shape[0]):
+            db[o] += d[o]
 
 
 # ------------------------------------------------------------------------ naive

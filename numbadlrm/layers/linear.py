@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import gemm
+from ..kernels._jit import run_serial
 
 BACKENDS = ("auto", "numba", "blas")
 PASSES = ("forward", "backward_data", "backward_weight")
@@ -29,22 +30,18 @@ _FORWARD, _BACKWARD_DATA, _BACKWARD_WEIGHT = gemm.VERSIONS[gemm.DEFAULT_VERSION]
 def choose_backend(batch: int, in_features: int, out_features: int, pass_: str) -> str:
     """ "numba" or "blas" for one pass of a (batch, in_features -> out_features) layer.
 
-    A fixed rule read off bench/bench_gemm.py (kernel version v3, AMD EPYC Zen 4,
-    OpenBLAS 0.3.31), never a timing taken at run time, so runs are reproducible. Numba
-    wins clearly only where OpenBLAS handles a degenerate K badly:
-
-    - forward with I < 32 (the dense input layer, I = 13): 1.4-1.7x OpenBLAS;
-    - backward_data with O < 4 (the logit layer, dx = dz W is an outer product):
-      5-10x OpenBLAS, which runs it as a K = 1 GEMM.
-
-    Everywhere else Numba measured 0.5-1.0x OpenBLAS, so "blas".
+    A fixed rule from measurements, never a timing taken at run time, so runs are
+    reproducible. In isolation (bench/bench_gemm.py) the Numba kernels beat OpenBLAS on two
+    degenerate shapes: the forward of the I = 13 input layer (1.4-1.7x) and the backward-data
+    pass of the O = 1 logit layer (5-10x). Inside a whole training step they do not: a
+    parallel Numba call between OpenBLAS calls wakes a second thread pool, and that costs
+    more than the GEMM saves. Measured per step at 2 threads (the same run, medians):
+    config a (B=128) 2.53 ms all-BLAS vs 2.89 / 2.72 ms with either Numba layer;
+    config c (B=2048) 186.8 vs 189.4 / 185.2 ms (noise). So every shape picks "blas";
+    ``--gemm numba`` runs the Numba kernels everywhere for kernel experiments.
     """
     if pass_ not in PASSES:
         raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
-    if pass_ == "forward" and in_features < 32:
-        return "numba"
-    if pass_ == "backward_data" and out_features < 4:
-        return "numba"
     return "blas"
 
 
@@ -86,9 +83,8 @@ def linear_forward(
 
 def forward_blas(y: np.ndarray, x: np.ndarray, W: np.ndarray, b: np.ndarray, relu: bool) -> None:
     np.matmul(x, W.T, out=y)
-    y += b
-    if relu:
-        np.maximum(y, 0, out=y)
+    # one fused pass for bias and ReLU (NumPy's y += b; maximum(y, 0) is two, and slow)
+    (gemm.bias_act_serial if run_serial(y.nbytes) else gemm.bias_act)(y, b, relu)
 
 
 # --------------------------------------------------------------------- backward
@@ -121,15 +117,17 @@ def linear_backward(
     _check("db", db, (out_features,))
     if dx is not None:
         _check("dx", dx, (batch, in_features))
-    if relu:
-        if backend == "blas":
-            np.multiply(dy, y > 0, out=dy)
-        else:
-            gemm.relu_mask(dy, y)
     dz = dy
     if weight == "numba":
+        if relu:
+            gemm.relu_mask(dy, y)
         _BACKWARD_WEIGHT(dW, db, dz, x)
+    elif run_serial(dy.nbytes):  # small: mask and db in one pass on this thread
+        gemm.relu_mask_bias_grad_serial(db, dy, y, relu)
+        np.matmul(dz.T, x, out=dW)
     else:
+        if relu:
+            gemm.relu_mask(dy, y)
         backward_weight_blas(dW, db, dz, x)
     if dx is not None:
         if data == "numba":
@@ -139,7 +137,10 @@ def linear_backward(
 
 
 def backward_data_blas(dx: np.ndarray, dz: np.ndarray, W: np.ndarray) -> None:
-    np.matmul(dz, W, out=dx)
+    if W.shape[0] == 1:  # the logit layer: an outer product, which BLAS runs as a slow K=1 GEMM
+        np.multiply(dz, W, out=dx)
+    else:
+        np.matmul(dz, W, out=dx)
 
 
 def backward_weight_blas(dW: np.ndarray, db: np.ndarray, dz: np.ndarray, x: np.ndarray) -> None:

@@ -42,11 +42,11 @@ from mpi4py import MPI
 
 from ..batch import Batch
 from ..config import DLRMConfig
-from ..kernels.elementwise import sgd_update
 from ..kernels.embedding import embedding_bags_sgd_update
 from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from ..layers.loss import sigmoid, sigmoid_bce
 from ..model import DenseTower, Workspace, check_state_dict, dense_layout, state_dict_shapes
+from ..optim import sgd_step
 from ..params import init_mlp, init_table_rows, slot_views
 from .exchange import EmbeddingExchange, GradientAllreduce, poke
 from .partition import Placement, plan_placement, shard_lookups
@@ -200,7 +200,7 @@ class DistributedDLRM:
             self.weights, lookups.row_start, lookups.offsets, lookups.indices, dpooled, lr
         )
         self._mpi("wait", self.allreduce.wait)
-        sgd_update(self.params, self.grads, np.float32(lr))
+        sgd_step(self.params, self.grads, lr)
 
     # ----------------------------------------------------------------- public API
 
