@@ -169,7 +169,10 @@ def main(argv=None) -> None:
     )
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="threads for the measurement")
+    p.add_argument("--quick", action="store_true", help="model only (b=400,c=400 ms), for CI")
     args = p.parse_args(argv)
+    if args.quick and not args.compute_ms:
+        args.compute_ms = "b=400,c=400"
     set_threads(args.threads)
     print(header("bench/comm_model.py"))
     given = dict(item.split("=") for item in args.compute_ms.split(",") if item)

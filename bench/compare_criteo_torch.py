@@ -43,7 +43,10 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--max-ind-range", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=5, help="repeat over this many seeds")
+    parser.add_argument("--quick", action="store_true", help="one seed, one epoch (CI smoke)")
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.epochs = 1, 1
     train_files = [args.data_dir / "deepctr_200.tsv", args.data_dir / "paddlerec_train_100.txt"]
     test_files = [args.data_dir / "paddlerec_test_100.txt"]
     if not all(f.is_file() for f in train_files + test_files):
