@@ -3,7 +3,7 @@
 Config b by default: T=8 tables x 1,000,000 rows, D=64, B=2048 bags of 100 lookups each
 (N = T B L = 1,638,400 lookups, tables 2 GB in huge pages). Each version is first
 validated against numbadlrm.reference on a small problem, then all versions and a STREAM
-copy (np.copyto of 256 MB, the bench/_common.py limit) are timed round-robin in one run,
+copy (a 256 MB parallel copy on all threads, _common.stream_copy) are timed round-robin in one run,
 for uniform and for power-law row ids (id = floor(rows u^2.5), scrambled, as the
 synthetic data). GB/s follow an explicit byte model:
 
@@ -28,7 +28,7 @@ import sys
 
 import numba
 import numpy as np
-from _common import header, median_times, set_threads
+from _common import header, median_times, set_threads, stream_copy
 
 from numbadlrm import (
     reference,
@@ -131,7 +131,7 @@ def time_versions(problem, versions, quick, repeat):
     owners = numba.get_num_threads()
     src = np.ones((16 << 20) if quick else (32 << 20))  # 128 / 256 MB
     dst = np.empty_like(src)
-    fns = {"stream copy": lambda: np.copyto(dst, src)}
+    fns = {"stream copy": lambda: stream_copy(dst, src)}  # all threads, like the kernels
     for v in versions:
         fwd, upd = embedding.FORWARD_VERSIONS[v], embedding.UPDATE_VERSIONS[v]
         fns[f"forward {v}"] = lambda f=fwd: f(pooled, weights, row_start, offsets, indices)

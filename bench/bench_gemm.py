@@ -12,6 +12,10 @@ and numba / blas throughput.
 
 from __future__ import annotations
 
+# isort: off
+from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+# isort: on
+
 import argparse
 import sys
 
@@ -108,6 +112,7 @@ def main() -> None:
     configs = QUICK if args.quick else {k: CONFIGS[k] for k in args.configs}
     repeat = 3 if args.quick else args.repeat
     print(header(f"bench_gemm: version {args.version}"))
+    print(_pools.describe())
     if not args.quick:
         print(f"limit:    OpenBLAS sgemm 2048^3 {blas_sgemm_gflops():.0f} GFLOP/s")
     rng = np.random.default_rng(0)

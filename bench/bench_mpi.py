@@ -20,6 +20,10 @@ steps on pre-generated global batches:
 
 from __future__ import annotations
 
+# isort: off
+from numbadlrm import _pools  # noqa: F401  first: pool settings, inherited by the ranks
+# isort: on
+
 import argparse
 import json
 import os
@@ -37,17 +41,17 @@ CONFIGS = {  # (tables, rows, D, lookups, bottom, top, B0, steps)
 
 
 def worker(args) -> None:
-    import numba
     from mpi4py import MPI
 
     from numbadlrm import DLRM, DLRMConfig
     from numbadlrm.data.synthetic import random_batch
+    from numbadlrm.kernels._jit import set_num_threads
     from numbadlrm.parallel.distributed import DistributedDLRM
     from numbadlrm.parallel.train_mpi import abort_on_error
 
     comm = MPI.COMM_WORLD
     with abort_on_error(comm):
-        numba.set_num_threads(args.threads)
+        set_num_threads(args.threads)  # Numba and BLAS: one rank's pools stay on its cores
         tables, rows, dim, lookups, bottom, top, _, steps = CONFIGS[args.config]
         cfg = DLRMConfig.from_arch(dim, "-".join([str(rows)] * tables), bottom, top)
         rng = np.random.default_rng(0)  # the same global batches on every rank

@@ -30,7 +30,7 @@ from .metrics import evaluate_predictions
 from .model import DLRM
 
 DATA_GENERATIONS = ("synthetic", "random", "dataset")
-DEFAULT_SYNTHETIC_BATCHES = 8000
+DEFAULT_SYNTHETIC_BATCHES = 15000
 
 
 def _opt(help_text: str, **extra) -> dict:
