@@ -3,6 +3,10 @@
 python examples/train_python_api.py
 """
 
+# isort: off
+import numbadlrm._pools  # noqa: F401  before numpy: thread pools sleep between calls
+# isort: on
+
 import numpy as np
 
 from numbadlrm import DLRM, DLRMConfig
