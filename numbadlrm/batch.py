@@ -22,6 +22,9 @@ class Batch:
     offsets: np.ndarray  # (T, B+1) int64
     indices: np.ndarray  # (nnz,) int64
     labels: np.ndarray  # (B,) float32
+    # (lo, hi) when only samples lo..hi-1 carry dense features and labels (one MPI rank's
+    # slice, read by that rank alone; the other rows are zeros); None: every sample does
+    local_rows: tuple[int, int] | None = None
     _checked_for: tuple | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -46,6 +49,21 @@ class Batch:
             row = int(np.argmax(~np.isfinite(self.dense).all(axis=1)))
             raise ValueError(f"Batch: dense has a non-finite value in row {row}")
         self._check_offsets()
+        if self.local_rows is not None:
+            lo, hi = self.local_rows
+            if not 0 <= lo <= hi <= b:
+                raise ValueError(f"Batch: local_rows {self.local_rows} outside [0, {b}]")
+
+    def require_rows(self, start: int, stop: int) -> None:
+        """Refuse a batch whose dense features and labels do not cover samples start..stop-1."""
+        if self.local_rows is None:
+            return
+        lo, hi = self.local_rows
+        if not lo <= start <= stop <= hi:
+            raise ValueError(
+                f"Batch: holds dense features and labels of samples [{lo}, {hi}) only (one MPI "
+                f"rank's slice), but samples [{start}, {stop}) are needed"
+            )
 
     def _check_offsets(self) -> None:
         off = self.offsets

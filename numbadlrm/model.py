@@ -191,6 +191,7 @@ class DLRM:
     def forward(self, batch: Batch) -> Workspace:
         """Run the model; returns the workspace holding every activation (logits in top[-1])."""
         batch.check_against(self.config.num_dense, self.config.embedding_sizes)
+        batch.require_rows(0, batch.batch_size)
         ws = self.workspace(batch.batch_size)
         self.tower.bottom_forward(ws, batch.dense)
         embedding_forward(ws.emb, self.weights, self.row_start, batch.offsets, batch.indices)

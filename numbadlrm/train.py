@@ -180,6 +180,7 @@ def evaluate(model: DLRM, batches: Iterable[Batch]) -> dict[str, float]:
     """AUC, log loss and accuracy of the model's predictions over all batches."""
     probs, labels = [], []
     for batch in batches:
+        batch.require_rows(0, batch.batch_size)  # every label is needed
         probs.append(model.predict(batch))
         labels.append(batch.labels)
     metrics = evaluate_predictions(np.concatenate(labels), np.concatenate(probs))
@@ -230,8 +231,12 @@ class SyntheticSource:
 class DatasetSource:
     """A preprocessed Criteo directory: shuffled train split, validation and test splits."""
 
-    def __init__(self, cfg: TrainConfig, data: ProcessedData):
-        self.cfg, self.data = cfg, data
+    def __init__(
+        self, cfg: TrainConfig, data: ProcessedData, dense_rows: tuple[int, int] | None = None
+    ):
+        """dense_rows: read dense features and labels of these samples of each training
+        batch only (an MPI rank's slice); every sample's categorical ids are read."""
+        self.cfg, self.data, self.dense_rows = cfg, data, dense_rows
         self.train = data.split("train")
         full = self.train.num_batches(cfg.mini_batch_size, drop_last=True)
         if full == 0:
@@ -250,6 +255,7 @@ class DatasetSource:
             epoch=epoch,
             start_batch=start_batch,
             drop_last=True,
+            dense_rows=self.dense_rows,
         )
         try:
             yield from itertools.islice(batches, self.num_batches - start_batch)
@@ -266,8 +272,12 @@ def synthetic_streams(cfg: TrainConfig, mcfg: DLRMConfig):
     return source.train_batches, lambda: source.eval_batches("test")
 
 
-def open_data(cfg: TrainConfig, log=print):
-    """(data source, model config) for the run; preprocesses raw data first if asked."""
+def open_data(cfg: TrainConfig, log=print, dense_rows: tuple[int, int] | None = None):
+    """(data source, model config) for the run; preprocesses raw data first if asked.
+
+    dense_rows: an MPI rank's slice of each training batch (see DatasetSource); the
+    built-in generators make whole batches, which costs little next to a step.
+    """
     if not cfg.uses_dataset:
         mcfg = cfg.model_config()
         return SyntheticSource(cfg, mcfg), mcfg
@@ -283,7 +293,7 @@ def open_data(cfg: TrainConfig, log=print):
         )
     data = ProcessedData(directory)
     mcfg = cfg.model_config(tuple(data.table_sizes))
-    return DatasetSource(cfg, data), mcfg
+    return DatasetSource(cfg, data, dense_rows), mcfg
 
 
 def run_training(cfg: TrainConfig, log=print) -> dict:

@@ -39,6 +39,7 @@ from numbadlrm.parallel.train_mpi import (
 )
 from numbadlrm.train import TrainConfig, run_training
 
+from ._criteo_files import quirky_lines, write_raw
 from ._helpers import random_batch
 
 BATCH = 12  # divides by 1, 2, 3 and 4 ranks
@@ -188,6 +189,38 @@ def training_loop_matches_single_process(comm, workdir):
         assert_same_model(sd, expected["model"].state_dict())
         for key in ("auc", "logloss", "accuracy"):
             assert np.isclose(result[key], expected[key], rtol=1e-5), key
+
+
+@case
+def dataset_training_matches_single_process(comm, workdir):
+    """A Criteo file preprocessed once (rank 0), each rank reading its dense slice only."""
+    raw = Path(workdir) / "train.txt"
+    if comm.rank == 0:
+        write_raw(raw, quirky_lines(np.random.default_rng(4), 240 * 7, vocab=30))
+    comm.Barrier()
+    cfg = TrainConfig(
+        data_set="kaggle",
+        raw_data_file=str(raw),
+        processed_data_file=str(Path(workdir) / "kaggle.numbadlrm"),
+        max_ind_range=41,
+        arch_sparse_feature_size=4,
+        arch_mlp_bot="13-8-4",
+        arch_mlp_top="8-1",
+        mini_batch_size=BATCH,
+        num_batches=10,
+        print_freq=5,
+        test_mini_batch_size=24,
+        threads=1,
+        progress=False,
+        seed=2,
+    )
+    quiet = lambda *args: None  # noqa: E731
+    result = run_distributed_training(cfg, comm, log=quiet)
+    sd = result["model"].state_dict()
+    if comm.rank == 0:
+        expected = run_training(cfg, log=quiet)
+        assert_same_model(sd, expected["model"].state_dict())
+        assert np.isclose(result["auc"], expected["auc"], rtol=1e-5)
 
 
 @case

@@ -145,3 +145,42 @@ def test_argument_validation(data, tmp_path):
         data.split("dev")
     with pytest.raises(FileNotFoundError, match=r"metadata\.json"):
         ProcessedData(tmp_path)
+
+
+def test_dense_rows_reads_one_ranks_slice(data):
+    """dense_rows=(lo, hi): same ids for every sample, dense/labels only for lo..hi-1."""
+    train = data.split("train")
+    args = {"batch_size": 48, "shuffle": True, "seed": 3, "epoch": 1, "drop_last": True,
+            "block_rows": 64, "buffer_blocks": 3}  # fmt: skip
+    full = list(train.batches(**args))
+    part = list(train.batches(**args, dense_rows=(16, 32)))
+    assert len(part) == len(full) > 3
+    for f, p in zip(full, part, strict=True):
+        np.testing.assert_array_equal(p.indices, f.indices)
+        np.testing.assert_array_equal(p.dense[16:32], f.dense[16:32])
+        np.testing.assert_array_equal(p.labels[16:32], f.labels[16:32])
+        assert not p.dense[:16].any() and not p.dense[32:].any()
+        assert p.local_rows == (16, 32) and f.local_rows is None
+    resumed = list(train.batches(**args, start_batch=2, dense_rows=(16, 32)))
+    np.testing.assert_array_equal(resumed[0].dense, part[2].dense)
+    with pytest.raises(ValueError, match="drop_last"):
+        train.batches(48, shuffle=False, dense_rows=(0, 8))
+    with pytest.raises(ValueError, match="dense_rows"):
+        train.batches(48, shuffle=False, drop_last=True, dense_rows=(40, 50))
+
+
+def test_a_slice_batch_is_refused_where_all_rows_are_needed():
+    from numbadlrm import DLRM, Batch
+
+    from ._helpers import random_batch, small_config
+
+    cfg = small_config()
+    full = random_batch(np.random.default_rng(0), cfg, 8)
+    part = Batch(full.dense, full.offsets, full.indices, full.labels, local_rows=(0, 4))
+    part.require_rows(1, 3)
+    with pytest.raises(ValueError, match=r"samples \[0, 4\) only"):
+        part.require_rows(0, 8)
+    with pytest.raises(ValueError, match=r"samples \[0, 4\) only"):
+        DLRM(cfg).predict(part)  # a single process needs every sample's features
+    with pytest.raises(ValueError, match="local_rows"):
+        Batch(full.dense, full.offsets, full.indices, full.labels, local_rows=(4, 9))

@@ -166,8 +166,14 @@ class Split:
         block_rows: int = 4096,
         buffer_blocks: int = 64,
         prefetch_depth: int = 4,
+        dense_rows: tuple[int, int] | None = None,
     ) -> Iterator[Batch]:
-        """Batches of ``batch_size`` rows in epoch order, from batch ``start_batch`` on."""
+        """Batches of ``batch_size`` rows in epoch order, from batch ``start_batch`` on.
+
+        ``dense_rows=(lo, hi)``: read dense features and labels only for samples lo..hi-1
+        of each batch (one MPI rank's slice; the rest stay zero and the Batch records
+        ``local_rows``); the categorical ids are read for every sample.
+        """
         for name, value in (("batch_size", batch_size), ("block_rows", block_rows)):
             if value < 1:
                 raise ValueError(f"{name}: must be >= 1, got {value}")
@@ -176,29 +182,57 @@ class Split:
         total = self.num_batches(batch_size, drop_last)
         if not 0 <= start_batch <= total:
             raise ValueError(f"start_batch: must be in [0, {total}], got {start_batch}")
+        if dense_rows is not None and not 0 <= dense_rows[0] <= dense_rows[1] <= batch_size:
+            raise ValueError(f"dense_rows: must lie in [0, {batch_size}], got {dense_rows}")
+        if dense_rows is not None and not drop_last:
+            raise ValueError("dense_rows: needs drop_last=True (a short last batch has no slice)")
         plan = _epoch_plan(len(self), block_rows, buffer_blocks, shuffle, seed, epoch)
-        rows = self._ordered_rows(plan, start_batch * batch_size)
-        return prefetch(_to_batches(rows, batch_size, drop_last), prefetch_depth)
+        slice_ = (batch_size, *dense_rows) if dense_rows is not None else None
+        rows = self._ordered_rows(plan, start_batch * batch_size, slice_)
+        batches = _to_batches(rows, batch_size, drop_last, dense_rows)
+        return prefetch(batches, prefetch_depth)
 
-    def _ordered_rows(self, plan: _EpochPlan, first: int) -> Iterator[Rows]:
-        """The split's rows in epoch order, one window at a time, from position ``first``."""
+    def _ordered_rows(self, plan: _EpochPlan, first: int, dense_slice=None) -> Iterator[Rows]:
+        """The split's rows in epoch order, one window at a time, from position ``first``.
+
+        dense_slice = (batch_size, lo, hi): read dense and labels only where the epoch
+        position modulo batch_size lies in [lo, hi) (zeros elsewhere).
+        """
+        n = len(self)
         w0 = int(np.searchsorted(plan.window_starts, first, side="right")) - 1
         for w in range(max(w0, 0), len(plan.windows)):
-            blocks = plan.windows[w]
-            rows = _rows_from_pieces(
-                [self._as_piece(b * plan.block_rows, plan.block_rows) for b in blocks]
+            pos = np.concatenate(  # split positions of the window's blocks, in block order
+                [
+                    np.arange(b * plan.block_rows, min((b + 1) * plan.block_rows, n))
+                    for b in plan.windows[w]
+                ]
             )
             if plan.shuffle:
-                perm = np.random.default_rng([plan.seed, plan.epoch, w]).permutation(len(rows))
-                rows = Rows(rows.dense[perm], rows.categorical[perm], rows.labels[perm])
-            skip = first - int(plan.window_starts[w])
-            if skip > 0:
-                rows = Rows(rows.dense[skip:], rows.categorical[skip:], rows.labels[skip:])
-            yield rows
+                pos = pos[np.random.default_rng([plan.seed, plan.epoch, w]).permutation(len(pos))]
+            start = max(first, int(plan.window_starts[w]))
+            pos = pos[start - int(plan.window_starts[w]) :]
+            if dense_slice is None:
+                yield Rows(self._take(0, pos), self._take(1, pos), self._take(2, pos))
+                continue
+            batch_size, lo, hi = dense_slice
+            in_batch = (start + np.arange(len(pos))) % batch_size
+            mine = (in_batch >= lo) & (in_batch < hi)
+            dense = np.zeros((len(pos), NUM_DENSE), np.float32)
+            labels = np.zeros(len(pos), np.float32)
+            dense[mine] = self._take(0, pos[mine])
+            labels[mine] = self._take(2, pos[mine])
+            yield Rows(dense, self._take(1, pos), labels)
 
-    def _as_piece(self, start: int, count: int) -> tuple:
-        r = self.rows_slice(start, min(start + count, len(self)))
-        return r.dense, r.categorical, r.labels
+    def _take(self, column: int, positions: np.ndarray) -> np.ndarray:
+        """Column 0 (dense), 1 (categorical) or 2 (labels) at split positions, from the maps."""
+        seg = np.searchsorted(self._starts, positions, side="right") - 1
+        first = self._segments[0][0][column] if self._segments else np.zeros((0, NUM_DENSE))
+        out = np.empty((len(positions), *first.shape[1:]), first.dtype)
+        for s in np.unique(seg):
+            arrays, seg_start, _ = self._segments[s]
+            here = seg == s
+            out[here] = arrays[column][seg_start + positions[here] - self._starts[s]]
+        return out.astype(np.float32) if column == 2 else out
 
 
 @dataclass(frozen=True)
@@ -240,7 +274,9 @@ def _rows_from_pieces(pieces: list) -> Rows:
     return Rows(dense, cat, labels)
 
 
-def _to_batches(windows: Iterable[Rows], batch_size: int, drop_last: bool) -> Iterator[Batch]:
+def _to_batches(
+    windows: Iterable[Rows], batch_size: int, drop_last: bool, local_rows=None
+) -> Iterator[Batch]:
     """Cut a stream of row windows into batches; a batch may straddle two windows."""
     carry: Rows | None = None
     for rows in windows:
@@ -249,7 +285,7 @@ def _to_batches(windows: Iterable[Rows], batch_size: int, drop_last: bool) -> It
             rows = _rows_from_pieces(pieces)
         n_full = len(rows) // batch_size * batch_size
         for a in range(0, n_full, batch_size):
-            yield make_batch(rows, a, a + batch_size)
+            yield make_batch(rows, a, a + batch_size, local_rows)
         carry = _tail(rows, n_full)
     if carry is not None and len(carry) and not drop_last:
         yield make_batch(carry, 0, len(carry))
@@ -261,7 +297,7 @@ def _tail(rows: Rows, start: int) -> Rows | None:
     return Rows(rows.dense[start:], rows.categorical[start:], rows.labels[start:])
 
 
-def make_batch(rows: Rows, start: int, stop: int) -> Batch:
+def make_batch(rows: Rows, start: int, stop: int, local_rows=None) -> Batch:
     """A Batch of rows [start, stop): one lookup per table per sample."""
     b = stop - start
     t = rows.categorical.shape[1]
@@ -272,4 +308,5 @@ def make_batch(rows: Rows, start: int, stop: int) -> Batch:
         offsets=offsets,
         indices=indices,
         labels=np.ascontiguousarray(rows.labels[start:stop], dtype=np.float32),
+        local_rows=local_rows,
     )

@@ -140,6 +140,7 @@ class DistributedDLRM:
         """Logits of the local samples in ws.top[-1]; the step state feeds the backward."""
         batch.check_against(self.config.num_dense, self.config.embedding_sizes)
         mine = self.local_slice(batch.batch_size)
+        batch.require_rows(mine.start, mine.stop)
         local = mine.stop - mine.start
         plan = self.exchange(local)
         lookups = shard_lookups(

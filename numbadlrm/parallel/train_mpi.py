@@ -91,7 +91,12 @@ def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
             )
     threads = cfg.threads or default_threads(comm)
     set_num_threads(threads)
-    source, mcfg = open_data(cfg, log)
+    if cfg.data_set and comm.rank == 0:
+        open_data(cfg, log)  # preprocess once; the other ranks then reuse the directory
+    comm.Barrier()
+    local = cfg.mini_batch_size // ranks
+    mine = (comm.rank * local, (comm.rank + 1) * local)  # DistributedDLRM.local_slice's rows
+    source, mcfg = open_data(cfg, log, dense_rows=mine)
     lookups = expected_lookups(cfg, mcfg)
     # replicating a table costs an allreduce of its rows, sharding it an alltoall of one
     # pooled vector per local sample: replicate tables with fewer rows than B / R
