@@ -224,14 +224,24 @@ class Split:
             yield Rows(dense, self._take(1, pos), labels)
 
     def _take(self, column: int, positions: np.ndarray) -> np.ndarray:
-        """Column 0 (dense), 1 (categorical) or 2 (labels) at split positions, from the maps."""
-        seg = np.searchsorted(self._starts, positions, side="right") - 1
+        """Column 0 (dense), 1 (categorical) or 2 (labels) at split positions, from the maps.
+
+        The maps are read in ascending row order (then put back in the asked order), so a
+        shuffled window still reads each file forwards and the OS readahead keeps working.
+        """
+        order = np.argsort(positions, kind="stable")
+        ascending = positions[order]
+        seg = np.searchsorted(self._starts, ascending, side="right") - 1
         first = self._segments[0][0][column] if self._segments else np.zeros((0, NUM_DENSE))
-        out = np.empty((len(positions), *first.shape[1:]), first.dtype)
-        for s in np.unique(seg):
-            arrays, seg_start, _ = self._segments[s]
-            here = seg == s
-            out[here] = arrays[column][seg_start + positions[here] - self._starts[s]]
+        gathered = np.empty((len(positions), *first.shape[1:]), first.dtype)
+        bounds = np.searchsorted(seg, np.arange(len(self._segments) + 1))
+        for s in range(len(self._segments)):
+            lo, hi = bounds[s], bounds[s + 1]
+            if lo < hi:
+                arrays, seg_start, _ = self._segments[s]
+                gathered[lo:hi] = arrays[column][seg_start + ascending[lo:hi] - self._starts[s]]
+        out = np.empty_like(gathered)
+        out[order] = gathered
         return out.astype(np.float32) if column == 2 else out
 
 
