@@ -161,34 +161,35 @@ def matches_single_process_replicated(comm, workdir):
     _check_matches_single_process(comm, cfg, placement)
 
 
-@case
-def training_loop_matches_single_process(comm, workdir):
+def _trains_like_one_process(comm, **options) -> None:
+    """run_distributed_training equals run_training: weights and evaluation metrics."""
     cfg = TrainConfig(
         arch_sparse_feature_size=4,
-        arch_embedding_size="20-300-8-50",
         arch_mlp_bot="13-8-4",
         arch_mlp_top="8-1",
         mini_batch_size=BATCH,
-        num_batches=8,
-        print_freq=4,
-        test_freq=4,
         test_mini_batch_size=24,
-        test_num_batches=2,
-        num_indices_per_lookup=3,
         threads=1,
-        gemm="numba",
         progress=False,
-        seed=5,
+        **options,
     )
     quiet = lambda *args: None  # noqa: E731
     result = run_distributed_training(cfg, comm, log=quiet)
     sd = result["model"].state_dict()
-    assert result["steps"] == 8
+    assert result["steps"] == cfg.num_batches
     if comm.rank == 0:
         expected = run_training(cfg, log=quiet)
         assert_same_model(sd, expected["model"].state_dict())
         for key in ("auc", "logloss", "accuracy"):
             assert np.isclose(result[key], expected[key], rtol=1e-5), key
+
+
+@case
+def training_loop_matches_single_process(comm, workdir):
+    _trains_like_one_process(
+        comm, arch_embedding_size="20-300-8-50", num_batches=8, print_freq=4, test_freq=4,
+        test_num_batches=2, num_indices_per_lookup=3, gemm="numba", seed=5,
+    )  # fmt: skip
 
 
 @case
@@ -198,29 +199,11 @@ def dataset_training_matches_single_process(comm, workdir):
     if comm.rank == 0:
         write_raw(raw, quirky_lines(np.random.default_rng(4), 240 * 7, vocab=30))
     comm.Barrier()
-    cfg = TrainConfig(
-        data_set="kaggle",
-        raw_data_file=str(raw),
-        processed_data_file=str(Path(workdir) / "kaggle.numbadlrm"),
-        max_ind_range=41,
-        arch_sparse_feature_size=4,
-        arch_mlp_bot="13-8-4",
-        arch_mlp_top="8-1",
-        mini_batch_size=BATCH,
-        num_batches=10,
-        print_freq=5,
-        test_mini_batch_size=24,
-        threads=1,
-        progress=False,
-        seed=2,
-    )
-    quiet = lambda *args: None  # noqa: E731
-    result = run_distributed_training(cfg, comm, log=quiet)
-    sd = result["model"].state_dict()
-    if comm.rank == 0:
-        expected = run_training(cfg, log=quiet)
-        assert_same_model(sd, expected["model"].state_dict())
-        assert np.isclose(result["auc"], expected["auc"], rtol=1e-5)
+    _trains_like_one_process(
+        comm, data_set="kaggle", raw_data_file=str(raw), max_ind_range=41,
+        processed_data_file=str(Path(workdir) / "kaggle.numbadlrm"), num_batches=10,
+        print_freq=5, seed=2,
+    )  # fmt: skip
 
 
 @case

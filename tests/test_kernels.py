@@ -135,14 +135,20 @@ def test_owner_hash_covers_all_owners():
     assert set(owners) == {0, 1, 2}
 
 
+def _features(seed: int, batch_size: int, num_tables: int, dim: int):
+    """x (B, D), emb (T, B, D) in float32 and the stacked feats (B, F, D) in float64."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch_size, dim)).astype(np.float32)
+    emb = rng.normal(size=(num_tables, batch_size, dim)).astype(np.float32)
+    feats = np.concatenate([x[:, None], emb.transpose(1, 0, 2)], axis=1).astype(np.float64)
+    return rng, x, emb, feats
+
+
 @pytest.mark.parametrize("op,itself", [("dot", False), ("dot", True), ("cat", False)])
 @pytest.mark.parametrize("batch_size", [1, 13])
 def test_interaction(threads, op, itself, batch_size):
-    rng = np.random.default_rng(7)
-    num_tables, dim = 4, 7
-    x = rng.normal(size=(batch_size, dim)).astype(np.float32)
-    emb = rng.normal(size=(num_tables, batch_size, dim)).astype(np.float32)
-    feats = np.concatenate([x[:, None], emb.transpose(1, 0, 2)], axis=1)
+    num_tables = 4
+    rng, x, emb, feats = _features(7, batch_size, num_tables, 7)
     expect = ref.interaction_forward(feats.astype(np.float64), op, itself)
     layer = Interaction(op, itself, num_tables)
     out = np.full(expect.shape, np.nan, np.float32)
@@ -162,11 +168,8 @@ def test_interaction(threads, op, itself, batch_size):
 @pytest.mark.parametrize("itself", [False, True])
 @pytest.mark.parametrize("batch_size", [1, 13])
 def test_dot_interaction_versions(threads, version, itself, batch_size):
-    rng = np.random.default_rng(13)
     num_tables, dim = 5, 19
-    x = rng.normal(size=(batch_size, dim)).astype(np.float32)
-    emb = rng.normal(size=(num_tables, batch_size, dim)).astype(np.float32)
-    feats = np.concatenate([x[:, None], emb.transpose(1, 0, 2)], axis=1).astype(np.float64)
+    rng, x, emb, feats = _features(13, batch_size, num_tables, dim)
     li, lj = ref.pair_indices(num_tables + 1, itself)
     forward, backward = DOTS[version]
     out = np.full((batch_size, dim + li.shape[0]), np.nan, np.float32)
