@@ -11,7 +11,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -266,12 +266,6 @@ class DatasetSource:
         return self.data.split(split).batches(self.cfg.test_mini_batch_size, shuffle=False)
 
 
-def synthetic_streams(cfg: TrainConfig, mcfg: DLRMConfig):
-    """(train batches of an epoch, held-out test batches) factories for the built-in data."""
-    source = SyntheticSource(cfg, mcfg)
-    return source.train_batches, lambda: source.eval_batches("test")
-
-
 def open_data(cfg: TrainConfig, log=print, dense_rows: tuple[int, int] | None = None):
     """(data source, model config) for the run; preprocesses raw data first if asked.
 
@@ -446,7 +440,3 @@ def describe(mcfg: DLRMConfig) -> str:
         f"T={mcfg.num_tables} D={mcfg.sparse_feature_size} bottom {s['mlp_bot']} "
         f"top {mcfg.top_sizes[0]}-{s['mlp_top']} interaction {mcfg.interaction_op}"
     )
-
-
-def config_as_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

@@ -35,10 +35,6 @@ def set_num_threads(n: int) -> None:
     _blas_limit = threadpool_limits(limits=n, user_api="blas")
 
 
-def get_num_threads() -> int:
-    return numba.get_num_threads()
-
-
 # Below this many bytes of work the layers call a kernel's serial entry point, which runs
 # on the calling thread without a parallel launch. A launch costs microseconds (tens with
 # Numba's workqueue layer) and, where a worker has been descheduled, a scheduler slice
