@@ -214,3 +214,20 @@ def test_run_serial_picks_small_work(threads):
 
     assert run_serial(10)
     assert run_serial(SERIAL_BELOW_BYTES) == (threads == 1)
+
+
+def test_kernels_run_as_plain_python_under_numba_disable_jit():
+    """The debugging path the docs promise: NUMBA_DISABLE_JIT=1 runs every kernel in Python."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+         "threads1 and (embedding or interaction) and not disable_jit"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]

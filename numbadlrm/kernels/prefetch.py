@@ -1,4 +1,4 @@
-"""Software prefetch for Numba kernels: ``prefetch(arr2d, row, col)``.
+"""Software prefetch for Numba kernels: ``_prefetch(arr2d, row, col)``, ``_prefetch_l2``.
 
 Embedding rows are gathered at random from tables far larger than the caches, so the
 kernels would stall on memory latency. Issuing ``llvm.prefetch`` for the rows a few
@@ -8,6 +8,7 @@ embedding rows"). Under NUMBA_DISABLE_JIT the call is a no-op.
 
 from __future__ import annotations
 
+import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -47,6 +48,10 @@ def _prefetch_l2(typingctx, arr, row, col):
     return types.void(arr, row, col), _codegen(2)
 
 
-def prefetch(arr, row, col):  # pragma: no cover - replaced by the intrinsic when jitted
-    """Hint the CPU to load arr[row, col]'s cache line; no effect on results."""
-    _prefetch(arr, row, col)
+if numba.config.DISABLE_JIT:  # kernels run as plain Python: a hint has nothing to do
+
+    def _prefetch(arr, row, col):
+        pass
+
+    def _prefetch_l2(arr, row, col):
+        pass
