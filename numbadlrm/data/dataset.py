@@ -137,18 +137,8 @@ class Split:
         n = len(self)
         if not 0 <= start <= stop <= n:
             raise ValueError(f"rows_slice: need 0 <= start <= stop <= {n}, got {start}, {stop}")
-        pieces = []
-        first = int(np.searchsorted(self._starts, start, side="right")) - 1
-        for s in range(max(first, 0), len(self._segments)):
-            lo = max(start, self._starts[s])
-            hi = min(stop, self._starts[s + 1])
-            if lo >= hi:
-                break
-            (dense, cat, labels), seg_start, _ = self._segments[s]
-            a = seg_start + lo - self._starts[s]
-            b = seg_start + hi - self._starts[s]
-            pieces.append((dense[a:b], cat[a:b], labels[a:b]))
-        return _rows_from_pieces(pieces)
+        pos = np.arange(start, stop, dtype=np.int64)
+        return Rows(self._take(0, pos), self._take(1, pos), self._take(2, pos))
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         full, tail = divmod(len(self), batch_size)
@@ -232,7 +222,10 @@ class Split:
         order = np.argsort(positions, kind="stable")
         ascending = positions[order]
         seg = np.searchsorted(self._starts, ascending, side="right") - 1
-        first = self._segments[0][0][column] if self._segments else np.zeros((0, NUM_DENSE))
+        if not self._segments:  # an empty split: typed, shaped empty columns
+            empty = _rows_from_pieces([])
+            return (empty.dense, empty.categorical, empty.labels)[column]
+        first = self._segments[0][0][column]
         gathered = np.empty((len(positions), *first.shape[1:]), first.dtype)
         bounds = np.searchsorted(seg, np.arange(len(self._segments) + 1))
         for s in range(len(self._segments)):
