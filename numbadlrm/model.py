@@ -212,14 +212,18 @@ class DLRM:
 
     def train_step(self, batch: Batch, lr: float) -> float:
         """One SGD step; returns the batch's mean BCE loss before the update."""
-        ws = self.forward(batch)
-        loss = sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], batch.labels)
+        ws, loss = self._forward_loss(batch)
         self.backward_and_update(batch, ws, lr)
         return loss
 
     def loss(self, batch: Batch) -> float:
+        """The batch's mean BCE loss (no update)."""
+        return self._forward_loss(batch)[1]
+
+    def _forward_loss(self, batch: Batch) -> tuple[Workspace, float]:
+        """Forward, then the fused loss: probabilities in ws.p, ds in ws.dtop[-1]."""
         ws = self.forward(batch)
-        return sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], batch.labels)
+        return ws, sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], batch.labels)
 
     def predict(self, batch: Batch) -> np.ndarray:
         """(B,) float32 click probabilities (a copy)."""

@@ -37,6 +37,7 @@ import numpy as np
 
 from .batch import Batch
 from .config import DLRMConfig
+from .model import state_dict_shapes
 
 try:
     import torch
@@ -210,23 +211,11 @@ def reference_names(config: DLRMConfig) -> dict[str, str]:
     return names
 
 
-def parameter_shapes(config: DLRMConfig) -> dict[str, tuple[int, ...]]:
-    """numbadlrm parameter name -> shape."""
-    shapes = {}
-    for prefix, sizes in (("bottom_mlp", config.bottom_sizes), ("top_mlp", config.top_sizes)):
-        for i in range(len(sizes) - 1):
-            shapes[f"{prefix}.{i}.weight"] = (sizes[i + 1], sizes[i])
-            shapes[f"{prefix}.{i}.bias"] = (sizes[i + 1],)
-    for t, rows in enumerate(config.embedding_sizes):
-        shapes[f"embeddings.{t}.weight"] = (rows, config.sparse_feature_size)
-    return shapes
-
-
 def to_reference_state_dict(state_dict: dict[str, np.ndarray], config: DLRMConfig) -> dict:
     """numbadlrm names -> reference names; values become CPU tensors (copies, dtype kept)."""
     _require_torch()
     names = reference_names(config)
-    shapes = parameter_shapes(config)
+    shapes = state_dict_shapes(config)
     _check_state_dict(state_dict, shapes, "numbadlrm")
     return {names[name]: torch.from_numpy(np.array(state_dict[name], copy=True)) for name in names}
 
@@ -235,7 +224,7 @@ def from_reference_state_dict(torch_state_dict: dict, config: DLRMConfig) -> dic
     """Reference names -> numbadlrm names; values become NumPy arrays (copies, dtype kept)."""
     _require_torch()
     names = reference_names(config)
-    shapes = parameter_shapes(config)
+    shapes = state_dict_shapes(config)
     ref_shapes = {names[name]: shape for name, shape in shapes.items()}
     _check_state_dict(torch_state_dict, ref_shapes, "reference DLRM")
     out = {}

@@ -29,12 +29,12 @@ torch = pytest.importorskip("torch")
 
 from numbadlrm.batch import Batch  # noqa: E402
 from numbadlrm.config import DLRMConfig  # noqa: E402
+from numbadlrm.model import state_dict_shapes  # noqa: E402
 from numbadlrm.reference import ReferenceDLRM  # noqa: E402
 from numbadlrm.torch_dlrm import (  # noqa: E402
     TorchDLRM,
     batch_to_torch,
     from_reference_state_dict,
-    parameter_shapes,
     to_reference_state_dict,
     torch_predict,
     torch_train_step,
@@ -61,7 +61,7 @@ def make_config(variant: str) -> DLRMConfig:
 def random_params(config: DLRMConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """float32 parameters named as ReferenceDLRM expects, scaled to keep activations O(1)."""
     params = {}
-    for name, shape in parameter_shapes(config).items():
+    for name, shape in state_dict_shapes(config).items():
         if name.startswith("embeddings"):
             params[name] = rng.uniform(-0.6, 0.6, shape)
         elif name.endswith("weight"):
