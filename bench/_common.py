@@ -17,16 +17,14 @@ from collections.abc import Callable
 
 import numba
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
-_blas_limit = None  # keeps the threadpool_limits context alive for the whole run
+from numbadlrm.kernels._jit import set_num_threads
 
 
 def set_threads(n: int) -> None:
-    """Use n threads in Numba and in the BLAS behind NumPy (for the rest of the process)."""
-    global _blas_limit
-    numba.set_num_threads(n)
-    _blas_limit = threadpool_limits(limits=n, user_api="blas")
+    """n threads in Numba and NumPy's BLAS, SciPy's BLAS kept at one (for the whole run)."""
+    set_num_threads(n)
 
 
 def cpu_model() -> str:

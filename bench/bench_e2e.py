@@ -51,7 +51,6 @@ from numbadlrm.data.synthetic import batch_stream
 from numbadlrm.layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from numbadlrm.layers.loss import sigmoid_bce
 from numbadlrm.model import DLRM, Workspace, _mlp_forward, dense_layout
-from numbadlrm.optim import sgd_step
 
 try:
     import torch
@@ -85,9 +84,10 @@ CONFIGS = {
     "c": Setup(2048, 26, 100_000, 128, 1, "13-512-256-128", "1024-1024-512-256-1"),
 }
 QUICK = {"q": Setup(64, 3, 500, 8, 4, "13-16-8", "16-1")}
+# "top bwd" and "bottom bwd" include their layers' SGD updates (fused into the weight GEMMs).
 OPS = (
     "bottom fwd", "embedding fwd", "interaction fwd", "top fwd", "loss",
-    "top bwd", "interaction bwd", "embedding update", "bottom bwd", "sgd",
+    "top bwd", "interaction bwd", "embedding update", "bottom bwd",
 )  # fmt: skip
 
 
@@ -138,12 +138,11 @@ def step_breakdown(model: DLRM, data, steps: int) -> dict[str, float]:
             (tower.interaction.forward, ws.top[0], ws.bottom[-1], ws.emb),
             (_mlp_forward, tower.top, ws.top[1:], ws.top[0], False, tower.gemm, None),
             (sigmoid_bce, ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], b.labels),
-            (tower.top_backward, ws),
+            (tower.top_backward, ws, LR),
             (tower.interaction_backward, ws),
             (embedding_backward_sgd, model.weights, model.row_start, b.offsets, b.indices,
              ws.demb, LR),
-            (tower.bottom_backward, ws, b.dense),
-            (sgd_step, model.params, model.grads, LR),
+            (tower.bottom_backward, ws, b.dense, None, LR),
         )  # fmt: skip
         for name, (fn, *args) in zip(OPS, calls, strict=True):
             t0 = time.perf_counter()

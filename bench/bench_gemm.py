@@ -1,10 +1,16 @@
-"""Linear-layer GEMMs: each Numba kernel version against OpenBLAS (np.matmul), per layer.
+"""Linear-layer GEMMs: each Numba kernel version against OpenBLAS, per layer.
 
 For every layer of DLRM configs a, b, c and each pass (forward with bias + ReLU,
 backward_data dx = dz W, backward_weight dW = dz^T x with db), the kernel version is first
-validated against numbadlrm.reference, then timed round-robin with the layer's "blas" path
-(np.matmul into the output + NumPy epilogue). Prints median ms, GFLOP/s (2 B I O per pass)
-and numba / blas throughput.
+validated against numbadlrm.reference, then timed round-robin with two OpenBLAS paths:
+
+    blas     the layer's "blas" backend (numbadlrm.kernels.blas): one single-threaded
+             sgemm per Numba thread on its share, epilogue fused
+    matmul   np.matmul into the output (OpenBLAS threading its own GEMM) + the NumPy or
+             Numba epilogue, the path the "blas" backend replaced
+
+Prints median ms and GFLOP/s (2 B I O per pass) of each, and the Numba kernel's throughput
+as a fraction of each BLAS path.
 
     python bench/bench_gemm.py --threads 2 --version v3
     python bench/bench_gemm.py --quick          # tiny shapes, few repeats (CI smoke)
@@ -23,8 +29,7 @@ import numpy as np
 from _common import blas_sgemm_gflops, header, median_times, set_threads
 
 from numbadlrm import reference
-from numbadlrm.kernels import gemm
-from numbadlrm.layers import linear
+from numbadlrm.kernels import blas, gemm
 
 # (name, batch, bottom widths incl. input, top widths incl. the computed input D + P)
 CONFIGS = {
@@ -78,25 +83,45 @@ def validate(version, B, I, O, relu, rng) -> None:
             sys.exit(f"validation failed: {version} {what} B={B} I={I} O={O} error {err:.2e}")
 
 
-def pass_pairs(version, B, I, O, relu, rng):
-    """{pass: (numba fn, blas fn)} on one layer's buffers."""
+def _matmul_forward(y, x, W, b, relu):
+    np.matmul(x, W.T, out=y)
+    gemm.bias_act(y, b, relu)
+
+
+def _matmul_backward_data(dx, dz, W):
+    if W.shape[0] == 1:  # the logit layer: an outer product
+        np.multiply(dz, W, out=dx)
+    else:
+        np.matmul(dz, W, out=dx)
+
+
+def _matmul_backward_weight(dW, db, dz, x):
+    np.matmul(dz.T, x, out=dW)
+    np.sum(dz, axis=0, out=db)
+
+
+def pass_runs(version, B, I, O, relu, threads, rng):
+    """{pass: {"numba": fn, "blas": fn, "matmul": fn}} on one layer's buffers."""
     forward, backward_data, backward_weight = gemm.VERSIONS[version]
     x, W, b, dz = make_layer(rng, B, I, O)
     y, dx = np.empty((B, O), np.float32), np.empty((B, I), np.float32)
     dW, db = np.empty((O, I), np.float32), np.empty(O, np.float32)
     return {
-        "forward": (
-            lambda: forward(y, x, W, b, relu),
-            lambda: linear.forward_blas(y, x, W, b, relu),
-        ),
-        "backward_data": (
-            lambda: backward_data(dx, dz, W),
-            lambda: linear.backward_data_blas(dx, dz, W),
-        ),
-        "backward_weight": (
-            lambda: backward_weight(dW, db, dz, x),
-            lambda: linear.backward_weight_blas(dW, db, dz, x),
-        ),
+        "forward": {
+            "numba": lambda: forward(y, x, W, b, relu),
+            "blas": lambda: blas.forward(y, x, W, b, relu, threads),
+            "matmul": lambda: _matmul_forward(y, x, W, b, relu),
+        },
+        "backward_data": {  # dx = dz W alone (relu=False: no mask), as the Numba kernel
+            "numba": lambda: backward_data(dx, dz, W),
+            "blas": lambda: blas.backward_data(dx, dz, dz, W, False, True, threads),
+            "matmul": lambda: _matmul_backward_data(dx, dz, W),
+        },
+        "backward_weight": {
+            "numba": lambda: backward_weight(dW, db, dz, x),
+            "blas": lambda: blas.backward_weight(dW, db, dz, x, threads),
+            "matmul": lambda: _matmul_backward_weight(dW, db, dz, x),
+        },
     }
 
 
@@ -116,31 +141,34 @@ def main() -> None:
     if not args.quick:
         print(f"limit:    OpenBLAS sgemm 2048^3 {blas_sgemm_gflops():.0f} GFLOP/s")
     rng = np.random.default_rng(0)
+    paths = ("numba", "blas", "matmul")
     print(
         f"{'cfg':3} {'layer':14} {'pass':15} {'B':>5} {'I':>5} {'O':>5} "
-        f"{'numba ms':>9} {'GF/s':>6} {'blas ms':>8} {'GF/s':>6} {'frac':>5}"
+        + "".join(f"{p + ' ms':>10} {'GF/s':>6}" for p in paths)
+        + f" {'n/blas':>6} {'n/matmul':>8}"
     )
-    totals = {}
+    totals: dict[str, dict[str, float]] = {}
     for name, label, B, I, O, relu, needs_dx in layer_shapes(configs):
         validate(args.version, B, I, O, relu, rng)
         flops = 2.0 * B * I * O
-        for pass_, (fn, blas) in pass_pairs(args.version, B, I, O, relu, rng).items():
+        for pass_, fns in pass_runs(args.version, B, I, O, relu, args.threads, rng).items():
             if pass_ == "backward_data" and not needs_dx:
                 continue
-            t = median_times({"numba": fn, "blas": blas}, repeat=repeat)
-            tot = totals.setdefault(name, [0.0, 0.0])
-            tot[0] += t["numba"]
-            tot[1] += t["blas"]
+            t = median_times(fns, repeat=repeat)
+            tot = totals.setdefault(name, dict.fromkeys(paths, 0.0))
+            for p in paths:
+                tot[p] += t[p]
             print(
                 f"{name:3} {label:14} {pass_:15} {B:5} {I:5} {O:5} "
-                f"{t['numba'] * 1e3:9.3f} {flops / t['numba'] / 1e9:6.1f} "
-                f"{t['blas'] * 1e3:8.3f} {flops / t['blas'] / 1e9:6.1f} "
-                f"{t['blas'] / t['numba']:5.2f}"
+                + "".join(f"{t[p] * 1e3:10.3f} {flops / t[p] / 1e9:6.1f}" for p in paths)
+                + f" {t['blas'] / t['numba']:6.2f} {t['matmul'] / t['numba']:8.2f}"
             )
-    for name, (tn, tb) in totals.items():
+    for name, tot in totals.items():
         print(
-            f"config {name}: all passes numba {tn * 1e3:.2f} ms, blas {tb * 1e3:.2f} ms, "
-            f"frac {tb / tn:.2f}"
+            f"config {name}: all passes "
+            + ", ".join(f"{p} {tot[p] * 1e3:.2f} ms" for p in paths)
+            + f"; numba/blas {tot['blas'] / tot['numba']:.2f}, "
+            f"numba/matmul {tot['matmul'] / tot['numba']:.2f}"
         )
 
 

@@ -24,7 +24,7 @@ loaded (too late to take effect, and a library user's process is theirs to confi
 import os
 import sys
 
-SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMBA_THREADING_LAYER": "workqueue"}
+SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMBA_THREADING_LAYER_PRIORITY": "omp tbb workqueue"}
 if "numpy" not in sys.modules and "numba" not in sys.modules:
     for _name, _value in SETTINGS.items():
         os.environ.setdefault(_name, _value)

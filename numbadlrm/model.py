@@ -6,8 +6,9 @@
     s    = top_mlp(r)                               (B, 1)    ReLU between layers
     loss = mean BCE(sigmoid(s), labels)
 
-The backward runs the same list in reverse and ends with the fused sparse update of the
-tables; the dense parameters are then updated by one SGD call over the flat buffer.
+The backward runs the same list in reverse; every parameter is updated by SGD inside the
+pass that forms its gradient (the sparse update fused into the embedding backward, each
+MLP layer's update fused into its weight GEMM), so no gradient buffer is needed.
 All activations and gradients live in a per-batch-size workspace allocated once.
 
 Everything except the tables is a :class:`DenseTower` (bottom MLP, interaction, top MLP):
@@ -24,9 +25,8 @@ from .batch import Batch
 from .config import DLRMConfig
 from .layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from .layers.interaction import Interaction
-from .layers.linear import BACKENDS, linear_backward, linear_forward
+from .layers.linear import BACKENDS, linear_backward, linear_backward_sgd, linear_forward
 from .layers.loss import sigmoid, sigmoid_bce
-from .optim import sgd_step
 from .params import LinearSlot, init_mlp, init_table_rows, mlp_slots, slot_views, table_buffer
 
 
@@ -113,18 +113,27 @@ class DenseTower:
 
     # ------------------------------------------------------------------ backward
 
-    def top_backward(self, ws: Workspace) -> None:
-        """From ds in ws.dtop[-1]: top MLP grads, and dr in ws.dtop[0]."""
+    def top_backward(self, ws: Workspace, lr: float | None = None) -> None:
+        """From ds in ws.dtop[-1]: top MLP grads (given lr: its SGD update), dr in ws.dtop[0]."""
         top_in = ws.top[0]
-        _mlp_backward(self.top, ws.top[1:], ws.dtop[1:], top_in, ws.dtop[0], False, self.gemm, None)
+        _mlp_backward(
+            self.top, ws.top[1:], ws.dtop[1:], top_in, ws.dtop[0], False, self.gemm, None, lr
+        )
 
     def interaction_backward(self, ws: Workspace) -> None:
         """dx into ws.dbottom[-1], demb into ws.demb."""
         self.interaction.backward(ws.dbottom[-1], ws.demb, ws.dtop[0], ws.bottom[-1], ws.emb)
 
-    def bottom_backward(self, ws: Workspace, dense: np.ndarray, after_layer=None) -> None:
-        """Bottom MLP grads from dx in ws.dbottom[-1]; ``after_layer()`` runs between layers."""
-        _mlp_backward(self.bottom, ws.bottom, ws.dbottom, dense, None, True, self.gemm, after_layer)
+    def bottom_backward(
+        self, ws: Workspace, dense: np.ndarray, after_layer=None, lr: float | None = None
+    ) -> None:
+        """Bottom MLP grads (or, given lr, its SGD update) from dx in ws.dbottom[-1].
+
+        ``after_layer()`` runs between layers.
+        """
+        _mlp_backward(
+            self.bottom, ws.bottom, ws.dbottom, dense, None, True, self.gemm, after_layer, lr
+        )
 
 
 def _views(params: np.ndarray, grads: np.ndarray, slot: LinearSlot):
@@ -144,16 +153,23 @@ def _mlp_forward(layers, acts, x, relu_last: bool, gemm: str, after_layer) -> No
 
 
 def _mlp_backward(
-    layers, acts, dacts, x, dx_first, relu_last: bool, gemm: str, after_layer
+    layers, acts, dacts, x, dx_first, relu_last: bool, gemm: str, after_layer, lr=None
 ) -> None:
-    """dacts[i] holds dL/d(acts[i]); layer i writes dL/d(its input) into dacts[i-1]."""
+    """dacts[i] holds dL/d(acts[i]); layer i writes dL/d(its input) into dacts[i-1].
+
+    Without lr the parameter gradients go to the grads buffer; with lr each layer applies
+    SGD to its own parameters as soon as its dx is formed (linear_backward_sgd).
+    """
     n = len(layers)
     for i in reversed(range(n)):
-        w, _, dw, db = layers[i]
+        w, b, dw, db = layers[i]
         layer_in = acts[i - 1] if i > 0 else x
         dx = dacts[i - 1] if i > 0 else dx_first
         relu = i < n - 1 or relu_last
-        linear_backward(dx, dw, db, dacts[i], layer_in, acts[i], w, relu, gemm)
+        if lr is None:
+            linear_backward(dx, dw, db, dacts[i], layer_in, acts[i], w, relu, gemm)
+        else:
+            linear_backward_sgd(dx, w, b, dacts[i], layer_in, acts[i], relu, lr, dw, db, gemm)
         if after_layer is not None:
             after_layer()
 
@@ -169,7 +185,9 @@ class DLRM:
         self.gemm = gemm
         _, _, n = dense_layout(config)
         self.params = np.empty(n, np.float32)  # every dense parameter, one buffer
-        self.grads = np.zeros(n, np.float32)  # their gradients, same layout
+        # Their gradients, same layout. train_step fuses SGD into the backward, so on the blas
+        # backend this buffer is never written (np.zeros: its pages are never allocated).
+        self.grads = np.zeros(n, np.float32)
         self.tower = DenseTower(config, self.params, self.grads, gemm)
         self.bottom_slots, self.top_slots = self.tower.bottom_slots, self.tower.top_slots
         self.bottom, self.top = self.tower.bottom, self.tower.top
@@ -199,14 +217,19 @@ class DLRM:
         return ws
 
     def backward_and_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
-        """The forward in reverse; tables updated sparsely, dense params by one SGD call."""
-        self.tower.top_backward(ws)
+        """The forward in reverse, each parameter updated by SGD as soon as its gradient exists.
+
+        Tables: the sparse update fused into the embedding backward. MLP layers: the update
+        fused into each layer's weight pass (layers.linear.linear_backward_sgd), after the
+        layer's dx has used the old weights. So no dense gradient is stored on the blas
+        backend (self.grads stays untouched, its pages never allocated).
+        """
+        self.tower.top_backward(ws, lr)
         self.tower.interaction_backward(ws)
         embedding_backward_sgd(
             self.weights, self.row_start, batch.offsets, batch.indices, ws.demb, lr
         )
-        self.tower.bottom_backward(ws, batch.dense)
-        sgd_step(self.params, self.grads, lr)
+        self.tower.bottom_backward(ws, batch.dense, lr=lr)
 
     # ----------------------------------------------------------------- public API
 

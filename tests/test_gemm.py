@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from numbadlrm import reference
-from numbadlrm.kernels import gemm
+from numbadlrm.kernels import blas, gemm
 from numbadlrm.layers import linear
 
 EPS = float(np.finfo(np.float32).eps)
@@ -130,6 +130,61 @@ def test_numba_layer_bitwise_across_threads(threads):
         results.append((y, dx, dW, db))
     for a, b_ in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize(("B", "I", "O"), [(129, 150, 130), (67, 40, 3), (1, 5, 7), (2, 33, 1)])
+def test_blas_layer_shares_work_at_any_thread_count(threads, B, I, O):
+    """The blas backend's split of each pass across threads: rows of the batch, and dW by
+    its rows (O >= 16 per thread) or by its columns (small O); a batch smaller than the
+    thread count. (Not bitwise across thread counts: OpenBLAS picks its kernel, and so
+    its order of sums, from the shape of each thread's share.)"""
+    rng = np.random.default_rng([2, B, I, O])
+    x, W, b, y_in, dy = make(rng, B, I, O)
+    y, dx, dW, db = outputs(B, I, O)
+    linear.linear_forward(y, x, W, b, True, "blas")
+    check_forward(y, x, W, b, True)
+    dz = dy.copy()
+    linear.linear_backward(dx, dW, db, dz, x, y_in, W, True, "blas")
+    check_backward(dx, dW, db, dz, x, y_in, W, dy, True)
+
+
+@pytest.mark.parametrize("backend", ["numba", "blas"])
+@pytest.mark.parametrize(("B", "I", "O"), [(129, 150, 130), (67, 40, 3), (5, 1, 1)])
+def test_backward_sgd_matches_backward_then_sgd(threads, backend, B, I, O):
+    """linear_backward_sgd = linear_backward, then W -= lr dW, b -= lr db; dx from the old W."""
+    rng = np.random.default_rng([3, B, I, O])
+    x, W, b, y_in, dy = make(rng, B, I, O)
+    lr = 0.05
+    _, dx, dW, db = outputs(B, I, O)
+    linear.linear_backward(dx, dW, db, dy.copy(), x, y_in, W, True, backend)
+    W2, b2 = W.copy(), b.copy()
+    _, dx2, dW2, db2 = outputs(B, I, O)
+    linear.linear_backward_sgd(dx2, W2, b2, dy.copy(), x, y_in, True, lr, dW2, db2, backend)
+    np.testing.assert_array_equal(dx2, dx)
+    scale = lr * (np.abs(dy).T @ np.abs(x)) * B * EPS  # the GEMM's rounding, times lr
+    want = W - np.float32(lr) * dW
+    np.testing.assert_array_less(np.abs(W2 - want), scale + 4 * EPS * np.abs(W))
+    np.testing.assert_allclose(b2, b - np.float32(lr) * db, rtol=1e-6, atol=1e-6)
+    if backend == "blas":  # fused: the gradient buffers are never written
+        assert np.isnan(dW2).all() and np.isnan(db2).all()
+
+
+def test_scipy_blas_stays_single_threaded():
+    """The blas backend calls SciPy's BLAS from every Numba thread: it must stay at 1 thread,
+    also after set_num_threads raises NumPy's BLAS threads."""
+    from threadpoolctl import threadpool_info
+
+    from numbadlrm.kernels import _jit
+
+    limited = blas.single_thread_scipy_blas()
+    assert limited, "no BLAS library found to limit"
+    old = numba.get_num_threads()
+    try:
+        _jit.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        threads = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+        assert all(threads[path] == 1 for path in limited)
+    finally:
+        _jit.set_num_threads(old)
 
 
 def test_bad_backend_is_named():

@@ -7,19 +7,23 @@ W is stored (O, I) like PyTorch, x is (B, I), y is (B, O):
                dW = dz^T x      (O, I)
                db = sum_b dz    (O,)
                dx = dz W        (B, I), skipped when dx is None (the first layer)
+    backward + SGD (linear_backward_sgd): dx as above from the old W, then
+               W -= lr dz^T x,  b -= lr sum_b dz   in place, no dW or db stored
 
 Backends: "numba" runs numbadlrm.kernels.gemm (bias, ReLU and db fused into the GEMMs),
-"blas" runs np.matmul into the output plus in-place NumPy epilogues, and "auto" picks one
-per shape and pass with :func:`choose_backend`. Every array is float32 and C-contiguous;
+"blas" runs numbadlrm.kernels.blas (one single-threaded OpenBLAS sgemm per Numba thread on
+its share of the pass, the epilogue fused after it), and "auto" picks one per shape and
+pass with :func:`choose_backend`. Every array is float32 and C-contiguous;
 outputs come first and are preallocated by the caller.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from ..kernels import gemm
-from ..kernels._jit import run_serial
+from ..kernels import blas, gemm
+from ..kernels.elementwise import sgd_update_serial
 
 BACKENDS = ("auto", "numba", "blas")
 PASSES = ("forward", "backward_data", "backward_weight")
@@ -82,9 +86,7 @@ def linear_forward(
 
 
 def forward_blas(y: np.ndarray, x: np.ndarray, W: np.ndarray, b: np.ndarray, relu: bool) -> None:
-    np.matmul(x, W.T, out=y)
-    # one fused pass for bias and ReLU (NumPy's y += b; maximum(y, 0) is two, and slow)
-    (gemm.bias_act_serial if run_serial(y.nbytes) else gemm.bias_act)(y, b, relu)
+    blas.forward(y, x, W, b, relu, numba.get_num_threads())
 
 
 # --------------------------------------------------------------------- backward
@@ -92,18 +94,20 @@ def forward_blas(y: np.ndarray, x: np.ndarray, W: np.ndarray, b: np.ndarray, rel
 
 def linear_backward(
     dx: np.ndarray | None,
-    dW: np.ndarray,
-    db: np.ndarray,
+    dW: np.ndarray | None,
+    db: np.ndarray | None,
     dy: np.ndarray,
     x: np.ndarray,
     y: np.ndarray,
     W: np.ndarray,
     relu: bool,
     backend: str = "auto",
+    weight_pass: bool = True,
 ) -> None:
     """dW (O, I), db (O,) and, unless dx is None, dx (B, I) from dy (B, O).
 
-    dy is overwritten with dz = dy * [y > 0] when relu.
+    dy is overwritten with dz = dy * [y > 0] when relu. ``weight_pass=False`` stops after
+    the mask and dx (dW and db may then be None): :func:`linear_backward_sgd` does the rest.
     """
     batch, in_features = x.shape
     out_features = W.shape[0]
@@ -113,36 +117,54 @@ def linear_backward(
     _check("W", W, (out_features, in_features))
     for name, a in (("dy", dy), ("y", y)):
         _check(name, a, (batch, out_features))
-    _check("dW", dW, (out_features, in_features))
-    _check("db", db, (out_features,))
+    if weight_pass:
+        _check("dW", dW, (out_features, in_features))
+        _check("db", db, (out_features,))
     if dx is not None:
         _check("dx", dx, (batch, in_features))
+    threads = numba.get_num_threads()
+    if data == "blas":  # the ReLU mask, then dx, on each thread's rows
+        has_dx = dx is not None
+        blas.backward_data(dx if has_dx else blas.NO_DX, dy, y, W, relu, has_dx, threads)
+    elif relu:
+        gemm.relu_mask(dy, y)
     dz = dy
-    if weight == "numba":
-        if relu:
-            gemm.relu_mask(dy, y)
+    if weight_pass and weight == "numba":
         _BACKWARD_WEIGHT(dW, db, dz, x)
-    elif run_serial(dy.nbytes):  # small: mask and db in one pass on this thread
-        gemm.relu_mask_bias_grad_serial(db, dy, y, relu)
-        np.matmul(dz.T, x, out=dW)
-    else:
-        if relu:
-            gemm.relu_mask(dy, y)
-        backward_weight_blas(dW, db, dz, x)
-    if dx is not None:
-        if data == "numba":
-            _BACKWARD_DATA(dx, dz, W)
-        else:
-            backward_data_blas(dx, dz, W)
+    elif weight_pass:
+        blas.backward_weight(dW, db, dz, x, threads)
+    if dx is not None and data == "numba":
+        _BACKWARD_DATA(dx, dz, W)
 
 
-def backward_data_blas(dx: np.ndarray, dz: np.ndarray, W: np.ndarray) -> None:
-    if W.shape[0] == 1:  # the logit layer: an outer product, which BLAS runs as a slow K=1 GEMM
-        np.multiply(dz, W, out=dx)
-    else:
-        np.matmul(dz, W, out=dx)
+def linear_backward_sgd(
+    dx: np.ndarray | None,
+    W: np.ndarray,
+    b: np.ndarray,
+    dy: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    relu: bool,
+    lr: float,
+    dW: np.ndarray,
+    db: np.ndarray,
+    backend: str = "auto",
+) -> None:
+    """The backward fused with plain SGD: dx from the old W, then W and b updated in place.
 
-
-def backward_weight_blas(dW: np.ndarray, db: np.ndarray, dz: np.ndarray, x: np.ndarray) -> None:
-    np.matmul(dz.T, x, out=dW)
-    np.sum(dz, axis=0, out=db)
+    On the blas backend the weight pass writes ``W - lr dz^T x`` straight into W (one GEMM
+    with beta = 1), so dW and db are never written and their memory is never touched. The
+    numba backend has no fused kernel: it forms dW and db, then applies them.
+    """
+    batch, in_features = x.shape
+    out_features = W.shape[0]
+    weight = _resolve(backend, batch, in_features, out_features, "backward_weight")
+    if weight == "numba":
+        linear_backward(dx, dW, db, dy, x, y, W, relu, backend)
+        lr32 = np.float32(lr)
+        sgd_update_serial(W.reshape(-1), dW.reshape(-1), lr32)
+        sgd_update_serial(b, db, lr32)
+        return
+    _check("b", b, (out_features,))
+    linear_backward(dx, None, None, dy, x, y, W, relu, backend, weight_pass=False)
+    blas.backward_weight_sgd(W, b, dy, x, np.float32(lr), numba.get_num_threads())
