@@ -139,7 +139,16 @@ def forward(y, x, W, b, relu, threads):
     nt = _parts(threads, B)
     for t in prange(nt):
         r0, r1 = _share(B, t, nt)
-        sgemm_rm(False, True, r1 - r0, O, I, 1.0, x, r0 * I, I, W, 0, I, 0.0, y, r0 * O, O)
+        if O == 1:  # the logit layer: a matrix-vector product, slow as an N=1 sgemm
+            w = W[0]
+            for i in range(r0, r1):
+                xi = x[i]
+                acc = np.float32(0.0)
+                for k in range(I):
+                    acc += xi[k] * w[k]
+                y[i, 0] = acc
+        else:
+            sgemm_rm(False, True, r1 - r0, O, I, 1.0, x, r0 * I, I, W, 0, I, 0.0, y, r0 * O, O)
         for i in range(r0, r1):
             row = y[i]
             for j in range(O):
@@ -189,6 +198,18 @@ def _column_sums(db, dz, j0, j1):
 
 
 @jit_serial
+def _logit_weight_grad(dz, x, i0, i1):
+    """dW[0, i0:i1] of an O = 1 layer, sum_r dz[r, 0] x[r, i0:i1] (slow as an M=1 sgemm)."""
+    g = np.zeros(i1 - i0, np.float32)
+    for r in range(x.shape[0]):
+        d = dz[r, 0]
+        xr = x[r, i0:i1]
+        for j in range(i1 - i0):
+            g[j] += d * xr[j]
+    return g
+
+
+@jit_serial
 def _bias_sgd(b, dz, j0, j1, lr):
     """b[j0:j1] -= lr * (sum over rows of dz[:, j0:j1]), the sum in float32 as db's."""
     db = np.zeros(j1 - j0, np.float32)
@@ -220,7 +241,13 @@ def backward_weight_sgd(W, b, dz, x, lr, threads):
             _bias_sgd(b, dz, o0, o1, lr)
         else:
             i0, i1 = _share(I, t, nt)
-            sgemm_rm(True, False, O, i1 - i0, B, -lr, dz, 0, O, x, i0, I, 1.0, W, i0, I)
+            if O == 1:
+                g = _logit_weight_grad(dz, x, i0, i1)
+                w = W[0, i0:i1]
+                for j in range(i1 - i0):
+                    w[j] -= lr * g[j]
+            else:
+                sgemm_rm(True, False, O, i1 - i0, B, -lr, dz, 0, O, x, i0, I, 1.0, W, i0, I)
             if t == 0:
                 _bias_sgd(b, dz, 0, O, lr)
 
@@ -243,6 +270,9 @@ def backward_weight(dW, db, dz, x, threads):
             _column_sums(db, dz, o0, o1)
         else:
             i0, i1 = _share(I, t, nt)
-            sgemm_rm(True, False, O, i1 - i0, B, 1.0, dz, 0, O, x, i0, I, 0.0, dW, i0, I)
+            if O == 1:
+                dW[0, i0:i1] = _logit_weight_grad(dz, x, i0, i1)
+            else:
+                sgemm_rm(True, False, O, i1 - i0, B, 1.0, dz, 0, O, x, i0, I, 0.0, dW, i0, I)
             if t == 0:
                 _column_sums(db, dz, 0, O)
