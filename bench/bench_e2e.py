@@ -177,6 +177,17 @@ def time_child(framework: str, name: str, threads: int, steps: int) -> None:
     print(json.dumps(times))
 
 
+def breakdown_child(name: str, threads: int, steps: int) -> None:
+    """In a subprocess, alone like the timed runs: step_breakdown after a warm-up. Prints JSON."""
+    set_threads(threads)
+    setup = (QUICK | CONFIGS)[name]
+    cfg = setup.config()
+    model, data = DLRM(cfg, seed=0), batches(setup, cfg)
+    for b in data[:3]:
+        model.train_step(b, LR)
+    print(json.dumps(step_breakdown(model, data, steps)))
+
+
 def _child(mode: str, framework: str, name: str, threads: int, steps: int) -> list | dict:
     cmd = [sys.executable, __file__, mode, framework, "--configs", name, "--threads",
            str(threads), "--steps", str(steps)]  # fmt: skip
@@ -196,9 +207,7 @@ def run_config(name: str, setup: Setup, threads: list[int], steps: int, rounds: 
             for f in frameworks:
                 samples[f] += _child("--time-child", f, name, n, steps)
         t = {f: float(np.median(v)) for f, v in samples.items()}
-        set_threads(n)
-        cfg = setup.config()
-        ops = step_breakdown(DLRM(cfg, seed=0), batches(setup, cfg), max(steps, 5))
+        ops = _child("--breakdown-child", "numbadlrm", name, n, max(steps, 5))
         rows.append({"config": name, "threads": n, "times": t, "ops": ops})
         ours = setup.batch / t["numbadlrm"]
         line = f"{name:3} {n:7} {ours:12.0f}"
@@ -316,11 +325,15 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per framework")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--breakdown-child", help=argparse.SUPPRESS)
     parser.add_argument("--time-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads = [int(n) for n in args.threads.split(",")]
     if args.memory_child:
         memory_child(args.memory_child, args.configs, threads[0], 3)
+        return
+    if args.breakdown_child:
+        breakdown_child(args.configs, threads[0], args.steps)
         return
     if args.time_child:
         time_child(args.time_child, args.configs, threads[0], args.steps)

@@ -1,21 +1,25 @@
-"""Thread pools that sleep instead of spinning between calls. Import before numpy and numba.
+"""Thread pools: one for numbadlrm's kernels. Import before numpy and numba.
 
 The command line (numbadlrm/cli.py) and the benches import this first; the library itself
 never changes the process environment.
 
-numbadlrm alternates OpenBLAS GEMMs with Numba kernels, two thread pools on the same
-cores. OpenBLAS's idle workers spin for 2^28 cycles (~70 ms) after each call and Numba's
-OpenMP workers spin too, so on a 2-core machine each pool's next parallel call waits for
-the other's spinning thread to lose its time slice: config a at 2 threads measured 58 ms
-per step, against 2.3-3.4 ms with the settings below (3.2 ms on one thread).
+Every parallel kernel of a training step, the linear layers' GEMMs included, runs in
+Numba's thread pool: the "blas" backend calls a single-threaded OpenBLAS sgemm from each
+of Numba's threads (numbadlrm/kernels/blas.py) instead of letting OpenBLAS thread its own
+GEMMs. So one pool serves the step, and what matters is how fast it starts a parallel
+loop. Measured on the project machine (2 cores), an empty 2-thread Numba loop costs
+1.4 us on the OpenMP layer and 95 us on the workqueue layer (whose workers sleep on a
+condition variable); config a at 2 threads took 2.07 ms per step on OpenMP.
 
-- OPENBLAS_THREAD_TIMEOUT=4: OpenBLAS workers sleep after 2^4 cycles (read when numpy
-  loads OpenBLAS).
-- NUMBA_THREADING_LAYER=workqueue: Numba's own pool, whose workers wait on a condition
-  variable. (OMP_WAIT_POLICY=passive does the same for Numba's OpenMP pool, but PyTorch
-  shares that libgomp, and passive waiting costs PyTorch 2x at config a; the benches
-  leave PyTorch's runtime at its defaults.) workqueue does not allow parallel kernels
-  launched from two Python threads at once; the benches launch from one.
+- NUMBA_THREADING_LAYER_PRIORITY="omp tbb workqueue": OpenMP where Numba has it (it
+  ships with GNU libgomp on Linux), else TBB, else workqueue.
+- OPENBLAS_THREAD_TIMEOUT=4: NumPy's OpenBLAS workers, when np.matmul does run (tests,
+  evaluation helpers, user code), sleep after 2^4 cycles instead of spinning for ~70 ms
+  on the cores Numba's threads need (read when numpy loads OpenBLAS).
+
+An earlier design ran the GEMMs in OpenBLAS's own pool beside Numba's; two pools spinning
+on two cores cost config a 58 ms per step, and even with both set to sleep (workqueue)
+it needed 2.7 ms against 2.07 now.
 
 Settings already in the environment are kept, and nothing is set once numpy or numba is
 loaded (too late to take effect, and a library user's process is theirs to configure).

@@ -10,10 +10,12 @@ import numpy as np
 
 from .kernels.elementwise import sgd_update, sgd_update_serial
 
-# Measured at 2 threads (workqueue pool): 313k params 32 us on one thread vs 133 us
-# parallel; 2.5M params 348 vs 448 us; 5M params 1063 vs 913 us. Waking the pool costs
-# ~100 us, so only buffers past a few million parameters are worth splitting.
-SERIAL_BELOW_PARAMS = 4_000_000
+# The single-process train_step fuses SGD into the layers' weight GEMMs; this flat update
+# serves the MPI model, after the gradient allreduce. Measured at 2 threads on Numba's
+# OpenMP pool (a launch costs ~1.5 us): 313k params 32 us on one thread vs 24 us parallel,
+# 2.5M 385 vs 334 us, 5M 1114 vs 1159 (memory-bound: one core nearly saturates it).
+# On the workqueue layer a launch costs ~100 us (313k: 32 vs 133 us).
+SERIAL_BELOW_PARAMS = 100_000
 
 
 def sgd_step(params: np.ndarray, grads: np.ndarray, lr: float) -> None:

@@ -35,14 +35,13 @@ def choose_backend(batch: int, in_features: int, out_features: int, pass_: str) 
     """ "numba" or "blas" for one pass of a (batch, in_features -> out_features) layer.
 
     A fixed rule from measurements, never a timing taken at run time, so runs are
-    reproducible. In isolation (bench/bench_gemm.py) the Numba kernels beat OpenBLAS on two
-    degenerate shapes: the forward of the I = 13 input layer (1.4-1.7x) and the backward-data
-    pass of the O = 1 logit layer (5-10x). Inside a whole training step they do not: a
-    parallel Numba call between OpenBLAS calls wakes a second thread pool, and that costs
-    more than the GEMM saves. Measured per step at 2 threads (the same run, medians):
-    config a (B=128) 2.53 ms all-BLAS vs 2.89 / 2.72 ms with either Numba layer;
-    config c (B=2048) 186.8 vs 189.4 / 185.2 ms (noise). So every shape picks "blas";
-    ``--gemm numba`` runs the Numba kernels everywhere for kernel experiments.
+    reproducible. bench/bench_gemm.py at 2 threads (one run, medians): the blas backend
+    is faster on all but three passes of configs a, b, c (a 512-256 forward twice, the b
+    logit-layer forward), where the Numba kernel leads by 4-12%, within this machine's
+    run-to-run noise; summed over all passes Numba reaches 0.74 (a), 0.86 (b) and 0.83
+    (c) of blas. The blas backend also fuses SGD into the weight pass
+    (:func:`linear_backward_sgd`), which the Numba kernels do not. So every shape picks
+    "blas"; ``--gemm numba`` runs the Numba kernels everywhere for kernel experiments.
     """
     if pass_ not in PASSES:
         raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
