@@ -71,6 +71,7 @@ class Setup:
     lookups: int
     bottom: str
     top: str
+    steps: int  # timed steps per process by default: about a second or more of steps
 
     def config(self) -> DLRMConfig:
         return DLRMConfig.from_arch(
@@ -79,11 +80,11 @@ class Setup:
 
 
 CONFIGS = {
-    "a": Setup(128, 8, 1_000, 16, 1, "13-512-256-64-16", "512-256-1"),
-    "b": Setup(2048, 8, 1_000_000, 64, 100, "512-512-64", "1024-1024-1024-1"),
-    "c": Setup(2048, 26, 100_000, 128, 1, "13-512-256-128", "1024-1024-512-256-1"),
+    "a": Setup(128, 8, 1_000, 16, 1, "13-512-256-64-16", "512-256-1", 500),
+    "b": Setup(2048, 8, 1_000_000, 64, 100, "512-512-64", "1024-1024-1024-1", 10),
+    "c": Setup(2048, 26, 100_000, 128, 1, "13-512-256-128", "1024-1024-512-256-1", 10),
 }
-QUICK = {"q": Setup(64, 3, 500, 8, 4, "13-16-8", "16-1")}
+QUICK = {"q": Setup(64, 3, 500, 8, 4, "13-16-8", "16-1", 3)}
 # "top bwd" and "bottom bwd" include their layers' SGD updates (fused into the weight GEMMs).
 OPS = (
     "bottom fwd", "embedding fwd", "interaction fwd", "top fwd", "loss",
@@ -320,7 +321,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="a,b,c")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per framework")
+    parser.add_argument(
+        "--steps", type=int, help="timed steps per process (default: per config, >= ~1 s)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny config, 1 thread count")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per framework")
@@ -333,10 +336,10 @@ def main() -> None:
         memory_child(args.memory_child, args.configs, threads[0], 3)
         return
     if args.breakdown_child:
-        breakdown_child(args.configs, threads[0], args.steps)
+        breakdown_child(args.configs, threads[0], args.steps or 10)
         return
     if args.time_child:
-        time_child(args.time_child, args.configs, threads[0], args.steps)
+        time_child(args.time_child, args.configs, threads[0], args.steps or 10)
         return
     configs = dict(QUICK) if args.quick else {k: CONFIGS[k] for k in args.configs.split(",")}
     if args.quick:
@@ -354,7 +357,7 @@ def main() -> None:
     )
     rows = []
     for name, setup in configs.items():
-        rows += run_config(name, setup, threads, args.steps, args.rounds)
+        rows += run_config(name, setup, threads, args.steps or setup.steps, args.rounds)
     print_breakdown(rows)
     if not args.no_memory:
         measure_memory(list(configs), threads[-1])

@@ -224,10 +224,15 @@ def test_kernels_run_as_plain_python_under_numba_disable_jit():
     from pathlib import Path
 
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-         "threads1 and (embedding or interaction) and not disable_jit"],
-        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    tests = Path(__file__).resolve().parent
+    for path, select in (
+        (__file__, "threads1 and (embedding or interaction) and not disable_jit"),
+        (tests / "test_gemm.py", "threads1 and blas_layer_shares_work"),  # sgemm via ctypes
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path), "-k",
+             select],
+            cwd=tests.parent, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert " passed" in proc.stdout, proc.stdout[-3000:]

@@ -17,6 +17,10 @@ numbadlrm.config):
     mask + data       dz[rows] = dy[rows] [y > 0];  dx[rows] = dz[rows] W
     weight            dW[part] = dz^T x over all rows, db[part]  rows of dW (O) or,
                                                                  when O is small, columns (I)
+    weight + SGD      W[part] -= lr dz^T x (one sgemm, beta = 1), b[part] -= lr db[part]
+
+The logit layer (O = 1) is a matrix-vector product in every pass, and OpenBLAS runs an
+N = 1 or M = 1 sgemm about 3x slower than a plain loop, so those passes are loops here.
 
 so no thread ever writes what another writes, and every output element is computed by
 one BLAS call. (Results can still differ in the last bits between thread counts:
@@ -36,9 +40,11 @@ single-threaded.
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import llvmlite.binding
+import numba
 import numpy as np
 import scipy
 import scipy.linalg.cython_blas
@@ -50,10 +56,12 @@ from ._jit import jit_parallel, jit_serial
 # Fortran sgemm, all 13 arguments by address. Addresses travel as intp: on x86-64 and
 # aarch64 a pointer and a 64-bit integer are passed the same way.
 _SYMBOL = "numbadlrm_scipy_sgemm"
-llvmlite.binding.add_symbol(
-    _SYMBOL, get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
-)
-_sgemm = types.ExternalFunction(_SYMBOL, types.void(*([types.intp] * 13)))
+_ADDRESS = get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
+if numba.config.DISABLE_JIT:  # plain Python (debugging): call it through ctypes
+    _sgemm = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))(_ADDRESS)
+else:
+    llvmlite.binding.add_symbol(_SYMBOL, _ADDRESS)
+    _sgemm = types.ExternalFunction(_SYMBOL, types.void(*([types.intp] * 13)))
 
 _N, _T = ord("N"), ord("T")
 NO_DX = np.empty((0, 0), np.float32)  # the dx argument of the first layer, which has none
