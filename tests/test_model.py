@@ -137,3 +137,20 @@ def test_dense_parameters_share_one_flat_buffer():
     assert np.shares_memory(w, model.params) and np.shares_memory(dw, model.grads)
     n = sum(v.size for k, v in model.state_dict().items() if not k.startswith("emb"))
     assert model.params.size == n
+
+
+def test_train_step_stores_no_dense_gradient():
+    """SGD is fused into each layer's weight GEMM: the gradient buffer is never written,
+    yet every MLP parameter moves."""
+    cfg = small_config()
+    batch = random_batch(np.random.default_rng(4), cfg, 32)
+    for gemm in ("blas", "numba"):
+        model = DLRM(cfg, seed=1, gemm=gemm)
+        before = model.params.copy()
+        model.train_step(batch, lr=0.1)
+        assert (model.grads == 0).all()
+        for slot in model.bottom_slots + model.top_slots:
+            w = slice(slot.w_offset, slot.w_offset + slot.in_features * slot.out_features)
+            b = slice(slot.b_offset, slot.b_offset + slot.out_features)
+            assert not np.array_equal(before[w], model.params[w]), slot.name
+            assert not np.array_equal(before[b], model.params[b]), slot.name

@@ -46,6 +46,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit_parallel, jit_serial
+from .microkernel import MR, NR, tile
 
 KC = 1024  # dot form: k block; 4 rows of A (16 KiB) stay in L1 across a block of Bt rows
 SMALL_K = 256  # v3: below this K the axpy form beats the dot form's horizontal sums
@@ -545,10 +546,159 @@ def gemm_backward_weight_v3(dW, db, dz, x):
     _panel_gemm(dW, dzt, _packed(x), db, False, False, db, True)
 
 
+# ------------------------------------ v4: register-blocked micro-kernel in LLVM IR
+
+# v4: k block. A 4-row sliver of A (8 KiB) stays in L1 and a 64-column panel of B
+# (128 KiB) in L2 while every tile of the block's rows uses them.
+KC4 = 512
+TASKS4 = 16  # row blocks per call (a constant, so kernels cache; split statically)
+
+
+@jit_serial
+def _v4_block(C, A, sa_r, sa_k, Bm, K, i0, i1, j0, j1, b, relu, with_bias, alpha, update, a_row0):
+    """C[i0:i1, j0:j1] = A[i0:i1, :K] Bm[:K, j0:j1] in MR x NR tiles; bias/ReLU per tile.
+
+    Row i of C is row i - a_row0 of A. With ``update``: C += alpha A Bm instead (the weight
+    pass fused with SGD).
+    """
+    N = C.shape[1]
+    ldb = Bm.shape[1]
+    for jj in range(j0, j1, NR):
+        n = min(NR, j1 - jj)
+        for k0 in range(0, K, KC4):
+            kc = min(KC4, K - k0)
+            last = k0 + kc >= K
+            for ii in range(i0, i1, MR):
+                m = min(MR, i1 - ii)
+                a_off = (ii - a_row0) * sa_r + k0 * sa_k
+                b_off = k0 * ldb + jj
+                acc = update or k0 > 0
+                tile(kc, A, a_off, sa_r, sa_k, Bm, b_off, ldb, C, ii * N + jj, N, m, n, acc, alpha)
+                if with_bias and last:
+                    _bias_relu(C, b, ii, ii + m, jj, jj + n, relu)
+
+
+@jit_parallel
+def _v4_gemm(C, A, sa_r, sa_k, Bm, K, b, relu, with_bias, alpha, update):
+    """C (M, N) = A Bm (+ b, ReLU), A's element (i, k) at A.flat[i sa_r + k sa_k].
+
+    Rows of C are cut into up to TASKS4 blocks of whole tiles (columns, when there are too
+    few rows to share); each task writes only its block.
+    """
+    M, N = C.shape
+    row_tiles = _cdiv(M, MR)
+    if row_tiles >= 2 * MIN_TASKS or _cdiv(N, NR) < 2:
+        tasks = min(TASKS4, row_tiles)
+        for t in prange(tasks):
+            i0 = (t * row_tiles // tasks) * MR
+            i1 = min(M, ((t + 1) * row_tiles // tasks) * MR)
+            _v4_block(C, A, sa_r, sa_k, Bm, K, i0, i1, 0, N, b, relu, with_bias, alpha, update, 0)
+    else:
+        col_tiles = _cdiv(N, NR)
+        tasks = min(TASKS4, col_tiles)
+        for t in prange(tasks):
+            j0 = (t * col_tiles // tasks) * NR
+            j1 = min(N, ((t + 1) * col_tiles // tasks) * NR)
+            _v4_block(C, A, sa_r, sa_k, Bm, K, 0, M, j0, j1, b, relu, with_bias, alpha, update, 0)
+
+
+@jit_parallel
+def _column_sums(db, dz):
+    """db[j] = sum_b dz[b, j], columns in blocks of 64 per task."""
+    B, O = dz.shape
+    for t in prange(_cdiv(O, 64)):
+        j0 = t * 64
+        j1 = min(O, j0 + 64)
+        out = db[j0:j1]
+        for j in range(j1 - j0):
+            out[j] = 0.0
+        for i in range(B):
+            row = dz[i, j0:j1]
+            for j in range(j1 - j0):
+                out[j] += row[j]
+
+
+@jit_parallel
+def _logit_forward(y, x, W, b, relu):
+    """O = 1: y[i] = x[i] . W[0] + b, a matrix-vector product (a tile would be 1/64 full)."""
+    B, I = x.shape
+    w = W[0]
+    for t in prange(min(TASKS4, B)):
+        for i in range(t * B // min(TASKS4, B), (t + 1) * B // min(TASKS4, B)):
+            xi = x[i]
+            acc = np.float32(0.0)
+            for k in range(I):
+                acc += xi[k] * w[k]
+            v = acc + b[0]
+            y[i, 0] = max(v, np.float32(0.0)) if relu else v
+
+
+@jit_parallel
+def _logit_backward_data(dx, dz, W):
+    """O = 1 (K = 1): dx = dz W is an outer product."""
+    B, I = dx.shape
+    w = W[0]
+    for t in prange(min(TASKS4, B)):
+        for i in range(t * B // min(TASKS4, B), (t + 1) * B // min(TASKS4, B)):
+            g = dz[i, 0]
+            row = dx[i]
+            for j in range(I):
+                row[j] = g * w[j]
+
+
+@jit_serial
+def gemm_forward_v4(y, x, W, b, relu):
+    if W.shape[0] == 1:
+        _logit_forward(y, x, W, b, relu)
+        return
+    Wt = np.empty((W.shape[1], W.shape[0]), np.float32)  # (I, O): B of the GEMM
+    _transpose(Wt, W)
+    _v4_gemm(y, x, x.shape[1], 1, Wt, x.shape[1], b, relu, True, 1.0, False)
+
+
+@jit_serial
+def gemm_backward_data_v4(dx, dz, W):
+    if W.shape[0] == 1:
+        _logit_backward_data(dx, dz, W)
+        return
+    _v4_gemm(dx, dz, dz.shape[1], 1, W, dz.shape[1], dx[0], False, False, 1.0, False)
+
+
+@jit_serial
+def _v4_weight(dW, dz, x, alpha, update):
+    """dW (O, I) (+)= alpha dz^T x, reading dz^T in place: element (o, b) at dz.flat[b O + o].
+
+    (Copying each task's block of dz^T into a contiguous scratch first, or packing x's
+    panels, measured slower at the narrow layers, 13-512 and 100-1024, and no faster at
+    1024-1024: the copies cost what the friendlier strides save.)
+    """
+    _v4_gemm(dW, dz, 1, dz.shape[1], x, dz.shape[0], dW[0], False, False, alpha, update)
+
+
+@jit_serial
+def gemm_backward_weight_v4(dW, db, dz, x):
+    _v4_weight(dW, dz, x, 1.0, False)
+    _column_sums(db, dz)
+
+
+@jit_serial
+def gemm_backward_weight_sgd_v4(W, b, dz, x, lr):
+    """W -= lr dz^T x and b -= lr sum_b dz in place: v4's weight pass fused with SGD
+    (each tile adds -lr times its product to W; no dW is stored)."""
+    _v4_weight(W, dz, x, -lr, True)
+    db = np.empty(b.shape[0], np.float32)
+    _column_sums(db, dz)
+    for j in range(b.shape[0]):
+        b[j] -= lr * db[j]
+
+
 VERSIONS = {
     "naive": (gemm_forward_naive, gemm_backward_data_naive, gemm_backward_weight_naive),
     "v1": (gemm_forward_v1, gemm_backward_data_v1, gemm_backward_weight_v1),
     "v2": (gemm_forward_v2, gemm_backward_data_v2, gemm_backward_weight_v2),
     "v3": (gemm_forward_v3, gemm_backward_data_v3, gemm_backward_weight_v3),
+    "v4": (gemm_forward_v4, gemm_backward_data_v4, gemm_backward_weight_v4),
 }
-DEFAULT_VERSION = "v3"
+# versions whose weight pass also has a form fused with SGD (layers.linear_backward_sgd)
+SGD_VERSIONS = {"v4": gemm_backward_weight_sgd_v4}
+DEFAULT_VERSION = "v4"

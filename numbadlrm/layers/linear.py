@@ -29,6 +29,7 @@ BACKENDS = ("auto", "numba", "blas")
 PASSES = ("forward", "backward_data", "backward_weight")
 
 _FORWARD, _BACKWARD_DATA, _BACKWARD_WEIGHT = gemm.VERSIONS[gemm.DEFAULT_VERSION]
+_BACKWARD_WEIGHT_SGD = gemm.SGD_VERSIONS.get(gemm.DEFAULT_VERSION)
 
 
 def choose_backend(batch: int, in_features: int, out_features: int, pass_: str) -> str:
@@ -151,14 +152,15 @@ def linear_backward_sgd(
 ) -> None:
     """The backward fused with plain SGD: dx from the old W, then W and b updated in place.
 
-    On the blas backend the weight pass writes ``W - lr dz^T x`` straight into W (one GEMM
-    with beta = 1), so dW and db are never written and their memory is never touched. The
-    numba backend has no fused kernel: it forms dW and db, then applies them.
+    The weight pass writes ``W - lr dz^T x`` straight into W (blas: one GEMM with beta = 1;
+    numba v4: each tile adds -lr times its product), so dW and db are never written and
+    their memory is never touched. A Numba GEMM version without a fused form forms dW and
+    db, then applies them.
     """
     batch, in_features = x.shape
     out_features = W.shape[0]
     weight = _resolve(backend, batch, in_features, out_features, "backward_weight")
-    if weight == "numba":
+    if weight == "numba" and _BACKWARD_WEIGHT_SGD is None:
         linear_backward(dx, dW, db, dy, x, y, W, relu, backend)
         lr32 = np.float32(lr)
         sgd_update_serial(W.reshape(-1), dW.reshape(-1), lr32)
@@ -166,4 +168,7 @@ def linear_backward_sgd(
         return
     _check("b", b, (out_features,))
     linear_backward(dx, None, None, dy, x, y, W, relu, backend, weight_pass=False)
-    blas.backward_weight_sgd(W, b, dy, x, np.float32(lr), numba.get_num_threads())
+    if weight == "numba":
+        _BACKWARD_WEIGHT_SGD(W, b, dy, x, np.float32(lr))
+    else:
+        blas.backward_weight_sgd(W, b, dy, x, np.float32(lr), numba.get_num_threads())
