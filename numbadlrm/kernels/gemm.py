@@ -30,9 +30,16 @@ to its (forward, backward_data, backward_weight):
     naive   one dot product per output element: the obviously correct baseline
     v1      axpy form on the operands as they lie (W^T transposed once for forward)
     v2      dot form everywhere; W^T, dz^T and x^T transposed into scratch as needed
-    v3      v2 for K >= SMALL_K, else the axpy form over packed panels of Bm (default)
+    v3      v2 for K >= SMALL_K, else the axpy form over packed panels of Bm
+    v4      a 4 x 64 register-blocked micro-kernel written in LLVM IR
+            (kernels/microkernel.py): 16 zmm accumulators across the k loop, 8 loads per
+            16 FMAs, C touched once per tile; A read through a row and a k stride, so no
+            pass transposes anything big; bias/ReLU on each finished tile (default)
 
 Lessons that moved the numbers (see bench/bench_gemm.py):
+- v1-v3 are Python loops that LLVM's vectoriser turns into SIMD code when it decides to;
+  v4 writes the vector code itself and reaches OpenBLAS (summed over configs b and c at
+  2 threads: v3 0.77-0.86 of the blas backend, v4 0.97-1.01).
 - Inner loops start at 0 and index 1-D row slices (``c = C[i, j0:j1]``). A
   ``range(j0, j1)`` whose start Numba cannot prove >= 0 keeps the negative-index
   wraparound and the loop is not vectorised at all (scalar ``vfmadd...ss``).

@@ -36,12 +36,14 @@ def choose_backend(batch: int, in_features: int, out_features: int, pass_: str) 
     """ "numba" or "blas" for one pass of a (batch, in_features -> out_features) layer.
 
     A fixed rule from measurements, never a timing taken at run time, so runs are
-    reproducible. bench/bench_gemm.py at 2 threads (one run, medians): the blas backend
-    is faster on all but three passes of configs a, b, c (a 512-256 forward twice, the b
-    logit-layer forward), where the Numba kernel leads by 4-12%, within this machine's
-    run-to-run noise; summed over all passes Numba reaches 0.74 (a), 0.86 (b) and 0.83
-    (c) of blas. The blas backend also fuses SGD into the weight pass
-    (:func:`linear_backward_sgd`), which the Numba kernels do not. So every shape picks
+    reproducible. In isolation (bench/bench_gemm.py, 2 threads) the Numba v4 kernels and
+    the blas backend are level: summed over all passes 1.04 (a), 0.98-0.99 (b) and
+    0.97-1.01 (c) of blas, Numba ahead on most narrow and backward passes, behind on the
+    1024-wide weight passes (0.81-0.87). In whole training steps (medians of 3 runs per
+    backend, alternating processes, 2 threads, ms): B=2048 config b 230 blas vs 246 Numba,
+    config c 181 vs 187; B=1024 12.4 vs 15.4; B=256 3.20 vs 3.51; only at B=128 (config a)
+    Numba led, 1.76 vs 2.17 in one run and 1.65 vs 1.80 in another, within this machine's
+    run-to-run spread, and at 1 thread blas led (3.01 vs 3.12). So every shape picks
     "blas"; ``--gemm numba`` runs the Numba kernels everywhere for kernel experiments.
     """
     if pass_ not in PASSES:
