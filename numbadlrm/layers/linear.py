@@ -27,6 +27,7 @@ from ..kernels.elementwise import sgd_update_serial
 
 BACKENDS = ("auto", "numba", "blas")
 PASSES = ("forward", "backward_data", "backward_weight")
+SMALL_BATCH = 128  # choose_backend: at most this many rows, the Numba (v4) kernels
 
 _FORWARD, _BACKWARD_DATA, _BACKWARD_WEIGHT = gemm.VERSIONS[gemm.DEFAULT_VERSION]
 _BACKWARD_WEIGHT_SGD = gemm.SGD_VERSIONS.get(gemm.DEFAULT_VERSION)
@@ -42,13 +43,14 @@ def choose_backend(batch: int, in_features: int, out_features: int, pass_: str) 
     1024-wide weight passes (0.81-0.87). In whole training steps (medians of 3 runs per
     backend, alternating processes, 2 threads, ms): B=2048 config b 230 blas vs 246 Numba,
     config c 181 vs 187; B=1024 12.4 vs 15.4; B=256 3.20 vs 3.51; only at B=128 (config a)
-    Numba led, 1.76 vs 2.17 in one run and 1.65 vs 1.80 in another, within this machine's
-    run-to-run spread, and at 1 thread blas led (3.01 vs 3.12). So every shape picks
-    "blas"; ``--gemm numba`` runs the Numba kernels everywhere for kernel experiments.
+    Numba led, in three runs: 1.76 vs 2.17, 1.65 vs 1.80, 1.99 vs 2.13 (5 rounds), while
+    at 1 thread blas led by 4% (3.01 vs 3.12). Small batches therefore pick "numba" (the
+    gain at 2 threads outweighs the loss at 1), every other shape "blas";
+    ``--gemm numba`` or ``--gemm blas`` forces one backend everywhere.
     """
     if pass_ not in PASSES:
         raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
-    return "blas"
+    return "numba" if batch <= SMALL_BATCH else "blas"
 
 
 def _resolve(backend: str, batch: int, in_features: int, out_features: int, pass_: str) -> str:
