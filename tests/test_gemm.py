@@ -149,7 +149,7 @@ def test_blas_layer_shares_work_at_any_thread_count(threads, B, I, O):
 
 
 @pytest.mark.parametrize("backend", ["numba", "blas"])
-@pytest.mark.parametrize(("B", "I", "O"), [(129, 150, 130), (67, 40, 3), (5, 1, 1)])
+@pytest.mark.parametrize(("B", "I", "O"), [(129, 150, 130), (67, 40, 3), (5, 1, 1), (33, 13, 70)])
 def test_backward_sgd_matches_backward_then_sgd(threads, backend, B, I, O):
     """linear_backward_sgd = linear_backward, then W -= lr dW, b -= lr db; dx from the old W."""
     rng = np.random.default_rng([3, B, I, O])

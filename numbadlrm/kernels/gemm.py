@@ -678,8 +678,21 @@ def _v4_weight(dW, dz, x, alpha, update):
     (Copying each task's block of dz^T into a contiguous scratch first, or packing x's
     panels, measured slower at the narrow layers, 13-512 and 100-1024, and no faster at
     1024-1024: the copies cost what the friendlier strides save.)
+
+    When I is narrow and O wide (the bottom MLP's first layer, 13 -> 512), dW's rows
+    would fill 13 of a tile's 64 columns; the transposed product dW^T = x^T dz fills
+    them all, so it is formed in a small (I, O) scratch and transposed into place.
     """
-    _v4_gemm(dW, dz, 1, dz.shape[1], x, dz.shape[0], dW[0], False, False, alpha, update)
+    O, I = dW.shape
+    if I < NR // 2 and O >= NR:
+        prod = np.empty((I, O), np.float32)
+        _v4_gemm(prod, x, 1, I, dz, dz.shape[0], prod[0], False, False, 1.0, False)
+        for o in range(O):
+            row = dW[o]
+            for i in range(I):
+                row[i] = row[i] + alpha * prod[i, o] if update else alpha * prod[i, o]
+        return
+    _v4_gemm(dW, dz, 1, O, x, dz.shape[0], dW[0], False, False, alpha, update)
 
 
 @jit_serial
