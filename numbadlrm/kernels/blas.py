@@ -52,6 +52,7 @@ from numba import prange, types
 from numba.extending import get_cython_function_address
 
 from ._jit import jit_parallel, jit_serial
+from .gemm import _bias_relu, _relu_mask_row, column_sums, logit_rows, outer_rows
 
 # Fortran sgemm, all 13 arguments by address. Addresses travel as intp: on x86-64 and
 # aarch64 a pointer and a 64-bit integer are passed the same way.
@@ -148,20 +149,10 @@ def forward(y, x, W, b, relu, threads):
     for t in prange(nt):
         r0, r1 = _share(B, t, nt)
         if O == 1:  # the logit layer: a matrix-vector product, slow as an N=1 sgemm
-            w = W[0]
-            for i in range(r0, r1):
-                xi = x[i]
-                acc = np.float32(0.0)
-                for k in range(I):
-                    acc += xi[k] * w[k]
-                y[i, 0] = acc
+            logit_rows(y, x, W[0], r0, r1)
         else:
             sgemm_rm(False, True, r1 - r0, O, I, 1.0, x, r0 * I, I, W, 0, I, 0.0, y, r0 * O, O)
-        for i in range(r0, r1):
-            row = y[i]
-            for j in range(O):
-                v = row[j] + b[j]
-                row[j] = max(v, np.float32(0.0)) if relu else v
+        _bias_relu(y, b, r0, r1, 0, O, relu)
 
 
 # --------------------------------------------------------------------- backward
@@ -177,32 +168,13 @@ def backward_data(dx, dy, y, W, relu, with_dx, threads):
         r0, r1 = _share(B, t, nt)
         if relu:
             for i in range(r0, r1):
-                d = dy[i]
-                v = y[i]
-                for j in range(O):
-                    d[j] = d[j] if v[j] > 0 else np.float32(0.0)
+                _relu_mask_row(dy[i], y[i])
         if with_dx:
             if O == 1:  # the logit layer: an outer product, which BLAS runs as a slow K=1 GEMM
-                w = W[0]
-                for i in range(r0, r1):
-                    g = dy[i, 0]
-                    row = dx[i]
-                    for j in range(I):
-                        row[j] = g * w[j]
+                outer_rows(dx, dy, W[0], r0, r1)
             else:
                 m = r1 - r0
                 sgemm_rm(False, False, m, I, O, 1.0, dy, r0 * O, O, W, 0, I, 0.0, dx, r0 * I, I)
-
-
-@jit_serial
-def _column_sums(db, dz, j0, j1):
-    for j in range(j0, j1):
-        db[j] = 0.0
-    for i in range(dz.shape[0]):
-        row = dz[i, j0:j1]
-        out = db[j0:j1]
-        for j in range(j1 - j0):
-            out[j] += row[j]
 
 
 @jit_serial
@@ -218,19 +190,49 @@ def _logit_weight_grad(dz, x, i0, i1):
 
 
 @jit_serial
-def _bias_sgd(b, dz, j0, j1, lr):
-    """b[j0:j1] -= lr * (sum over rows of dz[:, j0:j1]), the sum in float32 as db's."""
-    db = np.zeros(j1 - j0, np.float32)
-    for i in range(dz.shape[0]):
-        row = dz[i, j0:j1]
-        for j in range(j1 - j0):
-            db[j] += row[j]
-    out = b[j0:j1]
-    for j in range(j1 - j0):
-        out[j] -= lr * db[j]
+def _put(out, g, alpha, update):
+    """out = out + alpha g if update else alpha g, elementwise."""
+    for j in range(out.shape[0]):
+        out[j] = out[j] + alpha * g[j] if update else alpha * g[j]
 
 
 @jit_parallel
+def _weight_pass(C, bias, dz, x, alpha, update, threads):
+    """C (O, I) = alpha dz^T x and bias (O,) = alpha sum_rows dz, or, with ``update``, both
+    added to what C and bias hold: rows of C per thread.
+
+    When O is too small to share (O < 16 per thread), threads share the columns of C
+    instead, and the first one also does the bias.
+    """
+    B, O = dz.shape
+    I = x.shape[1]
+    beta = 1.0 if update else 0.0
+    nt = _parts(threads, max(O, I))
+    by_rows = O >= 16 * nt
+    for t in prange(nt):
+        if by_rows:
+            o0, o1 = _share(O, t, nt)
+            sgemm_rm(True, False, o1 - o0, I, B, alpha, dz, o0, O, x, 0, I, beta, C, o0 * I, I)
+        else:
+            i0, i1 = _share(I, t, nt)
+            if O == 1:
+                _put(C[0, i0:i1], _logit_weight_grad(dz, x, i0, i1), alpha, update)
+            else:
+                sgemm_rm(True, False, O, i1 - i0, B, alpha, dz, 0, O, x, i0, I, beta, C, i0, I)
+            o0, o1 = (0, O) if t == 0 else (0, 0)
+        if o1 > o0:
+            db = np.empty(o1 - o0, np.float32)
+            column_sums(db, dz, o0, o1)
+            _put(bias[o0:o1], db, alpha, update)
+
+
+@jit_serial
+def backward_weight(dW, db, dz, x, threads):
+    """dW (O, I) = dz^T x and db (O,) = sum over rows of dz (see :func:`_weight_pass`)."""
+    _weight_pass(dW, db, dz, x, np.float32(1.0), False, threads)
+
+
+@jit_serial
 def backward_weight_sgd(W, b, dz, x, lr, threads):
     """W -= lr dz^T x and b -= lr sum_rows dz, in place: the weight pass fused with SGD.
 
@@ -238,49 +240,4 @@ def backward_weight_sgd(W, b, dz, x, lr, threads):
     :func:`backward_weight`), so no gradient of W is ever stored. The layer's backward-data
     pass must have read W before this runs.
     """
-    B, O = dz.shape
-    I = x.shape[1]
-    nt = _parts(threads, max(O, I))
-    by_rows = O >= 16 * nt
-    for t in prange(nt):
-        if by_rows:
-            o0, o1 = _share(O, t, nt)
-            sgemm_rm(True, False, o1 - o0, I, B, -lr, dz, o0, O, x, 0, I, 1.0, W, o0 * I, I)
-            _bias_sgd(b, dz, o0, o1, lr)
-        else:
-            i0, i1 = _share(I, t, nt)
-            if O == 1:
-                g = _logit_weight_grad(dz, x, i0, i1)
-                w = W[0, i0:i1]
-                for j in range(i1 - i0):
-                    w[j] -= lr * g[j]
-            else:
-                sgemm_rm(True, False, O, i1 - i0, B, -lr, dz, 0, O, x, i0, I, 1.0, W, i0, I)
-            if t == 0:
-                _bias_sgd(b, dz, 0, O, lr)
-
-
-@jit_parallel
-def backward_weight(dW, db, dz, x, threads):
-    """dW (O, I) = dz^T x and db (O,) = sum over rows of dz: rows of dW per thread.
-
-    When O is too small to share (O < 16 per thread), threads share the columns of dW
-    instead, and the first one also sums db.
-    """
-    B, O = dz.shape
-    I = x.shape[1]
-    nt = _parts(threads, max(O, I))
-    by_rows = O >= 16 * nt
-    for t in prange(nt):
-        if by_rows:
-            o0, o1 = _share(O, t, nt)
-            sgemm_rm(True, False, o1 - o0, I, B, 1.0, dz, o0, O, x, 0, I, 0.0, dW, o0 * I, I)
-            _column_sums(db, dz, o0, o1)
-        else:
-            i0, i1 = _share(I, t, nt)
-            if O == 1:
-                dW[0, i0:i1] = _logit_weight_grad(dz, x, i0, i1)
-            else:
-                sgemm_rm(True, False, O, i1 - i0, B, 1.0, dz, 0, O, x, i0, I, 0.0, dW, i0, I)
-            if t == 0:
-                _column_sums(db, dz, 0, O)
+    _weight_pass(W, b, dz, x, -lr, True, threads)

@@ -609,48 +609,66 @@ def _v4_gemm(C, A, sa_r, sa_k, Bm, K, b, relu, with_bias, alpha, update):
             _v4_block(C, A, sa_r, sa_k, Bm, K, 0, M, j0, j1, b, relu, with_bias, alpha, update, 0)
 
 
+@jit_serial
+def column_sums(out, dz, j0, j1):
+    """out[:j1 - j0] = sum_b dz[b, j0:j1]: db of a block of columns (rows summed in order)."""
+    for j in range(j1 - j0):
+        out[j] = 0.0
+    for i in range(dz.shape[0]):
+        row = dz[i, j0:j1]
+        for j in range(j1 - j0):
+            out[j] += row[j]
+
+
 @jit_parallel
 def _column_sums(db, dz):
     """db[j] = sum_b dz[b, j], columns in blocks of 64 per task."""
-    B, O = dz.shape
-    for t in prange(_cdiv(O, 64)):
+    for t in prange(_cdiv(dz.shape[1], 64)):
         j0 = t * 64
-        j1 = min(O, j0 + 64)
-        out = db[j0:j1]
-        for j in range(j1 - j0):
-            out[j] = 0.0
-        for i in range(B):
-            row = dz[i, j0:j1]
-            for j in range(j1 - j0):
-                out[j] += row[j]
+        j1 = min(dz.shape[1], j0 + 64)
+        column_sums(db[j0:j1], dz, j0, j1)
+
+
+@jit_serial
+def logit_rows(y, x, w, r0, r1):
+    """y[i, 0] = x[i] . w for r0 <= i < r1: an O = 1 layer's forward, a matrix-vector
+    product (a GEMM tile or an N = 1 sgemm would be mostly idle)."""
+    for i in range(r0, r1):
+        xi = x[i]
+        acc = np.float32(0.0)
+        for k in range(x.shape[1]):
+            acc += xi[k] * w[k]
+        y[i, 0] = acc
+
+
+@jit_serial
+def outer_rows(dx, dz, w, r0, r1):
+    """dx[i] = dz[i, 0] w for r0 <= i < r1: an O = 1 layer's dx = dz W, an outer product."""
+    for i in range(r0, r1):
+        g = dz[i, 0]
+        row = dx[i]
+        for j in range(dx.shape[1]):
+            row[j] = g * w[j]
 
 
 @jit_parallel
 def _logit_forward(y, x, W, b, relu):
-    """O = 1: y[i] = x[i] . W[0] + b, a matrix-vector product (a tile would be 1/64 full)."""
-    B, I = x.shape
-    w = W[0]
-    for t in prange(min(TASKS4, B)):
-        for i in range(t * B // min(TASKS4, B), (t + 1) * B // min(TASKS4, B)):
-            xi = x[i]
-            acc = np.float32(0.0)
-            for k in range(I):
-                acc += xi[k] * w[k]
-            v = acc + b[0]
-            y[i, 0] = max(v, np.float32(0.0)) if relu else v
+    """O = 1: y = x W^T + b (ReLU), rows in TASKS4 blocks."""
+    B = x.shape[0]
+    tasks = min(TASKS4, B)
+    for t in prange(tasks):
+        r0, r1 = t * B // tasks, (t + 1) * B // tasks
+        logit_rows(y, x, W[0], r0, r1)
+        _bias_relu(y, b, r0, r1, 0, 1, relu)
 
 
 @jit_parallel
 def _logit_backward_data(dx, dz, W):
     """O = 1 (K = 1): dx = dz W is an outer product."""
-    B, I = dx.shape
-    w = W[0]
-    for t in prange(min(TASKS4, B)):
-        for i in range(t * B // min(TASKS4, B), (t + 1) * B // min(TASKS4, B)):
-            g = dz[i, 0]
-            row = dx[i]
-            for j in range(I):
-                row[j] = g * w[j]
+    B = dx.shape[0]
+    tasks = min(TASKS4, B)
+    for t in prange(tasks):
+        outer_rows(dx, dz, W[0], t * B // tasks, (t + 1) * B // tasks)
 
 
 @jit_serial
