@@ -132,11 +132,13 @@ def test_numba_layer_bitwise_across_threads(threads):
         np.testing.assert_array_equal(a, b_)
 
 
-@pytest.mark.parametrize(("B", "I", "O"), [(129, 150, 130), (67, 40, 3), (1, 5, 7), (2, 33, 1)])
+@pytest.mark.parametrize(
+    ("B", "I", "O"), [(129, 150, 130), (67, 40, 3), (1, 5, 7), (2, 33, 1), (70, 13, 40)]
+)
 def test_blas_layer_shares_work_at_any_thread_count(threads, B, I, O):
     """The blas backend's split of each pass across threads: rows of the batch, and dW by
-    its rows (O >= 16 per thread) or by its columns (small O); a batch smaller than the
-    thread count. (Not bitwise across thread counts: OpenBLAS picks its kernel, and so
+    its columns or, for a narrow input (I < 16 per thread), by its rows; a batch smaller
+    than the thread count. (Not bitwise across thread counts: OpenBLAS picks its kernel, and so
     its order of sums, from the shape of each thread's share.)"""
     rng = np.random.default_rng([2, B, I, O])
     x, W, b, y_in, dy = make(rng, B, I, O)
