@@ -166,9 +166,10 @@ def test_interaction(threads, op, itself, batch_size):
 
 @pytest.mark.parametrize("version", list(DOTS))
 @pytest.mark.parametrize("itself", [False, True])
-@pytest.mark.parametrize("batch_size", [1, 13])
-def test_dot_interaction_versions(threads, version, itself, batch_size):
-    num_tables, dim = 5, 19
+@pytest.mark.parametrize(
+    ("batch_size", "num_tables", "dim"), [(1, 5, 19), (13, 5, 19), (3, 26, 40)]
+)  # 26 tables: 7 blocks of 4 features, the last one partial, as in config c
+def test_dot_interaction_versions(threads, version, itself, batch_size, num_tables, dim):
     rng, x, emb, feats = _features(13, batch_size, num_tables, dim)
     li, lj = ref.pair_indices(num_tables + 1, itself)
     forward, backward = DOTS[version]
@@ -181,6 +182,21 @@ def test_dot_interaction_versions(threads, version, itself, batch_size):
     backward(dx, demb, dout, x, emb, li, lj)
     np.testing.assert_allclose(dx, dfeats[:, 0], **TOL)
     np.testing.assert_allclose(demb, dfeats[:, 1:].transpose(1, 0, 2), **TOL)
+
+
+@pytest.mark.parametrize(
+    "fn", [interaction.dot_interaction_backward, interaction.dot_interaction_backward_serial]
+)
+def test_dot_interaction_refuses_pairs_out_of_order(fn):
+    """v3's backward reads each row of pairs as one run of dout: it checks the order."""
+    _, x, emb, _ = _features(3, 2, 3, 8)
+    li, lj = ref.pair_indices(4, False)
+    dout = np.zeros((2, 8 + li.shape[0]), np.float32)
+    dx, demb = np.empty_like(x), np.empty_like(emb)
+    with pytest.raises(ValueError, match="row-major"):
+        fn(dx, demb, dout, x, emb, li[::-1].copy(), lj[::-1].copy())
+    with pytest.raises(ValueError, match="lower triangle"):
+        fn(dx, demb, dout, x, emb, li[:-1].copy(), lj[:-1].copy())
 
 
 def test_sigmoid_bce_kernel():

@@ -30,6 +30,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit_parallel, jit_serial
+from .microkernel import MR, NR, dots_4x4, tile
 
 # Samples are split into up to this many chunks, each with its own scratch (a fixed count,
 # not a multiple of the thread count, so that the compiled kernels can be cached).
@@ -93,8 +94,8 @@ def _forward_samples(out, x, emb, li, lj, A, lo, hi):
 
 
 @jit_parallel
-def dot_interaction_forward(out, x, emb, li, lj):
-    """out (B, D+P); x (B, D); emb (T, B, D); li, lj (P,) pair feature ids."""
+def dot_interaction_forward_v2(out, x, emb, li, lj):
+    """As dot_interaction_forward: four dots sharing a row at a time (v2)."""
     batch, dim = x.shape
     chunks = min(batch, CHUNKS)
     scratch = np.empty((chunks, emb.shape[0] + 1, dim), np.float32)  # A, once per call
@@ -102,13 +103,6 @@ def dot_interaction_forward(out, x, emb, li, lj):
     for c in prange(chunks):
         lo, hi = c * batch // chunks, (c + 1) * batch // chunks
         _forward_samples(out, x, emb, li, lj, scratch[c], lo, hi)
-
-
-@jit_serial
-def dot_interaction_forward_serial(out, x, emb, li, lj):
-    """As dot_interaction_forward on the calling thread alone (small batches)."""
-    A = np.empty((emb.shape[0] + 1, x.shape[1]), np.float32)
-    _forward_samples(out, x, emb, li, lj, A, 0, x.shape[0])
 
 
 @jit_serial
@@ -149,8 +143,8 @@ def _backward_samples(dx, demb, dout, x, emb, li, lj, A, dA, G, lo, hi):
 
 
 @jit_parallel
-def dot_interaction_backward(dx, demb, dout, x, emb, li, lj):
-    """dx (B, D), demb (T, B, D) out; dout (B, D+P); x, emb, li, lj as in the forward."""
+def dot_interaction_backward_v2(dx, demb, dout, x, emb, li, lj):
+    """As dot_interaction_backward: dA = G A by four rows of A per pass (v2)."""
     batch, dim = x.shape
     nf = emb.shape[0] + 1
     chunks = min(batch, CHUNKS)
@@ -163,15 +157,6 @@ def dot_interaction_backward(dx, demb, dout, x, emb, li, lj):
         _backward_samples(
             dx, demb, dout, x, emb, li, lj, scratch[c], dscratch[c], gscratch[c], lo, hi
         )
-
-
-@jit_serial
-def dot_interaction_backward_serial(dx, demb, dout, x, emb, li, lj):
-    """As dot_interaction_backward on the calling thread alone (small batches)."""
-    nf, dim = emb.shape[0] + 1, x.shape[1]
-    A, dA = np.empty((nf, dim), np.float32), np.empty((nf, dim), np.float32)
-    G = np.empty((nf, nf), np.float32)
-    _backward_samples(dx, demb, dout, x, emb, li, lj, A, dA, G, 0, x.shape[0])
 
 
 @jit_parallel
@@ -219,6 +204,161 @@ def dot_interaction_backward_v1(dx, demb, dout, x, emb, li, lj):
                 gj[d] += g * vi[d]
 
 
+# ------------------------------------------------------------------------- v3
+
+
+@jit_serial
+def _pair_table(nf, li, lj):
+    """(nf + 3, nf + 3) int64: pair number of (i, j), -1 where (i, j) is not a pair (the 3
+    extra rows and columns absorb the padded lanes of the last 4 x 4 block)."""
+    table = np.full((nf + 3, nf + 3), -1, np.int64)
+    for p in range(li.shape[0]):
+        table[li[p], lj[p]] = p
+    return table
+
+
+@jit_serial
+def _feature_address(x_base, emb_base, batch, dim, b, f):
+    """Address of feature f of sample b: x[b] (f = 0) or emb[f - 1, b]."""
+    if f == 0:
+        return x_base + 4 * b * dim
+    return emb_base + 4 * ((f - 1) * batch + b) * dim
+
+
+@jit_serial
+def _forward_samples_v3(out, x, emb, pairs, s, lo, hi):
+    """Samples b in [lo, hi): the lower triangle of Z = A A^T in 4 x 4 blocks of dots read
+    straight from x and emb (no gather), with s (16,) as scratch."""
+    batch, dim = x.shape
+    nf = emb.shape[0] + 1
+    xb, eb = x.ctypes.data, emb.ctypes.data
+    for b in range(lo, hi):
+        for d in range(dim):
+            out[b, d] = x[b, d]
+        for i0 in range(0, nf, 4):
+            # rows past the last feature re-read it; their lanes are dropped below
+            a0 = _feature_address(xb, eb, batch, dim, b, i0)
+            a1 = _feature_address(xb, eb, batch, dim, b, min(i0 + 1, nf - 1))
+            a2 = _feature_address(xb, eb, batch, dim, b, min(i0 + 2, nf - 1))
+            a3 = _feature_address(xb, eb, batch, dim, b, min(i0 + 3, nf - 1))
+            for j0 in range(0, i0 + 1, 4):  # blocks on or below the diagonal
+                b0 = _feature_address(xb, eb, batch, dim, b, j0)
+                b1 = _feature_address(xb, eb, batch, dim, b, min(j0 + 1, nf - 1))
+                b2 = _feature_address(xb, eb, batch, dim, b, min(j0 + 2, nf - 1))
+                b3 = _feature_address(xb, eb, batch, dim, b, min(j0 + 3, nf - 1))
+                dots_4x4(dim, a0, a1, a2, a3, b0, b1, b2, b3, s)
+                for r in range(4):
+                    for c in range(4):
+                        p = pairs[i0 + r, j0 + c]
+                        if p >= 0:
+                            out[b, dim + p] = s[4 * r + c]
+
+
+@jit_parallel
+def dot_interaction_forward(out, x, emb, li, lj):
+    """out (B, D+P); x (B, D); emb (T, B, D); li, lj (P,) pair feature ids."""
+    batch = x.shape[0]
+    pairs = _pair_table(emb.shape[0] + 1, li, lj)
+    chunks = min(batch, CHUNKS)
+    scratch = np.empty((chunks, 16), np.float32)
+    # Chunk c writes only out[b] of its own samples and its own scratch[c]: race-free.
+    for c in prange(chunks):
+        lo, hi = c * batch // chunks, (c + 1) * batch // chunks
+        _forward_samples_v3(out, x, emb, pairs, scratch[c], lo, hi)
+
+
+@jit_serial
+def dot_interaction_forward_serial(out, x, emb, li, lj):
+    """As dot_interaction_forward on the calling thread alone (small batches)."""
+    pairs = _pair_table(emb.shape[0] + 1, li, lj)
+    _forward_samples_v3(out, x, emb, pairs, np.empty(16, np.float32), 0, x.shape[0])
+
+
+@jit_serial
+def _check_triangle(nf, li, lj):
+    """True if (li, lj) is the row-major lower triangle with its diagonal, False without
+    it (numbadlrm.reference.pair_indices); anything else raises ValueError."""
+    itself = li.shape[0] == nf * (nf + 1) // 2
+    if li.shape[0] != (nf * (nf + 1) // 2 if itself else nf * (nf - 1) // 2):
+        raise ValueError("dot interaction: the pair list is not a lower triangle")
+    p = 0
+    for i in range(nf):
+        for j in range(i + 1 if itself else i):
+            if li[p] != i or lj[p] != j:
+                raise ValueError("dot interaction: the pairs are not in row-major order")
+            p += 1
+    return itself
+
+
+@jit_serial
+def _symmetric_from_pairs(G, dout, b, dim, itself):
+    """G (F, F) <- the symmetric matrix of sample b's pair gradients, from their row-major
+    lower triangle in dout[b, dim:]: row i is one contiguous run (a copy, then the
+    transposed column), 3x faster than scattering pair by pair. Entries never written
+    (the diagonal without ``itself``) must be zero beforehand."""
+    nf = G.shape[0]
+    start = dim
+    for i in range(nf):
+        n = i + 1 if itself else i
+        row = G[i]
+        seg = dout[b, start : start + n]
+        for j in range(n):
+            row[j] = seg[j]
+        start += n
+    for i in range(nf):
+        for j in range(i):
+            G[j, i] = G[i, j]
+        if itself:
+            G[i, i] *= 2.0  # d<f, f>/df = 2 f
+
+
+@jit_serial
+def _backward_samples_v3(dx, demb, dout, x, emb, itself, A, dA, G, lo, hi):
+    """Samples b in [lo, hi): dA = G A by the register-blocked GEMM tile of GEMM v4."""
+    nf, dim = A.shape
+    G[:] = 0.0  # the diagonal stays zero without itself
+    for b in range(lo, hi):
+        _gather_features(A, x, emb, b)
+        _symmetric_from_pairs(G, dout, b, dim, itself)
+        for r0 in range(0, nf, MR):
+            for c0 in range(0, dim, NR):
+                m, n = min(MR, nf - r0), min(NR, dim - c0)
+                tile(nf, G, r0 * nf, nf, 1, A, c0, dim, dA, r0 * dim + c0, dim, m, n, False, 1.0)
+        for d in range(dim):
+            dx[b, d] = dout[b, d] + dA[0, d]
+        for t in range(emb.shape[0]):
+            for d in range(dim):
+                demb[t, b, d] = dA[t + 1, d]
+
+
+@jit_parallel
+def dot_interaction_backward(dx, demb, dout, x, emb, li, lj):
+    """dx (B, D), demb (T, B, D) out; dout (B, D+P); x, emb, li, lj as in the forward."""
+    batch, dim = x.shape
+    nf = emb.shape[0] + 1
+    itself = _check_triangle(nf, li, lj)
+    chunks = min(batch, CHUNKS)
+    scratch = np.empty((chunks, nf, dim), np.float32)  # A, once per call
+    dscratch = np.empty((chunks, nf, dim), np.float32)  # dA
+    gscratch = np.empty((chunks, nf, nf), np.float32)  # G
+    # Chunk c writes only dx[b], demb[:, b] of its own samples and its scratch: race-free.
+    for c in prange(chunks):
+        lo, hi = c * batch // chunks, (c + 1) * batch // chunks
+        _backward_samples_v3(
+            dx, demb, dout, x, emb, itself, scratch[c], dscratch[c], gscratch[c], lo, hi
+        )
+
+
+@jit_serial
+def dot_interaction_backward_serial(dx, demb, dout, x, emb, li, lj):
+    """As dot_interaction_backward on the calling thread alone (small batches)."""
+    nf, dim = emb.shape[0] + 1, x.shape[1]
+    itself = _check_triangle(nf, li, lj)
+    A, dA = np.empty((nf, dim), np.float32), np.empty((nf, dim), np.float32)
+    G = np.empty((nf, nf), np.float32)
+    _backward_samples_v3(dx, demb, dout, x, emb, itself, A, dA, G, 0, x.shape[0])
+
+
 @jit_parallel
 def cat_interaction_forward(out, x, emb):
     """out (B, F*D) = [x[b], emb[0, b], ..., emb[T-1, b]]."""
@@ -245,6 +385,7 @@ def cat_interaction_backward(dx, demb, dout):
 
 # name -> (forward, backward), for bench/bench_interaction.py and the tests; best first.
 DOT_VERSIONS = {
-    "v2": (dot_interaction_forward, dot_interaction_backward),
+    "v3": (dot_interaction_forward, dot_interaction_backward),
+    "v2": (dot_interaction_forward_v2, dot_interaction_backward_v2),
     "v1": (dot_interaction_forward_v1, dot_interaction_backward_v1),
 }

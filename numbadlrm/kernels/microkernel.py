@@ -195,3 +195,128 @@ else:
             1 if accumulate else 0,
             np.float32(alpha),
         )
+
+
+# ------------------------------------------------------------ 4 x 4 dot products
+
+_DR = 4  # rows on each side of a dot block: 4 x 4 dots, 16 accumulators
+
+
+def _tree_masks() -> list[list[int]]:
+    """Shuffle masks of the 4-level transpose-and-add tree that turns 16 vectors into one
+    vector of their 16 sums (lane i = sum of vector i); see :func:`_dots_4x4`."""
+    lv1 = list(range(0, 8)) + list(range(16, 24))
+    lv2 = [q * 8 + e for q in range(4) for e in range(4)]
+    lv3 = [q * 4 + e for q in range(8) for e in range(2)]
+    lv4 = [2 * q for q in range(16)]
+    return [lv1, lv2, lv3, lv4]
+
+
+def _tree_offsets() -> list[int]:
+    """How far each level's second shuffle is shifted from its first."""
+    return [8, 4, 2, 1]
+
+
+@intrinsic
+def _dots_4x4(typingctx, K, a0, a1, a2, a3, b0, b1, b2, b3, out):
+    """out[4 r + c] = sum_k a_r[k] b_c[k], k < K, for r, c < 4: each a_r, b_c is the
+    address of K contiguous floats, out of 16 (all intp).
+
+    The k loop holds the 16 sums as 16 vector accumulators (8 loads per 16 FMAs, the last
+    chunk masked); a transpose-and-add tree then folds them into one vector of 16 sums (15
+    adds and 30 shuffles, against 16 x 8 for 16 separate horizontal sums).
+    """
+    sig = types.void(*([types.intp] * 10))
+
+    def codegen(context, builder, signature, args):
+        K = args[0]
+        module = builder.module
+        fptr = _f32.as_pointer()
+        mload = _declare(
+            module,
+            "llvm.masked.load.v16f32.p0",
+            ir.FunctionType(_vf, [fptr, _i32, _vmask, _vf]),
+        )
+        fma = _declare(module, "llvm.fma.v16f32", ir.FunctionType(_vf, [_vf, _vf, _vf]))
+        rows_a = [builder.inttoptr(p, fptr) for p in args[1:5]]
+        rows_b = [builder.inttoptr(p, fptr) for p in args[5:9]]
+        outp = builder.inttoptr(args[9], fptr)
+        zero = ir.Constant(_vf, [0.0] * _LANES)
+        align = ir.Constant(_i32, 4)
+        lanes = ir.Constant(_vi64, list(range(_LANES)))
+        k_vec_count = _splat(builder, K, _vi64)
+
+        entry = builder.block
+        loop = builder.append_basic_block("dots.k")
+        done = builder.append_basic_block("dots.sum")
+        builder.cbranch(builder.icmp_signed(">", K, ir.Constant(_i64, 0)), loop, done)
+
+        builder.position_at_end(loop)
+        k0 = builder.phi(_i64)
+        k0.add_incoming(ir.Constant(_i64, 0), entry)
+        accs = []
+        for _ in range(_DR * _DR):
+            acc = builder.phi(_vf)
+            acc.add_incoming(zero, entry)
+            accs.append(acc)
+        mask = builder.icmp_signed("<", builder.add(_splat(builder, k0, _vi64), lanes), k_vec_count)
+        va = [builder.call(mload, [builder.gep(p, [k0]), align, mask, zero]) for p in rows_a]
+        vb = [builder.call(mload, [builder.gep(p, [k0]), align, mask, zero]) for p in rows_b]
+        updated = [
+            builder.call(fma, [va[r], vb[c], accs[r * _DR + c]])
+            for r in range(_DR)
+            for c in range(_DR)
+        ]
+        k_next = builder.add(k0, ir.Constant(_i64, _LANES))
+        loop_end = builder.block
+        k0.add_incoming(k_next, loop_end)
+        for acc, value in zip(accs, updated, strict=True):
+            acc.add_incoming(value, loop_end)
+        builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
+
+        builder.position_at_end(done)
+        vecs = []
+        for i in range(_DR * _DR):
+            s = builder.phi(_vf)
+            s.add_incoming(zero, entry)
+            s.add_incoming(updated[i], loop_end)
+            vecs.append(s)
+        for first, shift in zip(_tree_masks(), _tree_offsets(), strict=True):
+            lo = ir.Constant(ir.VectorType(_i32, _LANES), first)
+            hi = ir.Constant(ir.VectorType(_i32, _LANES), [i + shift for i in first])
+            vecs = [
+                builder.fadd(
+                    builder.shuffle_vector(vecs[2 * p], vecs[2 * p + 1], lo),
+                    builder.shuffle_vector(vecs[2 * p], vecs[2 * p + 1], hi),
+                )
+                for p in range(len(vecs) // 2)
+            ]
+        builder.store(vecs[0], builder.bitcast(outp, _vf.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+if numba.config.DISABLE_JIT:
+
+    def dots_4x4(K, a0, a1, a2, a3, b0, b1, b2, b3, out):
+        """NumPy version of the dot block below, for NUMBA_DISABLE_JIT runs."""
+        import ctypes
+
+        def row(address):
+            return np.ctypeslib.as_array((ctypes.c_float * K).from_address(address))
+
+        a = np.stack([row(p) for p in (a0, a1, a2, a3)]).astype(np.float64)
+        b = np.stack([row(p) for p in (b0, b1, b2, b3)]).astype(np.float64)
+        out[:16] = (a @ b.T).reshape(16)
+
+else:
+
+    @jit_serial
+    def dots_4x4(K, a0, a1, a2, a3, b0, b1, b2, b3, out):
+        """out[4 r + c] = <a_r, b_c> over K floats for r, c < 4, on one thread.
+
+        a_r, b_c are addresses (``array.ctypes.data`` plus 4 x an element offset) of K
+        contiguous floats; out is a float32 array of at least 16.
+        """
+        _dots_4x4(K, a0, a1, a2, a3, b0, b1, b2, b3, out.ctypes.data)
