@@ -28,6 +28,7 @@ from ..kernels.elementwise import sgd_update_serial
 BACKENDS = ("auto", "numba", "blas")
 PASSES = ("forward", "backward_data", "backward_weight")
 SMALL_BATCH = 128  # choose_backend: at most this many rows, the Numba (v4) kernels
+NARROW_IN = 32  # choose_backend: weight passes of layers with fewer inputs, the Numba kernels
 
 _FORWARD, _BACKWARD_DATA, _BACKWARD_WEIGHT = gemm.VERSIONS[gemm.DEFAULT_VERSION]
 _BACKWARD_WEIGHT_SGD = gemm.SGD_VERSIONS.get(gemm.DEFAULT_VERSION)
@@ -45,12 +46,17 @@ def choose_backend(batch: int, in_features: int, out_features: int, pass_: str) 
     config c 181 vs 187; B=1024 12.4 vs 15.4; B=256 3.20 vs 3.51; only at B=128 (config a)
     Numba led, in three runs: 1.76 vs 2.17, 1.65 vs 1.80, 1.99 vs 2.13 (5 rounds), while
     at 1 thread blas led by 4% (3.01 vs 3.12). Small batches therefore pick "numba" (the
-    gain at 2 threads outweighs the loss at 1), every other shape "blas";
+    gain at 2 threads outweighs the loss at 1), every other shape "blas", except the
+    weight pass of a narrow layer (I < NARROW_IN, the 13 -> 512 first bottom layer), where
+    v4 forms dW^T in full tiles while OpenBLAS gets only I columns of C per call: at B=2048
+    inside config c's step 0.25 against 0.68 ms (2 threads).
     ``--gemm numba`` or ``--gemm blas`` forces one backend everywhere.
     """
     if pass_ not in PASSES:
         raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
-    return "numba" if batch <= SMALL_BATCH else "blas"
+    if batch <= SMALL_BATCH or (pass_ == "backward_weight" and in_features < NARROW_IN):
+        return "numba"
+    return "blas"
 
 
 def _resolve(backend: str, batch: int, in_features: int, out_features: int, pass_: str) -> str:
