@@ -129,12 +129,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--version", default=gemm.DEFAULT_VERSION, choices=list(gemm.VERSIONS))
-    parser.add_argument("--configs", default="abc", help="subset of configs a, b, c")
+    parser.add_argument("--configs", default="a,b,c", help="comma-separated subset of a, b, c")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
     args = parser.parse_args()
     set_threads(args.threads)
-    configs = QUICK if args.quick else {k: CONFIGS[k] for k in args.configs}
+    names = list(args.configs.replace(",", ""))  # config names are single letters
+    unknown = [k for k in names if k not in CONFIGS]
+    if unknown:
+        sys.exit(f"--configs: {unknown} not among {sorted(CONFIGS)}")
+    configs = QUICK if args.quick else {k: CONFIGS[k] for k in names}
     repeat = 3 if args.quick else args.repeat
     print(header(f"bench_gemm: version {args.version}"))
     print(_pools.describe())
