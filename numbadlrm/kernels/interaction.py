@@ -59,6 +59,17 @@ def _gather_features(feats, x, emb, b):
 
 
 @jit_serial
+def _scatter_gradients(dx, demb, dout, dA, b):
+    """dx[b] = dout[b, :D] + dA[0], demb[t, b] = dA[t + 1]: the inverse of _gather_features."""
+    dim = dx.shape[1]
+    for d in range(dim):
+        dx[b, d] = dout[b, d] + dA[0, d]
+    for t in range(demb.shape[0]):
+        for d in range(dim):
+            demb[t, b, d] = dA[t + 1, d]
+
+
+@jit_serial
 def _pair_dots(out, b, A, li, lj, offset):
     """out[b, offset + p] = <A[li[p]], A[lj[p]]>, four pairs sharing a row i at a time.
 
@@ -145,11 +156,7 @@ def _backward_samples(dx, demb, dout, x, emb, li, lj, A, dA, G, lo, hi):
             G[li[p], lj[p]] += dout[b, dim + p]
             G[lj[p], li[p]] += dout[b, dim + p]
         _symmetric_product(dA, G, A)
-        for d in range(dim):
-            dx[b, d] = dout[b, d] + dA[0, d]
-        for t in range(emb.shape[0]):
-            for d in range(dim):
-                demb[t, b, d] = dA[t + 1, d]
+        _scatter_gradients(dx, demb, dout, dA, b)
 
 
 @jit_parallel
@@ -228,34 +235,31 @@ def _pair_table(nf, li, lj):
 
 
 @jit_serial
-def _feature_address(x_base, emb_base, batch, dim, b, f):
-    """Address of feature f of sample b: x[b] (f = 0) or emb[f - 1, b]."""
-    if f == 0:
-        return x_base + 4 * b * dim
-    return emb_base + 4 * ((f - 1) * batch + b) * dim
+def _feature_addresses(rows, x, emb, b):
+    """rows[f] <- the address of feature f of sample b (x[b], then emb[f - 1, b]); the
+    entries past the last feature repeat it, so a 4 x 4 block at the edge reads valid rows
+    (their dots are dropped)."""
+    batch, dim = x.shape
+    nf = emb.shape[0] + 1
+    rows[0] = x.ctypes.data + 4 * b * dim
+    for f in range(1, rows.shape[0]):
+        rows[f] = emb.ctypes.data + 4 * ((min(f, nf - 1) - 1) * batch + b) * dim
 
 
 @jit_serial
-def _forward_samples_v3(out, x, emb, pairs, s, lo, hi):
+def _forward_samples_v3(out, x, emb, pairs, s, rows, lo, hi):
     """Samples b in [lo, hi): the lower triangle of Z = A A^T in 4 x 4 blocks of dots read
-    straight from x and emb (no gather), with s (16,) as scratch."""
-    batch, dim = x.shape
+    straight from x and emb (no gather), with s (16,) and rows (F + 3,) as scratch."""
+    dim = x.shape[1]
     nf = emb.shape[0] + 1
-    xb, eb = x.ctypes.data, emb.ctypes.data
     for b in range(lo, hi):
         for d in range(dim):
             out[b, d] = x[b, d]
+        _feature_addresses(rows, x, emb, b)
         for i0 in range(0, nf, 4):
-            # rows past the last feature re-read it; their lanes are dropped below
-            a0 = _feature_address(xb, eb, batch, dim, b, i0)
-            a1 = _feature_address(xb, eb, batch, dim, b, min(i0 + 1, nf - 1))
-            a2 = _feature_address(xb, eb, batch, dim, b, min(i0 + 2, nf - 1))
-            a3 = _feature_address(xb, eb, batch, dim, b, min(i0 + 3, nf - 1))
+            a0, a1, a2, a3 = rows[i0], rows[i0 + 1], rows[i0 + 2], rows[i0 + 3]
             for j0 in range(0, i0 + 1, 4):  # blocks on or below the diagonal
-                b0 = _feature_address(xb, eb, batch, dim, b, j0)
-                b1 = _feature_address(xb, eb, batch, dim, b, min(j0 + 1, nf - 1))
-                b2 = _feature_address(xb, eb, batch, dim, b, min(j0 + 2, nf - 1))
-                b3 = _feature_address(xb, eb, batch, dim, b, min(j0 + 3, nf - 1))
+                b0, b1, b2, b3 = rows[j0], rows[j0 + 1], rows[j0 + 2], rows[j0 + 3]
                 dots_4x4(dim, a0, a1, a2, a3, b0, b1, b2, b3, s)
                 for r in range(4):
                     for c in range(4):
@@ -271,17 +275,19 @@ def dot_interaction_forward(out, x, emb, li, lj):
     pairs = _pair_table(emb.shape[0] + 1, li, lj)
     chunks = min(batch, CHUNKS)
     scratch = np.empty((chunks, 16), np.float32)
-    # Chunk c writes only out[b] of its own samples and its own scratch[c]: race-free.
+    rows = np.empty((chunks, emb.shape[0] + 4), np.intp)
+    # Chunk c writes only out[b] of its own samples and its own scratch: race-free.
     for c in prange(chunks):
         lo, hi = c * batch // chunks, (c + 1) * batch // chunks
-        _forward_samples_v3(out, x, emb, pairs, scratch[c], lo, hi)
+        _forward_samples_v3(out, x, emb, pairs, scratch[c], rows[c], lo, hi)
 
 
 @jit_serial
 def dot_interaction_forward_serial(out, x, emb, li, lj):
     """As dot_interaction_forward on the calling thread alone (small batches)."""
     pairs = _pair_table(emb.shape[0] + 1, li, lj)
-    _forward_samples_v3(out, x, emb, pairs, np.empty(16, np.float32), 0, x.shape[0])
+    s, rows = np.empty(16, np.float32), np.empty(emb.shape[0] + 4, np.intp)
+    _forward_samples_v3(out, x, emb, pairs, s, rows, 0, x.shape[0])
 
 
 @jit_serial
@@ -334,11 +340,7 @@ def _backward_samples_v3(dx, demb, dout, x, emb, itself, A, dA, G, lo, hi):
             for c0 in range(0, dim, NR):
                 m, n = min(MR, nf - r0), min(NR, dim - c0)
                 tile(nf, G, r0 * nf, nf, 1, A, c0, dim, dA, r0 * dim + c0, dim, m, n, False, 1.0)
-        for d in range(dim):
-            dx[b, d] = dout[b, d] + dA[0, d]
-        for t in range(emb.shape[0]):
-            for d in range(dim):
-                demb[t, b, d] = dA[t + 1, d]
+        _scatter_gradients(dx, demb, dout, dA, b)
 
 
 @jit_parallel

@@ -59,6 +59,43 @@ def _splat(builder: ir.IRBuilder, value, vty: ir.VectorType):
     return builder.shuffle_vector(first, undef, zeros)
 
 
+def _accumulate(builder: ir.IRBuilder, K, step: int, count: int, body, name: str):
+    """Emit ``for k in range(0, K, step): accs = body(k, accs)`` over ``count`` vector
+    accumulators that start at zero and live in phi nodes (registers) across the loop;
+    returns their final values (zero when K <= 0). ``body`` emits the loop body and
+    returns the updated accumulators."""
+    zero = ir.Constant(_vf, [0.0] * _LANES)
+    entry = builder.block
+    loop = builder.append_basic_block(name + ".k")
+    done = builder.append_basic_block(name + ".end")
+    builder.cbranch(builder.icmp_signed(">", K, ir.Constant(_i64, 0)), loop, done)
+
+    builder.position_at_end(loop)
+    k = builder.phi(_i64)
+    k.add_incoming(ir.Constant(_i64, 0), entry)
+    accs = []
+    for _ in range(count):
+        acc = builder.phi(_vf)
+        acc.add_incoming(zero, entry)
+        accs.append(acc)
+    updated = body(k, accs)
+    k_next = builder.add(k, ir.Constant(_i64, step))
+    loop_end = builder.block
+    k.add_incoming(k_next, loop_end)
+    for acc, value in zip(accs, updated, strict=True):
+        acc.add_incoming(value, loop_end)
+    builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
+
+    builder.position_at_end(done)
+    sums = []
+    for value in updated:
+        total = builder.phi(_vf)
+        total.add_incoming(zero, entry)
+        total.add_incoming(value, loop_end)
+        sums.append(total)
+    return sums
+
+
 @intrinsic
 def _tile_4x64(typingctx, K, a, sa_r, sa_k, b, ldb, c, ldc, m, n, accumulate, alpha):
     """C[:m, :n] = (C if accumulate else 0) + alpha A[:m, :K] B[:K, :n]: a, b, c addresses,
@@ -101,46 +138,24 @@ def _tile_4x64(typingctx, K, a, sa_r, sa_k, b, ldb, c, ldc, m, n, accumulate, al
             row = builder.select(valid, ir.Constant(_i64, r), last_row)
             a_rows.append(builder.gep(ap, [builder.mul(row, sa_r)]))
 
-        entry = builder.block
-        loop = builder.append_basic_block("tile.k")
-        done = builder.append_basic_block("tile.store")
-        builder.cbranch(builder.icmp_signed(">", K, ir.Constant(_i64, 0)), loop, done)
+        def body(k, accs):
+            b_row = builder.gep(bp, [builder.mul(k, ldb)])
+            b_vecs = [
+                builder.call(
+                    mload,
+                    [builder.gep(b_row, [ir.Constant(_i64, _LANES * q)]), align, masks[q], zero],
+                )
+                for q in range(_Q)
+            ]
+            a_k = builder.mul(k, sa_k)
+            updated = []
+            for r in range(MR):
+                a_val = _splat(builder, builder.load(builder.gep(a_rows[r], [a_k])), _vf)
+                for q in range(_Q):
+                    updated.append(builder.call(fma, [a_val, b_vecs[q], accs[r * _Q + q]]))
+            return updated
 
-        builder.position_at_end(loop)
-        k = builder.phi(_i64)
-        k.add_incoming(ir.Constant(_i64, 0), entry)
-        accs = []
-        for _ in range(MR * _Q):
-            acc = builder.phi(_vf)
-            acc.add_incoming(zero, entry)
-            accs.append(acc)
-        b_row = builder.gep(bp, [builder.mul(k, ldb)])
-        b_vecs = [
-            builder.call(
-                mload, [builder.gep(b_row, [ir.Constant(_i64, _LANES * q)]), align, masks[q], zero]
-            )
-            for q in range(_Q)
-        ]
-        a_k = builder.mul(k, sa_k)
-        updated = []
-        for r in range(MR):
-            a_val = _splat(builder, builder.load(builder.gep(a_rows[r], [a_k])), _vf)
-            for q in range(_Q):
-                updated.append(builder.call(fma, [a_val, b_vecs[q], accs[r * _Q + q]]))
-        k_next = builder.add(k, one)
-        loop_end = builder.block
-        k.add_incoming(k_next, loop_end)
-        for acc, value in zip(accs, updated, strict=True):
-            acc.add_incoming(value, loop_end)
-        builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
-
-        builder.position_at_end(done)
-        sums = []
-        for i in range(MR * _Q):
-            s = builder.phi(_vf)
-            s.add_incoming(zero, entry)
-            s.add_incoming(updated[i], loop_end)
-            sums.append(s)
+        sums = _accumulate(builder, K, 1, MR * _Q, body, "tile")
         add_old = builder.icmp_signed("!=", accumulate, ir.Constant(_i64, 0))
         alpha_vec = _splat(builder, alpha, _vf)
         for r in range(MR):
@@ -202,19 +217,16 @@ else:
 _DR = 4  # rows on each side of a dot block: 4 x 4 dots, 16 accumulators
 
 
-def _tree_masks() -> list[list[int]]:
-    """Shuffle masks of the 4-level transpose-and-add tree that turns 16 vectors into one
-    vector of their 16 sums (lane i = sum of vector i); see :func:`_dots_4x4`."""
-    lv1 = list(range(0, 8)) + list(range(16, 24))
-    lv2 = [q * 8 + e for q in range(4) for e in range(4)]
-    lv3 = [q * 4 + e for q in range(8) for e in range(2)]
-    lv4 = [2 * q for q in range(16)]
-    return [lv1, lv2, lv3, lv4]
-
-
-def _tree_offsets() -> list[int]:
-    """How far each level's second shuffle is shifted from its first."""
-    return [8, 4, 2, 1]
+def _tree_levels() -> list[tuple[list[int], int]]:
+    """(first shuffle's lanes, second shuffle's shift) of each level of the 4-level
+    transpose-and-add tree that folds 16 vectors into one vector of their 16 sums (lane i
+    = sum of vector i); see :func:`_dots_4x4`."""
+    return [
+        (list(range(0, 8)) + list(range(16, 24)), 8),
+        ([q * 8 + e for q in range(4) for e in range(4)], 4),
+        ([q * 4 + e for q in range(8) for e in range(2)], 2),
+        ([2 * q for q in range(16)], 1),
+    ]
 
 
 @intrinsic
@@ -246,42 +258,19 @@ def _dots_4x4(typingctx, K, a0, a1, a2, a3, b0, b1, b2, b3, out):
         lanes = ir.Constant(_vi64, list(range(_LANES)))
         k_vec_count = _splat(builder, K, _vi64)
 
-        entry = builder.block
-        loop = builder.append_basic_block("dots.k")
-        done = builder.append_basic_block("dots.sum")
-        builder.cbranch(builder.icmp_signed(">", K, ir.Constant(_i64, 0)), loop, done)
+        def body(k0, accs):
+            lanes_k = builder.add(_splat(builder, k0, _vi64), lanes)
+            mask = builder.icmp_signed("<", lanes_k, k_vec_count)
+            va = [builder.call(mload, [builder.gep(p, [k0]), align, mask, zero]) for p in rows_a]
+            vb = [builder.call(mload, [builder.gep(p, [k0]), align, mask, zero]) for p in rows_b]
+            return [
+                builder.call(fma, [va[r], vb[c], accs[r * _DR + c]])
+                for r in range(_DR)
+                for c in range(_DR)
+            ]
 
-        builder.position_at_end(loop)
-        k0 = builder.phi(_i64)
-        k0.add_incoming(ir.Constant(_i64, 0), entry)
-        accs = []
-        for _ in range(_DR * _DR):
-            acc = builder.phi(_vf)
-            acc.add_incoming(zero, entry)
-            accs.append(acc)
-        mask = builder.icmp_signed("<", builder.add(_splat(builder, k0, _vi64), lanes), k_vec_count)
-        va = [builder.call(mload, [builder.gep(p, [k0]), align, mask, zero]) for p in rows_a]
-        vb = [builder.call(mload, [builder.gep(p, [k0]), align, mask, zero]) for p in rows_b]
-        updated = [
-            builder.call(fma, [va[r], vb[c], accs[r * _DR + c]])
-            for r in range(_DR)
-            for c in range(_DR)
-        ]
-        k_next = builder.add(k0, ir.Constant(_i64, _LANES))
-        loop_end = builder.block
-        k0.add_incoming(k_next, loop_end)
-        for acc, value in zip(accs, updated, strict=True):
-            acc.add_incoming(value, loop_end)
-        builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
-
-        builder.position_at_end(done)
-        vecs = []
-        for i in range(_DR * _DR):
-            s = builder.phi(_vf)
-            s.add_incoming(zero, entry)
-            s.add_incoming(updated[i], loop_end)
-            vecs.append(s)
-        for first, shift in zip(_tree_masks(), _tree_offsets(), strict=True):
+        vecs = _accumulate(builder, K, _LANES, _DR * _DR, body, "dots")
+        for first, shift in _tree_levels():
             lo = ir.Constant(ir.VectorType(_i32, _LANES), first)
             hi = ir.Constant(ir.VectorType(_i32, _LANES), [i + shift for i in first])
             vecs = [
@@ -304,7 +293,7 @@ if numba.config.DISABLE_JIT:
         import ctypes
 
         def row(address):
-            return np.ctypeslib.as_array((ctypes.c_float * K).from_address(address))
+            return np.ctypeslib.as_array((ctypes.c_float * K).from_address(int(address)))
 
         a = np.stack([row(p) for p in (a0, a1, a2, a3)]).astype(np.float64)
         b = np.stack([row(p) for p in (b0, b1, b2, b3)]).astype(np.float64)
