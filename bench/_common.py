@@ -23,7 +23,7 @@ from numbadlrm.kernels._jit import set_num_threads
 
 
 def set_threads(n: int) -> None:
-    """n threads in Numba and NumPy's BLAS, SciPy's BLAS kept at one (for the whole run)."""
+    """n threads in Numba and NumPy's BLAS, the blas backend's OpenBLAS kept at one."""
     set_num_threads(n)
 
 
@@ -40,8 +40,12 @@ def cpu_model() -> str:
 
 def header(title: str) -> str:
     """Machine, versions and thread counts, one per line."""
+    from numbadlrm.kernels.blas import LIBRARY
+
+    own = os.path.realpath(LIBRARY)
     blas = [
-        f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)"
+        f"{i['internal_api']} {i['version']} ({i['num_threads']} threads"
+        + (", the blas backend's)" if os.path.realpath(i["filepath"]) == own else ")")
         for i in threadpool_info()
         if i["user_api"] == "blas"
     ]

@@ -9,6 +9,8 @@ rounding). A wrong index or a lost term is off by ~|a_k b_k|, far above that for
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import pytest
@@ -171,22 +173,23 @@ def test_backward_sgd_matches_backward_then_sgd(threads, backend, B, I, O):
     assert np.isnan(dW2).all() and np.isnan(db2).all()
 
 
-def test_scipy_blas_stays_single_threaded():
-    """The blas backend calls SciPy's BLAS from every Numba thread: it must stay at 1 thread,
-    also after set_num_threads raises NumPy's BLAS threads."""
+def test_blas_backend_library_stays_single_threaded():
+    """The blas backend calls its OpenBLAS from every Numba thread: it must stay at 1 thread,
+    also after set_num_threads raises every BLAS's threads (threadpoolctl finds it too)."""
     from threadpoolctl import threadpool_info
 
     from numbadlrm.kernels import _jit
 
-    limited = blas.single_thread_scipy_blas()
-    assert limited, "no BLAS library found to limit"
+    assert blas.single_thread_blas() == 1
     old = numba.get_num_threads()
     try:
         _jit.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         threads = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
-        assert all(threads[path] == 1 for path in limited)
+        assert threads[os.path.realpath(blas.LIBRARY)] == 1
+        assert blas._LIB.scipy_openblas_get_num_threads() == 1
     finally:
         _jit.set_num_threads(old)
+    assert "OpenBLAS" in blas.blas_config()
 
 
 def test_bad_backend_is_named():

@@ -33,9 +33,9 @@ def set_num_threads(n: int) -> None:
     from threadpoolctl import threadpool_limits
 
     _blas_limit = threadpool_limits(limits=n, user_api="blas")
-    from .blas import single_thread_scipy_blas
+    from .blas import single_thread_blas
 
-    single_thread_scipy_blas()  # it runs inside Numba's threads, one call per thread
+    single_thread_blas()  # the blas backend's OpenBLAS runs inside Numba's threads, 1 each
 
 
 # Below this many bytes of work the layers call a kernel's serial entry point, which runs

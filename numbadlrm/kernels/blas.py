@@ -28,14 +28,15 @@ OpenBLAS picks its kernel, and with it the order of a sum, from the shape of eac
 thread's share.) ``threads`` is the caller's
 ``numba.get_num_threads()``: passed in, not read inside, so that the kernels cache.
 
-The BLAS is SciPy's: ``scipy.linalg.cython_blas`` exports ``sgemm`` as a C function
-pointer, which is handed to LLVM as a named symbol so the kernels still cache. That BLAS
-must run single-threaded (it is called from every thread at once: measured with its
-default 2 threads, the same B=128 forward took 16 ms instead of 0.2), so importing this
-module limits it to one thread with threadpoolctl. pip's SciPy ships its own copy of
-OpenBLAS, separate from NumPy's, so np.matmul keeps its threads; where one BLAS serves
-both (some conda or system builds), that BLAS is limited too and np.matmul becomes
-single-threaded.
+The BLAS is OpenBLAS from the ``scipy-openblas32`` package (the build SciPy and NumPy
+ship, as a package of its own): ``sgemm`` is looked up in that library and handed to LLVM
+as a named symbol, so the kernels still cache. It is a copy of OpenBLAS separate from
+NumPy's and SciPy's, with its own thread count, which importing this module sets to one
+(it is called from every Numba thread at once: measured with 2 threads, the B=128
+forward took 16 ms instead of 0.2), while np.matmul keeps its threads. Its version
+matters: at config c's shapes, 2 threads, the weight pass (dz^T x) ran 5-10% faster on
+OpenBLAS 0.3.34 than on SciPy 1.17's bundled 0.3.30, forward and dx passes level
+(`bench/bench_gemm.py`; RESULTS.md).
 """
 
 from __future__ import annotations
@@ -46,18 +47,19 @@ import os
 import llvmlite.binding
 import numba
 import numpy as np
-import scipy
-import scipy.linalg.cython_blas
+import scipy_openblas32
 from numba import prange, types
-from numba.extending import get_cython_function_address
 
 from ._jit import jit_parallel, jit_serial
 from .gemm import _bias_relu, _relu_mask_row, column_sums, logit_rows, outer_rows
 
+LIBRARY = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True))
+_LIB = ctypes.CDLL(LIBRARY)  # RTLD_LOCAL: its symbols never mix with NumPy's or SciPy's copy
+
 # Fortran sgemm, all 13 arguments by address. Addresses travel as intp: on x86-64 and
 # aarch64 a pointer and a 64-bit integer are passed the same way.
-_SYMBOL = "numbadlrm_scipy_sgemm"
-_ADDRESS = get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
+_SYMBOL = "numbadlrm_openblas_sgemm"
+_ADDRESS = ctypes.cast(_LIB.scipy_sgemm_, ctypes.c_void_p).value
 if numba.config.DISABLE_JIT:  # plain Python (debugging): call it through ctypes
     _sgemm = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))(_ADDRESS)
 else:
@@ -68,19 +70,21 @@ _N, _T = ord("N"), ord("T")
 NO_DX = np.empty((0, 0), np.float32)  # the dx argument of the first layer, which has none
 
 
-def single_thread_scipy_blas() -> list[str]:
-    """Limit SciPy's BLAS to one thread; returns the libraries limited."""
-    from threadpoolctl import ThreadpoolController
-
-    libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__))), "scipy")
-    own = [c for c in libs if os.path.realpath(c.filepath).startswith(root)]
-    for c in own or libs:
-        c.set_num_threads(1)
-    return [c.filepath for c in own or libs]
+def single_thread_blas() -> int:
+    """Limit this module's OpenBLAS to one thread; returns its thread count after."""
+    _LIB.scipy_openblas_set_num_threads(1)
+    return int(_LIB.scipy_openblas_get_num_threads())
 
 
-single_thread_scipy_blas()
+def blas_config() -> str:
+    """The library's build line, e.g. "OpenBLAS 0.3.34 DYNAMIC_ARCH ... SkylakeX"."""
+    _LIB.scipy_openblas_get_config.restype = ctypes.c_char_p
+    _LIB.scipy_openblas_get_corename.restype = ctypes.c_char_p
+    config = _LIB.scipy_openblas_get_config().decode()
+    return f"{config} (core {_LIB.scipy_openblas_get_corename().decode()})"
+
+
+single_thread_blas()
 
 
 @jit_serial
