@@ -135,11 +135,13 @@ def test_numba_layer_bitwise_across_threads(threads):
 
 
 @pytest.mark.parametrize(
-    ("B", "I", "O"), [(129, 150, 130), (67, 40, 3), (1, 5, 7), (2, 33, 1), (70, 13, 40)]
+    ("B", "I", "O"),
+    [(129, 150, 130), (67, 40, 3), (1, 5, 7), (2, 33, 1), (70, 13, 40), (90, 40, 100)],
 )
 def test_blas_layer_shares_work_at_any_thread_count(threads, B, I, O):
     """The blas backend's split of each pass across threads: rows of the batch, and dW by
-    its columns or, for a narrow input (I < 16 per thread), by its rows; a batch smaller
+    its longer side (columns when I >= O, rows when O > I or when the input is narrow,
+    I < 16 per thread, at any O of at least 16 per thread); a batch smaller
     than the thread count. (Not bitwise across thread counts: OpenBLAS picks its kernel, and so
     its order of sums, from the shape of each thread's share.)"""
     rng = np.random.default_rng([2, B, I, O])

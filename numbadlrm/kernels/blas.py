@@ -15,8 +15,8 @@ numbadlrm.config):
 
     forward           y[rows]  = x[rows] W^T + b, ReLU          rows of the batch
     mask + data       dz[rows] = dy[rows] [y > 0];  dx[rows] = dz[rows] W
-    weight            dW[part] = dz^T x over all rows, db       columns of dW (I) or,
-                                                                 when I is narrow, rows (O)
+    weight            dW[part] = dz^T x over all rows, db       the longer side of dW:
+                                                                 columns (I) or rows (O)
     weight + SGD      W[part] -= lr dz^T x (one sgemm, beta = 1), b[part] -= lr db[part]
 
 The logit layer (O = 1) is a matrix-vector product in every pass, and OpenBLAS runs an
@@ -203,18 +203,19 @@ def _put(out, g, alpha, update):
 @jit_parallel
 def _weight_pass(C, bias, dz, x, alpha, update, threads):
     """C (O, I) = alpha dz^T x and bias (O,) = alpha sum_rows dz, or, with ``update``, both
-    added to what C and bias hold: columns of C per thread, and a share of the bias each.
+    added to what C and bias hold: the longer side of C shared between the threads (each
+    thread's sgemm then gets the squarer block), and a share of the bias each.
 
-    Columns, not rows: with the batch as K, a column share ran 5-10% faster than a row
-    share on configs b and c (1024-1024 at B=2048, 2 threads: 23.5-24.1 against 25.3-25.4
-    ms, `bench/bench_gemm.py`). Rows of C per thread only where I is too narrow to share
-    (I < 16 per thread: the 13-wide first bottom layer) and O is not.
+    Measured with OpenBLAS 0.3.34 at B=2048, 2 threads (GFLOP/s, medians of 41):
+    479-1024 rows 196 against columns 190, 1024-512 columns 201 against rows 195,
+    1024-1024 level (204, 203). Rows also where I is too narrow to share (I < 16 per
+    thread: the 13-wide first bottom layer) and O is not.
     """
     B, O = dz.shape
     I = x.shape[1]
     beta = 1.0 if update else 0.0
     nt = _parts(threads, max(O, I))
-    by_rows = I < 16 * nt and O >= 16 * nt
+    by_rows = O >= 16 * nt and (I < 16 * nt or O > I)
     for t in prange(nt):
         o0, o1 = _share(O, t, nt)  # this thread's part of the bias, either way
         if by_rows:
