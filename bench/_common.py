@@ -99,10 +99,22 @@ def stream_copy_gbs(n_bytes: int = 256 << 20, repeat: int = 5) -> float:
 
 
 def blas_sgemm_gflops(n: int = 2048, repeat: int = 5) -> float:
-    """float32 n x n x n np.matmul throughput (GFLOP/s) at the current BLAS thread count."""
+    """float32 n x n x n GEMM throughput (GFLOP/s) at the current thread count: the faster of
+    np.matmul (NumPy's OpenBLAS, its own threads) and the blas backend's forward (one
+    single-threaded OpenBLAS sgemm per Numba thread on its rows), timed side by side."""
+    from numbadlrm.kernels import blas
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), np.float32)
-    t = median_times({"sgemm": lambda: np.matmul(a, b, out=c)}, repeat=repeat)["sgemm"]
-    return 2 * n**3 / t / 1e9
+    bias = np.zeros(n, np.float32)
+    threads = numba.get_num_threads()
+    times = median_times(
+        {
+            "np.matmul": lambda: np.matmul(a, b, out=c),
+            "blas backend": lambda: blas.forward(c, a, b, bias, False, threads),
+        },
+        repeat=repeat,
+    )
+    return 2 * n**3 / min(times.values()) / 1e9

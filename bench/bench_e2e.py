@@ -39,9 +39,10 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
-from _common import header, set_threads
+from _common import blas_sgemm_gflops, header, set_threads, stream_copy_gbs
 
 from numbadlrm import (
     DLRMConfig,
@@ -152,6 +153,54 @@ def step_breakdown(model: DLRM, data, steps: int) -> dict[str, float]:
     return {name: float(np.median(s)) for name, s in samples.items()}
 
 
+def op_costs(setup: Setup, cfg: DLRMConfig) -> dict[str, tuple[float, float]]:
+    """{op: (flops, bytes)} of one training step, the bytes by a byte model of what each
+    memory-bound op must read and write at least (float32 rows, int64 indices):
+
+        embedding fwd     B T L rows read + B T pooled rows written + indices
+        embedding update  B T pooled gradients read + B T L rows read and written + indices
+        interaction fwd   B F rows read + B (D + P) written;        2 B P D flops
+        interaction bwd   B (D + P) + B F rows read + B F written;  4 B P D flops
+        loss              3 B floats
+        MLP ops           2 B I O flops per layer and pass (no dx for the first bottom
+                          layer); their bytes (activations, W) are left out: each GEMM
+                          here is compute-bound
+
+    with F = T + 1 features of D floats, P = F (F - 1) / 2 pairs, L lookups per bag.
+    """
+    B, T, D, L = setup.batch, setup.tables, setup.dim, setup.lookups
+    F = T + 1
+    P = F * (F - 1) // 2
+    row = D * 4
+
+    def mlp(sizes: tuple[int, ...], first_dx: bool) -> tuple[float, float]:
+        layers = list(pairwise(sizes))
+        fwd = sum(2.0 * B * i * o for i, o in layers)
+        first = 2.0 * B * layers[0][0] * layers[0][1]
+        return fwd, 2 * fwd - (0.0 if first_dx else first)
+
+    bottom_fwd, bottom_bwd = mlp(cfg.bottom_sizes, False)
+    top_fwd, top_bwd = mlp(cfg.top_sizes, True)
+    return {
+        "bottom fwd": (bottom_fwd, 0.0),
+        "embedding fwd": (0.0, B * T * L * (row + 8) + B * T * row),
+        "interaction fwd": (2.0 * B * P * D, B * F * row + B * (D + P) * 4),
+        "top fwd": (top_fwd, 0.0),
+        "loss": (0.0, 3 * B * 4),
+        "top bwd": (top_bwd, 0.0),
+        "interaction bwd": (4.0 * B * P * D, B * (D + P) * 4 + 2 * B * F * row),
+        "embedding update": (0.0, B * T * row + B * T * L * (2 * row + 8)),
+        "bottom bwd": (bottom_bwd, 0.0),
+    }
+
+
+def op_limits(setup: Setup, gflops: float, gbs: float) -> dict[str, float]:
+    """Seconds per op at this machine's limits: its flops at the sgemm rate or its bytes at
+    the STREAM-copy rate, whichever takes longer (both rates measured in the same process)."""
+    costs = op_costs(setup, setup.config())
+    return {op: max(f / (gflops * 1e9), b / (gbs * 1e9)) for op, (f, b) in costs.items()}
+
+
 def time_child(framework: str, name: str, threads: int, steps: int) -> None:
     """In a subprocess: seconds of each of `steps` training steps after a warm-up. Prints JSON.
 
@@ -186,7 +235,12 @@ def breakdown_child(name: str, threads: int, steps: int) -> None:
     model, data = DLRM(cfg, seed=0), batches(setup, cfg)
     for b in data[:3]:
         model.train_step(b, LR)
-    print(json.dumps(step_breakdown(model, data, steps)))
+    ops = step_breakdown(model, data, steps)
+    del model, data  # the rates below are measured with the tables freed
+    small = name in QUICK  # the CI smoke: small measurements of the rates
+    sgemm = blas_sgemm_gflops(512 if small else 2048)
+    stream = stream_copy_gbs(16 << 20 if small else 256 << 20)
+    print(json.dumps({"ops": ops, "sgemm": sgemm, "stream": stream}))
 
 
 def _child(mode: str, framework: str, name: str, threads: int, steps: int) -> list | dict:
@@ -208,8 +262,9 @@ def run_config(name: str, setup: Setup, threads: list[int], steps: int, rounds: 
             for f in frameworks:
                 samples[f] += _child("--time-child", f, name, n, steps)
         t = {f: float(np.median(v)) for f, v in samples.items()}
-        ops = _child("--breakdown-child", "numbadlrm", name, n, max(steps, 5))
-        rows.append({"config": name, "threads": n, "times": t, "ops": ops})
+        child = _child("--breakdown-child", "numbadlrm", name, n, max(steps, 5))
+        limits = op_limits(setup, child["sgemm"], child["stream"])
+        rows.append({"config": name, "threads": n, "times": t, "limits": limits} | child)
         ours = setup.batch / t["numbadlrm"]
         line = f"{name:3} {n:7} {ours:12.0f}"
         if "torch" in t:
@@ -220,13 +275,44 @@ def run_config(name: str, setup: Setup, threads: list[int], steps: int, rounds: 
 
 
 def print_breakdown(rows: list[dict]) -> None:
-    print("\nnumbadlrm step per op (median ms; 'sum' of ops vs the measured train_step)")
+    print(
+        "\nnumbadlrm step per op (median ms) and the same op at this machine's limits ('limit':"
+        "\nflops at the sgemm rate or bytes at the STREAM-copy rate, whichever is longer;"
+        "\nbench_e2e.op_costs); 'sum' of ops vs the measured train_step"
+    )
     cols = [f"{r['config']}/{r['threads']}t" for r in rows]
-    print(f"{'op':18}" + "".join(f"{c:>10}" for c in cols))
+    print(f"{'op':18}" + "".join(f"{c:>10}{'limit':>8}" for c in cols))
     for op in OPS:
-        print(f"{op:18}" + "".join(f"{r['ops'][op] * 1e3:10.2f}" for r in rows))
-    print(f"{'sum':18}" + "".join(f"{sum(r['ops'].values()) * 1e3:10.2f}" for r in rows))
-    print(f"{'train_step':18}" + "".join(f"{r['times']['numbadlrm'] * 1e3:10.2f}" for r in rows))
+        print(
+            f"{op:18}"
+            + "".join(f"{r['ops'][op] * 1e3:10.2f}{r['limits'][op] * 1e3:8.2f}" for r in rows)
+        )
+    print(
+        f"{'sum':18}"
+        + "".join(
+            f"{sum(r['ops'].values()) * 1e3:10.2f}{sum(r['limits'].values()) * 1e3:8.2f}"
+            for r in rows
+        )
+    )
+    print(
+        f"{'train_step':18}" + "".join(f"{r['times']['numbadlrm'] * 1e3:10.2f}{'':8}" for r in rows)
+    )
+    print(f"{'sgemm GFLOP/s':18}" + "".join(f"{r['sgemm']:10.0f}{'':8}" for r in rows))
+    print(f"{'STREAM GB/s':18}" + "".join(f"{r['stream']:10.1f}{'':8}" for r in rows))
+    if all("torch" in r["times"] for r in rows):
+        print(
+            "torch step / limit step: the ratio an implementation of the same fp32 "
+            "semantics would reach at the limits"
+        )
+        print(
+            f"{'torch step':18}" + "".join(f"{r['times']['torch'] * 1e3:10.2f}{'':8}" for r in rows)
+        )
+        print(
+            f"{'ratio at limit':18}"
+            + "".join(
+                f"{r['times']['torch'] / sum(r['limits'].values()):9.2f}x{'':8}" for r in rows
+            )
+        )
 
 
 # ------------------------------------------------------------------- peak memory
