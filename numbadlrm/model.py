@@ -159,17 +159,25 @@ def _mlp_backward(
 
     Without lr the parameter gradients go to the grads buffer; with lr each layer applies
     SGD to its own parameters as soon as its dx is formed (linear_backward_sgd).
+
+    Every layer below the last has a ReLU. Its mask is applied by the layer above, to the
+    dx that layer has just formed (``mask_dx``), so it runs with relu=False: the mask
+    reads the layer's input while its rows are in cache, and so brings that input into
+    cache for the weight pass, which reads it next.
     """
     n = len(layers)
     for i in reversed(range(n)):
         w, b, dw, db = layers[i]
         layer_in = acts[i - 1] if i > 0 else x
         dx = dacts[i - 1] if i > 0 else dx_first
-        relu = i < n - 1 or relu_last
+        relu = i == n - 1 and relu_last  # below the last layer, applied by the layer above
+        mask_dx = i > 0  # layer i - 1 (never the last) has a ReLU
         if lr is None:
-            linear_backward(dx, dw, db, dacts[i], layer_in, acts[i], w, relu, gemm)
+            linear_backward(dx, dw, db, dacts[i], layer_in, acts[i], w, relu, gemm, True, mask_dx)
         else:
-            linear_backward_sgd(dx, w, b, dacts[i], layer_in, acts[i], relu, lr, dw, db, gemm)
+            linear_backward_sgd(
+                dx, w, b, dacts[i], layer_in, acts[i], relu, lr, dw, db, gemm, mask_dx
+            )
         if after_layer is not None:
             after_layer()
 

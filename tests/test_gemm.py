@@ -109,6 +109,34 @@ def test_layer_matches_reference(backend, relu, B, I, O):
 
 
 @pytest.mark.parametrize("backend", linear.BACKENDS)
+@pytest.mark.parametrize("sgd", [False, True], ids=["grads", "sgd"])
+@pytest.mark.parametrize(("B", "I", "O"), [(129, 150, 130), (67, 40, 1), (3, 20, 5)])
+def test_mask_dx_applies_the_layer_below_relu(backend, sgd, B, I, O):
+    """mask_dx: dx comes out multiplied by [x > 0] (the layer below's ReLU backward, x its
+    output), equal to the unmasked dx masked afterwards; dW, db, the update untouched."""
+    rng = np.random.default_rng([4, B, I, O])
+    x, W, b, y_in, dy = make(rng, B, I, O)
+    x = np.maximum(x, 0)  # the output of a ReLU: exact zeros where the mask cuts
+    _, dx, dW, db = outputs(B, I, O)
+    _, dx_m, dW_m, db_m = outputs(B, I, O)
+    W_m, b_m = W.copy(), b.copy()
+    if sgd:
+        linear.linear_backward_sgd(dx, W, b, dy.copy(), x, y_in, True, 0.1, dW, db, backend)
+        linear.linear_backward_sgd(
+            dx_m, W_m, b_m, dy.copy(), x, y_in, True, 0.1, dW_m, db_m, backend, mask_dx=True
+        )
+        np.testing.assert_array_equal(W_m, W)
+        np.testing.assert_array_equal(b_m, b)
+    else:
+        linear.linear_backward(dx, dW, db, dy.copy(), x, y_in, W, True, backend)
+        linear.linear_backward(dx_m, dW_m, db_m, dy.copy(), x, y_in, W, True, backend, True, True)
+        np.testing.assert_array_equal(dW_m, dW)
+        np.testing.assert_array_equal(db_m, db)
+    assert ((x == 0) & (dx != 0)).any()  # the mask has something to cut
+    np.testing.assert_array_equal(dx_m, np.where(x > 0, dx, np.float32(0)))
+
+
+@pytest.mark.parametrize("backend", linear.BACKENDS)
 def test_backward_without_dx(backend):
     """The first layer passes dx=None: dW and db are still formed, nothing else written."""
     rng = np.random.default_rng(1)

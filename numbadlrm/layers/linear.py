@@ -113,11 +113,14 @@ def linear_backward(
     relu: bool,
     backend: str = "auto",
     weight_pass: bool = True,
+    mask_dx: bool = False,
 ) -> None:
     """dW (O, I), db (O,) and, unless dx is None, dx (B, I) from dy (B, O).
 
-    dy is overwritten with dz = dy * [y > 0] when relu. ``weight_pass=False`` stops after
-    the mask and dx (dW and db may then be None): :func:`linear_backward_sgd` does the rest.
+    dy is overwritten with dz = dy * [y > 0] when relu. With ``mask_dx``, dx is then
+    multiplied by [x > 0]: the ReLU backward of the layer below, whose output x is (that
+    layer then runs with relu=False). ``weight_pass=False`` stops after the masks and dx
+    (dW and db may then be None): :func:`linear_backward_sgd` does the rest.
     """
     batch, in_features = x.shape
     out_features = W.shape[0]
@@ -133,9 +136,11 @@ def linear_backward(
     if dx is not None:
         _check("dx", dx, (batch, in_features))
     threads = numba.get_num_threads()
-    if data == "blas":  # the ReLU mask, then dx, on each thread's rows
-        has_dx = dx is not None
-        blas.backward_data(dx if has_dx else blas.NO_DX, dy, y, W, relu, has_dx, threads)
+    has_dx = dx is not None
+    mask_dx = mask_dx and has_dx
+    if data == "blas":  # the ReLU mask, dx, then dx's mask, on each thread's rows
+        dx_ = dx if has_dx else blas.NO_DX
+        blas.backward_data(dx_, dy, y, W, x, relu, has_dx, mask_dx, threads)
     elif relu:
         gemm.relu_mask(dy, y)
     dz = dy
@@ -143,8 +148,10 @@ def linear_backward(
         _BACKWARD_WEIGHT(dW, db, dz, x)
     elif weight_pass:
         blas.backward_weight(dW, db, dz, x, threads)
-    if dx is not None and data == "numba":
+    if has_dx and data == "numba":
         _BACKWARD_DATA(dx, dz, W)
+        if mask_dx:
+            gemm.relu_mask(dx, x)
 
 
 def linear_backward_sgd(
@@ -159,6 +166,7 @@ def linear_backward_sgd(
     dW: np.ndarray,
     db: np.ndarray,
     backend: str = "auto",
+    mask_dx: bool = False,
 ) -> None:
     """The backward fused with plain SGD: dx from the old W, then W and b updated in place.
 
@@ -171,13 +179,13 @@ def linear_backward_sgd(
     out_features = W.shape[0]
     weight = _resolve(backend, batch, in_features, out_features, "backward_weight")
     if weight == "numba" and _BACKWARD_WEIGHT_SGD is None:
-        linear_backward(dx, dW, db, dy, x, y, W, relu, backend)
+        linear_backward(dx, dW, db, dy, x, y, W, relu, backend, mask_dx=mask_dx)
         lr32 = np.float32(lr)
         sgd_update_serial(W.reshape(-1), dW.reshape(-1), lr32)
         sgd_update_serial(b, db, lr32)
         return
     _check("b", b, (out_features,))
-    linear_backward(dx, None, None, dy, x, y, W, relu, backend, weight_pass=False)
+    linear_backward(dx, None, None, dy, x, y, W, relu, backend, False, mask_dx)
     if weight == "numba":
         _BACKWARD_WEIGHT_SGD(W, b, dy, x, np.float32(lr))
     else:
