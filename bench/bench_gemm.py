@@ -114,7 +114,7 @@ def pass_runs(version, B, I, O, relu, threads, rng):
         },
         "backward_data": {  # dx = dz W alone (relu=False: no mask), as the Numba kernel
             "numba": lambda: backward_data(dx, dz, W),
-            "blas": lambda: blas.backward_data(dx, dz, dz, W, False, True, threads),
+            "blas": lambda: blas.backward_data(dx, dz, dz, W, x, False, True, False, threads),
             "matmul": lambda: _matmul_backward_data(dx, dz, W),
         },
         "backward_weight": {
