@@ -69,6 +69,38 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         raise
 
 
+def save_model_checkpoint(
+    path: str | os.PathLike,
+    model,
+    step: int = 0,
+    epoch: int = 0,
+    batch_in_epoch: int = 0,
+    extra: dict | None = None,
+) -> None:
+    """Write ``model``'s checkpoint (DLRM, or the MPI layer's DistributedDLRM).
+
+    With a communicator (``model.comm``) this is a collective: every rank calls it, the
+    tables are gathered (``state_dict``), rank 0 writes the single-process format, and a
+    failed write raises the same CheckpointError on every rank, so none is left waiting
+    in a later collective.
+    """
+    state = model.state_dict()  # a collective under MPI
+    comm = getattr(model, "comm", None)
+    error = None
+    if comm is None or comm.rank == 0:
+        ckpt = Checkpoint(model.config, state, step, epoch, batch_in_epoch, extra or {})
+        try:
+            save_checkpoint(path, ckpt)
+        except (OSError, ValueError) as exc:
+            if comm is None:
+                raise
+            error = str(exc)
+    if comm is not None:
+        error = comm.bcast(error, root=0)
+        if error is not None:
+            raise CheckpointError(error)
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():

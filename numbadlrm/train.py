@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .batch import Batch
-from .checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import check_compatible, load_checkpoint, save_model_checkpoint
 from .config import DLRMConfig
 from .data.criteo import preprocess_for_training
 from .data.dataset import ProcessedData
@@ -345,17 +345,14 @@ class TrainLoop:
         return result
 
     def save(self, step: int, epoch: int, batch_in_epoch: int) -> None:
-        state = self.model.state_dict()  # a collective under MPI: every rank calls it
-        if self.root:
-            extra = {
-                "seed": self.cfg.seed,
-                "data_generation": self.cfg.data_generation,
-                "learning_rate": self.cfg.learning_rate,
-            }
-            save_checkpoint(
-                self.cfg.save_model,
-                Checkpoint(self.mcfg, state, step, epoch, batch_in_epoch, extra),
-            )
+        """The model's checkpoint at cfg.save_model (a collective under MPI: every rank
+        calls it, rank 0 writes)."""
+        extra = {
+            "seed": self.cfg.seed,
+            "data_generation": self.cfg.data_generation,
+            "learning_rate": self.cfg.learning_rate,
+        }
+        save_model_checkpoint(self.cfg.save_model, self.model, step, epoch, batch_in_epoch, extra)
 
     def _epoch(self, epoch: int, start: int, step: int) -> int:
         """Train batches start.. of one epoch; returns the global step count."""

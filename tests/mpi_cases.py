@@ -27,7 +27,7 @@ import numpy as np
 from mpi4py import MPI
 
 from numbadlrm import DLRM, DLRMConfig
-from numbadlrm.checkpoint import load_checkpoint
+from numbadlrm.checkpoint import CheckpointError, load_checkpoint
 from numbadlrm.parallel.distributed import DistributedDLRM
 from numbadlrm.parallel.exchange import EmbeddingExchange
 from numbadlrm.parallel.partition import plan_placement
@@ -249,6 +249,23 @@ def checkpoint_save(comm, workdir):
     for batch in batches(cfg, STEPS):
         model.train_step(batch, LR)
     save_distributed_checkpoint(Path(workdir) / "ckpt.npz", model, step=STEPS)
+
+
+@case
+def checkpoint_save_error_reaches_every_rank(comm, workdir):
+    """A write that fails on rank 0 (no such directory) raises CheckpointError on every
+    rank, so none waits in the next collective; a later save still works."""
+    cfg = tiny_config("dot", "7-400-5-30-3")
+    model = DistributedDLRM(cfg, comm, seed=3, gemm="numba")
+    try:
+        save_distributed_checkpoint(Path(workdir) / "missing" / "ckpt.npz", model, step=1)
+    except CheckpointError as exc:
+        message = str(exc)
+    else:
+        message = ""
+    save_distributed_checkpoint(Path(workdir) / f"ok{comm.size}.npz", model, step=2)
+    assert "does not exist" in message, message
+    assert load_checkpoint(Path(workdir) / f"ok{comm.size}.npz").step == 2
 
 
 @case

@@ -28,8 +28,13 @@ from contextlib import contextmanager
 import numba
 from mpi4py import MPI
 
-from ..checkpoint import Checkpoint, CheckpointError, check_compatible, load_checkpoint
-from ..checkpoint import save_checkpoint as write_checkpoint
+from ..checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    save_model_checkpoint,
+)
 from ..config import DLRMConfig
 from ..kernels._jit import set_num_threads
 from ..train import TrainConfig, TrainLoop, describe, open_data
@@ -130,19 +135,9 @@ def save_distributed_checkpoint(
     """Collective: gather the tables to rank 0, which writes a numbadlrm.checkpoint file.
 
     The file is the single-process format, so DLRM or any number of ranks can load it.
+    (numbadlrm.checkpoint.save_model_checkpoint, which the training loop also calls.)
     """
-    state = model.state_dict()
-    error = None
-    if model.comm.rank == 0:
-        try:
-            write_checkpoint(
-                path, Checkpoint(model.config, state, step, epoch, batch_in_epoch, extra or {})
-            )
-        except (OSError, ValueError) as exc:
-            error = str(exc)
-    error = model.comm.bcast(error, root=0)
-    if error is not None:
-        raise CheckpointError(error)
+    save_model_checkpoint(path, model, step, epoch, batch_in_epoch, extra)
 
 
 def load_distributed_checkpoint(path, model: DistributedDLRM) -> Checkpoint:
