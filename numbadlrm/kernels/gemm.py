@@ -49,6 +49,7 @@ Lessons that moved the numbers (see bench/bench_gemm.py):
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -586,16 +587,16 @@ def _v4_block(C, A, sa_r, sa_k, Bm, K, i0, i1, j0, j1, b, relu, with_bias, alpha
 
 
 @jit_parallel
-def _v4_gemm(C, A, sa_r, sa_k, Bm, K, b, relu, with_bias, alpha, update):
+def _v4_gemm(C, A, sa_r, sa_k, Bm, K, b, relu, with_bias, alpha, update, max_tasks=TASKS4):
     """C (M, N) = A Bm (+ b, ReLU), A's element (i, k) at A.flat[i sa_r + k sa_k].
 
-    Rows of C are cut into up to TASKS4 blocks of whole tiles (columns, when there are too
-    few rows to share); each task writes only its block.
+    Rows of C are cut into up to ``max_tasks`` blocks of whole tiles (up to TASKS4 blocks
+    of columns, when there are too few rows to share); each task writes only its block.
     """
     M, N = C.shape
     row_tiles = _cdiv(M, MR)
     if row_tiles >= 2 * MIN_TASKS or _cdiv(N, NR) < 2:
-        tasks = min(TASKS4, row_tiles)
+        tasks = max(1, min(max_tasks, row_tiles))
         for t in prange(tasks):
             i0 = (t * row_tiles // tasks) * MR
             i1 = min(M, ((t + 1) * row_tiles // tasks) * MR)
@@ -690,8 +691,9 @@ def gemm_backward_data_v4(dx, dz, W):
 
 
 @jit_serial
-def _v4_weight(dW, dz, x, alpha, update):
+def _v4_weight(dW, dz, x, alpha, update, threads):
     """dW (O, I) (+)= alpha dz^T x, reading dz^T in place: element (o, b) at dz.flat[b O + o].
+    ``threads``: numba.get_num_threads() of the caller (read outside, so kernels cache).
 
     (Copying each task's block of dz^T into a contiguous scratch first, or packing x's
     panels, measured slower at the narrow layers, 13-512 and 100-1024, and no faster at
@@ -710,24 +712,37 @@ def _v4_weight(dW, dz, x, alpha, update):
             for i in range(I):
                 row[i] = row[i] + alpha * prod[i, o] if update else alpha * prod[i, o]
         return
-    _v4_gemm(dW, dz, 1, O, x, dz.shape[0], dW[0], False, False, alpha, update)
+    # One block of dW's rows per thread, not TASKS4: every block streams all of x (its B,
+    # (batch, I)) through the cache once per 64 columns, so 16 blocks read x 16 times. At
+    # B = 2048, 2 threads, medians of 15: 1024-1024 158 -> 169 GFLOP/s, 1024-512 161 -> 186,
+    # 479-1024 184 -> 186, the rest level (forward and dx passes, whose B is W: level).
+    _v4_gemm(dW, dz, 1, O, x, dz.shape[0], dW[0], False, False, alpha, update, threads)
 
 
 @jit_serial
-def gemm_backward_weight_v4(dW, db, dz, x):
-    _v4_weight(dW, dz, x, 1.0, False)
+def _v4_weight_grad(dW, db, dz, x, threads):
+    _v4_weight(dW, dz, x, 1.0, False, threads)
     _column_sums(db, dz)
 
 
 @jit_serial
-def gemm_backward_weight_sgd_v4(W, b, dz, x, lr):
-    """W -= lr dz^T x and b -= lr sum_b dz in place: v4's weight pass fused with SGD
-    (each tile adds -lr times its product to W; no dW is stored)."""
-    _v4_weight(W, dz, x, -lr, True)
+def _v4_weight_sgd(W, b, dz, x, lr, threads):
+    _v4_weight(W, dz, x, -lr, True, threads)
     db = np.empty(b.shape[0], np.float32)
     _column_sums(db, dz)
     for j in range(b.shape[0]):
         b[j] -= lr * db[j]
+
+
+def gemm_backward_weight_v4(dW, db, dz, x):
+    """dW = dz^T x and db = sum_b dz (v4)."""
+    _v4_weight_grad(dW, db, dz, x, numba.get_num_threads())
+
+
+def gemm_backward_weight_sgd_v4(W, b, dz, x, lr):
+    """W -= lr dz^T x and b -= lr sum_b dz in place: v4's weight pass fused with SGD
+    (each tile adds -lr times its product to W; no dW is stored)."""
+    _v4_weight_sgd(W, b, dz, x, lr, numba.get_num_threads())
 
 
 VERSIONS = {

@@ -41,7 +41,9 @@ def choose_backend(batch: int, in_features: int, out_features: int, pass_: str) 
     reproducible. In isolation (bench/bench_gemm.py, 2 threads) the Numba v4 kernels and
     the blas backend are level: summed over all passes 1.04 (a), 0.98-0.99 (b) and
     0.97-1.01 (c) of blas, Numba ahead on most narrow and backward passes, behind on the
-    1024-wide weight passes (0.81-0.87). In whole training steps (medians of 3 runs per
+    1024-wide weight passes (0.81-0.87; level since session 4, 0.99 summed on b and c,
+    yet whole config c steps still ran 163.5-166.2 ms here against 170.4-189.9 ms with
+    "numba" everywhere, 3 alternating pairs). In whole training steps (medians of 3 runs per
     backend, alternating processes, 2 threads, ms): B=2048 config b 230 blas vs 246 Numba,
     config c 181 vs 187; B=1024 12.4 vs 15.4; B=256 3.20 vs 3.51; only at B=128 (config a)
     Numba led, in three runs: 1.76 vs 2.17, 1.65 vs 1.80, 1.99 vs 2.13 (5 rounds), while
