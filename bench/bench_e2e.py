@@ -5,7 +5,10 @@ torch.optim.SGD (the reference's semantics: EmbeddingBag sum with sparse gradien
 on the same batches (random data, fixed bag sizes), each in its own subprocess (so one's
 idle thread pool cannot slow the other), alternating for --rounds rounds; the median
 step over all rounds gives samples/s and their ratio. Then numbadlrm's step is split per
-op by timing the model's own calls in train_step's order. Last, each framework runs each config in a
+op by timing the model's own calls in train_step's order, each op beside its limit (its
+flops at the sgemm rate or its bytes, by op_costs' byte model, at the STREAM-copy rate,
+both measured in that process); torch's step over the summed limits is the best ratio an
+implementation of the same fp32 semantics could reach. Last, each framework runs each config in a
 subprocess that reports its peak resident memory during training steps (VmHWM, reset after
 the model is built, so initialisation does not count) above the process baseline (the
 interpreter, libraries and compiled kernels, measured on a tiny model first), next to the
