@@ -70,6 +70,16 @@ def _scatter_gradients(dx, demb, dout, dA, b):
 
 
 @jit_serial
+def _backward_scratch(chunks, nf, dim):
+    """Scratch of the dot backward, one slab per chunk: A and dA (chunks, F, D), G (chunks,
+    F, F); allocated once per call."""
+    A = np.empty((chunks, nf, dim), np.float32)
+    dA = np.empty((chunks, nf, dim), np.float32)
+    G = np.empty((chunks, nf, nf), np.float32)
+    return A, dA, G
+
+
+@jit_serial
 def _pair_dots(out, b, A, li, lj, offset):
     """out[b, offset + p] = <A[li[p]], A[lj[p]]>, four pairs sharing a row i at a time.
 
@@ -165,9 +175,7 @@ def dot_interaction_backward_v2(dx, demb, dout, x, emb, li, lj):
     batch, dim = x.shape
     nf = emb.shape[0] + 1
     chunks = min(batch, CHUNKS)
-    scratch = np.empty((chunks, nf, dim), np.float32)  # A, once per call
-    dscratch = np.empty((chunks, nf, dim), np.float32)  # dA
-    gscratch = np.empty((chunks, nf, nf), np.float32)  # G
+    scratch, dscratch, gscratch = _backward_scratch(chunks, nf, dim)
     # Chunk c writes only dx[b], demb[:, b] of its own samples and its scratch: race-free.
     for c in prange(chunks):
         lo, hi = c * batch // chunks, (c + 1) * batch // chunks
@@ -350,9 +358,7 @@ def dot_interaction_backward(dx, demb, dout, x, emb, li, lj):
     nf = emb.shape[0] + 1
     itself = _check_triangle(nf, li, lj)
     chunks = min(batch, CHUNKS)
-    scratch = np.empty((chunks, nf, dim), np.float32)  # A, once per call
-    dscratch = np.empty((chunks, nf, dim), np.float32)  # dA
-    gscratch = np.empty((chunks, nf, nf), np.float32)  # G
+    scratch, dscratch, gscratch = _backward_scratch(chunks, nf, dim)
     # Chunk c writes only dx[b], demb[:, b] of its own samples and its scratch: race-free.
     for c in prange(chunks):
         lo, hi = c * batch // chunks, (c + 1) * batch // chunks
@@ -366,9 +372,8 @@ def dot_interaction_backward_serial(dx, demb, dout, x, emb, li, lj):
     """As dot_interaction_backward on the calling thread alone (small batches)."""
     nf, dim = emb.shape[0] + 1, x.shape[1]
     itself = _check_triangle(nf, li, lj)
-    A, dA = np.empty((nf, dim), np.float32), np.empty((nf, dim), np.float32)
-    G = np.empty((nf, nf), np.float32)
-    _backward_samples_v3(dx, demb, dout, x, emb, itself, A, dA, G, 0, x.shape[0])
+    A, dA, G = _backward_scratch(1, nf, dim)
+    _backward_samples_v3(dx, demb, dout, x, emb, itself, A[0], dA[0], G[0], 0, x.shape[0])
 
 
 @jit_parallel

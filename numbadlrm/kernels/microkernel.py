@@ -52,6 +52,21 @@ def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function
     return existing if existing is not None else ir.Function(module, fnty, name=name)
 
 
+def _vector_intrinsics(module: ir.Module):
+    """(masked load, masked store, fma) of 16-float vectors, declared once per module."""
+    fptr = _f32.as_pointer()
+    mload = _declare(
+        module, "llvm.masked.load.v16f32.p0", ir.FunctionType(_vf, [fptr, _i32, _vmask, _vf])
+    )
+    mstore = _declare(
+        module,
+        "llvm.masked.store.v16f32.p0",
+        ir.FunctionType(ir.VoidType(), [_vf, fptr, _i32, _vmask]),
+    )
+    fma = _declare(module, "llvm.fma.v16f32", ir.FunctionType(_vf, [_vf, _vf, _vf]))
+    return mload, mstore, fma
+
+
 def _splat(builder: ir.IRBuilder, value, vty: ir.VectorType):
     undef = ir.Constant(vty, ir.Undefined)
     first = builder.insert_element(undef, value, ir.Constant(_i32, 0))
@@ -104,19 +119,8 @@ def _tile_4x64(typingctx, K, a, sa_r, sa_k, b, ldb, c, ldc, m, n, accumulate, al
 
     def codegen(context, builder, signature, args):
         K, a, sa_r, sa_k, b, ldb, c, ldc, m, n, accumulate, alpha = args
-        module = builder.module
         fptr = _f32.as_pointer()
-        mload = _declare(
-            module,
-            "llvm.masked.load.v16f32.p0",
-            ir.FunctionType(_vf, [fptr, _i32, _vmask, _vf]),
-        )
-        mstore = _declare(
-            module,
-            "llvm.masked.store.v16f32.p0",
-            ir.FunctionType(ir.VoidType(), [_vf, fptr, _i32, _vmask]),
-        )
-        fma = _declare(module, "llvm.fma.v16f32", ir.FunctionType(_vf, [_vf, _vf, _vf]))
+        mload, mstore, fma = _vector_intrinsics(builder.module)
         ap = builder.inttoptr(a, fptr)
         bp = builder.inttoptr(b, fptr)
         cp = builder.inttoptr(c, fptr)
@@ -242,14 +246,8 @@ def _dots_4x4(typingctx, K, a0, a1, a2, a3, b0, b1, b2, b3, out):
 
     def codegen(context, builder, signature, args):
         K = args[0]
-        module = builder.module
         fptr = _f32.as_pointer()
-        mload = _declare(
-            module,
-            "llvm.masked.load.v16f32.p0",
-            ir.FunctionType(_vf, [fptr, _i32, _vmask, _vf]),
-        )
-        fma = _declare(module, "llvm.fma.v16f32", ir.FunctionType(_vf, [_vf, _vf, _vf]))
+        mload, _, fma = _vector_intrinsics(builder.module)
         rows_a = [builder.inttoptr(p, fptr) for p in args[1:5]]
         rows_b = [builder.inttoptr(p, fptr) for p in args[5:9]]
         outp = builder.inttoptr(args[9], fptr)
