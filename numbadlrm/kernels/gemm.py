@@ -54,6 +54,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit_parallel, jit_serial
+from .elementwise import sgd_update_serial
 from .microkernel import MR, NR, tile
 
 KC = 1024  # dot form: k block; 4 rows of A (16 KiB) stay in L1 across a block of Bt rows
@@ -168,13 +169,6 @@ def bias_act(y, b, relu):
 
 
 @jit_serial
-def bias_act_serial(y, b, relu):
-    """bias_act on the calling thread (one pass, no pool wake-up) for small layers."""
-    for r in range(y.shape[0]):
-        _bias_act_row(y[r], b, relu)
-
-
-@jit_serial
 def _relu_mask_row(d, v):
     for o in range(d.shape[0]):
         d[o] = d[o] if v[o] > 0 else 0.0  # a select, not a branch: vectorises
@@ -192,18 +186,6 @@ def relu_mask_serial(dy, y):
     """relu_mask on the calling thread: small work does not pay for waking the pool."""
     for r in range(dy.shape[0]):
         _relu_mask_row(dy[r], y[r])
-
-
-@jit_serial
-def relu_mask_bias_grad_serial(db, dy, y, relu):
-    """One pass on the calling thread: dz = dy * [y > 0] (if relu) in place, db = sum_b dz."""
-    db[:] = 0.0
-    for r in range(dy.shape[0]):
-        d = dy[r]
-        if relu:
-            _relu_mask_row(d, y[r])
-        for o in range(d.shape[0]):
-            db[o] += d[o]
 
 
 # ------------------------------------------------------------------------ naive
@@ -730,8 +712,7 @@ def _v4_weight_sgd(W, b, dz, x, lr, threads):
     _v4_weight(W, dz, x, -lr, True, threads)
     db = np.empty(b.shape[0], np.float32)
     _column_sums(db, dz)
-    for j in range(b.shape[0]):
-        b[j] -= lr * db[j]
+    sgd_update_serial(b, db, lr)
 
 
 def gemm_backward_weight_v4(dW, db, dz, x):
