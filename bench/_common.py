@@ -19,7 +19,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_info
 
-from numbadlrm.kernels._jit import set_num_threads
+from numbadlrm.threads import set_num_threads
 
 
 def set_threads(n: int) -> None:
@@ -118,3 +118,21 @@ def blas_sgemm_gflops(n: int = 2048, repeat: int = 5) -> float:
         repeat=repeat,
     )
     return 2 * n**3 / min(times.values()) / 1e9
+
+
+def versions_of(text: str, ops: tuple[str, ...]) -> list[str]:
+    """Parse --versions "v1,v2" and check each is registered for every op in ops (exits
+    with the registered choices otherwise)."""
+    import sys
+
+    from numbadlrm.kernels import registry
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    for op in ops:
+        known = registry.versions(op)
+        missing = [v for v in names if v not in known]
+        if missing:
+            sys.exit(f"--versions: {op} has no version {missing}; it has {list(known)}")
+    if not names:
+        sys.exit("--versions: give at least one version")
+    return names

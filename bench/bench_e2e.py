@@ -1,28 +1,23 @@
-"""End to end: training samples/s of numbadlrm against the PyTorch DLRM, per-op time, memory.
+"""End to end: training samples/s of numbadlrm against the PyTorch DLRM, and per-op time.
 
 For each config and thread count, numbadlrm's DLRM.train_step and TorchDLRM + plain
 torch.optim.SGD (the reference's semantics: EmbeddingBag sum with sparse gradients) run
 on the same batches (random data, fixed bag sizes), each in its own subprocess (so one's
 idle thread pool cannot slow the other), alternating for --rounds rounds; the median
 step over all rounds gives samples/s and their ratio. Then numbadlrm's step is split per
-op by timing the model's own calls in train_step's order, each op beside its limit (its
-flops at the sgemm rate or its bytes, by op_costs' byte model, at the STREAM-copy rate,
-both measured in that process); torch's step over the summed limits is the best ratio an
-implementation of the same fp32 semantics could reach. Last, each framework runs each config in a
-subprocess that reports its peak resident memory during training steps (VmHWM, reset after
-the model is built, so initialisation does not count) above the process baseline (the
-interpreter, libraries and compiled kernels, measured on a tiny model first), next to the
-tables' bytes and the activation bytes (numbadlrm's Workspace: every activation and
-gradient buffer of a step). The target is peak - baseline <= tables + 1.3 x activations.
+op by the model's own timing hook (DLRM.op_times, numbadlrm.profiling), each op beside its
+limit (its flops at the sgemm rate or its bytes, by op_costs' byte model, at the
+STREAM-copy rate, both measured in that process); torch's step over the summed limits is
+the best ratio an implementation of the same fp32 semantics could reach. Peak memory is
+bench_memory.py's. ``--kernels op=version,...`` runs numbadlrm with those kernel versions
+(``numbadlrm kernels`` lists them; yours in numbadlrm/kernels/lab/ too).
 
-Configs (B, tables, D, lookups per bag, bottom MLP, top MLP as the reference writes it):
-    a  128,  8 x 1,000,     16,   1, 13-512-256-64-16, 512-256-1
-    b  2048, 8 x 1,000,000, 64, 100, 512-512-64,       1024-1024-1024-1
-    c  2048, 26 x 100,000,  128,  1, 13-512-256-128,   1024-1024-512-256-1
-Config b's tables are 2 GB per framework.
+Configs: bench/_e2e.py (a, b, c as in bench/README.md). Config b's tables are 2 GB per
+framework.
 
     python bench/bench_e2e.py                                   # a, b, c at 1 and 2 threads
     python bench/bench_e2e.py --configs c --threads 2 --steps 20
+    python bench/bench_e2e.py --configs a --kernels embedding_update=v1
     python bench/bench_e2e.py --quick                            # tiny config (CI smoke)
 PyTorch is optional: without it numbadlrm runs alone.
 """
@@ -36,86 +31,28 @@ from numbadlrm import _pools  # first: the thread pools' environment, before num
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
-from collections import defaultdict
-from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
 from _common import blas_sgemm_gflops, header, set_threads, stream_copy_gbs
+from _e2e import CONFIGS, LR, QUICK, STEPPERS, Cycle, Setup, batches, torch
 
-from numbadlrm import (
-    DLRMConfig,
-    reference,
-)
-from numbadlrm.data.synthetic import batch_stream
-from numbadlrm.layers.embedding_bag import embedding_backward_sgd, embedding_forward
-from numbadlrm.layers.loss import sigmoid_bce
-from numbadlrm.model import DLRM, Workspace, _mlp_forward, dense_layout
+from numbadlrm import DLRMConfig, reference
+from numbadlrm.model import DLRM
+from numbadlrm.profiling import OPS, OpTimes
 
-try:
-    import torch
-
+if torch is not None:
     from numbadlrm.torch_dlrm import TorchDLRM, torch_train_step
-except ImportError:
-    torch = None
-
-LR = 0.01
 
 
-@dataclass(frozen=True)
-class Setup:
-    batch: int
-    tables: int
-    rows: int
-    dim: int
-    lookups: int
-    bottom: str
-    top: str
-    steps: int  # timed steps per process by default: about a second or more of steps
-
-    def config(self) -> DLRMConfig:
-        return DLRMConfig.from_arch(
-            self.dim, "-".join([str(self.rows)] * self.tables), self.bottom, self.top
-        )
-
-
-CONFIGS = {
-    "a": Setup(128, 8, 1_000, 16, 1, "13-512-256-64-16", "512-256-1", 500),
-    "b": Setup(2048, 8, 1_000_000, 64, 100, "512-512-64", "1024-1024-1024-1", 10),
-    "c": Setup(2048, 26, 100_000, 128, 1, "13-512-256-128", "1024-1024-512-256-1", 10),
-}
-QUICK = {"q": Setup(64, 3, 500, 8, 4, "13-16-8", "16-1", 3)}
-# "top bwd" and "bottom bwd" include their layers' SGD updates (fused into the weight GEMMs).
-OPS = (
-    "bottom fwd", "embedding fwd", "interaction fwd", "top fwd", "loss",
-    "top bwd", "interaction bwd", "embedding update", "bottom bwd",
-)  # fmt: skip
-
-
-def batches(setup: Setup, cfg: DLRMConfig, count: int = 4):
-    return list(batch_stream(cfg, "random", count, setup.batch, 1, setup.lookups, fixed=True))
-
-
-class Cycle:
-    """Calls step(batch) on batches in turn; one call per __call__."""
-
-    def __init__(self, step, data):
-        self.step, self.data, self.i = step, data, 0
-
-    def __call__(self):
-        self.step(self.data[self.i % len(self.data)])
-        self.i += 1
-
-
-def validate() -> None:
+def validate(kernels: str) -> None:
     """Abort unless 3 numbadlrm steps match the float64 reference (and PyTorch) in loss."""
     setup = QUICK["q"]
     cfg = setup.config()
-    model = DLRM(cfg, seed=3)
+    model = DLRM(cfg, seed=3, kernels=kernels)
     ref = reference.ReferenceDLRM(cfg, model.state_dict())
     oracle = TorchDLRM.from_numbadlrm(cfg, model.state_dict()) if torch else None
     opt = torch.optim.SGD(oracle.parameters(), lr=0.2) if torch else None
@@ -128,32 +65,13 @@ def validate() -> None:
 
 
 def step_breakdown(model: DLRM, data, steps: int) -> dict[str, float]:
-    """Median seconds per op of numbadlrm's train_step, calling the model's own functions
-    in train_step's order (DLRM.forward, sigmoid_bce, DLRM.backward_and_update; top_forward
-    is split into its interaction and top-MLP calls). Keep in step with model.py."""
-    tower, cfg = model.tower, model.config
-    samples = defaultdict(list)
+    """Median seconds per op of `steps` train_steps, by the model's own timing hook."""
+    times = OpTimes()
+    model.op_times = times
     for k in range(steps):
-        b = data[k % len(data)]
-        b.check_against(cfg.num_dense, cfg.embedding_sizes)
-        ws = model.workspace(b.batch_size)
-        calls = (
-            (tower.bottom_forward, ws, b.dense),
-            (embedding_forward, ws.emb, model.weights, model.row_start, b.offsets, b.indices),
-            (tower.interaction.forward, ws.top[0], ws.bottom[-1], ws.emb),
-            (_mlp_forward, tower.top, ws.top[1:], ws.top[0], False, tower.gemm, None),
-            (sigmoid_bce, ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], b.labels),
-            (tower.top_backward, ws, LR),
-            (tower.interaction_backward, ws),
-            (embedding_backward_sgd, model.weights, model.row_start, b.offsets, b.indices,
-             ws.demb, LR),
-            (tower.bottom_backward, ws, b.dense, None, LR),
-        )  # fmt: skip
-        for name, (fn, *args) in zip(OPS, calls, strict=True):
-            t0 = time.perf_counter()
-            fn(*args)
-            samples[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(s)) for name, s in samples.items()}
+        model.train_step(data[k % len(data)], LR)
+    model.op_times = None
+    return times.medians()
 
 
 def op_costs(setup: Setup, cfg: DLRMConfig) -> dict[str, tuple[float, float]]:
@@ -204,7 +122,7 @@ def op_limits(setup: Setup, gflops: float, gbs: float) -> dict[str, float]:
     return {op: max(f / (gflops * 1e9), b / (gbs * 1e9)) for op, (f, b) in costs.items()}
 
 
-def time_child(framework: str, name: str, threads: int, steps: int) -> None:
+def time_child(framework: str, name: str, threads: int, steps: int, kernels: str) -> None:
     """In a subprocess: seconds of each of `steps` training steps after a warm-up. Prints JSON.
 
     Each framework runs alone in its process, so neither pays for the other's idle
@@ -216,10 +134,7 @@ def time_child(framework: str, name: str, threads: int, steps: int) -> None:
         torch.set_num_threads(threads)
     setup = (QUICK | CONFIGS)[name]
     cfg = setup.config()
-    step = Cycle(
-        {"numbadlrm": _numbadlrm_stepper, "torch": _torch_stepper}[framework](cfg),
-        batches(setup, cfg),
-    )
+    step = Cycle(STEPPERS[framework](cfg, kernels), batches(setup, cfg))
     for _ in range(3):
         step()
     times = []
@@ -230,12 +145,12 @@ def time_child(framework: str, name: str, threads: int, steps: int) -> None:
     print(json.dumps(times))
 
 
-def breakdown_child(name: str, threads: int, steps: int) -> None:
+def breakdown_child(name: str, threads: int, steps: int, kernels: str) -> None:
     """In a subprocess, alone like the timed runs: step_breakdown after a warm-up. Prints JSON."""
     set_threads(threads)
     setup = (QUICK | CONFIGS)[name]
     cfg = setup.config()
-    model, data = DLRM(cfg, seed=0), batches(setup, cfg)
+    model, data = DLRM(cfg, seed=0, kernels=kernels), batches(setup, cfg)
     for b in data[:3]:
         model.train_step(b, LR)
     ops = step_breakdown(model, data, steps)
@@ -246,26 +161,26 @@ def breakdown_child(name: str, threads: int, steps: int) -> None:
     print(json.dumps({"ops": ops, "sgemm": sgemm, "stream": stream}))
 
 
-def _child(mode: str, framework: str, name: str, threads: int, steps: int) -> list | dict:
+def _child(mode: str, framework: str, name: str, threads: int, steps: int, kernels: str):
     cmd = [sys.executable, __file__, mode, framework, "--configs", name, "--threads",
-           str(threads), "--steps", str(steps)]  # fmt: skip
+           str(threads), "--steps", str(steps), "--kernels", kernels]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.getcwd())
     if out.returncode != 0:
         sys.exit(f"{framework} {name} failed: {out.stderr.strip()[-500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_config(name: str, setup: Setup, threads: list[int], steps: int, rounds: int) -> list[dict]:
+def run_config(name: str, setup: Setup, args, threads: list[int], steps: int) -> list[dict]:
     """Samples/s of each framework: `rounds` alternating subprocess runs, median step."""
     frameworks = ("numbadlrm", "torch") if torch is not None else ("numbadlrm",)
     rows = []
     for n in threads:
         samples: dict[str, list[float]] = {f: [] for f in frameworks}
-        for _ in range(rounds):  # alternate, so slow phases of a shared machine hit both
+        for _ in range(args.rounds):  # alternate, so slow phases of a shared machine hit both
             for f in frameworks:
-                samples[f] += _child("--time-child", f, name, n, steps)
+                samples[f] += _child("--time-child", f, name, n, steps, args.kernels)
         t = {f: float(np.median(v)) for f, v in samples.items()}
-        child = _child("--breakdown-child", "numbadlrm", name, n, max(steps, 5))
+        child = _child("--breakdown-child", "numbadlrm", name, n, max(steps, 5), args.kernels)
         limits = op_limits(setup, child["sgemm"], child["stream"])
         rows.append({"config": name, "threads": n, "times": t, "limits": limits} | child)
         ours = setup.batch / t["numbadlrm"]
@@ -318,99 +233,6 @@ def print_breakdown(rows: list[dict]) -> None:
         )
 
 
-# ------------------------------------------------------------------- peak memory
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def memory_child(framework: str, name: str, threads: int, steps: int) -> None:
-    """In a subprocess: a config's training-step peak over the process baseline. Prints JSON.
-
-    The baseline is taken after a tiny model's step (libraries and compiled kernels loaded)
-    and after the config's batch is generated (input data, not the step's memory). For
-    numbadlrm the tiny model steps on both GEMM backends: at its batch size the default
-    picks v4, and before session 4 the blas backend's kernels and OpenBLAS's buffers were
-    first loaded inside the measured steps (3.3 MB of config b's "used", measured).
-    """
-    set_threads(threads)
-    if torch is not None:
-        torch.set_num_threads(threads)
-    make = {"numbadlrm": _numbadlrm_stepper, "torch": _torch_stepper}[framework]
-    tiny = QUICK["q"]
-    Cycle(make(tiny.config()), batches(tiny, tiny.config(), 1))()
-    if framework == "numbadlrm":  # the tiny batch ran the v4 kernels: load the blas ones too
-        DLRM(tiny.config(), seed=0, gemm="blas").train_step(batches(tiny, tiny.config(), 1)[0], LR)
-    setup = (QUICK | CONFIGS)[name]
-    cfg = setup.config()
-    data = batches(setup, cfg, 1)
-    baseline = _rss_kb("VmRSS")
-    step = Cycle(make(cfg), data)
-    reset = _reset_peak()  # initialisation's temporaries do not count
-    for _ in range(steps):
-        step()
-    peak = _rss_kb("VmHWM")  # since the reset (or, where unsupported, the process start)
-    ws = Workspace(cfg, setup.batch)
-    arrays = [ws.emb, ws.demb, ws.p, *ws.bottom, *ws.dbottom, *ws.top, *ws.dtop]
-    print(json.dumps({
-        "baseline": baseline * 1024, "peak": peak * 1024, "peak_reset": reset,
-        "tables": sum(cfg.embedding_sizes) * cfg.sparse_feature_size * 4,
-        "activations": sum(a.nbytes for a in arrays),
-        # MLP parameters, plus their gradients for PyTorch (.grad); numbadlrm's train_step
-        # fuses SGD into the weight GEMMs and stores no dense gradient
-        "dense": (1 if framework == "numbadlrm" else 2) * 4 * dense_layout(cfg)[2],
-    }))  # fmt: skip
-
-
-def _numbadlrm_stepper(cfg):
-    model = DLRM(cfg, seed=0)
-    return lambda b: model.train_step(b, LR)
-
-
-def _torch_stepper(cfg):
-    oracle = TorchDLRM(cfg, np.random.default_rng(0))
-    opt = torch.optim.SGD(oracle.parameters(), lr=LR)
-    return lambda b: torch_train_step(oracle, opt, b)
-
-
-def measure_memory(names: list[str], threads: int) -> None:
-    print(f"\npeak memory of training steps ({threads} threads; MB = 1e6 bytes)")
-    print("  used = peak - baseline; over = used - tables - 1.3 x activations (<= 0 meets "
-          "the target); dense = MLP parameters (+ gradients, torch), part of used")  # fmt: skip
-    print(f"{'cfg':3} {'framework':10} {'baseline':>9} {'peak':>9} {'used':>9} {'tables':>9} "
-          f"{'activ.':>8} {'dense':>7} {'over':>7}")  # fmt: skip
-    for name in names:
-        for framework in ("numbadlrm", "torch") if torch is not None else ("numbadlrm",):
-            cmd = [sys.executable, __file__, "--memory-child", framework, "--configs", name,
-                   "--threads", str(threads)]  # fmt: skip
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.getcwd())
-            if out.returncode != 0:
-                print(f"{name:3} {framework:10} failed: {out.stderr.strip()[-300:]}")
-                continue
-            m = {k: v if isinstance(v, bool) else v * 1e-6
-                 for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}  # fmt: skip
-            used = m["peak"] - m["baseline"]
-            over = used - m["tables"] - 1.3 * m["activations"]
-            print(f"{name:3} {framework:10} {m['baseline']:9.0f} {m['peak']:9.0f} {used:9.0f} "
-                  f"{m['tables']:9.0f} {m['activations']:8.1f} {m['dense']:7.1f} {over:7.0f}"
-                  + ("" if m["peak_reset"] else "  (peak not reset)"))  # fmt: skip
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="a,b,c")
@@ -418,22 +240,18 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, help="timed steps per process (default: per config, >= ~1 s)"
     )
+    parser.add_argument("--kernels", default="", help="op=version,... for numbadlrm")
     parser.add_argument("--quick", action="store_true", help="tiny config, 1 thread count")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per framework")
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--breakdown-child", help=argparse.SUPPRESS)
     parser.add_argument("--time-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads = [int(n) for n in args.threads.split(",")]
-    if args.memory_child:
-        memory_child(args.memory_child, args.configs, threads[0], 3)
-        return
     if args.breakdown_child:
-        breakdown_child(args.configs, threads[0], args.steps or 10)
+        breakdown_child(args.configs, threads[0], args.steps or 10, args.kernels)
         return
     if args.time_child:
-        time_child(args.time_child, args.configs, threads[0], args.steps or 10)
+        time_child(args.time_child, args.configs, threads[0], args.steps or 10, args.kernels)
         return
     configs = dict(QUICK) if args.quick else {k: CONFIGS[k] for k in args.configs.split(",")}
     if args.quick:
@@ -442,7 +260,8 @@ def main() -> None:
     print(header("bench_e2e: numbadlrm DLRM.train_step vs TorchDLRM + torch.optim.SGD"))
     print(_pools.describe())
     print(f"torch:    {torch.__version__}" if torch else "torch:    not installed, numbadlrm only")
-    validate()
+    print(f"kernels:  {DLRM(QUICK['q'].config(), kernels=args.kernels).kernels.describe()}")
+    validate(args.kernels)
     print("validation: 3 steps match numbadlrm.reference" + (" and PyTorch" if torch else ""))
     print(
         f"\n{'cfg':3} {'threads':>7} {'numbadlrm/s':>12}"
@@ -451,10 +270,8 @@ def main() -> None:
     )
     rows = []
     for name, setup in configs.items():
-        rows += run_config(name, setup, threads, args.steps or setup.steps, args.rounds)
+        rows += run_config(name, setup, args, threads, args.steps or setup.steps)
     print_breakdown(rows)
-    if not args.no_memory:
-        measure_memory(list(configs), threads[-1])
 
 
 if __name__ == "__main__":

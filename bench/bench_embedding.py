@@ -1,8 +1,10 @@
-"""Embedding bags: every forward and fused backward + update kernel version, in GB/s.
+"""Embedding bags: registered versions of the forward and of the fused update, in GB/s.
 
 Config b by default: T=8 tables x 1,000,000 rows, D=64, B=2048 bags of 100 lookups each
-(N = T B L = 1,638,400 lookups, tables 2 GB in huge pages). Each version is first
-validated against numbadlrm.reference on a small problem, then all versions and a STREAM
+(N = T B L = 1,638,400 lookups, tables 2 GB in huge pages). The chosen versions of the
+ops embedding_forward and embedding_update (any registered version, yours in
+numbadlrm/kernels/lab/ too; each list may be empty) are first validated against
+numbadlrm.reference (numbadlrm.kernels.checks), then they and a STREAM
 copy (a 256 MB parallel copy on all threads, _common.stream_copy) are timed round-robin in one run,
 for uniform and for power-law row ids (id = floor(rows u^2.5), scrambled, as the
 synthetic data). GB/s follow an explicit byte model:
@@ -12,9 +14,9 @@ synthetic data). GB/s follow an explicit byte model:
 
 Power-law ids hit cached rows often, so their GB/s by this model can exceed DRAM's.
 
-    python bench/bench_embedding.py --threads 2                # all versions
-    python bench/bench_embedding.py --threads 2 --versions v1  # one version (v1, v2, ...)
-    python bench/bench_embedding.py --quick                    # tiny tables (CI smoke)
+    python bench/bench_embedding.py --threads 2                   # v1 and v2 of both
+    python bench/bench_embedding.py --forward-versions '' --update-versions v2,mine
+    python bench/bench_embedding.py --quick                       # tiny tables (CI smoke)
 """
 
 from __future__ import annotations
@@ -24,17 +26,13 @@ from numbadlrm import _pools  # first: the thread pools' environment, before num
 # isort: on
 
 import argparse
-import sys
+from functools import partial
 
-import numba
 import numpy as np
-from _common import header, median_times, set_threads, stream_copy
+from _common import header, median_times, set_threads, stream_copy, versions_of
 
-from numbadlrm import (
-    reference,
-)
 from numbadlrm.data.synthetic import POWER_ALPHA
-from numbadlrm.kernels import embedding
+from numbadlrm.kernels import checks, registry
 from numbadlrm.params import table_buffer
 
 
@@ -54,37 +52,17 @@ def make_problem(rng, tables, rows, dim, batch, lookups, dist):
     return weights, row_start, offsets, indices
 
 
-def validate(rng, dim) -> None:
-    """Abort unless every version matches the reference (bags longer than the prefetch)."""
-    tables, rows, batch, lookups = 3, 500, 17, 40
-    weights, row_start, offsets, indices = make_problem(
-        rng, tables, rows, dim, batch, lookups, "power"
-    )
-    weights[:] = rng.standard_normal(weights.shape, dtype=np.float32)
-    dpooled = rng.standard_normal((tables, batch, dim), dtype=np.float32)
-    expect = np.empty((tables, batch, dim))
-    expect_w = weights.astype(np.float64)
-    for t in range(tables):
-        table = weights[row_start[t] : row_start[t + 1]]
-        expect[t] = reference.embedding_bag_forward(table, offsets[t], indices)
-        grad = reference.embedding_bag_backward(dpooled[t], offsets[t], indices, rows)
-        expect_w[row_start[t] : row_start[t + 1]] -= 0.5 * grad
-    for name, fn in embedding.FORWARD_VERSIONS.items():
-        pooled = np.empty((tables, batch, dim), np.float32)
-        fn(pooled, weights, row_start, offsets, indices)
-        if not np.allclose(pooled, expect, rtol=1e-4, atol=1e-4):
-            sys.exit(f"validation failed: forward {name}")
-    for name, fn in embedding.UPDATE_VERSIONS.items():
-        w = weights.copy()
-        fn(w, row_start, offsets, indices, dpooled, np.float32(0.5), numba.get_num_threads())
-        if not np.allclose(w, expect_w, rtol=1e-4, atol=1e-4):
-            sys.exit(f"validation failed: update {name}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--versions", default=",".join(embedding.FORWARD_VERSIONS))
+    parser.add_argument(
+        "--forward-versions",
+        default="v1,v2",
+        help="versions of embedding_forward to time ('' for none; numbadlrm kernels lists them)",
+    )
+    parser.add_argument(
+        "--update-versions", default="v1,v2", help="versions of embedding_update to time"
+    )
     parser.add_argument("--tables", type=int, default=8)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=64)
@@ -95,17 +73,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.tables, args.rows, args.batch, args.lookups, args.repeat = 2, 20_000, 64, 10, 3
-    versions = args.versions.split(",")
-    for v in versions:
-        if v not in embedding.FORWARD_VERSIONS:
-            sys.exit(f"--versions: {v!r} is not one of {list(embedding.FORWARD_VERSIONS)}")
+    versions = {
+        "forward": choices(args.forward_versions, "embedding_forward"),
+        "update": choices(args.update_versions, "embedding_update"),
+    }
     set_threads(args.threads)
     T, R, D, B, L = args.tables, args.rows, args.dim, args.batch, args.lookups
     n = T * B * L
     print(header(f"bench_embedding: T={T} rows={R} D={D} B={B} lookups={L}"))
     print(_pools.describe())
     rng = np.random.default_rng(0)
-    validate(rng, D)
+    for kind, names in versions.items():
+        for v in names:
+            checks.validate(f"embedding_{kind}", v)
     print("validation: every version matches numbadlrm.reference")
     print(f"{'ids':8} {'kernel':12} {'ms':>8} {'GB/s':>6} {'% STREAM':>9}")
     for dist in ("uniform", "power"):
@@ -123,20 +103,26 @@ def main() -> None:
             print(f"{dist:8} {name:12} {t * 1e3:8.2f} {gbs:6.1f} {100 * gbs / stream:8.0f}%")
 
 
+def choices(text: str, op: str) -> list[str]:
+    """The comma-separated versions of op in text ('' gives none)."""
+    return versions_of(text, (op,)) if text.strip() else []
+
+
 def time_versions(problem, versions, quick, repeat):
     """Median seconds of STREAM copy and each version's forward and update, round-robin."""
     weights, row_start, offsets, indices = problem
     num_tables, batch = offsets.shape[0], offsets.shape[1] - 1
     pooled = np.zeros((num_tables, batch, weights.shape[1]), np.float32)
-    owners = numba.get_num_threads()
     src = np.ones((16 << 20) if quick else (32 << 20))  # 128 / 256 MB
     dst = np.empty_like(src)
     fns = {"stream copy": lambda: stream_copy(dst, src)}  # all threads, like the kernels
-    for v in versions:
-        fwd, upd = embedding.FORWARD_VERSIONS[v], embedding.UPDATE_VERSIONS[v]
-        fns[f"forward {v}"] = lambda f=fwd: f(pooled, weights, row_start, offsets, indices)
-        fns[f"update {v}"] = lambda u=upd: u(
-            weights, row_start, offsets, indices, pooled, np.float32(1e-9), owners
+    for v in versions["forward"]:
+        fwd = registry.get("embedding_forward", v).parallel
+        fns[f"forward {v}"] = partial(fwd, pooled, weights, row_start, offsets, indices)
+    for v in versions["update"]:  # a tiny lr: the tables stay (nearly) as they are
+        upd = registry.get("embedding_update", v).parallel
+        fns[f"update {v}"] = partial(
+            upd, weights, row_start, offsets, indices, pooled, np.float32(1e-9)
         )
     return median_times(fns, repeat=repeat), 2 * src.nbytes
 

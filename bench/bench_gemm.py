@@ -1,18 +1,16 @@
-"""Linear-layer GEMMs: each Numba kernel version against OpenBLAS, per layer.
+"""Linear-layer GEMMs: registered versions of the three passes side by side, per layer.
 
 For every layer of DLRM configs a, b, c and each pass (forward with bias + ReLU,
-backward_data dx = dz W, backward_weight dW = dz^T x with db), the kernel version is first
-validated against numbadlrm.reference, then timed round-robin with two OpenBLAS paths:
+backward_data dx = dz W, backward_weight dW = dz^T x with db), the chosen versions of
+the ops linear_forward, linear_backward_data and linear_backward_weight (any registered
+version, yours in numbadlrm/kernels/lab/ too) are validated against numbadlrm.reference
+(numbadlrm.kernels.checks), then timed round-robin with np.matmul into the output
+(OpenBLAS threading its own GEMM) + the epilogue, the path the "blas" version replaced.
 
-    blas     the layer's "blas" backend (numbadlrm.kernels.blas): one single-threaded
-             sgemm per Numba thread on its share, epilogue fused
-    matmul   np.matmul into the output (OpenBLAS threading its own GEMM) + the NumPy or
-             Numba epilogue, the path the "blas" backend replaced
+Prints median ms, GFLOP/s (2 B I O per pass) and the fraction of the machine's sgemm
+rate (measured first, the limit) of each, and the first version's time over the others'.
 
-Prints median ms and GFLOP/s (2 B I O per pass) of each, and the Numba kernel's throughput
-as a fraction of each BLAS path.
-
-    python bench/bench_gemm.py --threads 2 --version v3
+    python bench/bench_gemm.py --threads 2 --versions v3,v4,blas
     python bench/bench_gemm.py --quick          # tiny shapes, few repeats (CI smoke)
 """
 
@@ -24,12 +22,12 @@ from numbadlrm import _pools  # first: the thread pools' environment, before num
 
 import argparse
 import sys
+from functools import partial
 
 import numpy as np
-from _common import blas_sgemm_gflops, header, median_times, set_threads
+from _common import blas_sgemm_gflops, header, median_times, set_threads, versions_of
 
-from numbadlrm import reference
-from numbadlrm.kernels import blas, gemm
+from numbadlrm.kernels import checks, epilogue, registry
 
 # (name, batch, bottom widths incl. input, top widths incl. the computed input D + P)
 CONFIGS = {
@@ -59,33 +57,9 @@ def make_layer(rng, B, I, O):
     return x, W, b, dz
 
 
-def validate(version, B, I, O, relu, rng) -> None:
-    """Abort unless every pass matches the float64 reference (errors scaled by sqrt(K))."""
-    forward, backward_data, backward_weight = gemm.VERSIONS[version]
-    x, W, b, dz = make_layer(rng, B, I, O)
-    y, dx = np.empty((B, O), np.float32), np.empty((B, I), np.float32)
-    dW, db = np.empty((O, I), np.float32), np.empty(O, np.float32)
-    forward(y, x, W, b, relu)
-    backward_data(dx, dz, W)
-    backward_weight(dW, db, dz, x)
-    y_ref, cache = reference.linear_forward(
-        x.astype(np.float64), W.astype(np.float64), b.astype(np.float64), relu
-    )
-    dx_ref, dW_ref, db_ref = reference.linear_backward(dz.astype(np.float64), (*cache[:3], False))
-    for what, got, want, k in (
-        ("y", y, y_ref, I),
-        ("dx", dx, dx_ref, O),
-        ("dW", dW, dW_ref, B),
-        ("db", db, db_ref, B),
-    ):
-        err = np.abs(got - want).max() / (np.sqrt(k) * max(1.0, np.abs(want).max()))
-        if not err < 1e-5:
-            sys.exit(f"validation failed: {version} {what} B={B} I={I} O={O} error {err:.2e}")
-
-
 def _matmul_forward(y, x, W, b, relu):
     np.matmul(x, W.T, out=y)
-    gemm.bias_act(y, b, relu)
+    epilogue.bias_act(y, b, relu)
 
 
 def _matmul_backward_data(dx, dz, W):
@@ -100,35 +74,43 @@ def _matmul_backward_weight(dW, db, dz, x):
     np.sum(dz, axis=0, out=db)
 
 
-def pass_runs(version, B, I, O, relu, threads, rng):
-    """{pass: {"numba": fn, "blas": fn, "matmul": fn}} on one layer's buffers."""
-    forward, backward_data, backward_weight = gemm.VERSIONS[version]
+PASSES = {  # pass: (op, flops per (B, I, O) unit: 2 B I O)
+    "forward": "linear_forward",
+    "backward_data": "linear_backward_data",
+    "backward_weight": "linear_backward_weight",
+}
+
+
+def pass_runs(versions, B, I, O, relu, rng):
+    """{pass: {version: fn, ..., "matmul": fn}} on one layer's buffers."""
     x, W, b, dz = make_layer(rng, B, I, O)
     y, dx = np.empty((B, O), np.float32), np.empty((B, I), np.float32)
     dW, db = np.empty((O, I), np.float32), np.empty(O, np.float32)
-    return {
-        "forward": {
-            "numba": lambda: forward(y, x, W, b, relu),
-            "blas": lambda: blas.forward(y, x, W, b, relu, threads),
-            "matmul": lambda: _matmul_forward(y, x, W, b, relu),
-        },
-        "backward_data": {  # dx = dz W alone (relu=False: no mask), as the Numba kernel
-            "numba": lambda: backward_data(dx, dz, W),
-            "blas": lambda: blas.backward_data(dx, dz, dz, W, x, False, True, False, threads),
-            "matmul": lambda: _matmul_backward_data(dx, dz, W),
-        },
-        "backward_weight": {
-            "numba": lambda: backward_weight(dW, db, dz, x),
-            "blas": lambda: blas.backward_weight(dW, db, dz, x, threads),
-            "matmul": lambda: _matmul_backward_weight(dW, db, dz, x),
-        },
-    }
+    runs = {}
+    for pass_, op in PASSES.items():
+        kernels = {v: registry.get(op, v).parallel for v in versions}
+        if pass_ == "forward":
+            fns = {v: partial(k, y, x, W, b, relu) for v, k in kernels.items()}
+            fns["matmul"] = partial(_matmul_forward, y, x, W, b, relu)
+        elif pass_ == "backward_data":  # dx = dz W alone (relu=False: no mask)
+            fns = {v: partial(k, dx, dz, dz, W, x, False, False) for v, k in kernels.items()}
+            fns["matmul"] = partial(_matmul_backward_data, dx, dz, W)
+        else:
+            fns = {v: partial(k, dW, db, dz, x) for v, k in kernels.items()}
+            fns["matmul"] = partial(_matmul_backward_weight, dW, db, dz, x)
+        runs[pass_] = fns
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--version", default=gemm.DEFAULT_VERSION, choices=list(gemm.VERSIONS))
+    parser.add_argument(
+        "--versions",
+        default="v4,blas",
+        help="comma-separated versions of the linear ops (numbadlrm kernels lists them); "
+        "the first is the one compared with the others",
+    )
     parser.add_argument("--configs", default="a,b,c", help="comma-separated subset of a, b, c")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
@@ -138,43 +120,49 @@ def main() -> None:
     unknown = [k for k in names if k not in CONFIGS]
     if unknown:
         sys.exit(f"--configs: {unknown} not among {sorted(CONFIGS)}")
+    versions = versions_of(args.versions, tuple(PASSES.values()))
     configs = QUICK if args.quick else {k: CONFIGS[k] for k in names}
     repeat = 3 if args.quick else args.repeat
-    print(header(f"bench_gemm: version {args.version}"))
+    print(header(f"bench_gemm: versions {', '.join(versions)} of the linear passes"))
     print(_pools.describe())
-    if not args.quick:
-        print(
-            f"limit:    OpenBLAS sgemm 2048^3 {blas_sgemm_gflops():.0f} GFLOP/s (the faster path)"
-        )
+    for op in PASSES.values():
+        for v in versions:
+            checks.validate(op, v)
+    print("validation: every version of every pass matches numbadlrm.reference")
+    limit = blas_sgemm_gflops(256 if args.quick else 2048)
+    print(f"limit:    sgemm {limit:.0f} GFLOP/s (the faster of np.matmul and the blas backend)")
     rng = np.random.default_rng(0)
-    paths = ("numba", "blas", "matmul")
+    paths = (*versions, "matmul")
+    first = versions[0]
     print(
         f"{'cfg':3} {'layer':14} {'pass':15} {'B':>5} {'I':>5} {'O':>5} "
-        + "".join(f"{p + ' ms':>10} {'GF/s':>6}" for p in paths)
-        + f" {'n/blas':>6} {'n/matmul':>8}"
+        + "".join(f"{p[:7] + ' ms':>10} {'GF/s':>6} {'%lim':>5}" for p in paths)
+        + "".join(f" {first[:4] + '/' + p[:6]:>11}" for p in paths[1:])
     )
     totals: dict[str, dict[str, float]] = {}
     for name, label, B, I, O, relu, needs_dx in layer_shapes(configs):
-        validate(args.version, B, I, O, relu, rng)
         flops = 2.0 * B * I * O
-        for pass_, fns in pass_runs(args.version, B, I, O, relu, args.threads, rng).items():
+        for pass_, fns in pass_runs(versions, B, I, O, relu, rng).items():
             if pass_ == "backward_data" and not needs_dx:
                 continue
             t = median_times(fns, repeat=repeat)
             tot = totals.setdefault(name, dict.fromkeys(paths, 0.0))
             for p in paths:
                 tot[p] += t[p]
+            rate = {p: flops / t[p] / 1e9 for p in paths}
             print(
                 f"{name:3} {label:14} {pass_:15} {B:5} {I:5} {O:5} "
-                + "".join(f"{t[p] * 1e3:10.3f} {flops / t[p] / 1e9:6.1f}" for p in paths)
-                + f" {t['blas'] / t['numba']:6.2f} {t['matmul'] / t['numba']:8.2f}"
+                + "".join(
+                    f"{t[p] * 1e3:10.3f} {rate[p]:6.1f} {rate[p] / limit:5.0%}" for p in paths
+                )
+                + "".join(f" {t[p] / t[first]:11.2f}" for p in paths[1:])
             )
     for name, tot in totals.items():
         print(
             f"config {name}: all passes "
             + ", ".join(f"{p} {tot[p] * 1e3:.2f} ms" for p in paths)
-            + f"; numba/blas {tot['blas'] / tot['numba']:.2f}, "
-            f"numba/matmul {tot['matmul'] / tot['numba']:.2f}"
+            + "; "
+            + ", ".join(f"{first}/{p} {tot[p] / tot[first]:.2f}" for p in paths[1:])
         )
 
 

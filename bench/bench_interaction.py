@@ -1,7 +1,10 @@
-"""Feature interaction: every dot kernel version and cat, in GFLOP/s and GB/s, vs torch.
+"""Feature interaction: registered dot versions and cat, GFLOP/s and GB/s vs limits and torch.
 
-Configs a (B=128, F=9, D=16) and c (B=2048, F=27, D=128, P=351). Each version is first
-validated against numbadlrm.reference, then all are timed round-robin in one run with
+Configs a (B=128, F=9, D=16) and c (B=2048, F=27, D=128, P=351). The chosen versions of
+dot_interaction_forward and dot_interaction_backward (any registered version, yours in
+numbadlrm/kernels/lab/ too), with their serial entries where they have one, are first
+validated against numbadlrm.reference (numbadlrm.kernels.checks), then all are timed
+round-robin in one run with
 PyTorch's formulation (as numbadlrm.torch_dlrm.TorchDLRM.interact: stack, bmm, pair
 gather, cat; its backward by autograd) when torch is installed. Counts:
 
@@ -10,10 +13,11 @@ gather, cat; its backward by autograd) when torch is installed. Counts:
     cat           bytes B F D 4 read + B F D 4 written (each direction)
 
 torch bmm computes the full F x F product Z (2 B F^2 D flops); it is counted by the same
-pair model as ours, so its GFLOP/s is the useful rate.
+pair model as ours, so its GFLOP/s is the useful rate. Each rate is also printed as a
+fraction of the machine's limits, measured first: the sgemm rate and STREAM copy.
 
     python bench/bench_interaction.py --threads 2
-    python bench/bench_interaction.py --threads 2 --versions v1   # one version
+    python bench/bench_interaction.py --threads 2 --forward-versions v3 --backward-versions v3,mine
     python bench/bench_interaction.py --quick                     # CI smoke
 """
 
@@ -24,16 +28,21 @@ from numbadlrm import _pools  # first: the thread pools' environment, before num
 # isort: on
 
 import argparse
-import sys
+from functools import partial
 
 import numba
 import numpy as np
-from _common import header, median_times, set_threads
-
-from numbadlrm import (
-    reference,
+from _common import (
+    blas_sgemm_gflops,
+    header,
+    median_times,
+    set_threads,
+    stream_copy_gbs,
+    versions_of,
 )
-from numbadlrm.kernels import interaction
+
+from numbadlrm.config import pair_indices
+from numbadlrm.kernels import checks, registry
 
 try:
     import torch
@@ -44,32 +53,11 @@ CONFIGS = {"a": (128, 8, 16), "c": (2048, 26, 128)}  # B, T, D
 QUICK = {"q": (33, 5, 24)}
 
 
-def validate(version, rng) -> None:
-    forward, backward = interaction.DOT_VERSIONS[version]
-    batch, tables, dim = 19, 6, 21
-    x = rng.standard_normal((batch, dim), dtype=np.float32)
-    emb = rng.standard_normal((tables, batch, dim), dtype=np.float32)
-    feats = np.concatenate([x[:, None], emb.transpose(1, 0, 2)], axis=1).astype(np.float64)
-    li, lj = reference.pair_indices(tables + 1, False)
-    out = np.empty((batch, dim + li.shape[0]), np.float32)
-    forward(out, x, emb, li, lj)
-    dout = rng.standard_normal(out.shape, dtype=np.float32)
-    dx, demb = np.empty_like(x), np.empty_like(emb)
-    backward(dx, demb, dout, x, emb, li, lj)
-    dfeats = reference.interaction_backward(dout.astype(np.float64), feats, "dot", False)
-    for what, got, want in (
-        ("forward", out, reference.interaction_forward(feats, "dot", False)),
-        ("dx", dx, dfeats[:, 0]),
-        ("demb", demb, dfeats[:, 1:].transpose(1, 0, 2)),
-    ):
-        if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
-            sys.exit(f"validation failed: {version} {what}")
-
-
 def candidates(versions, batch, tables, dim, rng):
-    """{name: (fn, flops, bytes)} on one config's buffers."""
+    """{name: (fn, flops, bytes)} on one config's buffers: each version's parallel entry
+    and, where it has one, its serial entry (what the layer runs below 1 MB of work)."""
     f = tables + 1
-    li, lj = reference.pair_indices(f, False)
+    li, lj = pair_indices(f, False)
     p = li.shape[0]
     x = rng.standard_normal((batch, dim), dtype=np.float32)
     emb = rng.standard_normal((tables, batch, dim), dtype=np.float32)
@@ -81,26 +69,18 @@ def candidates(versions, batch, tables, dim, rng):
     fwd_cost = (2.0 * batch * p * dim, feats_bytes + batch * (dim + p) * 4)
     bwd_cost = (4.0 * batch * p * dim, 2 * feats_bytes + batch * (dim + p) * 4)
     fns = {}
-    for v in versions:
-        fwd, bwd = interaction.DOT_VERSIONS[v]
-        fns[f"dot fwd {v}"] = (lambda g=fwd: g(out, x, emb, li, lj), *fwd_cost)
-        fns[f"dot bwd {v}"] = (lambda g=bwd: g(dx, demb, dout, x, emb, li, lj), *bwd_cost)
-    fwd, bwd = (
-        interaction.dot_interaction_forward_serial,
-        interaction.dot_interaction_backward_serial,
-    )
-    fns["dot fwd serial"] = (lambda: fwd(out, x, emb, li, lj), *fwd_cost)  # the layer's pick
-    fns["dot bwd serial"] = (lambda: bwd(dx, demb, dout, x, emb, li, lj), *bwd_cost)  # if small
-    fns["cat fwd"] = (
-        lambda: interaction.cat_interaction_forward(cat_out, x, emb),
-        0.0,
-        2 * feats_bytes,
-    )
-    fns["cat bwd"] = (
-        lambda: interaction.cat_interaction_backward(dx, demb, cat_out),
-        0.0,
-        2 * feats_bytes,
-    )
+    for kind, cost in (("fwd", fwd_cost), ("bwd", bwd_cost)):
+        op = "dot_interaction_forward" if kind == "fwd" else "dot_interaction_backward"
+        args = (out, x, emb, li, lj) if kind == "fwd" else (dx, demb, dout, x, emb, li, lj)
+        for v in versions[kind]:
+            version = registry.get(op, v)
+            fns[f"dot {kind} {v}"] = (partial(version.parallel, *args), *cost)
+            if version.serial is not None:
+                fns[f"dot {kind} {v} ser"] = (partial(version.serial, *args), *cost)
+    cat_fwd = registry.get("cat_interaction_forward").parallel
+    cat_bwd = registry.get("cat_interaction_backward").parallel
+    fns["cat fwd"] = (partial(cat_fwd, cat_out, x, emb), 0.0, 2 * feats_bytes)
+    fns["cat bwd"] = (partial(cat_bwd, dx, demb, cat_out), 0.0, 2 * feats_bytes)
     if torch is not None:
         fns.update(torch_candidates(x, emb, dout, li, lj, fwd_cost, bwd_cost))
     return fns
@@ -132,15 +112,22 @@ def torch_candidates(x, emb, dout, li, lj, fwd_cost, bwd_cost):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--versions", default=",".join(interaction.DOT_VERSIONS))
+    parser.add_argument(
+        "--forward-versions",
+        default="v1,v2,v3",
+        help="versions of dot_interaction_forward ('' for none; numbadlrm kernels lists them)",
+    )
+    parser.add_argument(
+        "--backward-versions", default="v1,v2,v3", help="versions of dot_interaction_backward"
+    )
     parser.add_argument("--configs", default="ac", help="subset of configs a, c")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
     args = parser.parse_args()
-    versions = args.versions.split(",")
-    for v in versions:
-        if v not in interaction.DOT_VERSIONS:
-            sys.exit(f"--versions: {v!r} is not one of {list(interaction.DOT_VERSIONS)}")
+    versions = {
+        "fwd": choices(args.forward_versions, "dot_interaction_forward"),
+        "bwd": choices(args.backward_versions, "dot_interaction_backward"),
+    }
     set_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)
@@ -151,13 +138,18 @@ def main() -> None:
         if torch
         else "torch:    not installed, numbadlrm only"
     )
+    for kind, op in (("fwd", "dot_interaction_forward"), ("bwd", "dot_interaction_backward")):
+        for v in versions[kind]:
+            checks.validate(op, v)
+    print("validation: every version matches numbadlrm.reference")
+    gflops_limit = blas_sgemm_gflops(256 if args.quick else 2048)
+    gbs_limit = stream_copy_gbs(16 << 20 if args.quick else 256 << 20)
+    print(f"limits:   sgemm {gflops_limit:.0f} GFLOP/s, STREAM copy {gbs_limit:.1f} GB/s")
     rng = np.random.default_rng(0)
-    for v in versions:
-        validate(v, rng)
-    print(f"validation: dot {', '.join(versions)} match numbadlrm.reference")
     configs = QUICK if args.quick else {k: CONFIGS[k] for k in args.configs}
     print(
-        f"{'cfg':3} {'kernel':14} {'B':>5} {'F':>3} {'D':>4} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>6}"
+        f"{'cfg':3} {'kernel':18} {'B':>5} {'F':>3} {'D':>4} {'ms':>8} {'GFLOP/s':>8} "
+        f"{'%sgemm':>7} {'GB/s':>6} {'%STREAM':>8}"
     )
     for name, (batch, tables, dim) in configs.items():
         fns = candidates(versions, batch, tables, dim, rng)
@@ -166,23 +158,35 @@ def main() -> None:
         )
         for kernel, t in times.items():
             _, flops, nbytes = fns[kernel]
-            gflops = f"{flops / t / 1e9:8.1f}" if flops else f"{'-':>8}"
+            rate = flops / t / 1e9
+            flop_cells = f"{rate:8.1f} {rate / gflops_limit:7.0%}" if flops else f"{'-':>16}"
+            gbs = nbytes / t / 1e9
             print(
-                f"{name:3} {kernel:14} {batch:5} {tables + 1:3} {dim:4} {t * 1e3:8.3f} "
-                f"{gflops} {nbytes / t / 1e9:6.1f}"
+                f"{name:3} {kernel:18} {batch:5} {tables + 1:3} {dim:4} {t * 1e3:8.3f} "
+                f"{flop_cells} {gbs:6.1f} {gbs / gbs_limit:8.0%}"
             )
-        ours = min(
-            times[f"dot fwd {versions[0]}"] + times[f"dot bwd {versions[0]}"],
-            times["dot fwd serial"] + times["dot bwd serial"],
-        )
-        if "torch fwd+bwd" in times:
-            print(
-                f"config {name}: dot fwd+bwd (best of {versions[0]}, serial) {ours * 1e3:.3f} ms, "
-                f"torch "
-                f"{times['torch fwd+bwd'] * 1e3:.3f} ms, speedup "
-                f"{times['torch fwd+bwd'] / ours:.2f}x (threads: numba "
-                f"{numba.get_num_threads()})"
-            )
+        report_torch(name, times, versions)
+
+
+def choices(text: str, op: str) -> list[str]:
+    """The comma-separated versions of op in text ('' gives none)."""
+    return versions_of(text, (op,)) if text.strip() else []
+
+
+def report_torch(name: str, times: dict[str, float], versions: dict[str, list[str]]) -> None:
+    """Our best forward + backward (any version, either entry) against torch's."""
+    if "torch fwd+bwd" not in times or not versions["fwd"] or not versions["bwd"]:
+        return
+    best = {
+        kind: min(t for k, t in times.items() if k.startswith(f"dot {kind} "))
+        for kind in ("fwd", "bwd")
+    }
+    ours = best["fwd"] + best["bwd"]
+    print(
+        f"config {name}: dot fwd+bwd (best versions) {ours * 1e3:.3f} ms, torch "
+        f"{times['torch fwd+bwd'] * 1e3:.3f} ms, speedup {times['torch fwd+bwd'] / ours:.2f}x "
+        f"(threads: numba {numba.get_num_threads()})"
+    )
 
 
 if __name__ == "__main__":

@@ -45,9 +45,9 @@ def worker(args) -> None:
 
     from numbadlrm import DLRM, DLRMConfig
     from numbadlrm.data.synthetic import random_batch
-    from numbadlrm.kernels._jit import set_num_threads
     from numbadlrm.parallel.distributed import DistributedDLRM
     from numbadlrm.parallel.train_mpi import abort_on_error
+    from numbadlrm.threads import set_num_threads
 
     comm = MPI.COMM_WORLD
     with abort_on_error(comm):

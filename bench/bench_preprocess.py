@@ -27,7 +27,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from numbadlrm.kernels._jit import jit_serial
+from numbadlrm.kernels.jit import jit_serial
 
 # Kaggle Criteo cardinalities of C1..C26 and rough missing rates
 CARDINALITIES = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593,

@@ -7,9 +7,7 @@ Every parallel kernel of a training step, the linear layers' GEMMs included, run
 Numba's thread pool: the "blas" backend calls a single-threaded OpenBLAS sgemm from each
 of Numba's threads (numbadlrm/kernels/blas.py) instead of letting OpenBLAS thread its own
 GEMMs. So one pool serves the step, and what matters is how fast it starts a parallel
-loop. Measured on the project machine (2 cores), an empty 2-thread Numba loop costs
-1.4 us on the OpenMP layer and 95 us on the workqueue layer (whose workers sleep on a
-condition variable); config a at 2 threads took 2.07 ms per step on OpenMP.
+loop: ~70x faster on the OpenMP layer than on workqueue (bench/RESULTS.md, "Thread pools").
 
 - NUMBA_THREADING_LAYER_PRIORITY="omp tbb workqueue": OpenMP where Numba has it (it
   ships with GNU libgomp on Linux), else TBB, else workqueue.
@@ -17,9 +15,7 @@ condition variable); config a at 2 threads took 2.07 ms per step on OpenMP.
   evaluation helpers, user code), sleep after 2^4 cycles instead of spinning for ~70 ms
   on the cores Numba's threads need (read when numpy loads OpenBLAS).
 
-An earlier design ran the GEMMs in OpenBLAS's own pool beside Numba's; two pools spinning
-on two cores cost config a 58 ms per step, and even with both set to sleep (workqueue)
-it needed 2.7 ms against 2.07 now.
+(Two pools, OpenBLAS's beside Numba's, were measured and dropped: RESULTS.md.)
 
 Settings already in the environment are kept, and nothing is set once numpy or numba is
 loaded (too late to take effect, and a library user's process is theirs to configure).

@@ -4,6 +4,7 @@ numbadlrm train [--arch-mlp-bot 13-512-256-64-16 ...]   train (default: built-in
 mpiexec -n 4 numbadlrm train ...                         hybrid-parallel on 4 ranks
 numbadlrm preprocess --data-set kaggle --raw-data-file train.txt --out-dir kaggle
 numbadlrm predict | plot | convert                       see numbadlrm/tools.py
+numbadlrm kernels                                        every op's kernel versions
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="draw loss and AUC curves from a metrics file")
     plot.add_argument("metrics_file")
     plot.add_argument("--output", default="metrics.png")
+    sub.add_parser(
+        "kernels", help="list every op, its kernel versions and the default (for --kernels)"
+    )
     conv = sub.add_parser("convert", help="checkpoint <-> reference DLRM PyTorch state_dict")
     conv.add_argument("source")
     direction = conv.add_mutually_exclusive_group(required=True)
@@ -119,6 +123,10 @@ def _run(args: argparse.Namespace) -> int:
             args.max_ind_range,
         )
         print(f"wrote {rows} probabilities to {args.output}")
+    elif args.command == "kernels":
+        from .kernels.registry import listing
+
+        print(listing())
     elif args.command == "plot":
         tools.plot_metrics(args.metrics_file, args.output)
         print(f"wrote {args.output}")
@@ -133,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
+        return 0
     except (ValueError, FloatingPointError, OSError, ImportError, CheckpointError) as exc:
         print(f"numbadlrm {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 INTERACTION_OPS = ("dot", "cat")
 
 
@@ -44,6 +46,14 @@ def parse_arch(text: str | tuple[int, ...] | list[int], field: str) -> tuple[int
 
 def format_arch(sizes: tuple[int, ...]) -> str:
     return "-".join(str(s) for s in sizes)
+
+
+def pair_indices(num_features: int, itself: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(li, lj) of the dot interaction's pairs of F features, int64: the row-major lower
+    triangle (1,0), (2,0), (2,1), (3,0)... (with the diagonal (0,0), (1,1)... if itself)."""
+    li = [i for i in range(num_features) for j in range(i + (1 if itself else 0))]
+    lj = [j for i in range(num_features) for j in range(i + (1 if itself else 0))]
+    return np.array(li, dtype=np.int64), np.array(lj, dtype=np.int64)
 
 
 def num_pairs(num_features: int, interaction_itself: bool) -> int:

@@ -23,11 +23,13 @@ import numpy as np
 
 from .batch import Batch
 from .config import DLRMConfig
+from .kernels.registry import KernelChoice
 from .layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from .layers.interaction import Interaction
-from .layers.linear import BACKENDS, linear_backward, linear_backward_sgd, linear_forward
+from .layers.linear import gemm_choice, linear_backward, linear_backward_sgd, linear_forward
 from .layers.loss import sigmoid, sigmoid_bce
 from .params import LinearSlot, init_mlp, init_table_rows, mlp_slots, slot_views, table_buffer
+from .profiling import OpTimes, timed
 
 
 class Workspace:
@@ -69,7 +71,8 @@ class DenseTower:
     :func:`dense_layout`; the caller owns the buffers (and may make them longer, as
     the MPI model does). The tables' pooled output enters through ``ws.emb`` and their
     gradient leaves through ``ws.demb``, so the single-process model and the MPI model
-    run the same code between them.
+    run the same code between them. ``kernels`` selects the version of every op
+    (numbadlrm.kernels.registry); ``op_times``, when set, times each op.
     """
 
     def __init__(
@@ -77,18 +80,17 @@ class DenseTower:
         config: DLRMConfig,
         params: np.ndarray,
         grads: np.ndarray,
-        gemm: str,
+        kernels: KernelChoice,
         top_first: bool = False,
     ):
-        if gemm not in BACKENDS:
-            raise ValueError(f"gemm: must be one of {BACKENDS}, got {gemm!r}")
         self.config = config
-        self.gemm = gemm
+        self.kernels = kernels
+        self.op_times: OpTimes | None = None
         self.bottom_slots, self.top_slots, self.num_params = dense_layout(config, top_first)
         self.bottom = [_views(params, grads, s) for s in self.bottom_slots]
         self.top = [_views(params, grads, s) for s in self.top_slots]
         self.interaction = Interaction(
-            config.interaction_op, config.interaction_itself, config.num_tables
+            config.interaction_op, config.interaction_itself, config.num_tables, kernels
         )
         self._workspaces: dict[int, Workspace] = {}
 
@@ -104,25 +106,30 @@ class DenseTower:
 
     def bottom_forward(self, ws: Workspace, dense: np.ndarray, after_layer=None) -> None:
         """x = bottom_mlp(dense) into ws.bottom[-1]; ``after_layer()`` runs between layers."""
-        _mlp_forward(self.bottom, ws.bottom, dense, True, self.gemm, after_layer)
+        with timed(self.op_times, "bottom fwd"):
+            _mlp_forward(self.bottom, ws.bottom, dense, True, self.kernels, after_layer)
 
     def top_forward(self, ws: Workspace) -> None:
         """r = interaction(x, emb), s = top_mlp(r): logits in ws.top[-1]."""
-        self.interaction.forward(ws.top[0], ws.bottom[-1], ws.emb)
-        _mlp_forward(self.top, ws.top[1:], ws.top[0], False, self.gemm, None)
+        with timed(self.op_times, "interaction fwd"):
+            self.interaction.forward(ws.top[0], ws.bottom[-1], ws.emb)
+        with timed(self.op_times, "top fwd"):
+            _mlp_forward(self.top, ws.top[1:], ws.top[0], False, self.kernels, None)
 
     # ------------------------------------------------------------------ backward
 
     def top_backward(self, ws: Workspace, lr: float | None = None) -> None:
         """From ds in ws.dtop[-1]: top MLP grads (given lr: its SGD update), dr in ws.dtop[0]."""
         top_in = ws.top[0]
-        _mlp_backward(
-            self.top, ws.top[1:], ws.dtop[1:], top_in, ws.dtop[0], False, self.gemm, None, lr
-        )
+        with timed(self.op_times, "top bwd"):
+            _mlp_backward(
+                self.top, ws.top[1:], ws.dtop[1:], top_in, ws.dtop[0], False, self.kernels, None, lr
+            )
 
     def interaction_backward(self, ws: Workspace) -> None:
         """dx into ws.dbottom[-1], demb into ws.demb."""
-        self.interaction.backward(ws.dbottom[-1], ws.demb, ws.dtop[0], ws.bottom[-1], ws.emb)
+        with timed(self.op_times, "interaction bwd"):
+            self.interaction.backward(ws.dbottom[-1], ws.demb, ws.dtop[0], ws.bottom[-1], ws.emb)
 
     def bottom_backward(
         self, ws: Workspace, dense: np.ndarray, after_layer=None, lr: float | None = None
@@ -131,9 +138,10 @@ class DenseTower:
 
         ``after_layer()`` runs between layers.
         """
-        _mlp_backward(
-            self.bottom, ws.bottom, ws.dbottom, dense, None, True, self.gemm, after_layer, lr
-        )
+        with timed(self.op_times, "bottom bwd"):
+            _mlp_backward(
+                self.bottom, ws.bottom, ws.dbottom, dense, None, True, self.kernels, after_layer, lr
+            )
 
 
 def _views(params: np.ndarray, grads: np.ndarray, slot: LinearSlot):
@@ -142,18 +150,18 @@ def _views(params: np.ndarray, grads: np.ndarray, slot: LinearSlot):
     return w, b, dw, db
 
 
-def _mlp_forward(layers, acts, x, relu_last: bool, gemm: str, after_layer) -> None:
+def _mlp_forward(layers, acts, x, relu_last: bool, kernels: KernelChoice, after_layer) -> None:
     n = len(layers)
     for i, (w, b, _, _) in enumerate(layers):
         relu = i < n - 1 or relu_last
-        linear_forward(acts[i], x, w, b, relu, gemm)
+        linear_forward(acts[i], x, w, b, relu, kernels)
         x = acts[i]
         if after_layer is not None:
             after_layer()
 
 
 def _mlp_backward(
-    layers, acts, dacts, x, dx_first, relu_last: bool, gemm: str, after_layer, lr=None
+    layers, acts, dacts, x, dx_first, relu_last: bool, kernels: KernelChoice, after_layer, lr=None
 ) -> None:
     """dacts[i] holds dL/d(acts[i]); layer i writes dL/d(its input) into dacts[i-1].
 
@@ -173,30 +181,49 @@ def _mlp_backward(
         relu = i == n - 1 and relu_last  # below the last layer, applied by the layer above
         mask_dx = i > 0  # layer i - 1 (never the last) has a ReLU
         if lr is None:
-            linear_backward(dx, dw, db, dacts[i], layer_in, acts[i], w, relu, gemm, True, mask_dx)
+            linear_backward(
+                dx, dw, db, dacts[i], layer_in, acts[i], w, relu, kernels, True, mask_dx
+            )
         else:
             linear_backward_sgd(
-                dx, w, b, dacts[i], layer_in, acts[i], relu, lr, dw, db, gemm, mask_dx
+                dx, w, b, dacts[i], layer_in, acts[i], relu, lr, dw, db, kernels, mask_dx
             )
         if after_layer is not None:
             after_layer()
 
 
-class DLRM:
-    """A DLRM model. ``gemm`` picks the linear layers' backend: "auto", "numba" or "blas"."""
+def kernel_choice(gemm: str = "auto", kernels=None) -> KernelChoice:
+    """The versions a model runs: ``kernels`` ({op: version}, or "op=version,...") over
+    the linear passes' ``gemm`` backend ("auto", "numba" = GEMM v4, "blas")."""
+    return KernelChoice(kernels).with_defaults(gemm_choice(gemm))
 
-    def __init__(self, config: DLRMConfig, seed: int = 0, gemm: str = "auto"):
-        if gemm not in BACKENDS:
-            raise ValueError(f"gemm: must be one of {BACKENDS}, got {gemm!r}")
+
+class DLRM:
+    """A DLRM model.
+
+    ``kernels`` names the version of any op to run instead of its default, e.g.
+    ``{"embedding_update": "v1"}`` (``numbadlrm kernels`` lists them); ``gemm`` is the
+    shorthand for the linear passes: "auto", "numba" (GEMM v4) or "blas". Set
+    ``op_times`` to a :class:`numbadlrm.profiling.OpTimes` to time every op.
+    """
+
+    def __init__(
+        self,
+        config: DLRMConfig,
+        seed: int = 0,
+        gemm: str = "auto",
+        kernels: KernelChoice | dict[str, str] | str | None = None,
+    ):
         self.config = config
         self.seed = seed
         self.gemm = gemm
+        self.kernels = kernel_choice(gemm, kernels)
         _, _, n = dense_layout(config)
         self.params = np.empty(n, np.float32)  # every dense parameter, one buffer
         # Their gradients, same layout. train_step fuses SGD into the backward, so on the blas
         # backend this buffer is never written (np.zeros: its pages are never allocated).
         self.grads = np.zeros(n, np.float32)
-        self.tower = DenseTower(config, self.params, self.grads, gemm)
+        self.tower = DenseTower(config, self.params, self.grads, self.kernels)
         self.bottom_slots, self.top_slots = self.tower.bottom_slots, self.tower.top_slots
         self.bottom, self.top = self.tower.bottom, self.tower.top
         self.interaction = self.tower.interaction
@@ -214,13 +241,25 @@ class DLRM:
     def workspace(self, batch: int) -> Workspace:
         return self.tower.workspace(batch)
 
+    @property
+    def op_times(self) -> OpTimes | None:
+        """Set to an OpTimes to time every op of the steps (numbadlrm.profiling); None: off."""
+        return self.tower.op_times
+
+    @op_times.setter
+    def op_times(self, value: OpTimes | None) -> None:
+        self.tower.op_times = value
+
     def forward(self, batch: Batch) -> Workspace:
         """Run the model; returns the workspace holding every activation (logits in top[-1])."""
         batch.check_against(self.config.num_dense, self.config.embedding_sizes)
         batch.require_rows(0, batch.batch_size)
         ws = self.workspace(batch.batch_size)
         self.tower.bottom_forward(ws, batch.dense)
-        embedding_forward(ws.emb, self.weights, self.row_start, batch.offsets, batch.indices)
+        with timed(self.op_times, "embedding fwd"):
+            embedding_forward(
+                ws.emb, self.weights, self.row_start, batch.offsets, batch.indices, self.kernels
+            )
         self.tower.top_forward(ws)
         return ws
 
@@ -234,9 +273,16 @@ class DLRM:
         """
         self.tower.top_backward(ws, lr)
         self.tower.interaction_backward(ws)
-        embedding_backward_sgd(
-            self.weights, self.row_start, batch.offsets, batch.indices, ws.demb, lr
-        )
+        with timed(self.op_times, "embedding update"):
+            embedding_backward_sgd(
+                self.weights,
+                self.row_start,
+                batch.offsets,
+                batch.indices,
+                ws.demb,
+                lr,
+                self.kernels,
+            )
         self.tower.bottom_backward(ws, batch.dense, lr=lr)
 
     # ----------------------------------------------------------------- public API
@@ -254,7 +300,11 @@ class DLRM:
     def _forward_loss(self, batch: Batch) -> tuple[Workspace, float]:
         """Forward, then the fused loss: probabilities in ws.p, ds in ws.dtop[-1]."""
         ws = self.forward(batch)
-        return ws, sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], batch.labels)
+        with timed(self.op_times, "loss"):
+            loss = sigmoid_bce(
+                ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], batch.labels, self.kernels
+            )
+        return ws, loss
 
     def predict(self, batch: Batch) -> np.ndarray:
         """(B,) float32 click probabilities (a copy)."""

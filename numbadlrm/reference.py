@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import DLRMConfig
+from .config import DLRMConfig, pair_indices
 
 # ----------------------------------------------------------------------------- linear
 
@@ -96,13 +96,6 @@ def embedding_bag_backward(
 
 
 # -------------------------------------------------------------------------- interaction
-
-
-def pair_indices(num_features: int, itself: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Row-major lower triangle: (1,0), (2,0), (2,1), (3,0)... (diagonal too if itself)."""
-    li = [i for i in range(num_features) for j in range(i + (1 if itself else 0))]
-    lj = [j for i in range(num_features) for j in range(i + (1 if itself else 0))]
-    return np.array(li, dtype=np.int64), np.array(lj, dtype=np.int64)
 
 
 def interaction_forward(feats: np.ndarray, op: str, itself: bool):

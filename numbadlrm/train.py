@@ -21,13 +21,13 @@ from tqdm import tqdm
 from .batch import Batch
 from .checkpoint import check_compatible, load_checkpoint, save_model_checkpoint
 from .config import DLRMConfig
+from .data.background import prefetch
 from .data.criteo import preprocess_for_training
 from .data.dataset import ProcessedData
-from .data.prefetch import prefetch
 from .data.synthetic import Teacher, batch_stream
-from .kernels._jit import set_num_threads
 from .metrics import evaluate_predictions
-from .model import DLRM
+from .model import DLRM, kernel_choice
+from .threads import set_num_threads
 
 DATA_GENERATIONS = ("synthetic", "random", "dataset")
 DEFAULT_SYNTHETIC_BATCHES = 15000
@@ -98,6 +98,10 @@ class TrainConfig:
     gemm: str = field(
         default="auto", metadata=_opt("linear-layer backend", choices=("auto", "numba", "blas"))
     )
+    kernels: str = field(
+        default="",
+        metadata=_opt("kernel versions, op=version,... (`numbadlrm kernels` lists them)"),
+    )
     metrics_file: str = field(default="", metadata=_opt("write JSON lines of metrics here"))
     save_model: str = field(default="", metadata=_opt("write a checkpoint here (atomically)"))
     save_freq: int = field(default=0, metadata=_opt("also checkpoint every N steps"))
@@ -140,6 +144,7 @@ class TrainConfig:
         if self.inference_only and not self.load_model:
             raise ValueError("inference_only: needs --load-model CHECKPOINT")
         self.model_config()  # validates the architecture strings
+        kernel_choice(self.gemm, self.kernels)  # validates the op and version names
 
     @property
     def uses_dataset(self) -> bool:
@@ -295,9 +300,11 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     if cfg.threads:
         set_num_threads(cfg.threads)
     source, mcfg = open_data(cfg, log)
-    model = DLRM(mcfg, seed=cfg.seed, gemm=cfg.gemm)
+    model = DLRM(mcfg, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels)
     position = load_into(model, cfg.load_model, mcfg) if cfg.load_model else (0, 0, 0)
     log(f"numbadlrm: {describe(mcfg)}; data {cfg.data_generation}, batch {cfg.mini_batch_size}")
+    if cfg.kernels:
+        log(f"kernels: {model.kernels.describe()}")
     loop = TrainLoop(cfg, model, source, mcfg, log)
     return loop.run(*position)
 

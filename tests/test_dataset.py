@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from numbadlrm.data.background import prefetch
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
 from numbadlrm.data.dataset import ProcessedData
-from numbadlrm.data.prefetch import prefetch
 
 N_ROWS = (700, 500, 301)  # three parts; split "fractions" spans part boundaries
 

@@ -18,3 +18,15 @@ def test_train_python_api_example_learns():
     )
     metrics = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
     assert metrics["auc"] > 0.65, proc.stdout
+
+
+def test_swap_kernel_example_runs_its_kernel_in_every_step():
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "swap_kernel.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert "checked: 'mine' matches numbadlrm.reference" in proc.stdout
+    assert "'mine' ran 200 times in 200 training steps" in proc.stdout, proc.stdout

@@ -1,11 +1,7 @@
-"""Linear layer: every GEMM kernel version and both backends against numbadlrm.reference.
-
-Tolerance: the oracle runs in float64 on the same float32 inputs, so its own error is
-negligible. A float32 sum of K products, in any order (the kernels reassociate), is off by
-at most about K * eps32 * sum_k |a_k b_k| (the standard bound gamma_K), so each entry is
-checked against ``(K + 2) * eps32 * (|A| @ |B|)`` (+2 for the bias add and the output
-rounding). A wrong index or a lost term is off by ~|a_k b_k|, far above that for K <= 2000.
-"""
+"""The linear layer (layers/linear.py) on its --gemm backends against numbadlrm.reference:
+masks, the first layer's missing dx, the fused SGD, thread counts, bad input, and the
+"auto" rule. Every kernel version of the three passes is checked by tests/test_registry.py
+(numbadlrm.kernels.checks, whose GEMM tolerance these tests share)."""
 
 from __future__ import annotations
 
@@ -16,23 +12,12 @@ import numpy as np
 import pytest
 
 from numbadlrm import reference
-from numbadlrm.kernels import blas, gemm
+from numbadlrm.kernels import blas, epilogue, linear_auto
+from numbadlrm.kernels.checks import assert_gemm_close, check_linear_forward
 from numbadlrm.layers import linear
 
 EPS = float(np.finfo(np.float32).eps)
 ODD_SHAPES = [(b, i, o) for b in (1, 7, 129) for i in (1, 13, 100) for o in (1, 17, 64)]
-# Every path of every version: dot form (K >= SMALL_K) and panels, k blocks (K > KC),
-# O < 4, row and column tails.
-VERSION_SHAPES = [
-    (1, 1, 1),
-    (7, 13, 17),
-    (129, 100, 64),
-    (9, 259, 261),
-    (3, 20, 1030),
-    (33, 150, 3),
-    (1030, 20, 9),
-    (5, 1030, 6),
-]
 
 
 def make(rng, B, I, O):
@@ -42,29 +27,6 @@ def make(rng, B, I, O):
     y = np.maximum(rng.standard_normal((B, O), dtype=np.float32), 0)  # exact zeros: masked
     dy = rng.standard_normal((B, O), dtype=np.float32)
     return x, W, b, y, dy
-
-
-def assert_gemm_close(got, want, abs_a, abs_b, K, what):
-    """|got - want| <= (K + 2) eps32 (|A| @ |B|) entrywise; abs_a @ abs_b in float64."""
-    bound = (K + 2) * EPS * (abs_a @ abs_b) + 1e-30
-    err = np.abs(got.astype(np.float64) - want)
-    assert np.isfinite(got).all(), f"{what}: non-finite output"
-    worst = np.unravel_index(np.argmax(err / bound), err.shape)
-    assert (err <= bound).all(), f"{what}: error {err[worst]:.3e} > bound {bound[worst]:.3e}"
-
-
-def check_forward(y, x, W, b, relu):
-    x64, W64, b64 = (a.astype(np.float64) for a in (x, W, b))
-    want, _ = reference.linear_forward(x64, W64, b64, relu)
-    abs_b = np.abs(W64.T)
-    assert_gemm_close(
-        y,
-        want,
-        np.hstack([np.abs(x64), np.ones((len(x), 1))]),
-        np.vstack([abs_b, np.abs(b64)[None]]),
-        x.shape[1],
-        "y",
-    )
 
 
 def check_backward(dx, dW, db, dz, x, y, W, dy, relu):
@@ -102,7 +64,7 @@ def test_layer_matches_reference(backend, relu, B, I, O):
     x, W, b, y_in, dy = make(rng, B, I, O)
     y, dx, dW, db = outputs(B, I, O)
     linear.linear_forward(y, x, W, b, relu, backend)
-    check_forward(y, x, W, b, relu)
+    check_linear_forward(y, x, W, b, relu)
     dz = dy.copy()
     linear.linear_backward(dx, dW, db, dz, x, y_in, W, relu, backend)
     check_backward(dx, dW, db, dz, x, y_in, W, dy, relu)
@@ -176,7 +138,7 @@ def test_blas_layer_shares_work_at_any_thread_count(threads, B, I, O):
     x, W, b, y_in, dy = make(rng, B, I, O)
     y, dx, dW, db = outputs(B, I, O)
     linear.linear_forward(y, x, W, b, True, "blas")
-    check_forward(y, x, W, b, True)
+    check_linear_forward(y, x, W, b, True)
     dz = dy.copy()
     linear.linear_backward(dx, dW, db, dz, x, y_in, W, True, "blas")
     check_backward(dx, dW, db, dz, x, y_in, W, dy, True)
@@ -208,17 +170,17 @@ def test_blas_backend_library_stays_single_threaded():
     also after set_num_threads raises every BLAS's threads (threadpoolctl finds it too)."""
     from threadpoolctl import threadpool_info
 
-    from numbadlrm.kernels import _jit
+    from numbadlrm import threads as threads_module
 
     assert blas.single_thread_blas() == 1
     old = numba.get_num_threads()
     try:
-        _jit.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        threads_module.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         threads = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
         assert threads[os.path.realpath(blas.LIBRARY)] == 1
         assert blas._LIB.scipy_openblas_get_num_threads() == 1
     finally:
-        _jit.set_num_threads(old)
+        threads_module.set_num_threads(old)
     assert "OpenBLAS" in blas.blas_config()
 
 
@@ -247,37 +209,15 @@ def test_choose_backend_is_deterministic():
         for i in (1, 13, 100, 512, 1024)
         for o in (1, 16, 64, 256, 1024)
     ]
-    for pass_ in linear.PASSES:
-        first = [linear.choose_backend(*s, pass_) for s in shapes]
-        assert set(first) <= {"numba", "blas"}
-        assert first == [linear.choose_backend(*s, pass_) for s in shapes]
+    for pass_ in linear_auto.PASSES:
+        first = [linear_auto.choose_backend(*s, pass_) for s in shapes]
+        assert set(first) <= {"v4", "blas"}
+        assert first == [linear_auto.choose_backend(*s, pass_) for s in shapes]
     with pytest.raises(ValueError, match="'sideways'"):
-        linear.choose_backend(2, 3, 4, "sideways")
+        linear_auto.choose_backend(2, 3, 4, "sideways")
 
 
-# ------------------------------------------------------------------ kernel versions
-
-
-@pytest.mark.parametrize("version", list(gemm.VERSIONS))
-@pytest.mark.parametrize(("B", "I", "O"), VERSION_SHAPES)
-def test_kernel_version_matches_reference(version, threads, B, I, O):
-    forward, backward_data, backward_weight = gemm.VERSIONS[version]
-    rng = np.random.default_rng([B, I, O, 7])
-    x, W, b, y_in, dy = make(rng, B, I, O)
-    y, dx, dW, db = outputs(B, I, O)
-    for relu in (False, True):
-        forward(y, x, W, b, relu)
-        check_forward(y, x, W, b, relu)
-    dz = dy.copy()
-    gemm.relu_mask(dz, y_in)
-    backward_data(dx, dz, W)
-    backward_weight(dW, db, dz, x)
-    check_backward(dx, dW, db, dz, x, y_in, W, dy, True)
-
-
-def test_default_version_is_the_layers():
-    assert gemm.DEFAULT_VERSION in gemm.VERSIONS
-    assert linear._FORWARD is gemm.VERSIONS[gemm.DEFAULT_VERSION][0]
+# ------------------------------------------------------------------------ epilogues
 
 
 @pytest.mark.parametrize(("B", "O"), [(1, 1), (7, 33), (300, 1024)])
@@ -287,7 +227,7 @@ def test_relu_mask_serial_and_parallel_agree(B, O):
     y[0, 0] = 0.0  # the mask keeps only y > 0
     dy = rng.normal(size=(B, O)).astype(np.float32)
     expect = dy * (y > 0)
-    for mask in (gemm.relu_mask, gemm.relu_mask_serial):
+    for mask in (epilogue.relu_mask, epilogue.relu_mask_serial):
         out = dy.copy()
         mask(out, y)
         np.testing.assert_array_equal(out, expect)

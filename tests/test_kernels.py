@@ -1,4 +1,6 @@
-"""Every non-GEMM Numba kernel against the NumPy reference, in float32.
+"""The embedding, interaction and elementwise layers and their kernels' special properties
+against the NumPy reference, in float32 (every registered kernel version of every op is
+checked by tests/test_registry.py).
 
 Tolerances: float32 sums of at most a few dozen terms of O(1) values carry relative
 error ~ n * 6e-8, so rtol=1e-5 / atol=1e-5 fails on any real indexing or logic bug
@@ -17,22 +19,6 @@ from numbadlrm.layers.loss import sigmoid_bce
 from ._helpers import random_batch, small_config
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
-
-# Every kernel version, and the serial entry points the layers use for small batches.
-FORWARDS = {**embedding.FORWARD_VERSIONS, "serial": embedding.embedding_bags_forward_serial}
-UPDATES = {
-    **embedding.UPDATE_VERSIONS,
-    "serial": lambda w, rs, o, i, dp, lr, owners: embedding.embedding_bags_sgd_update_serial(
-        w, rs, o, i, dp, lr
-    ),
-}
-DOTS = {
-    **interaction.DOT_VERSIONS,
-    "serial": (
-        interaction.dot_interaction_forward_serial,
-        interaction.dot_interaction_backward_serial,
-    ),
-}
 
 
 def _tables(rng, cfg):
@@ -95,41 +81,6 @@ def test_embedding_update_independent_of_owner_count():
         np.testing.assert_array_equal(w, results[0])
 
 
-@pytest.mark.parametrize("version", list(FORWARDS))
-def test_embedding_forward_versions(threads, version):
-    """Every kernel version against the reference; a bag longer than the prefetch window."""
-    cfg = small_config(tables="7-300-5", dim=20)  # D not a multiple of 16
-    rng = np.random.default_rng(11)
-    batch = random_batch(rng, cfg, 21, max_bag=40)
-    weights, row_start = _tables(rng, cfg)
-    pooled = np.full((cfg.num_tables, 21, 20), np.nan, np.float32)
-    FORWARDS[version](pooled, weights, row_start, batch.offsets, batch.indices)
-    for t in range(cfg.num_tables):
-        table = weights[row_start[t] : row_start[t + 1]]
-        expect = ref.embedding_bag_forward(table, batch.offsets[t], batch.indices)
-        np.testing.assert_allclose(pooled[t], expect, rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.parametrize("version", list(UPDATES))
-@pytest.mark.parametrize("owners", [1, 2, 3])
-def test_embedding_update_versions(version, owners):
-    cfg = small_config(tables="3-40-200", dim=20)
-    rng = np.random.default_rng(12)
-    batch = random_batch(rng, cfg, 30, max_bag=40)
-    weights, row_start = _tables(rng, cfg)
-    dpooled = rng.normal(size=(cfg.num_tables, 30, 20)).astype(np.float32)
-    expect = weights.astype(np.float64)
-    for t, rows in enumerate(cfg.embedding_sizes):
-        dtable = ref.embedding_bag_backward(
-            dpooled[t].astype(np.float64), batch.offsets[t], batch.indices, rows
-        )
-        expect[row_start[t] : row_start[t + 1]] -= 0.25 * dtable
-    UPDATES[version](
-        weights, row_start, batch.offsets, batch.indices, dpooled, np.float32(0.25), owners
-    )
-    np.testing.assert_allclose(weights, expect, rtol=1e-5, atol=1e-4)
-
-
 def test_owner_hash_covers_all_owners():
     owners = [embedding._owner(np.uint64(r), 3) for r in range(300)]
     assert set(owners) == {0, 1, 2}
@@ -160,26 +111,6 @@ def test_interaction(threads, op, itself, batch_size):
     dx = np.full_like(x, np.nan)
     demb = np.full_like(emb, np.nan)
     layer.backward(dx, demb, dout, x, emb)
-    np.testing.assert_allclose(dx, dfeats[:, 0], **TOL)
-    np.testing.assert_allclose(demb, dfeats[:, 1:].transpose(1, 0, 2), **TOL)
-
-
-@pytest.mark.parametrize("version", list(DOTS))
-@pytest.mark.parametrize("itself", [False, True])
-@pytest.mark.parametrize(
-    ("batch_size", "num_tables", "dim"), [(1, 5, 19), (13, 5, 19), (3, 26, 40)]
-)  # 26 tables: 7 blocks of 4 features, the last one partial, as in config c
-def test_dot_interaction_versions(threads, version, itself, batch_size, num_tables, dim):
-    rng, x, emb, feats = _features(13, batch_size, num_tables, dim)
-    li, lj = ref.pair_indices(num_tables + 1, itself)
-    forward, backward = DOTS[version]
-    out = np.full((batch_size, dim + li.shape[0]), np.nan, np.float32)
-    forward(out, x, emb, li, lj)
-    np.testing.assert_allclose(out, ref.interaction_forward(feats, "dot", itself), **TOL)
-    dout = rng.normal(size=out.shape).astype(np.float32)
-    dfeats = ref.interaction_backward(dout.astype(np.float64), feats, "dot", itself)
-    dx, demb = np.full_like(x, np.nan), np.full_like(emb, np.nan)
-    backward(dx, demb, dout, x, emb, li, lj)
     np.testing.assert_allclose(dx, dfeats[:, 0], **TOL)
     np.testing.assert_allclose(demb, dfeats[:, 1:].transpose(1, 0, 2), **TOL)
 
@@ -226,7 +157,7 @@ def test_sgd_update(threads):
 
 def test_run_serial_picks_small_work(threads):
     """Layers run small problems through the kernels' serial entry points."""
-    from numbadlrm.kernels._jit import SERIAL_BELOW_BYTES, run_serial
+    from numbadlrm.kernels.jit import SERIAL_BELOW_BYTES, run_serial
 
     assert run_serial(10)
     assert run_serial(SERIAL_BELOW_BYTES) == (threads == 1)

@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from numbadlrm.data.background import prefetch
 from numbadlrm.data.dataset import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -71,7 +72,6 @@ from numbadlrm.data.dataset import (
     PART_FILES,
     part_path,
 )
-from numbadlrm.data.prefetch import prefetch
 from numbadlrm.kernels.parse import (
     ERR_FIELDS,
     ERR_HEX,

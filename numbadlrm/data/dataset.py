@@ -37,7 +37,7 @@ from typing import TypeVar
 import numpy as np
 
 from numbadlrm.batch import Batch
-from numbadlrm.data.prefetch import prefetch
+from numbadlrm.data.background import prefetch
 from numbadlrm.kernels.parse import NUM_CATEGORICAL, NUM_DENSE  # I1..I13, C1..C26
 
 FORMAT_NAME = "numbadlrm-criteo"

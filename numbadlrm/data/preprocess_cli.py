@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             chunk_bytes=args.chunk_mb << 20,
         )
         if args.threads is not None:
-            from numbadlrm.kernels._jit import set_num_threads
+            from numbadlrm.threads import set_num_threads
 
             set_num_threads(args.threads)
         meta = preprocess(sources, args.out_dir, options, progress=not args.no_progress)

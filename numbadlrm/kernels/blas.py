@@ -6,9 +6,8 @@ the arithmetic (B=128: 124 GFLOP/s from np.matmul on 2 threads). Here every pass
 Numba parallel loop with one iteration per thread, and each iteration makes one
 single-threaded ``sgemm`` call on its share of the work, then runs the layer's epilogue
 (bias, ReLU, ReLU mask, bias gradient) on the rows it has just written, while they are
-in cache. There is one pool, and the threads never wait on each other inside a pass.
-Measured on the project machine at 2 threads (forward, bias and ReLU included):
-B=128 512->256 165 GFLOP/s (np.matmul 124); B=2048 1024->1024 198 (np.matmul 183).
+in cache. There is one pool, and the threads never wait on each other inside a pass
+(faster than np.matmul's own threads at every config shape: bench/RESULTS.md).
 
 How each pass is shared (W is (O, I), x (B, I), y and dz (B, O); shape letters as in
 numbadlrm.config):
@@ -33,11 +32,9 @@ The BLAS is OpenBLAS from the ``scipy-openblas32`` package (the build SciPy and 
 ship, as a package of its own): ``sgemm`` is looked up in that library and handed to LLVM
 as a named symbol, so the kernels still cache. It is a copy of OpenBLAS separate from
 NumPy's and SciPy's, with its own thread count, which importing this module sets to one
-(it is called from every Numba thread at once: measured with 2 threads, the B=128
-forward took 16 ms instead of 0.2), while np.matmul keeps its threads. Its version
-matters: at config c's shapes, 2 threads, the weight pass (dz^T x) ran 5-10% faster on
-OpenBLAS 0.3.34 than on SciPy 1.17's bundled 0.3.30, forward and dx passes level
-(`bench/bench_gemm.py`; RESULTS.md).
+(it is called from every Numba thread at once), while np.matmul keeps its threads. Its
+version matters (0.3.34's weight pass is 5-10% faster than 0.3.30's). Measurements:
+bench/RESULTS.md, "blas backend".
 """
 
 from __future__ import annotations
@@ -51,8 +48,9 @@ import numpy as np
 import scipy_openblas32
 from numba import prange, types
 
-from ._jit import jit_parallel, jit_serial
-from .gemm import _bias_relu, _relu_mask_row, column_sums, logit_rows, outer_rows
+from .epilogue import bias_relu, column_sums, logit_rows, outer_rows, relu_mask_row
+from .jit import jit_parallel, jit_serial
+from .registry import register
 
 LIBRARY = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True))
 _LIB = ctypes.CDLL(LIBRARY)  # RTLD_LOCAL: its symbols never mix with NumPy's or SciPy's copy
@@ -157,7 +155,7 @@ def forward(y, x, W, b, relu, threads):
             logit_rows(y, x, W[0], r0, r1)
         else:
             sgemm_rm(False, True, r1 - r0, O, I, 1.0, x, r0 * I, I, W, 0, I, 0.0, y, r0 * O, O)
-        _bias_relu(y, b, r0, r1, 0, O, relu)
+        bias_relu(y, b, r0, r1, 0, O, relu)
 
 
 # --------------------------------------------------------------------- backward
@@ -168,8 +166,7 @@ def backward_data(dx, dy, y, W, x, relu, with_dx, mask_dx, threads):
     """dy <- dz = dy [y > 0] if relu (in place), and dx (B, I) = dz W if with_dx, then
     dx <- dx [x > 0] if mask_dx: the ReLU backward of the layer below (whose output is
     this layer's input x), on each thread's rows while they are in cache. It also brings
-    x into cache for the weight pass that follows, which reads x; without it that pass
-    found x cold, 6-15% slower inside a step (config c, 2 threads)."""
+    x into cache for the weight pass that follows, which reads x (RESULTS.md)."""
     B, O = dy.shape
     I = W.shape[1]
     nt = _parts(threads, B)
@@ -177,7 +174,7 @@ def backward_data(dx, dy, y, W, x, relu, with_dx, mask_dx, threads):
         r0, r1 = _share(B, t, nt)
         if relu:
             for i in range(r0, r1):
-                _relu_mask_row(dy[i], y[i])
+                relu_mask_row(dy[i], y[i])
         if with_dx:
             if O == 1:  # the logit layer: an outer product, which BLAS runs as a slow K=1 GEMM
                 outer_rows(dx, dy, W[0], r0, r1)
@@ -186,7 +183,7 @@ def backward_data(dx, dy, y, W, x, relu, with_dx, mask_dx, threads):
                 sgemm_rm(False, False, m, I, O, 1.0, dy, r0 * O, O, W, 0, I, 0.0, dx, r0 * I, I)
             if mask_dx:
                 for i in range(r0, r1):
-                    _relu_mask_row(dx[i], x[i])
+                    relu_mask_row(dx[i], x[i])
 
 
 @jit_serial
@@ -214,10 +211,8 @@ def _weight_pass(C, bias, dz, x, alpha, update, threads):
     added to what C and bias hold: the longer side of C shared between the threads (each
     thread's sgemm then gets the squarer block), and a share of the bias each.
 
-    Measured with OpenBLAS 0.3.34 at B=2048, 2 threads (GFLOP/s, medians of 41):
-    479-1024 rows 196 against columns 190, 1024-512 columns 201 against rows 195,
-    1024-1024 level (204, 203). Rows also where I is too narrow to share (I < 16 per
-    thread: the 13-wide first bottom layer) and O is not.
+    Rows also where I is too narrow to share (I < 16 per thread: the 13-wide first bottom
+    layer) and O is not. (Which side is faster: RESULTS.md, "blas backend".)
     """
     B, O = dz.shape
     I = x.shape[1]
@@ -255,3 +250,38 @@ def backward_weight_sgd(W, b, dz, x, lr, threads):
     pass must have read W before this runs.
     """
     _weight_pass(W, b, dz, x, -lr, True, threads)
+
+
+# ----------------------------------------------------------------- registry
+# The ops' calling conventions (numbadlrm.kernels.registry) over the kernels above: the
+# thread count is read here, outside the kernels, so that they cache.
+
+
+def forward_entry(y, x, W, b, relu):
+    forward(y, x, W, b, relu, numba.get_num_threads())
+
+
+def backward_data_entry(dx, dy, y, W, x, relu, mask_dx):
+    has_dx = dx is not None
+    dx_ = dx if has_dx else NO_DX
+    backward_data(dx_, dy, y, W, x, relu, has_dx, mask_dx and has_dx, numba.get_num_threads())
+
+
+def backward_weight_entry(dW, db, dz, x):
+    backward_weight(dW, db, dz, x, numba.get_num_threads())
+
+
+def backward_weight_sgd_entry(W, b, dz, x, lr):
+    backward_weight_sgd(W, b, dz, x, np.float32(lr), numba.get_num_threads())
+
+
+_WHAT = "one single-threaded OpenBLAS sgemm per Numba thread, epilogue fused after it"
+register("linear_forward", "blas", forward_entry, description=_WHAT)
+register("linear_backward_data", "blas", backward_data_entry, description=_WHAT)
+register(
+    "linear_backward_weight",
+    "blas",
+    backward_weight_entry,
+    description=_WHAT,
+    extras={"sgd": backward_weight_sgd_entry},
+)

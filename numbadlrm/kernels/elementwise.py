@@ -10,7 +10,8 @@ import math
 
 from numba import prange
 
-from ._jit import jit_parallel, jit_serial
+from .jit import jit_parallel, jit_serial
+from .registry import register
 
 
 @jit_serial
@@ -50,3 +51,20 @@ def sgd_update_serial(params, grads, lr):
     """sgd_update on the calling thread, for buffers small enough to stay in cache."""
     for k in range(params.shape[0]):
         params[k] -= lr * grads[k]
+
+
+register(
+    "sigmoid_bce",
+    "v1",
+    sigmoid_bce_forward_backward,
+    description="one pass: loss, p and ds per sample (stable for any logit)",
+    default=True,
+)
+register(
+    "dense_update",
+    "v1",
+    sgd_update,
+    sgd_update_serial,
+    "params -= lr grads, elementwise",
+    default=True,
+)

@@ -11,14 +11,13 @@ The update never builds a dense (rows, D) gradient nor a (lookups, D) copy: each
 lookup reads its bag's pooled gradient and applies it straight to the row.
 
 Both are random row gathers from tables far larger than the caches, so they are bound by
-how many row misses are in flight, not by arithmetic. Versions (bench/bench_embedding.py
-times them side by side; the unsuffixed names are the best, called by the layers):
+how many row misses are in flight, not by arithmetic. Versions (registered at the
+bottom of this module; bench/bench_embedding.py times them side by side):
 
     v1  prefetch 8 lookups ahead into L1 (prefetcht0)
     v2  prefetch 16 lookups ahead (per owner in the update) into L2 only (prefetcht1):
         the L1 tracks few outstanding misses, the L2 many, so more rows are in flight
-        (bench_embedding.py, config b, uniform ids, Zen 4 VM, v1 -> v2: one thread, forward
-        7.0 -> 10.5 GB/s, update 11.6 -> 19.6 GB/s; two threads 10.9 -> 13.7, 13.6 -> 22.1)
+        (1.3-1.7x v1 at config b: bench/RESULTS.md, "Embedding versions")
 
 v2's loop bodies are serial functions over a range of bags (forward) or one owner
 (update); the parallel kernel runs them over chunks, and the ``*_serial`` entry points
@@ -28,12 +27,14 @@ parallel launch costs more than config a's microseconds of work).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
-from ._jit import jit_parallel, jit_serial
-from .prefetch import _prefetch as prefetch
-from .prefetch import _prefetch_l2 as prefetch_l2
+from .cache_prefetch import prefetch_l1 as prefetch
+from .cache_prefetch import prefetch_l2
+from .jit import jit_parallel, jit_serial
+from .registry import register
 
 # Prefetch distances in lookups. v1: far enough ahead to cover DRAM latency (~100 ns) at a
 # few ns per 256-byte row. v2: twice that; the lines wait in L2, which holds far more.
@@ -123,8 +124,10 @@ def _owner(row, num_owners):
 
 
 @jit_serial
-def _update_owned_rows(weights, row_start, offsets, indices, dpooled, lr, owner, num_owners):
-    """Apply, in lookup order, every lookup's update whose row belongs to ``owner``."""
+def _add_owned_rows(weights, row_start, offsets, indices, dpooled, scale, owner, num_owners):
+    """weights[row] += scale * dpooled[t, b], in lookup order, for every lookup of bag (t, b)
+    whose row belongs to ``owner``: the SGD update (scale = -lr) or a dense gradient
+    (scale = 1)."""
     num_tables, batch, dim = dpooled.shape
     window = PREFETCH_AHEAD * num_owners  # holds about PREFETCH_AHEAD of this owner's rows
     for t in range(num_tables):
@@ -140,12 +143,12 @@ def _update_owned_rows(weights, row_start, offsets, indices, dpooled, lr, owner,
                 r = base + indices[j]
                 if _owner(np.uint64(r), num_owners) == owner:
                     for d in range(dim):
-                        weights[r, d] -= lr * dpooled[t, b, d]
+                        weights[r, d] += scale * dpooled[t, b, d]
 
 
 @jit_parallel
-def embedding_bags_sgd_update(weights, row_start, offsets, indices, dpooled, lr, num_owners):
-    """weights (R, D) updated in place: weights[row] -= lr * dpooled[t, b] for each lookup.
+def _add_rows(weights, row_start, offsets, indices, dpooled, scale, num_owners):
+    """weights[row] += scale * dpooled[t, b] for each lookup, in place.
 
     Race-free by row ownership: owner c applies every update whose row hashes to c, and
     no other owner touches that row. Each owner scans all lookups (cheap: 8 bytes each)
@@ -154,13 +157,32 @@ def embedding_bags_sgd_update(weights, row_start, offsets, indices, dpooled, lr,
     the result does not depend on the thread count.
     """
     for c in prange(num_owners):
-        _update_owned_rows(weights, row_start, offsets, indices, dpooled, lr, c, num_owners)
+        _add_owned_rows(weights, row_start, offsets, indices, dpooled, scale, c, num_owners)
+
+
+@jit_serial
+def embedding_bags_sgd_update(weights, row_start, offsets, indices, dpooled, lr, num_owners):
+    """weights (R, D) -= lr * dpooled[t, b] for each lookup of bag (t, b), in place (v2)."""
+    _add_rows(weights, row_start, offsets, indices, dpooled, -lr, num_owners)
 
 
 @jit_serial
 def embedding_bags_sgd_update_serial(weights, row_start, offsets, indices, dpooled, lr):
     """As embedding_bags_sgd_update with one owner, on the calling thread (small batches)."""
-    _update_owned_rows(weights, row_start, offsets, indices, dpooled, lr, 0, 1)
+    _add_owned_rows(weights, row_start, offsets, indices, dpooled, -lr, 0, 1)
+
+
+@jit_serial
+def embedding_bags_gradient(dweights, row_start, offsets, indices, dpooled, num_owners):
+    """dweights (R, D) += dpooled[t, b] for each lookup: the dense gradient of small tables
+    (the MPI model's replicated tables, whose gradients are allreduced)."""
+    _add_rows(dweights, row_start, offsets, indices, dpooled, np.float32(1.0), num_owners)
+
+
+@jit_serial
+def embedding_bags_gradient_serial(dweights, row_start, offsets, indices, dpooled):
+    """As embedding_bags_gradient on the calling thread."""
+    _add_owned_rows(dweights, row_start, offsets, indices, dpooled, np.float32(1.0), 0, 1)
 
 
 @jit_parallel
@@ -196,6 +218,85 @@ def embedding_bags_forward_naive(pooled, weights, row_start, offsets, indices):
             pooled[t, b] = weights[rows].sum(axis=0)
 
 
-# name -> kernel, for bench/bench_embedding.py and the tests; the best one first.
-FORWARD_VERSIONS = {"v2": embedding_bags_forward, "v1": embedding_bags_forward_v1}
-UPDATE_VERSIONS = {"v2": embedding_bags_sgd_update, "v1": embedding_bags_sgd_update_v1}
+def embedding_bags_sgd_update_naive(weights, row_start, offsets, indices, dpooled, lr):
+    """The obvious scatter-add, kept beside the kernel as its specification."""
+    num_tables, batch, _ = dpooled.shape
+    for t in range(num_tables):
+        for b in range(batch):
+            rows = row_start[t] + indices[offsets[t, b] : offsets[t, b + 1]]
+            np.subtract.at(weights, rows, np.float32(lr) * dpooled[t, b])
+
+
+# ----------------------------------------------------------------- registry
+# The ops' calling conventions (numbadlrm.kernels.registry): the update's owner count is
+# the thread count, read here, outside the kernels, so that they cache.
+
+
+def _update_v2(weights, row_start, offsets, indices, dpooled, lr):
+    owners = numba.get_num_threads()  # one owner per thread
+    embedding_bags_sgd_update(weights, row_start, offsets, indices, dpooled, np.float32(lr), owners)
+
+
+def _update_v2_serial(weights, row_start, offsets, indices, dpooled, lr):
+    embedding_bags_sgd_update_serial(weights, row_start, offsets, indices, dpooled, np.float32(lr))
+
+
+def _update_v1(weights, row_start, offsets, indices, dpooled, lr):
+    owners = numba.get_num_threads()
+    embedding_bags_sgd_update_v1(
+        weights, row_start, offsets, indices, dpooled, np.float32(lr), owners
+    )
+
+
+def _gradient(dweights, row_start, offsets, indices, dpooled):
+    embedding_bags_gradient(dweights, row_start, offsets, indices, dpooled, numba.get_num_threads())
+
+
+register(
+    "embedding_forward",
+    "naive",
+    embedding_bags_forward_naive,
+    description="the obvious NumPy loop over bags (the specification)",
+)
+register(
+    "embedding_forward",
+    "v1",
+    embedding_bags_forward_v1,
+    description="one bag per iteration, prefetch 8 lookups ahead into L1",
+)
+register(
+    "embedding_forward",
+    "v2",
+    embedding_bags_forward,
+    embedding_bags_forward_serial,
+    "chunks of bags, prefetch 16 lookups ahead into L2 only",
+    default=True,
+)
+register(
+    "embedding_update",
+    "naive",
+    embedding_bags_sgd_update_naive,
+    description="np.subtract.at per bag (the specification)",
+)
+register(
+    "embedding_update",
+    "v1",
+    _update_v1,
+    description="row ownership by hash, prefetch 8 raw lookups ahead into L1",
+)
+register(
+    "embedding_update",
+    "v2",
+    _update_v2,
+    _update_v2_serial,
+    "row ownership by hash, prefetch 16 of the owner's rows ahead into L2",
+    default=True,
+)
+register(
+    "embedding_gradient",
+    "v1",
+    _gradient,
+    embedding_bags_gradient_serial,
+    "the v2 update's loop adding dpooled (scale 1) into a zeroed gradient",
+    default=True,
+)

@@ -36,15 +36,10 @@ to its (forward, backward_data, backward_weight):
             16 FMAs, C touched once per tile; A read through a row and a k stride, so no
             pass transposes anything big; bias/ReLU on each finished tile (default)
 
-Lessons that moved the numbers (see bench/bench_gemm.py):
-- v1-v3 are Python loops that LLVM's vectoriser turns into SIMD code when it decides to;
-  v4 writes the vector code itself and reaches OpenBLAS (summed over configs b and c at
-  2 threads: v3 0.77-0.86 of the blas backend, v4 0.97-1.01).
-- Inner loops start at 0 and index 1-D row slices (``c = C[i, j0:j1]``). A
-  ``range(j0, j1)`` whose start Numba cannot prove >= 0 keeps the negative-index
-  wraparound and the loop is not vectorised at all (scalar ``vfmadd...ss``).
-- Rows 4 KiB apart (I or O = 1024) fall in the same L1 sets; the axpy form reads 8 such
-  rows at once and thrashes, so v3 copies Bm into contiguous (K, PANEL) panels first.
+The versions are registered (numbadlrm.kernels.registry) at the bottom of this module as
+the ops linear_forward, linear_backward_data and linear_backward_weight. What each step
+bought, and the lessons behind them (why inner loops start at 0, why v3 packs panels), are
+in bench/RESULTS.md, "GEMM versions".
 """
 
 from __future__ import annotations
@@ -53,9 +48,11 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import jit_parallel, jit_serial
 from .elementwise import sgd_update_serial
+from .epilogue import bias_relu, column_sums_blocks, logit_rows, outer_rows, relu_mask
+from .jit import jit_parallel, jit_serial
 from .microkernel import MR, NR, tile
+from .registry import register
 
 KC = 1024  # dot form: k block; 4 rows of A (16 KiB) stay in L1 across a block of Bt rows
 SMALL_K = 256  # v3: below this K the axpy form beats the dot form's horizontal sums
@@ -125,17 +122,6 @@ def _pack_panels(panels, Bm):
 
 
 @jit_serial
-def _bias_relu(C, b, i0, i1, j0, j1, relu):
-    """C[i0:i1, j0:j1] += b[j0:j1], then ReLU: the forward's epilogue on a finished tile."""
-    bb = b[j0:j1]
-    for i in range(i0, i1):
-        c = C[i, j0:j1]
-        for j in range(j1 - j0):
-            v = c[j] + bb[j]
-            c[j] = max(v, np.float32(0.0)) if relu else v
-
-
-@jit_serial
 def _zero(C, i0, i1, j0, j1):
     for i in range(i0, i1):
         c = C[i, j0:j1]
@@ -152,40 +138,6 @@ def _row_sums(db, A, i0, i1):
         for k in range(K):
             s += A[i, k]
         db[i] = s
-
-
-@jit_serial
-def _bias_act_row(row, b, relu):
-    for o in range(row.shape[0]):
-        v = row[o] + b[o]
-        row[o] = v if (v > 0 or not relu) else 0.0
-
-
-@jit_parallel
-def bias_act(y, b, relu):
-    """y += b, then ReLU if relu, in place: the epilogue of the BLAS forward."""
-    for r in prange(y.shape[0]):  # task r writes only row r of y
-        _bias_act_row(y[r], b, relu)
-
-
-@jit_serial
-def _relu_mask_row(d, v):
-    for o in range(d.shape[0]):
-        d[o] = d[o] if v[o] > 0 else 0.0  # a select, not a branch: vectorises
-
-
-@jit_parallel
-def relu_mask(dy, y):
-    """dy *= [y > 0] in place: the ReLU backward (dy becomes dz)."""
-    for r in prange(dy.shape[0]):  # task r writes only row r of dy
-        _relu_mask_row(dy[r], y[r])
-
-
-@jit_serial
-def relu_mask_serial(dy, y):
-    """relu_mask on the calling thread: small work does not pay for waking the pool."""
-    for r in range(dy.shape[0]):
-        _relu_mask_row(dy[r], y[r])
 
 
 # ------------------------------------------------------------------------ naive
@@ -322,7 +274,7 @@ def _axpy_gemm(C, A, Bm, db, with_db):
 def _axpy_forward_epilogue(y, b, relu):
     B, O = y.shape
     for r in prange(B):  # task r writes only row r of y
-        _bias_relu(y, b, r, r + 1, 0, O, relu)
+        bias_relu(y, b, r, r + 1, 0, O, relu)
 
 
 @jit_serial
@@ -450,7 +402,7 @@ def _dot_gemm(C, A, Bt, b, relu, with_bias, db, with_db):
         for k0 in range(0, K, KC):
             _dot_block(C, A, Bt, i0, i1, j0, j1, k0, min(k0 + KC, K))
         if with_bias:
-            _bias_relu(C, b, i0, i1, j0, j1, relu)
+            bias_relu(C, b, i0, i1, j0, j1, relu)
         if with_db and j0 == 0:
             _row_sums(db, A, i0, i1)
 
@@ -493,7 +445,7 @@ def _panel_gemm(C, A, panels, b, relu, with_bias, db, with_db):
         i1, j1 = min(i0 + mb, M), min(j0 + PANEL, N)
         _axpy_block(C, A, panels[p], i0, i1, j0, j1, 0)
         if with_bias:
-            _bias_relu(C, b, i0, i1, j0, j1, relu)
+            bias_relu(C, b, i0, i1, j0, j1, relu)
         if with_db and p == 0:
             _row_sums(db, A, i0, i1)
 
@@ -565,7 +517,7 @@ def _v4_block(C, A, sa_r, sa_k, Bm, K, i0, i1, j0, j1, b, relu, with_bias, alpha
                 acc = update or k0 > 0
                 tile(kc, A, a_off, sa_r, sa_k, Bm, b_off, ldb, C, ii * N + jj, N, m, n, acc, alpha)
                 if with_bias and last:
-                    _bias_relu(C, b, ii, ii + m, jj, jj + n, relu)
+                    bias_relu(C, b, ii, ii + m, jj, jj + n, relu)
 
 
 @jit_parallel
@@ -592,48 +544,6 @@ def _v4_gemm(C, A, sa_r, sa_k, Bm, K, b, relu, with_bias, alpha, update, max_tas
             _v4_block(C, A, sa_r, sa_k, Bm, K, 0, M, j0, j1, b, relu, with_bias, alpha, update, 0)
 
 
-@jit_serial
-def column_sums(out, dz, j0, j1):
-    """out[:j1 - j0] = sum_b dz[b, j0:j1]: db of a block of columns (rows summed in order)."""
-    for j in range(j1 - j0):
-        out[j] = 0.0
-    for i in range(dz.shape[0]):
-        row = dz[i, j0:j1]
-        for j in range(j1 - j0):
-            out[j] += row[j]
-
-
-@jit_parallel
-def _column_sums(db, dz):
-    """db[j] = sum_b dz[b, j], columns in blocks of 64 per task."""
-    for t in prange(_cdiv(dz.shape[1], 64)):
-        j0 = t * 64
-        j1 = min(dz.shape[1], j0 + 64)
-        column_sums(db[j0:j1], dz, j0, j1)
-
-
-@jit_serial
-def logit_rows(y, x, w, r0, r1):
-    """y[i, 0] = x[i] . w for r0 <= i < r1: an O = 1 layer's forward, a matrix-vector
-    product (a GEMM tile or an N = 1 sgemm would be mostly idle)."""
-    for i in range(r0, r1):
-        xi = x[i]
-        acc = np.float32(0.0)
-        for k in range(x.shape[1]):
-            acc += xi[k] * w[k]
-        y[i, 0] = acc
-
-
-@jit_serial
-def outer_rows(dx, dz, w, r0, r1):
-    """dx[i] = dz[i, 0] w for r0 <= i < r1: an O = 1 layer's dx = dz W, an outer product."""
-    for i in range(r0, r1):
-        g = dz[i, 0]
-        row = dx[i]
-        for j in range(dx.shape[1]):
-            row[j] = g * w[j]
-
-
 @jit_parallel
 def _logit_forward(y, x, W, b, relu):
     """O = 1: y = x W^T + b (ReLU), rows in TASKS4 blocks."""
@@ -642,7 +552,7 @@ def _logit_forward(y, x, W, b, relu):
     for t in prange(tasks):
         r0, r1 = t * B // tasks, (t + 1) * B // tasks
         logit_rows(y, x, W[0], r0, r1)
-        _bias_relu(y, b, r0, r1, 0, 1, relu)
+        bias_relu(y, b, r0, r1, 0, 1, relu)
 
 
 @jit_parallel
@@ -676,10 +586,7 @@ def gemm_backward_data_v4(dx, dz, W):
 def _v4_weight(dW, dz, x, alpha, update, threads):
     """dW (O, I) (+)= alpha dz^T x, reading dz^T in place: element (o, b) at dz.flat[b O + o].
     ``threads``: numba.get_num_threads() of the caller (read outside, so kernels cache).
-
-    (Copying each task's block of dz^T into a contiguous scratch first, or packing x's
-    panels, measured slower at the narrow layers, 13-512 and 100-1024, and no faster at
-    1024-1024: the copies cost what the friendlier strides save.)
+    (Copying dz^T blocks or packing x measured no faster: RESULTS.md.)
 
     When I is narrow and O wide (the bottom MLP's first layer, 13 -> 512), dW's rows
     would fill 13 of a tile's 64 columns; the transposed product dW^T = x^T dz fills
@@ -694,24 +601,22 @@ def _v4_weight(dW, dz, x, alpha, update, threads):
             for i in range(I):
                 row[i] = row[i] + alpha * prod[i, o] if update else alpha * prod[i, o]
         return
-    # One block of dW's rows per thread, not TASKS4: every block streams all of x (its B,
-    # (batch, I)) through the cache once per 64 columns, so 16 blocks read x 16 times. At
-    # B = 2048, 2 threads, medians of 15: 1024-1024 158 -> 169 GFLOP/s, 1024-512 161 -> 186,
-    # 479-1024 184 -> 186, the rest level (forward and dx passes, whose B is W: level).
+    # One block of dW's rows per thread, not TASKS4: every block streams all of x through
+    # the cache once per 64 columns (1024-1024: 158 -> 169 GFLOP/s, RESULTS.md).
     _v4_gemm(dW, dz, 1, O, x, dz.shape[0], dW[0], False, False, alpha, update, threads)
 
 
 @jit_serial
 def _v4_weight_grad(dW, db, dz, x, threads):
     _v4_weight(dW, dz, x, 1.0, False, threads)
-    _column_sums(db, dz)
+    column_sums_blocks(db, dz)
 
 
 @jit_serial
 def _v4_weight_sgd(W, b, dz, x, lr, threads):
     _v4_weight(W, dz, x, -lr, True, threads)
     db = np.empty(b.shape[0], np.float32)
-    _column_sums(db, dz)
+    column_sums_blocks(db, dz)
     sgd_update_serial(b, db, lr)
 
 
@@ -723,16 +628,62 @@ def gemm_backward_weight_v4(dW, db, dz, x):
 def gemm_backward_weight_sgd_v4(W, b, dz, x, lr):
     """W -= lr dz^T x and b -= lr sum_b dz in place: v4's weight pass fused with SGD
     (each tile adds -lr times its product to W; no dW is stored)."""
-    _v4_weight_sgd(W, b, dz, x, lr, numba.get_num_threads())
+    _v4_weight_sgd(W, b, dz, x, np.float32(lr), numba.get_num_threads())
 
 
-VERSIONS = {
-    "naive": (gemm_forward_naive, gemm_backward_data_naive, gemm_backward_weight_naive),
-    "v1": (gemm_forward_v1, gemm_backward_data_v1, gemm_backward_weight_v1),
-    "v2": (gemm_forward_v2, gemm_backward_data_v2, gemm_backward_weight_v2),
-    "v3": (gemm_forward_v3, gemm_backward_data_v3, gemm_backward_weight_v3),
-    "v4": (gemm_forward_v4, gemm_backward_data_v4, gemm_backward_weight_v4),
+# ----------------------------------------------------------------- registry
+
+
+def data_pass(backward_data):
+    """The linear layer's data pass (op ``linear_backward_data``) from a plain dx = dz W
+    kernel: this layer's ReLU mask on dy first, the mask of the layer below on dx after."""
+
+    def run(dx, dy, y, W, x, relu, mask_dx):
+        if relu:
+            relu_mask(dy, y)
+        if dx is not None:
+            backward_data(dx, dy, W)
+            if mask_dx:
+                relu_mask(dx, x)
+
+    run.__name__ = f"data_pass({backward_data.__name__})"
+    return run
+
+
+_STEPS = {  # name: (forward, backward_data, backward_weight, description), teaching order
+    "naive": (
+        gemm_forward_naive,
+        gemm_backward_data_naive,
+        gemm_backward_weight_naive,
+        "one dot product per output element: the obviously correct baseline",
+    ),
+    "v1": (
+        gemm_forward_v1,
+        gemm_backward_data_v1,
+        gemm_backward_weight_v1,
+        "axpy form on the operands as they lie",
+    ),
+    "v2": (
+        gemm_forward_v2,
+        gemm_backward_data_v2,
+        gemm_backward_weight_v2,
+        "dot form (4x4 tiles of dots over k), operands transposed into scratch",
+    ),
+    "v3": (
+        gemm_forward_v3,
+        gemm_backward_data_v3,
+        gemm_backward_weight_v3,
+        "v2 for K >= 256, else the axpy form over packed panels",
+    ),
+    "v4": (
+        gemm_forward_v4,
+        gemm_backward_data_v4,
+        gemm_backward_weight_v4,
+        "4x64 register-blocked LLVM IR micro-kernel, strided A, fused epilogues",
+    ),
 }
-# versions whose weight pass also has a form fused with SGD (layers.linear_backward_sgd)
-SGD_VERSIONS = {"v4": gemm_backward_weight_sgd_v4}
-DEFAULT_VERSION = "v4"
+for _name, (_fwd, _data, _weight, _what) in _STEPS.items():
+    register("linear_forward", _name, _fwd, description=_what)
+    register("linear_backward_data", _name, data_pass(_data), description=_what)
+    _extras = {"sgd": gemm_backward_weight_sgd_v4} if _name == "v4" else None
+    register("linear_backward_weight", _name, _weight, description=_what, extras=_extras)

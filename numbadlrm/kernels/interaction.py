@@ -9,16 +9,15 @@ dot backward:  dfeat_i += dout_p * feat_j;  dfeat_j += dout_p * feat_i;  dx += d
 
 Per sample this is the small GEMM Z = A A^T (A is F x D, 14 KB at F=27, D=128: it fits
 in L1) and, in the backward, dA = G A with G the symmetric (F, F) matrix holding dout_p
-at (i, j) and (j, i). Versions (bench/bench_interaction.py times them side by side; the
-unsuffixed names are the best, called by the layer):
+at (i, j) and (j, i). Versions (registered at the bottom of this module;
+bench/bench_interaction.py times them side by side):
 
     v1  per pair: pick each feature's row from x or emb, one dot (forward) or two axpys
         (backward) per pair
     v2  per sample: copy A into a contiguous per-chunk scratch (F, D); forward: four
         pairs sharing row i at a time (A[i] loaded once per four FMAs); backward: build
         G, then dA = G A four rows of A per pass over dA[i]. 2-D indexing, no per-pair
-        row views (each view costs a reference count). Config c, one thread, Zen 4:
-        forward 10.6 -> 6.4 ms, backward 25.9 -> 14.9 ms (v1 -> v2). Its loop bodies
+        row views (each view costs a reference count): 1.7x v1 at config c. Its loop bodies
         are serial functions over a range of samples: the parallel kernel runs them
         over chunks, the ``*_serial`` entry points (for small batches, where a parallel
         launch costs more than the work) on the calling thread.
@@ -27,11 +26,9 @@ unsuffixed names are the best, called by the layer):
         vector accumulators, 8 loads per 16 FMAs, then one transpose-and-add tree for
         the 16 horizontal sums). Backward: G from the pair gradients row by row (each
         row of the triangle is one contiguous run of dout: 1.1 -> 0.4 ms at config c),
-        then dA = G A on GEMM v4's register-blocked tile. Config c, 2 threads: forward
-        3.06 -> 2.35-2.43 ms, backward 7.3 -> 5.5-6.2 ms (v2 -> v3). What is left of the
-        backward is mostly moving A in and dA out (26 + 26 rows 512 B apart per sample:
-        the same copies alone take ~4 ms); grouping 32 samples per copy measured only
-        5-10% faster and was not kept.
+        then dA = G A on GEMM v4's register-blocked tile: 1.3x v2 at config c. What is
+        left of the backward is mostly moving A in and dA out (bench/RESULTS.md,
+        "Interaction versions").
 """
 
 from __future__ import annotations
@@ -39,8 +36,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit_parallel, jit_serial
+from .jit import jit_parallel, jit_serial
 from .microkernel import MR, NR, dots_4x4, tile
+from .registry import register
 
 # Samples are split into up to this many chunks, each with its own scratch (a fixed count,
 # not a multiple of the thread count, so that the compiled kernels can be cached).
@@ -301,7 +299,7 @@ def dot_interaction_forward_serial(out, x, emb, li, lj):
 @jit_serial
 def _check_triangle(nf, li, lj):
     """True if (li, lj) is the row-major lower triangle with its diagonal, False without
-    it (numbadlrm.reference.pair_indices); anything else raises ValueError."""
+    it (numbadlrm.config.pair_indices); anything else raises ValueError."""
     itself = li.shape[0] == nf * (nf + 1) // 2
     if li.shape[0] != (nf * (nf + 1) // 2 if itself else nf * (nf - 1) // 2):
         raise ValueError("dot interaction: the pair list is not a lower triangle")
@@ -400,9 +398,51 @@ def cat_interaction_backward(dx, demb, dout):
             demb[t, b] = dout[b, (t + 1) * dim : (t + 2) * dim]
 
 
-# name -> (forward, backward), for bench/bench_interaction.py and the tests; best first.
-DOT_VERSIONS = {
-    "v3": (dot_interaction_forward, dot_interaction_backward),
-    "v2": (dot_interaction_forward_v2, dot_interaction_backward_v2),
-    "v1": (dot_interaction_forward_v1, dot_interaction_backward_v1),
-}
+# ----------------------------------------------------------------- registry
+
+register(
+    "dot_interaction_forward",
+    "v1",
+    dot_interaction_forward_v1,
+    description="one dot per pair, straight from x and emb",
+)
+register(
+    "dot_interaction_forward",
+    "v2",
+    dot_interaction_forward_v2,
+    description="A copied to scratch per sample, four pairs sharing a row at a time",
+)
+register(
+    "dot_interaction_forward",
+    "v3",
+    dot_interaction_forward,
+    dot_interaction_forward_serial,
+    "4x4 blocks of dots in LLVM IR, one transpose-and-add tree per block",
+    default=True,
+)
+register(
+    "dot_interaction_backward",
+    "v1",
+    dot_interaction_backward_v1,
+    description="two axpys per pair, straight from x and emb",
+)
+register(
+    "dot_interaction_backward",
+    "v2",
+    dot_interaction_backward_v2,
+    description="dA = G A, four rows of A per pass over dA[i]",
+)
+register(
+    "dot_interaction_backward",
+    "v3",
+    dot_interaction_backward,
+    dot_interaction_backward_serial,
+    "G from contiguous runs of the pair gradients, dA = G A on GEMM v4's tile",
+    default=True,
+)
+register(
+    "cat_interaction_forward", "v1", cat_interaction_forward, description="copies", default=True
+)
+register(
+    "cat_interaction_backward", "v1", cat_interaction_backward, description="copies", default=True
+)

@@ -31,7 +31,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._jit import jit_serial
+from .jit import jit_serial
 
 MR = 4  # rows of C per tile
 NR = 64  # columns of C per tile: 4 vectors of 16 floats

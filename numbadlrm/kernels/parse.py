@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit_parallel, jit_serial
+from .jit import jit_parallel, jit_serial
 
 NUM_DENSE = 13
 NUM_CATEGORICAL = 26

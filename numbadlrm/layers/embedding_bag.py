@@ -6,16 +6,17 @@
                dense gradient dE_t (rows, D) never exists (see kernels/embedding.py)
 
 The tables are one buffer ``weights`` (total_rows, D) with ``row_start`` (T+1,).
-Inputs here are already validated (numbadlrm.batch.Batch.check_against).
+Offsets and indices are validated by the caller on every step (numbadlrm.batch); each
+function runs the version of its op that ``kernels`` selects (numbadlrm.kernels.registry),
+its serial entry for small work.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from ..kernels import embedding as k
-from ..kernels._jit import run_serial
+from ..kernels.jit import run_serial
+from ..kernels.registry import DEFAULT, KernelChoice
 
 
 def embedding_forward(
@@ -24,12 +25,12 @@ def embedding_forward(
     row_start: np.ndarray,
     offsets: np.ndarray,
     indices: np.ndarray,
+    kernels: KernelChoice = DEFAULT,
 ) -> None:
     """pooled (T, B, D) <- sum-pooled rows."""
-    if run_serial(indices.shape[0] * weights.shape[1] * 4 + pooled.nbytes):
-        k.embedding_bags_forward_serial(pooled, weights, row_start, offsets, indices)
-    else:
-        k.embedding_bags_forward(pooled, weights, row_start, offsets, indices)
+    small = run_serial(indices.shape[0] * weights.shape[1] * 4 + pooled.nbytes)
+    kernel = kernels.get("embedding_forward").entry(small)
+    kernel(pooled, weights, row_start, offsets, indices)
 
 
 def embedding_backward_sgd(
@@ -39,11 +40,24 @@ def embedding_backward_sgd(
     indices: np.ndarray,
     dpooled: np.ndarray,
     lr: float,
+    kernels: KernelChoice = DEFAULT,
 ) -> None:
     """weights -= lr * dL/dweights, in place, from dpooled (T, B, D) and the lookups."""
-    lr = np.float32(lr)
-    if run_serial(2 * indices.shape[0] * weights.shape[1] * 4 + dpooled.nbytes):
-        k.embedding_bags_sgd_update_serial(weights, row_start, offsets, indices, dpooled, lr)
-    else:
-        owners = numba.get_num_threads()  # one owner per thread (see the kernel)
-        k.embedding_bags_sgd_update(weights, row_start, offsets, indices, dpooled, lr, owners)
+    small = run_serial(2 * indices.shape[0] * weights.shape[1] * 4 + dpooled.nbytes)
+    kernel = kernels.get("embedding_update").entry(small)
+    kernel(weights, row_start, offsets, indices, dpooled, np.float32(lr))
+
+
+def embedding_gradient(
+    dweights: np.ndarray,
+    row_start: np.ndarray,
+    offsets: np.ndarray,
+    indices: np.ndarray,
+    dpooled: np.ndarray,
+    kernels: KernelChoice = DEFAULT,
+) -> None:
+    """dweights <- dL/dweights (zeroed first): a dense gradient, for small tables only."""
+    dweights[...] = 0.0
+    small = run_serial(2 * indices.shape[0] * dweights.shape[1] * 4 + dpooled.nbytes)
+    kernel = kernels.get("embedding_gradient").entry(small)
+    kernel(dweights, row_start, offsets, indices, dpooled)

@@ -13,37 +13,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import interaction as k
-from ..kernels._jit import run_serial
-from ..reference import pair_indices
+from ..config import pair_indices
+from ..kernels.jit import run_serial
+from ..kernels.registry import DEFAULT, KernelChoice
 
 
 class Interaction:
-    """Holds the op choice and the pair list; the arrays come from the model's workspace."""
+    """Holds the op choice, the pair list and the kernel choice; the arrays come from the
+    model's workspace. Each call runs the version of its op (dot_interaction_forward, ...)
+    that ``kernels`` selects, its serial entry for small work."""
 
-    def __init__(self, op: str, itself: bool, num_tables: int):
+    def __init__(self, op: str, itself: bool, num_tables: int, kernels: KernelChoice = DEFAULT):
         self.op = op
         self.itself = itself
-        li, lj = pair_indices(num_tables + 1, itself)
-        self.li = li
-        self.lj = lj
+        self.kernels = kernels
+        self.li, self.lj = pair_indices(num_tables + 1, itself)
 
     def forward(self, out: np.ndarray, x: np.ndarray, emb: np.ndarray) -> None:
         """out (B, width) <- interaction of x (B, D) and emb (T, B, D)."""
+        small = run_serial(x.nbytes + emb.nbytes + out.nbytes)
         if self.op == "cat":
-            k.cat_interaction_forward(out, x, emb)
-        elif run_serial(x.nbytes + emb.nbytes + out.nbytes):
-            k.dot_interaction_forward_serial(out, x, emb, self.li, self.lj)
+            self.kernels.get("cat_interaction_forward").entry(small)(out, x, emb)
         else:
-            k.dot_interaction_forward(out, x, emb, self.li, self.lj)
+            kernel = self.kernels.get("dot_interaction_forward").entry(small)
+            kernel(out, x, emb, self.li, self.lj)
 
     def backward(
         self, dx: np.ndarray, demb: np.ndarray, dout: np.ndarray, x: np.ndarray, emb: np.ndarray
     ) -> None:
         """dx (B, D), demb (T, B, D) <- gradients from dout (B, width)."""
+        small = run_serial(2 * (x.nbytes + emb.nbytes) + dout.nbytes)
         if self.op == "cat":
-            k.cat_interaction_backward(dx, demb, dout)
-        elif run_serial(2 * (x.nbytes + emb.nbytes) + dout.nbytes):
-            k.dot_interaction_backward_serial(dx, demb, dout, x, emb, self.li, self.lj)
+            self.kernels.get("cat_interaction_backward").entry(small)(dx, demb, dout)
         else:
-            k.dot_interaction_backward(dx, demb, dout, x, emb, self.li, self.lj)
+            kernel = self.kernels.get("dot_interaction_backward").entry(small)
+            kernel(dx, demb, dout, x, emb, self.li, self.lj)

@@ -9,11 +9,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import elementwise as k
+from ..kernels.registry import DEFAULT, KernelChoice
 
 
-def sigmoid_bce(p: np.ndarray, ds: np.ndarray, s: np.ndarray, labels: np.ndarray) -> float:
+def sigmoid_bce(
+    p: np.ndarray,
+    ds: np.ndarray,
+    s: np.ndarray,
+    labels: np.ndarray,
+    kernels: KernelChoice = DEFAULT,
+) -> float:
     """p (B,) probabilities and ds (B,) logit gradients out; returns the mean loss."""
-    return float(k.sigmoid_bce_forward_backward(p, ds, s, labels))
+    return float(kernels.get("sigmoid_bce").parallel(p, ds, s, labels))
 
 
 def sigmoid(p: np.ndarray, s: np.ndarray) -> None:

@@ -36,18 +36,25 @@ from __future__ import annotations
 
 import time
 
-import numba
 import numpy as np
 from mpi4py import MPI
 
 from ..batch import Batch
 from ..config import DLRMConfig
-from ..kernels.embedding import embedding_bags_sgd_update
-from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward
+from ..kernels.registry import KernelChoice
+from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward, embedding_gradient
 from ..layers.loss import sigmoid, sigmoid_bce
-from ..model import DenseTower, Workspace, check_state_dict, dense_layout, state_dict_shapes
+from ..model import (
+    DenseTower,
+    Workspace,
+    check_state_dict,
+    dense_layout,
+    kernel_choice,
+    state_dict_shapes,
+)
 from ..optim import sgd_step
 from ..params import init_mlp, init_table_rows, slot_views
+from ..profiling import OpTimes, timed
 from .exchange import EmbeddingExchange, GradientAllreduce, poke
 from .partition import Placement, plan_placement, shard_lookups
 
@@ -66,8 +73,10 @@ class DistributedDLRM:
         placement: Placement | None = None,
         seed: int = 0,
         gemm: str = "auto",
+        kernels: KernelChoice | dict[str, str] | str | None = None,
     ):
         self.config, self.comm, self.seed, self.gemm = config, comm, seed, gemm
+        self.kernels = kernel_choice(gemm, kernels)
         dim = config.sparse_feature_size
         if placement is None:
             placement = plan_placement(config.embedding_sizes, dim, comm.size)
@@ -83,7 +92,7 @@ class DistributedDLRM:
         self._grad_buffer = np.zeros(n + 1, np.float32)  # + the loss slot
         self.grads = self._grad_buffer[:n]
         self.tower = DenseTower(
-            config, self.params[:tower_n], self.grads[:tower_n], gemm, top_first=True
+            config, self.params[:tower_n], self.grads[:tower_n], self.kernels, top_first=True
         )
         init_mlp(self.params, self.tower.bottom_slots + self.tower.top_slots, seed)
         self.rep_weights = self.params[tower_n:].reshape(-1, dim)
@@ -111,6 +120,15 @@ class DistributedDLRM:
         out = fn(*args)
         self.mpi_seconds[bucket] += time.perf_counter() - start
         return out
+
+    @property
+    def op_times(self) -> OpTimes | None:
+        """Set to an OpTimes to time every op of the steps (numbadlrm.profiling); None: off."""
+        return self.tower.op_times
+
+    @op_times.setter
+    def op_times(self, value: OpTimes | None) -> None:
+        self.tower.op_times = value
 
     def _rep_table(self, i: int) -> np.ndarray:
         return self.rep_weights[self.rep_row_start[i] : self.rep_row_start[i + 1]]
@@ -147,7 +165,15 @@ class DistributedDLRM:
             self.shards, self.config.embedding_sizes, batch.offsets, batch.indices, self.comm.size
         )
         pooled = plan.pooled_out.reshape(-1, local, self.config.sparse_feature_size)
-        embedding_forward(pooled, self.weights, lookups.row_start, lookups.offsets, lookups.indices)
+        with timed(self.op_times, "embedding fwd"):
+            embedding_forward(
+                pooled,
+                self.weights,
+                lookups.row_start,
+                lookups.offsets,
+                lookups.indices,
+                self.kernels,
+            )
         request = self._mpi("start", plan.start_forward)
         ws = self.tower.workspace(local)
         dense = batch.dense[mine]
@@ -160,7 +186,12 @@ class DistributedDLRM:
         if self.replicated:  # pooled for the local samples only
             rep_emb = np.empty((len(self.replicated), *ws.emb.shape[1:]), np.float32)
             embedding_forward(
-                rep_emb, self.rep_weights, self.rep_row_start, rep_offsets, batch.indices
+                rep_emb,
+                self.rep_weights,
+                self.rep_row_start,
+                rep_offsets,
+                batch.indices,
+                self.kernels,
             )
         self._mpi("wait", request.Wait)
         plan.assemble(ws.emb)
@@ -179,17 +210,15 @@ class DistributedDLRM:
         state.plan.scatter(ws.demb)
         exchange = self._mpi("start", state.plan.start_backward)
         open_requests = [exchange, *self.allreduce.requests]
-        if self.replicated:  # dense grads of the small tables: dE += demb (lr = -1)
-            self.rep_grads[:] = 0.0
+        if self.replicated:  # dense gradients of the small tables, allreduced below
             demb = np.ascontiguousarray(ws.demb[list(self.replicated)])
-            embedding_bags_sgd_update(
+            embedding_gradient(
                 self.rep_grads,
                 self.rep_row_start,
                 state.rep_offsets,
                 state.indices,
                 demb,
-                np.float32(-1.0),
-                numba.get_num_threads(),
+                self.kernels,
             )
         poke_all = lambda: self._mpi("start", poke, open_requests)  # noqa: E731
         self.tower.bottom_backward(ws, state.dense, after_layer=poke_all)
@@ -197,11 +226,19 @@ class DistributedDLRM:
         self._mpi("wait", exchange.Wait)
         dpooled = state.plan.dpooled_in.reshape(-1, *ws.demb.shape[1:])  # (R*S, Bl, D)
         lookups = state.lookups
-        embedding_backward_sgd(
-            self.weights, lookups.row_start, lookups.offsets, lookups.indices, dpooled, lr
-        )
+        with timed(self.op_times, "embedding update"):
+            embedding_backward_sgd(
+                self.weights,
+                lookups.row_start,
+                lookups.offsets,
+                lookups.indices,
+                dpooled,
+                lr,
+                self.kernels,
+            )
         self._mpi("wait", self.allreduce.wait)
-        sgd_step(self.params, self.grads, lr)
+        with timed(self.op_times, "dense update"):
+            sgd_step(self.params, self.grads, lr, self.kernels)
 
     # ----------------------------------------------------------------- public API
 

@@ -36,7 +36,7 @@ from ..checkpoint import (
     save_model_checkpoint,
 )
 from ..config import DLRMConfig
-from ..kernels._jit import set_num_threads
+from ..threads import set_num_threads
 from ..train import TrainConfig, TrainLoop, describe, open_data
 from .distributed import DistributedDLRM
 from .partition import plan_placement
@@ -109,12 +109,16 @@ def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
     placement = plan_placement(
         mcfg.embedding_sizes, mcfg.sparse_feature_size, ranks, lookups, replicate_max_rows=replicate
     )
-    model = DistributedDLRM(mcfg, comm, placement, seed=cfg.seed, gemm=cfg.gemm)
+    model = DistributedDLRM(
+        mcfg, comm, placement, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels
+    )
     position = (0, 0, 0)
     if cfg.load_model:
         ckpt = load_distributed_checkpoint(cfg.load_model, model)
         position = (ckpt.step, ckpt.epoch, ckpt.batch_in_epoch)
     log(f"numbadlrm: {describe(mcfg)}; data {cfg.data_generation}, batch {cfg.mini_batch_size}")
+    if cfg.kernels:
+        log(f"kernels: {model.kernels.describe()}")
     log(
         f"MPI: {ranks} ranks x {threads} Numba threads, {cfg.mini_batch_size // ranks} "
         f"samples per rank per step"

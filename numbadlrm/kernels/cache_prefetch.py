@@ -1,4 +1,4 @@
-"""Software prefetch for Numba kernels: ``_prefetch(arr2d, row, col)``, ``_prefetch_l2``.
+"""Software prefetch for Numba kernels: ``prefetch_l1(arr2d, row, col)``, ``prefetch_l2``.
 
 Embedding rows are gathered at random from tables far larger than the caches, so the
 kernels would stall on memory latency. Issuing ``llvm.prefetch`` for the rows a few
@@ -35,13 +35,13 @@ def _codegen(locality: int):
 
 
 @intrinsic
-def _prefetch(typingctx, arr, row, col):
+def prefetch_l1(typingctx, arr, row, col):
     """Into every cache level (prefetcht0)."""
     return types.void(arr, row, col), _codegen(3)
 
 
 @intrinsic
-def _prefetch_l2(typingctx, arr, row, col):
+def prefetch_l2(typingctx, arr, row, col):
     """Into L2, not L1 (prefetcht1). The L1 tracks few outstanding misses; hinting to L2
     lets many more random rows be in flight (measured on Zen 4: random 256-byte row
     gathers 6.5 -> 10 GB/s per core)."""
@@ -50,8 +50,8 @@ def _prefetch_l2(typingctx, arr, row, col):
 
 if numba.config.DISABLE_JIT:  # kernels run as plain Python: a hint has nothing to do
 
-    def _prefetch(arr, row, col):
+    def prefetch_l1(arr, row, col):
         pass
 
-    def _prefetch_l2(arr, row, col):
+    def prefetch_l2(arr, row, col):
         pass

@@ -1,0 +1,81 @@
+"""The end-to-end benches' shared setup: configs a, b, c, their batches, the steppers.
+
+Configs (B, tables, D, lookups per bag, bottom MLP, top MLP as the reference writes it):
+    a  128,  8 x 1,000,     16,   1, 13-512-256-64-16, 512-256-1
+    b  2048, 8 x 1,000,000, 64, 100, 512-512-64,       1024-1024-1024-1
+    c  2048, 26 x 100,000,  128,  1, 13-512-256-128,   1024-1024-512-256-1
+Data: random batches with fixed bag sizes (the reference's --data-generation=random).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from numbadlrm import DLRMConfig
+from numbadlrm.data.synthetic import batch_stream
+from numbadlrm.model import DLRM
+
+try:
+    import torch
+
+    from numbadlrm.torch_dlrm import TorchDLRM, torch_train_step
+except ImportError:
+    torch = None
+
+LR = 0.01
+
+
+@dataclass(frozen=True)
+class Setup:
+    batch: int
+    tables: int
+    rows: int
+    dim: int
+    lookups: int
+    bottom: str
+    top: str
+    steps: int  # timed steps per process by default: about a second or more of steps
+
+    def config(self) -> DLRMConfig:
+        return DLRMConfig.from_arch(
+            self.dim, "-".join([str(self.rows)] * self.tables), self.bottom, self.top
+        )
+
+
+CONFIGS = {
+    "a": Setup(128, 8, 1_000, 16, 1, "13-512-256-64-16", "512-256-1", 500),
+    "b": Setup(2048, 8, 1_000_000, 64, 100, "512-512-64", "1024-1024-1024-1", 10),
+    "c": Setup(2048, 26, 100_000, 128, 1, "13-512-256-128", "1024-1024-512-256-1", 10),
+}
+QUICK = {"q": Setup(64, 3, 500, 8, 4, "13-16-8", "16-1", 3)}
+
+
+def batches(setup: Setup, cfg: DLRMConfig, count: int = 4):
+    return list(batch_stream(cfg, "random", count, setup.batch, 1, setup.lookups, fixed=True))
+
+
+class Cycle:
+    """Calls step(batch) on batches in turn; one call per __call__."""
+
+    def __init__(self, step, data):
+        self.step, self.data, self.i = step, data, 0
+
+    def __call__(self):
+        self.step(self.data[self.i % len(self.data)])
+        self.i += 1
+
+
+def numbadlrm_stepper(cfg: DLRMConfig, kernels: str = ""):
+    model = DLRM(cfg, seed=0, kernels=kernels)
+    return lambda b: model.train_step(b, LR)
+
+
+def torch_stepper(cfg: DLRMConfig, kernels: str = ""):
+    oracle = TorchDLRM(cfg, np.random.default_rng(0))
+    opt = torch.optim.SGD(oracle.parameters(), lr=LR)
+    return lambda b: torch_train_step(oracle, opt, b)
+
+
+STEPPERS = {"numbadlrm": numbadlrm_stepper, "torch": torch_stepper}

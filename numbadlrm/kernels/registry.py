@@ -1,0 +1,262 @@
+"""One registry of kernel versions for every op: what the layers call, what the tests check
+and what the benches time.
+
+An *op* is one computation with a fixed calling convention (outputs first), for example
+
+    embedding_forward(pooled, weights, row_start, offsets, indices)
+
+and a *version* is one implementation of it: a name, a one-line description, a parallel
+entry (runs on Numba's thread pool) and, optionally, a serial entry (the same result on
+the calling thread, which the layers pick for small work, where waking the pool costs
+more than the work). A version may carry extra entries for fused forms (the linear
+weight pass fused with SGD). Each op has a default version.
+
+The layers look the version up here *at call time*, on every path, so a version
+registered after the model was built is used by it as soon as it is selected:
+
+    from numbadlrm.kernels import registry
+
+    registry.register("embedding_update", "mine", my_parallel, my_serial, "what it does")
+    model = DLRM(cfg, kernels={"embedding_update": "mine"})
+
+Kernel modules register their versions when imported (at the bottom of each module);
+:func:`load_all` imports every built-in kernel module and every module in
+``numbadlrm/kernels/lab/``, the place for your own kernels (see its docstring). This
+module imports no kernel module at import time, so it never takes part in an import
+cycle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+# op name -> (calling convention, what it computes); the order is the listing's order
+OPS: dict[str, tuple[str, str]] = {
+    "linear_forward": ("(y, x, W, b, relu)", "y = x W^T + b, then ReLU if relu"),
+    "linear_backward_data": (
+        "(dx, dy, y, W, x, relu, mask_dx)",
+        "dy <- dy [y > 0] if relu; dx = dy W (dx None: first layer, none); "
+        "dx <- dx [x > 0] if mask_dx",
+    ),
+    "linear_backward_weight": (
+        "(dW, db, dz, x)",
+        "dW = dz^T x, db = sum_b dz; extra 'sgd' (W, b, dz, x, lr): W -= lr dW, b -= lr db",
+    ),
+    "embedding_forward": (
+        "(pooled, weights, row_start, offsets, indices)",
+        "pooled[t, b] = sum of the rows of bag (t, b)",
+    ),
+    "embedding_update": (
+        "(weights, row_start, offsets, indices, dpooled, lr)",
+        "fused SGD: weights[row] -= lr dpooled[t, b] for every lookup of bag (t, b)",
+    ),
+    "embedding_gradient": (
+        "(dweights, row_start, offsets, indices, dpooled)",
+        "dense table gradient: dweights[row] += dpooled[t, b] for every lookup (small tables)",
+    ),
+    "dot_interaction_forward": (
+        "(out, x, emb, li, lj)",
+        "out[b] = [x[b], <f_li[p], f_lj[p]> for each pair p]",
+    ),
+    "dot_interaction_backward": (
+        "(dx, demb, dout, x, emb, li, lj)",
+        "dx, demb from dout through the pair dot products",
+    ),
+    "cat_interaction_forward": ("(out, x, emb)", "out[b] = [x[b], emb[0, b], ..., emb[T-1, b]]"),
+    "cat_interaction_backward": ("(dx, demb, dout)", "split dout back into dx and demb"),
+    "sigmoid_bce": (
+        "(p, ds, s, labels) -> loss",
+        "p = sigmoid(s), ds = (p - y) / B, returns mean BCE",
+    ),
+    "dense_update": ("(params, grads, lr)", "SGD over the flat dense buffer: params -= lr grads"),
+}
+
+# built-in kernel modules, imported by load_all (each registers its versions)
+BUILTIN_MODULES = (
+    "numbadlrm.kernels.gemm",
+    "numbadlrm.kernels.blas",
+    "numbadlrm.kernels.linear_auto",
+    "numbadlrm.kernels.embedding",
+    "numbadlrm.kernels.interaction",
+    "numbadlrm.kernels.elementwise",
+)
+LAB_PACKAGE = "numbadlrm.kernels.lab"
+
+
+@dataclass(frozen=True)
+class Version:
+    """One implementation of an op."""
+
+    op: str
+    name: str
+    parallel: Callable
+    serial: Callable | None = None  # same result on the calling thread; None: parallel
+    description: str = ""
+    extras: Mapping[str, Callable] = field(default_factory=dict)  # fused forms, by name
+
+    def entry(self, small: bool) -> Callable:
+        """The serial entry for small work when the version has one, else the parallel."""
+        return self.serial if small and self.serial is not None else self.parallel
+
+
+@dataclass
+class _Op:
+    versions: dict[str, Version] = field(default_factory=dict)
+    default: str = ""
+
+
+_REGISTRY: dict[str, _Op] = {op: _Op() for op in OPS}
+_loaded = False
+
+
+def register(
+    op: str,
+    name: str,
+    parallel: Callable,
+    serial: Callable | None = None,
+    description: str = "",
+    *,
+    default: bool = False,
+    extras: Mapping[str, Callable] | None = None,
+) -> Version:
+    """Add (or replace) version ``name`` of ``op``; ``default=True`` makes it the op's
+    default (each op's default is chosen by its built-in module, never implicitly)."""
+    if op not in _REGISTRY:
+        raise ValueError(f"kernels: unknown op {op!r}; the ops are {', '.join(OPS)}")
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"kernels: a version name is letters, digits, '_' or '-', got {name!r}")
+    if not callable(parallel) or (serial is not None and not callable(serial)):
+        raise ValueError(f"kernels: {op}/{name}: entries must be callable")
+    version = Version(op, name, parallel, serial, description, dict(extras or {}))
+    entry = _REGISTRY[op]
+    entry.versions[name] = version
+    if default:
+        entry.default = name
+    return version
+
+
+def unregister(op: str, name: str) -> None:
+    """Remove a version (not the default); for tests and experiments."""
+    entry = _op(op)
+    if name == entry.default:
+        raise ValueError(f"kernels: {op}/{name} is the default and cannot be removed")
+    entry.versions.pop(name, None)
+
+
+def load_all() -> None:
+    """Import every built-in kernel module and every module of numbadlrm.kernels.lab."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    lab = importlib.import_module(LAB_PACKAGE)
+    for info in pkgutil.iter_modules(lab.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{LAB_PACKAGE}.{info.name}")
+
+
+def _op(op: str) -> _Op:
+    if op not in _REGISTRY:
+        raise ValueError(f"kernels: unknown op {op!r}; the ops are {', '.join(OPS)}")
+    return _REGISTRY[op]
+
+
+def _teaching_order(name: str) -> tuple:
+    """naive first, then v1, v2, ... by number, then every other name alphabetically."""
+    if name == "naive":
+        return (0, 0, "")
+    if name[:1] == "v" and name[1:].isdigit():
+        return (1, int(name[1:]), "")
+    return (2, 0, name)
+
+
+def versions(op: str) -> dict[str, Version]:
+    """{name: Version} of an op: naive, v1, v2, ..., then the others by name."""
+    load_all()
+    found = _op(op).versions
+    return {name: found[name] for name in sorted(found, key=_teaching_order)}
+
+
+def default(op: str) -> str:
+    load_all()
+    return _op(op).default
+
+
+def get(op: str, name: str | None = None) -> Version:
+    """Version ``name`` of ``op`` (its default when name is None)."""
+    load_all()
+    entry = _op(op)
+    version = entry.versions.get(name or entry.default)
+    if version is None:
+        raise ValueError(
+            f"kernels: {op} has no version {name!r}; its versions are {', '.join(versions(op))}"
+        )
+    return version
+
+
+class KernelChoice:
+    """Which version of each op a model runs: the defaults unless named otherwise.
+
+    ``KernelChoice({"embedding_update": "v1"})``, or parsed from the command line's
+    ``"embedding_update=v1,linear_forward=blas"``. Names are checked on construction; the
+    version itself is looked up on every call (:meth:`get`).
+    """
+
+    def __init__(self, choice: Mapping[str, str] | str | None = None):
+        if isinstance(choice, KernelChoice):
+            choice = choice.choice
+        if isinstance(choice, str):
+            choice = parse_choice(choice)
+        self.choice: dict[str, str] = dict(choice or {})
+        for op, name in self.choice.items():
+            get(op, name)  # raises ValueError naming the op or version
+
+    def get(self, op: str) -> Version:
+        return get(op, self.choice.get(op))
+
+    def with_defaults(self, defaults: Mapping[str, str]) -> KernelChoice:
+        """This choice, with ``defaults`` for the ops it does not name."""
+        return KernelChoice({**defaults, **self.choice})
+
+    def describe(self) -> str:
+        """ "op=version, ..." of the ops not on their default version, or "defaults"."""
+        changed = [f"{op}={name}" for op, name in self.choice.items() if name != default(op)]
+        return ", ".join(changed) or "defaults"
+
+    def __repr__(self) -> str:
+        return f"KernelChoice({self.choice!r})"
+
+
+DEFAULT = KernelChoice()  # every op's default version
+
+
+def parse_choice(text: str) -> dict[str, str]:
+    """``"op=version,op=version"`` -> {op: version} (an empty string: no choice)."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        op, sep, name = item.partition("=")
+        if not sep or not op.strip() or not name.strip():
+            raise ValueError(f"kernels: expected op=version, got {item!r}")
+        out[op.strip()] = name.strip()
+    return out
+
+
+def listing() -> str:
+    """Every op, its calling convention, versions (default marked) and descriptions."""
+    load_all()
+    lines = []
+    for op, (signature, what) in OPS.items():
+        entry = _REGISTRY[op]
+        lines.append(f"{op}{signature}: {what}")
+        for name, v in versions(op).items():
+            mark = "*" if name == entry.default else " "
+            serial = " [serial entry]" if v.serial is not None else ""
+            extras = "".join(f" [+{e}]" for e in v.extras)
+            lines.append(f"  {mark} {name:10} {v.description}{serial}{extras}")
+    lines.append("(* default)")
+    return "\n".join(lines)
