@@ -7,13 +7,22 @@
 
 Offsets index straight into ``indices``, so table t's lookups are the slice
 ``indices[offsets[t, 0]:offsets[t, B]]``. A bag with no lookups pools to zeros.
+
+The arrays stay ordinary, writable NumPy arrays, so a Batch can be changed after it was
+built. The models therefore call :meth:`Batch.check_against` on every step: it checks
+every array's dtype, shape and layout again and every lookup against the model's
+tables (one pass of a Numba kernel, kernels/lookups.py), so no change made between
+steps can make an embedding kernel read or write outside its arrays.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from .kernels.jit import run_serial
+from .kernels.lookups import check_lookups, check_lookups_serial
 
 
 @dataclass(eq=False)
@@ -25,9 +34,22 @@ class Batch:
     # (lo, hi) when only samples lo..hi-1 carry dense features and labels (one MPI rank's
     # slice, read by that rank alone; the other rows are zeros); None: every sample does
     local_rows: tuple[int, int] | None = None
-    _checked_for: tuple | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self._check_arrays()
+        bad = (self.labels != 0) & (self.labels != 1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"Batch: labels must be 0 or 1, labels[{i}] = {self.labels[i]}")
+        if not np.isfinite(self.dense).all():
+            row = int(np.argmax(~np.isfinite(self.dense).all(axis=1)))
+            raise ValueError(f"Batch: dense has a non-finite value in row {row}")
+        problem = lookup_problem(self.offsets, self.indices)
+        if problem:
+            raise ValueError(problem)
+
+    def _check_arrays(self) -> None:
+        """Types, dtypes, shapes and layout of the four arrays, and local_rows."""
         _expect_array("dense", self.dense, np.float32, 2)
         _expect_array("offsets", self.offsets, np.int64, 2)
         _expect_array("indices", self.indices, np.int64, 1)
@@ -41,14 +63,6 @@ class Batch:
             raise ValueError(
                 f"Batch: offsets must have shape (T, B+1) = (T, {b + 1}), got {self.offsets.shape}"
             )
-        bad = (self.labels != 0) & (self.labels != 1)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(f"Batch: labels must be 0 or 1, labels[{i}] = {self.labels[i]}")
-        if not np.isfinite(self.dense).all():
-            row = int(np.argmax(~np.isfinite(self.dense).all(axis=1)))
-            raise ValueError(f"Batch: dense has a non-finite value in row {row}")
-        self._check_offsets()
         if self.local_rows is not None:
             lo, hi = self.local_rows
             if not 0 <= lo <= hi <= b:
@@ -65,21 +79,6 @@ class Batch:
                 f"rank's slice), but samples [{start}, {stop}) are needed"
             )
 
-    def _check_offsets(self) -> None:
-        off = self.offsets
-        nnz = self.indices.shape[0]
-        if off.size and (off.min() < 0 or off.max() > nnz):
-            raise ValueError(
-                f"Batch: offsets must lie in [0, nnz={nnz}], got {off.min()}..{off.max()}"
-            )
-        steps = np.diff(off, axis=1)
-        if (steps < 0).any():
-            t, b = np.argwhere(steps < 0)[0]
-            raise ValueError(
-                f"Batch: offsets of table {t} decrease at bag {b}: "
-                f"{off[t, b]} -> {off[t, b + 1]} (offsets must be non-decreasing)"
-            )
-
     @property
     def batch_size(self) -> int:  # B
         return self.dense.shape[0]
@@ -93,13 +92,12 @@ class Batch:
         return self.indices[self.offsets[t, 0] : self.offsets[t, -1]]
 
     def check_against(self, num_dense: int, embedding_sizes: tuple[int, ...]) -> None:
-        """Check the batch fits a model: feature count, table count, index ranges.
+        """Check the batch fits a model: arrays, feature count, table count, every lookup.
 
-        The result is remembered, so a batch reused across steps is checked once.
+        The models call this on every step, since the arrays may have changed since the
+        last one; the lookups cost one pass of kernels/lookups.py (bench/RESULTS.md).
         """
-        key = (num_dense, tuple(embedding_sizes))
-        if self._checked_for == key:
-            return
+        self._check_arrays()
         if self.dense.shape[1] != num_dense:
             raise ValueError(
                 f"Batch: dense has {self.dense.shape[1]} features, the model expects {num_dense}"
@@ -109,14 +107,51 @@ class Batch:
                 f"Batch: offsets describe {self.num_tables} tables, the model has "
                 f"{len(embedding_sizes)}"
             )
-        for t, rows in enumerate(embedding_sizes):
-            idx = self.table_indices(t)
-            if idx.size and (idx.min() < 0 or idx.max() >= rows):
-                bad = idx[(idx < 0) | (idx >= rows)][0]
-                raise ValueError(
-                    f"Batch: table {t} has {rows} rows but is looked up at index {bad}"
-                )
-        self._checked_for = key
+        rows = np.asarray(embedding_sizes, dtype=np.int64)
+        bad = np.empty(self.num_tables, np.uint8)
+        if run_serial(self.indices.nbytes + self.offsets.nbytes):
+            check_lookups_serial(bad, self.offsets, self.indices, rows)
+        else:
+            check_lookups(bad, self.offsets, self.indices, rows)
+        if bad.any():
+            raise ValueError(lookup_problem(self.offsets, self.indices, rows))
+
+
+def lookup_problem(
+    offsets: np.ndarray, indices: np.ndarray, rows: np.ndarray | None = None
+) -> str | None:
+    """The first problem of a batch's lookups, in words (None if there is none).
+
+    Offsets must lie in [0, nnz] and not decrease; given ``rows`` (T,), table t's ids
+    must lie in [0, rows[t]). The NumPy twin of kernels/lookups.py, run to word what
+    that kernel found (and in the constructor, where the tables are not known yet).
+    """
+    nnz = indices.shape[0]
+    for t in range(offsets.shape[0]):
+        row = offsets[t]
+        if row[0] < 0:
+            return f"Batch: offsets of table {t} start at {row[0]}; offsets must be >= 0"
+        steps = np.diff(row)
+        if (steps < 0).any():
+            b = int(np.argmax(steps < 0))
+            return (
+                f"Batch: offsets of table {t} decrease at bag {b}: "
+                f"{row[b]} -> {row[b + 1]} (offsets must be non-decreasing)"
+            )
+        if row[-1] > nnz:
+            return f"Batch: offsets of table {t} end at {row[-1]}, past the indices (nnz={nnz})"
+        if rows is None:
+            continue
+        ids = indices[row[0] : row[-1]]
+        bad = (ids < 0) | (ids >= rows[t])
+        if bad.any():
+            j = int(np.argmax(bad))
+            sample = int(np.searchsorted(row, row[0] + j, side="right")) - 1
+            return (
+                f"Batch: table {t} has {rows[t]} rows but is looked up at index {ids[j]} "
+                f"(indices[{row[0] + j}], sample {sample})"
+            )
+    return None
 
 
 def _expect_array(name: str, value: object, dtype: type, ndim: int) -> None:

@@ -251,7 +251,10 @@ class DLRM:
         self.tower.op_times = value
 
     def forward(self, batch: Batch) -> Workspace:
-        """Run the model; returns the workspace holding every activation (logits in top[-1])."""
+        """Run the model; returns the workspace holding every activation (logits in top[-1]).
+
+        The batch is checked against the model first, every time (Batch.check_against).
+        """
         batch.check_against(self.config.num_dense, self.config.embedding_sizes)
         batch.require_rows(0, batch.batch_size)
         ws = self.workspace(batch.batch_size)
@@ -263,8 +266,11 @@ class DLRM:
         self.tower.top_forward(ws)
         return ws
 
-    def backward_and_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
+    def _backward_and_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
         """The forward in reverse, each parameter updated by SGD as soon as its gradient exists.
+
+        Private: it trusts that ``batch`` is unchanged since :meth:`forward` checked it,
+        which only :meth:`train_step` can promise.
 
         Tables: the sparse update fused into the embedding backward. MLP layers: the update
         fused into each layer's weight pass (layers.linear.linear_backward_sgd), after the
@@ -290,7 +296,7 @@ class DLRM:
     def train_step(self, batch: Batch, lr: float) -> float:
         """One SGD step; returns the batch's mean BCE loss before the update."""
         ws, loss = self._forward_loss(batch)
-        self.backward_and_update(batch, ws, lr)
+        self._backward_and_update(batch, ws, lr)
         return loss
 
     def loss(self, batch: Batch) -> float:

@@ -223,6 +223,32 @@ def load_state_dict_checks_on_rank_zero(comm, workdir):
 
 
 @case
+def refuses_a_batch_changed_after_a_step(comm, workdir):
+    """Every rank checks the global batch on every step, before any collective."""
+    cfg = tiny_config("dot", "7-400-5-30-3")
+    model = DistributedDLRM(cfg, comm, seed=3, gemm="numba")
+    batch = batches(cfg, 1)[0]
+    model.train_step(batch, LR)
+    before = model.state_dict()
+    messages = []
+    for change in (("indices", 0, 10**12), ("offsets", (2, -1), 10**7)):
+        name, where, value = change
+        good = getattr(batch, name)[where]
+        getattr(batch, name)[where] = value
+        try:
+            model.train_step(batch, LR)
+            messages.append("")
+        except ValueError as exc:
+            messages.append(str(exc))
+        getattr(batch, name)[where] = good
+    after = model.state_dict()
+    assert "looked up at index 1000000000000" in messages[0], messages
+    assert "offsets of table 2 end at 10000000" in messages[1], messages
+    if comm.rank == 0:
+        assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@case
 def refuses_uneven_batches(comm, workdir):
     cfg = tiny_config()
     model = DistributedDLRM(cfg, comm)

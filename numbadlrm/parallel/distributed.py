@@ -202,8 +202,12 @@ class DistributedDLRM:
 
     # ------------------------------------------------------------------ backward
 
-    def backward_and_update(self, ws: Workspace, state: _StepState, lr: float) -> None:
-        """Gradients from ds in ws.dtop[-1] (already scaled to the global mean); update."""
+    def _backward_and_update(self, ws: Workspace, state: _StepState, lr: float) -> None:
+        """Gradients from ds in ws.dtop[-1] (already scaled to the global mean); update.
+
+        Private: the step state holds the batch's arrays, checked by :meth:`forward` and
+        unchanged only within :meth:`train_step`.
+        """
         self.tower.top_backward(ws)
         self._mpi("start", self.allreduce.start, 0)  # top MLP grads are final
         self.tower.interaction_backward(ws)
@@ -248,7 +252,7 @@ class DistributedDLRM:
         loss = sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], state.labels)
         ws.dtop[-1] *= np.float32(1.0 / self.comm.size)
         self._grad_buffer[-1] = loss / self.comm.size
-        self.backward_and_update(ws, state, lr)
+        self._backward_and_update(ws, state, lr)
         return float(self._grad_buffer[-1])
 
     def loss(self, batch: Batch) -> float:
