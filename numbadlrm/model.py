@@ -28,6 +28,7 @@ from .layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from .layers.interaction import Interaction
 from .layers.linear import gemm_choice, linear_backward, linear_backward_sgd, linear_forward
 from .layers.loss import sigmoid, sigmoid_bce
+from .optim import check_learning_rate
 from .params import LinearSlot, init_mlp, init_table_rows, mlp_slots, slot_views, table_buffer
 from .profiling import OpTimes, timed
 
@@ -294,7 +295,11 @@ class DLRM:
     # ----------------------------------------------------------------- public API
 
     def train_step(self, batch: Batch, lr: float) -> float:
-        """One SGD step; returns the batch's mean BCE loss before the update."""
+        """One SGD step; returns the batch's mean BCE loss before the update.
+
+        A NaN, infinite or negative ``lr`` is refused before anything changes.
+        """
+        lr = check_learning_rate(lr)
         ws, loss = self._forward_loss(batch)
         self._backward_and_update(batch, ws, lr)
         return loss

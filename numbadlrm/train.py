@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -125,8 +126,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value <= 0:
                 raise ValueError(f"{name}: must be positive, got {value}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate: must be positive, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(
+                f"learning_rate: must be a finite positive number, got {self.learning_rate}"
+            )
         for name in ("test_freq", "threads", "num_batches", "max_ind_range", "save_freq"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")

@@ -249,6 +249,27 @@ def refuses_a_batch_changed_after_a_step(comm, workdir):
 
 
 @case
+def refuses_a_bad_learning_rate(comm, workdir):
+    """NaN, inf or a negative rate: the same ValueError on every rank, nothing changed."""
+    cfg = tiny_config()
+    model = DistributedDLRM(cfg, comm, seed=3, gemm="numba")
+    batch = batches(cfg, 1)[0]
+    before = model.state_dict()
+    messages = []
+    for lr in (float("nan"), float("inf"), -0.5):
+        try:
+            model.train_step(batch, lr)
+            messages.append("")
+        except ValueError as exc:
+            messages.append(str(exc))
+    after = model.state_dict()
+    for lr, message in zip(("nan", "inf", "-0.5"), messages, strict=True):
+        assert message == f"learning rate: must be a finite number >= 0, got {lr}", message
+    if comm.rank == 0:
+        assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@case
 def refuses_uneven_batches(comm, workdir):
     cfg = tiny_config()
     model = DistributedDLRM(cfg, comm)

@@ -131,6 +131,21 @@ def test_model_rejects_bad_batches_and_backend():
         DLRM(cfg, gemm="mkl")
 
 
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -float("inf"), -0.1, "fast"])
+def test_train_step_refuses_a_bad_learning_rate_before_any_change(lr):
+    cfg = small_config()
+    model = DLRM(cfg, seed=0, gemm="numba")
+    batch = random_batch(np.random.default_rng(5), cfg, 4)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=f"^learning rate: must be .*, got '?{lr}'?$"):
+        model.train_step(batch, lr)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+    assert np.isfinite(model.train_step(batch, 0.0))  # lr 0 stays allowed
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
 def test_dense_parameters_share_one_flat_buffer():
     model = DLRM(small_config())
     w, _, dw, _ = model.bottom[0]

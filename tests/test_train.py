@@ -198,5 +198,10 @@ def test_cli_train_and_errors(tmp_path, capsys):
     assert "must equal sparse_feature_size" in capsys.readouterr().err
     assert main(["train", "--data-generation", "dataset"]) == 2
     assert "--processed-data-file" in capsys.readouterr().err
+    for lr in ("nan", "inf", "-1"):
+        assert main(["train", "--learning-rate", lr]) == 2
+        assert f"learning_rate: must be a finite positive number, got {float(lr)}" in (
+            capsys.readouterr().err
+        )
     assert main(["train", "--load-model", str(tmp_path / "none.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err

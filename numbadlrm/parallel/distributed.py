@@ -52,7 +52,7 @@ from ..model import (
     kernel_choice,
     state_dict_shapes,
 )
-from ..optim import sgd_step
+from ..optim import check_learning_rate, sgd_step
 from ..params import init_mlp, init_table_rows, slot_views
 from ..profiling import OpTimes, timed
 from .exchange import EmbeddingExchange, GradientAllreduce, poke
@@ -247,7 +247,11 @@ class DistributedDLRM:
     # ----------------------------------------------------------------- public API
 
     def train_step(self, batch: Batch, lr: float) -> float:
-        """One SGD step on a global batch; returns its mean BCE loss before the update."""
+        """One SGD step on a global batch; returns its mean BCE loss before the update.
+
+        A NaN, infinite or negative ``lr`` is refused on every rank before any collective.
+        """
+        lr = check_learning_rate(lr)
         ws, state = self.forward(batch)
         loss = sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], state.labels)
         ws.dtop[-1] *= np.float32(1.0 / self.comm.size)
