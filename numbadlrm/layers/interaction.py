@@ -7,6 +7,9 @@ dot:  r[b] = [x[b], <f_i, f_j> for (i, j) in pairs]    pairs = row-major lower t
       (1,0), (2,0), (2,1), (3,0), ...; with interaction_itself also (0,0), (1,1), ...
       backward: df_i += dr_ij f_j, df_j += dr_ij f_i, and dx += dr[:, :D]
 cat:  r[b] = [x[b], emb[0, b], ..., emb[T-1, b]];  backward splits dr the same way
+
+Every array is checked (float32, C-contiguous, its shape from x's (B, D)) before a
+kernel runs: the v3 dot kernels compute raw row addresses from x and emb.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 from ..config import pair_indices
 from ..kernels.jit import run_serial
 from ..kernels.registry import DEFAULT, KernelChoice
+from ._checks import array_shape, check_array
 
 
 class Interaction:
@@ -27,10 +31,31 @@ class Interaction:
         self.op = op
         self.itself = itself
         self.kernels = kernels
+        self.num_tables = num_tables  # T
         self.li, self.lj = pair_indices(num_tables + 1, itself)
+
+    def width(self, dim: int) -> int:
+        """Columns of the output: D + P (dot) or F * D (cat)."""
+        return dim + self.li.shape[0] if self.op == "dot" else (self.num_tables + 1) * dim
+
+    def _check(self, x: np.ndarray, **arrays: np.ndarray) -> None:
+        """x (B, D); emb, demb (T, B, D); out, dout (B, width); dx (B, D)."""
+        batch, dim = array_shape("x", x, 2)
+        shapes = {
+            "x": (batch, dim),
+            "dx": (batch, dim),
+            "emb": (self.num_tables, batch, dim),
+            "demb": (self.num_tables, batch, dim),
+            "out": (batch, self.width(dim)),
+            "dout": (batch, self.width(dim)),
+        }
+        check_array("x", x, shapes["x"])
+        for name, a in arrays.items():
+            check_array(name, a, shapes[name])
 
     def forward(self, out: np.ndarray, x: np.ndarray, emb: np.ndarray) -> None:
         """out (B, width) <- interaction of x (B, D) and emb (T, B, D)."""
+        self._check(x, emb=emb, out=out)
         small = run_serial(x.nbytes + emb.nbytes + out.nbytes)
         if self.op == "cat":
             self.kernels.get("cat_interaction_forward").entry(small)(out, x, emb)
@@ -42,6 +67,7 @@ class Interaction:
         self, dx: np.ndarray, demb: np.ndarray, dout: np.ndarray, x: np.ndarray, emb: np.ndarray
     ) -> None:
         """dx (B, D), demb (T, B, D) <- gradients from dout (B, width)."""
+        self._check(x, emb=emb, dout=dout, dx=dx, demb=demb)
         small = run_serial(2 * (x.nbytes + emb.nbytes) + dout.nbytes)
         if self.op == "cat":
             self.kernels.get("cat_interaction_backward").entry(small)(dx, demb, dout)

@@ -24,6 +24,8 @@ import numpy as np
 
 from ..kernels.elementwise import sgd_update_serial
 from ..kernels.registry import KernelChoice
+from ._checks import array_shape
+from ._checks import check_array as _check
 
 # --gemm: the version every linear pass runs
 BACKENDS = {"auto": "auto", "numba": "v4", "blas": "blas"}
@@ -48,14 +50,6 @@ def as_choice(kernels: KernelChoice | str) -> KernelChoice:
     return choice
 
 
-def _check(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
-    if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != shape:
-        raise ValueError(
-            f"{name}: expected a C-contiguous float32 array of shape {shape}, "
-            f"got {a.dtype} {a.shape} (C-contiguous: {a.flags.c_contiguous})"
-        )
-
-
 # ---------------------------------------------------------------------- forward
 
 
@@ -69,8 +63,8 @@ def linear_forward(
 ) -> None:
     """y (B, O) <- x (B, I) @ W^T (I, O) + b (O,), then ReLU if relu."""
     choice = as_choice(kernels)
-    batch, in_features = x.shape
-    out_features = W.shape[0]
+    batch, in_features = array_shape("x", x, 2)
+    out_features = array_shape("W", W, 2)[0]
     _check("x", x, (batch, in_features))
     _check("W", W, (out_features, in_features))
     _check("b", b, (out_features,))
@@ -102,8 +96,8 @@ def linear_backward(
     (dW and db may then be None): :func:`linear_backward_sgd` does the rest.
     """
     choice = as_choice(kernels)
-    batch, in_features = x.shape
-    out_features = W.shape[0]
+    batch, in_features = array_shape("x", x, 2)
+    out_features = array_shape("W", W, 2)[0]
     _check("x", x, (batch, in_features))
     _check("W", W, (out_features, in_features))
     for name, a in (("dy", dy), ("y", y)):
