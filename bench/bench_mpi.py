@@ -75,7 +75,7 @@ def worker(args) -> None:
             mpi = model.mpi_seconds["start"] - before["start"]
             wait = model.mpi_seconds["wait"] - before["wait"]
             samples.append((total, total - mpi - wait, mpi, wait))
-        comm_alone = _comm_alone(model, args.batch // comm.size, comm)
+        comm_alone = _comm_alone(model, args.batch, comm)
         mine = [*np.median(np.asarray(samples), axis=0).tolist(), comm_alone]
         everyone = comm.gather(mine, root=0)
         if comm.rank == 0:
@@ -84,9 +84,9 @@ def worker(args) -> None:
             print("RESULT " + json.dumps(dict(zip(keys, slowest, strict=True))), flush=True)
 
 
-def _comm_alone(model, local_batch: int, comm, repeat: int = 5) -> float:
+def _comm_alone(model, batch: int, comm, repeat: int = 5) -> float:
     """Median seconds of the step's collectives run alone and blocking."""
-    plan = model.exchange(local_batch)
+    plan = model.exchange(batch)
     times = []
     for _ in range(repeat):
         comm.Barrier()

@@ -8,7 +8,7 @@ cannot leave another rank waiting. Rank 0 writes {case: [error per rank]} to OUT
 
 Why float32 tolerances suffice for "R ranks train the same model as one process": the
 distributed step computes the same sums in a different order (each rank sums its Bl
-samples, then the allreduce sums R partial results; ds is scaled by 1/R after the
+samples, then the allreduce sums R partial results; ds is scaled by Bl / B after the
 division by Bl instead of dividing by B). Each difference is a float32 rounding of
 about 6e-8 relative per operation; after a few steps at lr 0.3 parameters differ by
 ~1e-7 absolute (the values are O(0.1..1)). We compare with rtol 1e-4, atol 1e-6 and
@@ -30,7 +30,7 @@ from numbadlrm import DLRM, DLRMConfig
 from numbadlrm.checkpoint import CheckpointError, load_checkpoint
 from numbadlrm.parallel.distributed import DistributedDLRM
 from numbadlrm.parallel.exchange import EmbeddingExchange
-from numbadlrm.parallel.partition import plan_placement
+from numbadlrm.parallel.partition import plan_placement, sample_ranges
 from numbadlrm.parallel.train_mpi import (
     abort_on_error,
     load_distributed_checkpoint,
@@ -42,7 +42,7 @@ from numbadlrm.train import TrainConfig, run_training
 from ._criteo_files import quirky_lines, write_raw
 from ._helpers import random_batch
 
-BATCH = 12  # divides by 1, 2, 3 and 4 ranks
+BATCH = 12  # divides by 1, 2, 3 and 4 ranks (the uneven cases use other sizes)
 STEPS = 5
 LR = 0.3
 CASES = {}
@@ -57,9 +57,9 @@ def tiny_config(op: str = "dot", tables: str = "7-400-5-30-3") -> DLRMConfig:
     return DLRMConfig.from_arch(4, tables, "5-8-4", "6-1", interaction_op=op)
 
 
-def batches(cfg: DLRMConfig, count: int, seed: int = 0):
+def batches(cfg: DLRMConfig, count: int, seed: int = 0, size: int = BATCH):
     rng = np.random.default_rng(seed)  # the same global batches on every rank
-    return [random_batch(rng, cfg, BATCH) for _ in range(count)]
+    return [random_batch(rng, cfg, size) for _ in range(count)]
 
 
 def assert_same_model(sd: dict, expected: dict) -> None:
@@ -68,20 +68,20 @@ def assert_same_model(sd: dict, expected: dict) -> None:
         np.testing.assert_allclose(sd[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-def train_both(comm, cfg, placement, count=STEPS):
+def train_both(comm, cfg, placement, count=STEPS, size=BATCH):
     """Distributed and single-process runs from the same seed on the same global batches."""
     model = DistributedDLRM(cfg, comm, placement, seed=3, gemm="numba")
     reference = DLRM(cfg, seed=3, gemm="numba")
     losses, ref_losses = [], []
-    for batch in batches(cfg, count):
+    for batch in batches(cfg, count, size=size):
         losses.append(model.train_step(batch, LR))
         ref_losses.append(reference.train_step(batch, LR))
     probs = model.predict(batch)
     return model.state_dict(), reference, losses, ref_losses, probs, batch
 
 
-def _check_matches_single_process(comm, cfg, placement):
-    sd, reference, losses, ref_losses, probs, batch = train_both(comm, cfg, placement)
+def _check_matches_single_process(comm, cfg, placement, size=BATCH):
+    sd, reference, losses, ref_losses, probs, batch = train_both(comm, cfg, placement, size=size)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     np.testing.assert_allclose(probs, reference.predict(batch), rtol=1e-5, atol=1e-6)
     if comm.rank == 0:
@@ -95,41 +95,52 @@ def _check_matches_single_process(comm, cfg, placement):
 
 @case
 def alltoall_round_trip(comm, workdir):
-    """Every pooled block reaches its sample's owner, and every gradient its shard's owner."""
+    """Every pooled block reaches its sample's owner, and every gradient its shard's owner,
+    with a global batch the ranks do not divide (the padded bags never arrive)."""
     cfg = tiny_config()
     placement = plan_placement(cfg.embedding_sizes, 4, comm.size, replicate_max_rows=5)
-    local = 3
-    plan = EmbeddingExchange(comm, placement, local)
+    batch = 3 * comm.size + 1
+    ranges = sample_ranges(batch, comm.size)
+    plan = EmbeddingExchange(comm, placement, batch)
     shard_id = {s: i for i, s in enumerate(placement.shards)}
-    i, d = np.arange(local)[:, None], np.arange(4)[None, :]
+    start, stop = ranges[comm.rank]
+    assert (plan.local_batch, plan.width) == (stop - start, -(-batch // comm.size))
+    d = np.arange(4)[None, :]
 
-    def code(shard, sample):  # a value naming (shard, global sample, d)
-        return 1000.0 * shard_id[shard] + 10.0 * sample + d
+    def code(shard, first, count):  # values naming (shard, global sample, d)
+        return 1000.0 * shard_id[shard] + 10.0 * (first + np.arange(count)[:, None]) + d
+
+    def gradient(q):  # the pooled gradient rank q sends back, (T, Bl_q, D)
+        count = ranges[q][1] - ranges[q][0]
+        shape = (cfg.num_tables, count, 4)
+        return np.random.default_rng(q).normal(size=shape).astype(np.float32)
 
     mine = placement.shards_on(comm.rank)
-    for q in range(comm.size):
+    plan.pooled_out[:] = -7.0  # the padding: must never reach emb
+    for q, (a, b) in enumerate(ranges):
         for s, shard in enumerate(mine):
-            plan.pooled_out[q, s] = code(shard, q * local + i)
+            plan.pooled_out[q, s, : b - a] = code(shard, a, b - a)
     plan.start_forward().Wait()
-    emb = np.full((cfg.num_tables, local, 4), -1.0, np.float32)
+    emb = np.full((cfg.num_tables, stop - start, 4), -1.0, np.float32)
     plan.assemble(emb)
-    demb = np.random.default_rng(comm.rank).normal(size=emb.shape).astype(np.float32)
-    plan.scatter(demb)
+    plan.scatter(gradient(comm.rank))
     plan.start_backward().Wait()
 
     senders = [s for r in range(comm.size) for s in placement.shards_on(r)]
     for j, shard in enumerate(senders):
-        np.testing.assert_array_equal(plan.pooled_in[j], code(shard, comm.rank * local + i))
+        np.testing.assert_array_equal(
+            plan.pooled_in[j, : stop - start], code(shard, start, stop - start)
+        )
     for t in range(cfg.num_tables):
         if t in placement.replicated:
             assert (emb[t] == -1).all()  # replicated tables never travel
             continue
-        expected = sum(code(s, comm.rank * local + i) for s in placement.shards_of(t))
+        expected = sum(code(s, start, stop - start) for s in placement.shards_of(t))
         np.testing.assert_array_equal(emb[t], expected)
-    for q in range(comm.size):
-        demb_q = np.random.default_rng(q).normal(size=emb.shape).astype(np.float32)
+    for q, (a, b) in enumerate(ranges):
         for s, shard in enumerate(mine):
-            np.testing.assert_array_equal(plan.dpooled_in[q, s], demb_q[shard.table])
+            np.testing.assert_array_equal(plan.dpooled_in[q, s, : b - a], gradient(q)[shard.table])
+            assert (plan.dpooled_in[q, s, b - a :] == 0).all()  # padding: zeros
 
 
 @case
@@ -163,15 +174,14 @@ def matches_single_process_replicated(comm, workdir):
 
 def _trains_like_one_process(comm, **options) -> None:
     """run_distributed_training equals run_training: weights and evaluation metrics."""
+    sizes = {"mini_batch_size": BATCH, "test_mini_batch_size": 24}
     cfg = TrainConfig(
         arch_sparse_feature_size=4,
         arch_mlp_bot="13-8-4",
         arch_mlp_top="8-1",
-        mini_batch_size=BATCH,
-        test_mini_batch_size=24,
         threads=1,
         progress=False,
-        **options,
+        **{**sizes, **options},
     )
     quiet = lambda *args: None  # noqa: E731
     result = run_distributed_training(cfg, comm, log=quiet)
@@ -193,6 +203,15 @@ def training_loop_matches_single_process(comm, workdir):
 
 
 @case
+def uneven_training_loop_matches_single_process(comm, workdir):
+    """Train batches of 13 and evaluation batches of 25 on 2 and 3 ranks."""
+    _trains_like_one_process(
+        comm, arch_embedding_size="20-300-8-50", num_batches=6, print_freq=3, test_freq=3,
+        test_num_batches=2, mini_batch_size=13, test_mini_batch_size=25, seed=6,
+    )  # fmt: skip
+
+
+@case
 def dataset_training_matches_single_process(comm, workdir):
     """A Criteo file preprocessed once (rank 0), each rank reading its dense slice only."""
     raw = Path(workdir) / "train.txt"
@@ -203,6 +222,13 @@ def dataset_training_matches_single_process(comm, workdir):
         comm, data_set="kaggle", raw_data_file=str(raw), max_ind_range=41,
         processed_data_file=str(Path(workdir) / "kaggle.numbadlrm"), num_batches=10,
         print_freq=5, seed=2,
+    )  # fmt: skip
+    # uneven: train batches of 17 (each rank reads its own dense slice of 9, 8 or 6, 6, 5
+    # rows), evaluation batches of 23, the last one short (the split is not a multiple)
+    _trains_like_one_process(
+        comm, data_set="kaggle", raw_data_file=str(raw), max_ind_range=41,
+        processed_data_file=str(Path(workdir) / "kaggle.numbadlrm"), num_batches=6,
+        print_freq=3, seed=2, mini_batch_size=17, test_mini_batch_size=23,
     )  # fmt: skip
 
 
@@ -270,19 +296,19 @@ def refuses_a_bad_learning_rate(comm, workdir):
 
 
 @case
-def refuses_uneven_batches(comm, workdir):
-    cfg = tiny_config()
-    model = DistributedDLRM(cfg, comm)
-    batch = random_batch(np.random.default_rng(0), cfg, comm.size * 4 + 1)
-    if comm.size == 1:
-        return
-    try:
-        model.train_step(batch, LR)
-    except ValueError as exc:
-        message = str(exc)
-    else:
-        message = ""
-    assert f"does not divide by the {comm.size} MPI ranks" in message, message
+def matches_single_process_uneven_batches(comm, workdir):
+    """B = 13: slices of 7 + 6 (2 ranks), 5 + 4 + 4 (3 ranks); row-split and replicated
+    tables, so every route carries padded bags."""
+    cfg = tiny_config("dot", "7-400-5-30-3")
+    placement = plan_placement(cfg.embedding_sizes, 4, comm.size, replicate_max_rows=5)
+    _check_matches_single_process(comm, cfg, placement, size=13)
+
+
+@case
+def matches_single_process_fewer_samples_than_ranks(comm, workdir):
+    """B = 2 on 3 ranks: the last rank has no sample and adds zeros."""
+    cfg = tiny_config("cat", "7-400-5-30-3")
+    _check_matches_single_process(comm, cfg, plan_placement(cfg.embedding_sizes, 4, comm.size), 2)
 
 
 @case

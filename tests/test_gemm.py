@@ -231,3 +231,25 @@ def test_relu_mask_serial_and_parallel_agree(B, O):
         out = dy.copy()
         mask(out, y)
         np.testing.assert_array_equal(out, expect)
+
+
+@pytest.mark.parametrize("backend", ["numba", "blas"])
+def test_an_empty_batch_gives_zero_gradients_and_no_update(backend):
+    """B = 0 (an MPI rank with no sample of a small global batch): dW and db are zero
+    whatever they held, and the fused SGD leaves W and b as they were."""
+    rng = np.random.default_rng(0)
+    x, y, dy = (
+        np.empty((0, 5), np.float32),
+        np.empty((0, 3), np.float32),
+        np.empty((0, 3), np.float32),
+    )
+    W = rng.standard_normal((3, 5), dtype=np.float32)
+    b = rng.standard_normal(3, dtype=np.float32)
+    dW, db = np.ones((3, 5), np.float32), np.ones(3, np.float32)
+    linear.linear_forward(y, x, W, b, True, backend)
+    linear.linear_backward(np.empty((0, 5), np.float32), dW, db, dy, x, y, W, True, backend)
+    assert not dW.any() and not db.any()
+    W0, b0 = W.copy(), b.copy()
+    linear.linear_backward_sgd(None, W, b, dy, x, y, True, 0.5, dW, db, backend)
+    np.testing.assert_array_equal(W, W0)
+    np.testing.assert_array_equal(b, b0)

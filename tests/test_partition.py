@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from numbadlrm.kernels.embedding import embedding_bags_forward
-from numbadlrm.parallel.partition import plan_placement, shard_lookups
+from numbadlrm.parallel.partition import plan_placement, sample_ranges, shard_lookups
 
 from ._helpers import random_batch, small_config
 
@@ -106,16 +106,19 @@ def test_bad_arguments():
         plan_placement((5,), 4, 2, memory_weight=2.0)
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 3])
-def test_routed_lookups_pool_to_the_full_tables(ranks):
+@pytest.mark.parametrize("ranks,batch", [(1, 6), (2, 12), (3, 18), (2, 13), (3, 17), (3, 2)])
+def test_routed_lookups_pool_to_the_full_tables(ranks, batch):
+    """Each rank's routed lookups pool its shards for every destination's samples; the
+    padded bags of a destination with one sample fewer pool to zeros."""
     cfg = small_config(tables="7-300-5-30")
-    batch = random_batch(np.random.default_rng(ranks), cfg, 6 * ranks)
+    batch = random_batch(np.random.default_rng(ranks), cfg, batch)
     weights = np.random.default_rng(0).normal(size=(342, 4)).astype(np.float32)
     row_start = np.array([0, 7, 307, 312, 342])
     expected = np.empty((4, batch.batch_size, 4), np.float32)
     embedding_bags_forward(expected, weights, row_start, batch.offsets, batch.indices)
     p = plan_placement(cfg.embedding_sizes, 4, ranks)
-    local = batch.batch_size // ranks
+    ranges = sample_ranges(batch.batch_size, ranks)
+    width = max(b - a for a, b in ranges)
     got = np.zeros_like(expected)
     for rank in range(ranks):
         shards = p.shards_on(rank)
@@ -126,10 +129,27 @@ def test_routed_lookups_pool_to_the_full_tables(ranks):
             ]
         )
         routed = shard_lookups(shards, cfg.embedding_sizes, batch.offsets, batch.indices, ranks)
-        pooled = np.empty((ranks * len(shards), local, 4), np.float32)
+        pooled = np.empty((ranks * len(shards), width, 4), np.float32)
         embedding_bags_forward(pooled, own, routed.row_start, routed.offsets, routed.indices)
-        pooled = pooled.reshape(ranks, len(shards), local, 4)
-        for q in range(ranks):  # what the alltoall delivers to rank q, summed per table
+        pooled = pooled.reshape(ranks, len(shards), width, 4)
+        for q, (a, b) in enumerate(ranges):  # what the alltoall delivers to rank q, per table
             for s, shard in enumerate(shards):
-                got[shard.table, q * local : (q + 1) * local] += pooled[q, s]
+                got[shard.table, a:b] += pooled[q, s, : b - a]
+                assert not pooled[q, s, b - a :].any()  # padding
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_sample_ranges_split_like_the_reference():
+    """divmod(B, R), the first B mod R ranks one more (dlrm's get_split_lengths)."""
+    assert sample_ranges(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert sample_ranges(12, 3) == [(0, 4), (4, 8), (8, 12)]
+    assert sample_ranges(2, 3) == [(0, 1), (1, 2), (2, 2)]
+    for batch in range(0, 40):
+        for ranks in range(1, 7):
+            ranges = sample_ranges(batch, ranks)
+            counts = [b - a for a, b in ranges]
+            assert ranges[0][0] == 0 and ranges[-1][1] == batch
+            assert all(ranges[q][1] == ranges[q + 1][0] for q in range(ranks - 1))
+            assert max(counts) - min(counts) <= 1 and counts == sorted(counts, reverse=True)
+    with pytest.raises(ValueError, match="num_ranks"):
+        sample_ranges(4, 0)

@@ -107,6 +107,10 @@ def linear_backward(
         _check("db", db, (out_features,))
     if dx is not None:
         _check("dx", dx, (batch, in_features))
+    if batch == 0:  # no samples (an MPI rank when B < R): zero gradients, no kernel call
+        if weight_pass:
+            dW[...], db[...] = 0.0, 0.0
+        return
     mask_dx = mask_dx and dx is not None
     choice.get("linear_backward_data").parallel(dx, dy, y, W, x, relu, mask_dx)
     if weight_pass:
@@ -137,6 +141,8 @@ def linear_backward_sgd(
     choice = as_choice(kernels)
     _check("b", b, (W.shape[0],))
     linear_backward(dx, None, None, dy, x, y, W, relu, choice, False, mask_dx)
+    if x.shape[0] == 0:  # no samples: a zero gradient, nothing to update
+        return
     weight = choice.get("linear_backward_weight")
     fused = weight.extras.get("sgd")
     if fused is not None:

@@ -1,17 +1,18 @@
 """DLRM on R MPI ranks: data-parallel MLPs, model-parallel (sharded) embedding tables.
 
-One step with global batch B on R ranks, local batch Bl = B / R (rank q owns samples
-[q Bl, (q+1) Bl) of every global batch; B must divide by R):
+One step with global batch B on R ranks: rank q owns samples [start_q, stop_q) of every
+global batch, Bl = stop_q - start_q of them (partition.sample_ranges: divmod(B, R), the
+first B mod R ranks one more, as the reference's distributed code); W = ceil(B / R):
 
-    own shards:  pooled_out = embedding_bags(shards, all B samples)   (R, S, Bl, D)
+    own shards:  pooled_out = embedding_bags(shards, all B samples)   (R, S, W, D)
                  start alltoallv(pooled_out -> pooled_in) ...........+
-    x = bottom_mlp(dense[q Bl:(q+1) Bl])      overlaps the exchange   |
+    x = bottom_mlp(dense[start_q:stop_q])     overlaps the exchange   |
     replicated tables: pooled for the Bl local samples                |
                  wait <-----------------------------------------------+
     emb = assemble(pooled_in, replicated)     (T, Bl, D), shard partial sums added
     s = top_mlp(interaction(x, emb));  local loss, ds = (p - y) / Bl
 
-    backward:    ds *= 1 / R                   <- the only scaling (see below)
+    backward:    ds *= Bl / B                  <- the only scaling (see below)
                  top MLP backward;  start allreduce(top MLP grads) ...........+
                  interaction backward -> dx, demb                             |
                  start alltoallv(demb -> owners) ..........+                  |
@@ -20,16 +21,17 @@ One step with global batch B on R ranks, local batch Bl = B / R (rank q owns sam
                  wait; fused sparse update of own shards <-+              |   |
                  wait allreduces; one SGD call over the flat buffer <-----+---+
 
-Scaling: the loss of the global batch is mean_B = (1/R) sum_q mean_Bl(q). Multiplying
-the local ds by 1/R makes every gradient that flows from it (dense grads, demb, the
-shards' updates) the gradient of the global mean restricted to the local samples, so
-a plain SUM allreduce gives the exact global gradient and the learning rate is the
-single-process one: R ranks at global batch B train the same model as one process at
-batch B, up to float32 summation order.
+Scaling: the loss of the global batch is mean_B = sum_q (Bl_q / B) mean_Bl(q).
+Multiplying the local ds by Bl / B makes every gradient that flows from it (dense grads,
+demb, the shards' updates) the gradient of the global mean restricted to the local
+samples, so a plain SUM allreduce gives the exact global gradient and the learning rate
+is the single-process one: R ranks at global batch B train the same model as one
+process at batch B, up to float32 summation order, whether or not R divides B. (A rank
+with no samples, when B < R, adds zeros.)
 
 Dense state: one flat float32 buffer [top MLP | bottom MLP | replicated tables], its
 gradients in another of the same layout plus one trailing slot that carries the local
-loss / R through the same allreduce (the global mean loss, for free).
+loss times Bl / B through the same allreduce (the global mean loss, for free).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from ..optim import check_learning_rate, sgd_step
 from ..params import init_mlp, init_table_rows, slot_views
 from ..profiling import OpTimes, timed
 from .exchange import EmbeddingExchange, GradientAllreduce, poke
-from .partition import Placement, plan_placement, shard_lookups
+from .partition import Placement, plan_placement, sample_ranges, shard_lookups
 
 
 class DistributedDLRM:
@@ -135,21 +137,17 @@ class DistributedDLRM:
 
     def local_slice(self, batch_size: int) -> slice:
         """The samples of a global batch that this rank computes the MLPs for."""
-        if batch_size % self.comm.size:
-            raise ValueError(
-                f"batch size {batch_size} does not divide by the {self.comm.size} MPI ranks: "
-                f"use a multiple of {self.comm.size} (each rank takes an equal slice)"
-            )
-        local = batch_size // self.comm.size
-        return slice(self.comm.rank * local, (self.comm.rank + 1) * local)
+        start, stop = sample_ranges(batch_size, self.comm.size)[self.comm.rank]
+        return slice(start, stop)
 
-    def exchange(self, local_batch: int) -> EmbeddingExchange:
-        plan = self._exchanges.get(local_batch)
+    def exchange(self, batch_size: int) -> EmbeddingExchange:
+        """The alltoallv plan for global batches of ``batch_size`` (kept for reuse)."""
+        plan = self._exchanges.get(batch_size)
         if plan is None:
             if len(self._exchanges) >= 4:
                 self._exchanges.clear()
-            plan = EmbeddingExchange(self.comm, self.placement, local_batch)
-            self._exchanges[local_batch] = plan
+            plan = EmbeddingExchange(self.comm, self.placement, batch_size)
+            self._exchanges[batch_size] = plan
         return plan
 
     # ------------------------------------------------------------------- forward
@@ -160,11 +158,11 @@ class DistributedDLRM:
         mine = self.local_slice(batch.batch_size)
         batch.require_rows(mine.start, mine.stop)
         local = mine.stop - mine.start
-        plan = self.exchange(local)
+        plan = self.exchange(batch.batch_size)
         lookups = shard_lookups(
             self.shards, self.config.embedding_sizes, batch.offsets, batch.indices, self.comm.size
         )
-        pooled = plan.pooled_out.reshape(-1, local, self.config.sparse_feature_size)
+        pooled = plan.pooled_out.reshape(-1, plan.width, self.config.sparse_feature_size)
         with timed(self.op_times, "embedding fwd"):
             embedding_forward(
                 pooled,
@@ -228,7 +226,8 @@ class DistributedDLRM:
         self.tower.bottom_backward(ws, state.dense, after_layer=poke_all)
         self._mpi("start", self.allreduce.start, 1)  # bottom MLP, replicated tables, loss
         self._mpi("wait", exchange.Wait)
-        dpooled = state.plan.dpooled_in.reshape(-1, *ws.demb.shape[1:])  # (R*S, Bl, D)
+        width, dim = state.plan.width, ws.demb.shape[2]
+        dpooled = state.plan.dpooled_in.reshape(-1, width, dim)  # (R*S, W, D)
         lookups = state.lookups
         with timed(self.op_times, "embedding update"):
             embedding_backward_sgd(
@@ -253,24 +252,34 @@ class DistributedDLRM:
         """
         lr = check_learning_rate(lr)
         ws, state = self.forward(batch)
-        loss = sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], state.labels)
-        ws.dtop[-1] *= np.float32(1.0 / self.comm.size)
-        self._grad_buffer[-1] = loss / self.comm.size
+        share = np.float32(state.labels.shape[0] / batch.batch_size)  # Bl / B
+        loss = self._local_loss(ws, state.labels)
+        ws.dtop[-1] *= share
+        self._grad_buffer[-1] = loss * share
         self._backward_and_update(ws, state, lr)
         return float(self._grad_buffer[-1])
 
     def loss(self, batch: Batch) -> float:
         """Mean BCE over the global batch (no update)."""
         ws, state = self.forward(batch)
-        local = sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], state.labels)
-        return self.comm.allreduce(local, MPI.SUM) / self.comm.size
+        local = self._local_loss(ws, state.labels) * state.labels.shape[0] / batch.batch_size
+        return self.comm.allreduce(local, MPI.SUM)
+
+    def _local_loss(self, ws: Workspace, labels: np.ndarray) -> float:
+        """Mean BCE of the local samples (0 without any), p and ds = (p - y) / Bl into ws."""
+        if labels.shape[0] == 0:
+            return 0.0
+        return sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], labels, self.kernels)
 
     def predict(self, batch: Batch) -> np.ndarray:
         """(B,) float32 probabilities of the whole global batch, on every rank."""
         ws, _ = self.forward(batch)
         sigmoid(ws.p, ws.top[-1][:, 0])
+        ranges = sample_ranges(batch.batch_size, self.comm.size)
+        counts = [stop - start for start, stop in ranges]
+        displacements = [start for start, _ in ranges]
         out = np.empty(batch.batch_size, np.float32)
-        self.comm.Allgather(ws.p, out)
+        self.comm.Allgatherv(ws.p, [out, counts, displacements, MPI.FLOAT])
         return out
 
     def state_dict(self) -> dict[str, np.ndarray] | None:

@@ -1,13 +1,20 @@
 """Plans for the collectives of one training step: the embedding alltoall, the allreduce.
 
-R ranks, global batch B, local batch Bl = B / R; rank q owns samples [q Bl, (q+1) Bl).
-Rank r holds S_r table shards (numbadlrm.parallel.partition) and pools them for the
-whole global batch, straight into its send buffer laid out by destination:
+R ranks, global batch B split as numbadlrm.parallel.partition.sample_ranges does (rank q
+owns samples [start_q, stop_q), Bl_q = stop_q - start_q, counts differing by at most
+one), W = max_q Bl_q = ceil(B / R). Rank r holds S_r table shards
+(numbadlrm.parallel.partition) and pools them for the whole global batch, straight into
+its send buffer laid out by destination:
 
-    forward   pooled_out (R, S_r, Bl, D)  block q = rank r's shards for q's samples
-              pooled_in  (sum_r S_r, Bl, D)  slot j = (source rank, its shard), by rank
-    backward  dpooled_out (sum_r S_r, Bl, D) -> dpooled_in (R, S_r, Bl, D), the reverse
+    forward   pooled_out (R, S_r, W, D)   block q = rank r's shards for q's samples
+              pooled_in  (sum_r S_r, W, D)  slot j = (source rank, its shard), by rank
+    backward  dpooled_out (sum_r S_r, W, D) -> dpooled_in (R, S_r, W, D), the reverse
 
+Every block holds W bags; a destination with Bl_q = W - 1 gets one empty bag per shard
+at the end (partition.shard_lookups routes no lookup there), which the receiver
+ignores. Padding, rather than blocks of Bl_q bags, keeps the pooled output one (R S_r,
+W, D) array, so one embedding kernel call writes the whole send buffer; it costs at
+most one row per shard and destination (1 / W of the bytes), and none when R divides B.
 The counts differ by source (S_r), so it is an alltoallv; it is started non-blocking and
 the caller overlaps it with the bottom MLP (forward) or the bottom MLP's backward.
 ``assemble`` turns pooled_in into the tower's emb (T, Bl, D), adding the partial sums
@@ -23,27 +30,29 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from .partition import Placement
+from .partition import Placement, sample_ranges
 
 
 class EmbeddingExchange:
-    """The forward and backward alltoallv of pooled embeddings at one local batch size."""
+    """The forward and backward alltoallv of pooled embeddings for one global batch size."""
 
-    def __init__(self, comm: MPI.Comm, placement: Placement, local_batch: int):
+    def __init__(self, comm: MPI.Comm, placement: Placement, batch: int):
         ranks, rank, dim = comm.size, comm.rank, placement.dim
         if placement.num_ranks != ranks:
             raise ValueError(
                 f"placement is for {placement.num_ranks} ranks, the communicator has {ranks}"
             )
         self.comm = comm
-        self.local_batch = local_batch  # Bl
+        start, stop = sample_ranges(batch, ranks)[rank]
+        self.local_batch = stop - start  # Bl, this rank's samples
+        self.width = -(-batch // ranks)  # W = ceil(B / R), bags per block
         held = [len(placement.shards_on(r)) for r in range(ranks)]  # S_r
-        block = local_batch * dim  # floats per (shard, destination)
+        block = self.width * dim  # floats per (shard, destination)
         self.num_own = held[rank]
-        self.pooled_out = np.zeros((ranks, held[rank], local_batch, dim), np.float32)
+        self.pooled_out = np.zeros((ranks, held[rank], self.width, dim), np.float32)
         self.dpooled_in = np.zeros_like(self.pooled_out)
-        self.pooled_in = np.zeros((sum(held), local_batch, dim), np.float32)
-        self.dpooled_out = np.zeros_like(self.pooled_in)
+        self.pooled_in = np.zeros((sum(held), self.width, dim), np.float32)
+        self.dpooled_out = np.zeros_like(self.pooled_in)  # rows past Bl stay zero
         send_counts = np.full(ranks, held[rank] * block, dtype=np.int64)
         recv_counts = np.asarray(held, dtype=np.int64) * block
         self._send = (send_counts, _displacements(send_counts))
@@ -68,15 +77,17 @@ class EmbeddingExchange:
 
     def assemble(self, emb: np.ndarray) -> None:
         """emb[t] (Bl, D) <- sum of table t's slots of pooled_in (replicated tables untouched)."""
+        mine = self.local_batch
         for t, slots in self.slots_of_table.items():
-            np.copyto(emb[t], self.pooled_in[slots[0]])
+            np.copyto(emb[t], self.pooled_in[slots[0], :mine])
             for j in slots[1:]:
-                emb[t] += self.pooled_in[j]
+                emb[t] += self.pooled_in[j, :mine]
 
     def scatter(self, demb: np.ndarray) -> None:
         """dpooled_out[j] <- demb[table of slot j]: the adjoint of :meth:`assemble`."""
+        mine = self.local_batch
         for j, t in enumerate(self.table_of_slot):
-            np.copyto(self.dpooled_out[j], demb[t])
+            np.copyto(self.dpooled_out[j, :mine], demb[t])
 
 
 class GradientAllreduce:

@@ -176,15 +176,31 @@ def _shard_text(s: Shard, sizes) -> str:
     return f"{s.table}[{s.row_begin:,}:{s.row_end:,})"
 
 
+def sample_ranges(batch: int, num_ranks: int) -> list[tuple[int, int]]:
+    """[start, stop) of each rank's samples in a global batch of ``batch``.
+
+    As the reference's distributed code (get_split_lengths): divmod(B, R), the first
+    B mod R ranks take one sample more, so the slices differ by at most one sample (a
+    rank gets none when B < R).
+    """
+    if num_ranks < 1:
+        raise ValueError(f"num_ranks: must be >= 1, got {num_ranks}")
+    base, extra = divmod(batch, num_ranks)
+    stops = np.cumsum([base + (q < extra) for q in range(num_ranks)]).tolist()
+    return list(zip([0, *stops[:-1]], stops, strict=True))
+
+
 @dataclass(frozen=True)
 class ShardLookups:
     """One rank's lookups into its own shards, for the whole global batch.
 
-    Laid out as (R * S) "tables" of Bl bags, in the order of the exchange's send buffer
-    (destination rank q, then shard s), so the unchanged embedding kernels pool straight
-    into it and apply the returned gradients from it:
+    Laid out as (R * S) "tables" of W = ceil(B / R) bags, in the order of the exchange's
+    send buffer (destination rank q, then shard s), so the unchanged embedding kernels
+    pool straight into it and apply the returned gradients from it:
 
-        offsets   (R*S, Bl+1)  bag i of (q, s) = sample q*Bl + i of shard s
+        offsets   (R*S, W+1)   bag i of (q, s) = sample start_q + i of shard s; the bags
+                               past q's count (one at most, when R does not divide B)
+                               are empty: they pool to zeros and take no update
         indices   (nnz',)      row ids local to each shard
         row_start (R*S+1,)     first row of shard s in the rank's (rows, D) buffer
     """
@@ -207,7 +223,6 @@ def shard_lookups(
     row-split shard keeps only the lookups in its row range, shifted to local ids.
     """
     batch = offsets.shape[1] - 1
-    local_batch = batch // num_ranks
     parts, extra = [indices], indices.shape[0]
     shard_offsets = np.empty((len(shards), batch + 1), np.int64)  # (S, B+1)
     for s, shard in enumerate(shards):
@@ -222,11 +237,14 @@ def shard_lookups(
         shard_offsets[s] = extra + kept_before[row - row[0]]
         parts.append(ids[keep] - shard.row_begin)
         extra += parts[-1].shape[0]
-    columns = np.arange(num_ranks)[:, None] * local_batch + np.arange(local_batch + 1)
-    routed = shard_offsets[:, columns].transpose(1, 0, 2)  # (R, S, Bl+1)
+    ranges = np.asarray(sample_ranges(batch, num_ranks))  # (R, 2)
+    width = int((ranges[:, 1] - ranges[:, 0]).max())  # W
+    # bag i of destination q is sample start_q + i; past q's count the end repeats (empty)
+    columns = ranges[:, :1] + np.minimum(np.arange(width + 1), ranges[:, 1:] - ranges[:, :1])
+    routed = shard_offsets[:, columns].transpose(1, 0, 2)  # (R, S, W+1)
     starts = np.cumsum([0] + [s.num_rows for s in shards])
     return ShardLookups(
-        offsets=np.ascontiguousarray(routed.reshape(num_ranks * len(shards), local_batch + 1)),
+        offsets=np.ascontiguousarray(routed.reshape(num_ranks * len(shards), width + 1)),
         indices=parts[0] if len(parts) == 1 else np.concatenate(parts),
         row_start=np.append(np.tile(starts[:-1], num_ranks), starts[-1]).astype(np.int64),
     )

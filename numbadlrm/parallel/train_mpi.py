@@ -39,7 +39,7 @@ from ..config import DLRMConfig
 from ..threads import set_num_threads
 from ..train import TrainConfig, TrainLoop, describe, open_data
 from .distributed import DistributedDLRM
-from .partition import plan_placement
+from .partition import plan_placement, sample_ranges
 
 
 @contextmanager
@@ -88,20 +88,13 @@ def run_distributed_training(cfg: TrainConfig, comm: MPI.Comm, log=print) -> dic
 
 def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
     ranks = comm.size
-    for name in ("mini_batch_size", "test_mini_batch_size"):
-        if getattr(cfg, name) % ranks:
-            raise ValueError(
-                f"{name}: {getattr(cfg, name)} does not divide by the {ranks} MPI ranks; each "
-                f"rank takes an equal slice of the global batch, use a multiple of {ranks}"
-            )
     threads = cfg.threads or default_threads(comm)
     set_num_threads(threads)
     if cfg.data_set and comm.rank == 0:
         open_data(cfg, log)  # preprocess once; the other ranks then reuse the directory
     comm.Barrier()
-    local = cfg.mini_batch_size // ranks
-    mine = (comm.rank * local, (comm.rank + 1) * local)  # DistributedDLRM.local_slice's rows
-    source, mcfg = open_data(cfg, log, dense_rows=mine)
+    split = sample_ranges(cfg.mini_batch_size, ranks)  # DistributedDLRM.local_slice's rows
+    source, mcfg = open_data(cfg, log, dense_rows=split[comm.rank])
     lookups = expected_lookups(cfg, mcfg)
     # replicating a table costs an allreduce of its rows, sharding it an alltoall of one
     # pooled vector per local sample: replicate tables with fewer rows than B / R
@@ -119,8 +112,9 @@ def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
     log(f"numbadlrm: {describe(mcfg)}; data {cfg.data_generation}, batch {cfg.mini_batch_size}")
     if cfg.kernels:
         log(f"kernels: {model.kernels.describe()}")
+    counts = sorted({stop - start for start, stop in split})
     log(
-        f"MPI: {ranks} ranks x {threads} Numba threads, {cfg.mini_batch_size // ranks} "
+        f"MPI: {ranks} ranks x {threads} Numba threads, {'-'.join(map(str, counts))} "
         f"samples per rank per step"
     )
     log(placement.describe(lookups))
