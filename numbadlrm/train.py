@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -333,6 +334,9 @@ class TrainLoop:
         self.cfg, self.model, self.source, self.mcfg = cfg, model, source, mcfg
         self.log, self.root = log, root
         self.metrics = MetricsLog(cfg.metrics_file if root else "")
+        # the bar needs a terminal; without one (--no-progress, a file, a pipe) the loss
+        # goes out as one log line per --print-freq steps, as the reference prints it
+        self.show_bar = cfg.progress and root and sys.stderr.isatty()
 
     def run(self, step: int, epoch: int, batch_in_epoch: int) -> dict:
         cfg = self.cfg
@@ -372,7 +376,7 @@ class TrainLoop:
             initial=start,
             desc=f"epoch {epoch}",
             unit="batch",
-            disable=not (self.cfg.progress and self.root),
+            disable=not self.show_bar,
             dynamic_ncols=True,
         )
         window = _Window()
@@ -398,9 +402,12 @@ class TrainLoop:
         if step % cfg.print_freq == 0:
             record = {"step": step, "epoch": epoch, **window.flush(cfg.mini_batch_size)}
             self.metrics.write(record)
-            bar.set_postfix(
-                loss=f"{record['loss']:.4f}", samples_per_s=f"{record['samples_per_s']:,.0f}"
-            )
+            if self.show_bar:
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}", samples_per_s=f"{record['samples_per_s']:,.0f}"
+                )
+            else:
+                self.log(_format_step(record))
         if cfg.test_freq and step % cfg.test_freq == 0:
             bar.clear()
             self.evaluate("validation", step)
@@ -432,6 +439,15 @@ class _Window:
         self.loss, self.steps = 0.0, 0
         self.restart_clock()
         return out
+
+
+def _format_step(record: dict) -> str:
+    """The mean loss since the last line, e.g. 'step 500 epoch 0: loss 0.481234, 36,512
+    samples/s'."""
+    return (
+        f"step {record['step']} epoch {record['epoch']}: loss {record['loss']:.6f}, "
+        f"{record['samples_per_s']:,.0f} samples/s"
+    )
 
 
 def _format_eval(split: str, step: int, m: dict) -> str:

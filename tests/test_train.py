@@ -34,10 +34,17 @@ def test_synthetic_run_learns_and_logs(tmp_path):
     cfg = TrainConfig(
         **TINY, num_batches=400, print_freq=100, test_freq=200, metrics_file=str(metrics)
     )
-    result = run_training(cfg, log=lambda *_: None)
+    lines = []
+    result = run_training(cfg, log=lines.append)
     records = _records(metrics)
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [100, 200, 300, 400]
+    # no bar (progress=False): one line per --print-freq steps with the same numbers
+    printed = [x for x in lines if x.startswith("step ")]
+    assert printed == [
+        f"step {r['step']} epoch 0: loss {r['loss']:.6f}, {r['samples_per_s']:,.0f} samples/s"
+        for r in steps
+    ]
     assert all(r["samples_per_s"] > 0 for r in steps)
     evals = [r for r in records if "auc" in r]
     assert [(r["step"], r["split"]) for r in evals] == [
@@ -191,6 +198,18 @@ def test_convert_round_trip(tmp_path):
     assert a.config == b.config
     for name, value in a.state.items():
         np.testing.assert_array_equal(value, b.state[name])
+
+
+def test_cli_prints_loss_lines_when_its_output_is_no_terminal(capsys):
+    """`numbadlrm train > log.txt` (stderr no terminal either): no bar, loss lines."""
+    argv = ["train", "--arch-embedding-size", "50-40", "--arch-mlp-bot", "13-8-16"]
+    argv += ["--num-batches", "6", "--print-freq", "3", "--test-num-batches", "1"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    printed = [x for x in out.splitlines() if x.startswith("step ")]
+    assert [x.split(":")[0] for x in printed] == ["step 3 epoch 0", "step 6 epoch 0"]
+    assert all("samples/s" in x for x in printed)
+    assert "epoch 0:" not in err  # no bar
 
 
 def test_cli_train_and_errors(tmp_path, capsys):
