@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +28,7 @@ from .data.background import prefetch
 from .data.criteo import preprocess_for_training
 from .data.dataset import ProcessedData
 from .data.synthetic import Teacher, batch_stream
+from .kernels.jit import announce_compilation
 from .metrics import evaluate_predictions
 from .model import DLRM, kernel_choice
 from .threads import set_num_threads
@@ -353,7 +355,8 @@ class TrainLoop:
         return {**final, "model": self.model, "steps": step}
 
     def evaluate(self, split: str, step: int) -> dict:
-        result = evaluate(self.model, self.source.eval_batches(split))
+        with announce_compilation(self.log):  # a first evaluation may compile kernels
+            result = evaluate(self.model, self.source.eval_batches(split))
         self.metrics.write({"step": step, "split": split, **result})
         self.log(_format_eval(split, step, result))
         return result
@@ -369,30 +372,45 @@ class TrainLoop:
         save_model_checkpoint(self.cfg.save_model, self.model, step, epoch, batch_in_epoch, extra)
 
     def _epoch(self, epoch: int, start: int, step: int) -> int:
-        """Train batches start.. of one epoch; returns the global step count."""
+        """Train batches start.. of one epoch; returns the global step count.
+
+        The epoch's first step runs before the progress bar exists and its time counts in
+        no rate, so neither the bar's ETA nor the loss lines' samples/s include compiling
+        kernels (which the first step of a first run does, announced as it starts).
+        """
         total = self.source.num_batches
-        bar = tqdm(
+        window = _Window()
+        batches = self.source.train_batches(epoch, start)  # a prefetching generator
+        bar = None
+        try:
+            for i, batch in enumerate(batches, start=start + 1):
+                first = bar is None
+                with announce_compilation(self.log) if first else nullcontext():
+                    loss = self.model.train_step(batch, self.cfg.learning_rate)
+                step += 1
+                window.add(loss, step)
+                if first:
+                    window.restart_clock()
+                    bar = self._progress_bar(epoch, i, total)
+                else:
+                    bar.update(1)
+                next_position = (epoch, i) if i < total else (epoch + 1, 0)
+                self._after_step(step, epoch, next_position, window, bar)
+        finally:
+            batches.close()
+            if bar is not None:
+                bar.close()
+        return step
+
+    def _progress_bar(self, epoch: int, done: int, total: int) -> tqdm:
+        return tqdm(
             total=total,
-            initial=start,
+            initial=done,
             desc=f"epoch {epoch}",
             unit="batch",
             disable=not self.show_bar,
             dynamic_ncols=True,
         )
-        window = _Window()
-        batches = self.source.train_batches(epoch, start)  # a prefetching generator
-        try:
-            for i, batch in enumerate(batches, start=start + 1):
-                loss = self.model.train_step(batch, self.cfg.learning_rate)
-                step += 1
-                bar.update(1)
-                window.add(loss, step)
-                next_position = (epoch, i) if i < total else (epoch + 1, 0)
-                self._after_step(step, epoch, next_position, window, bar)
-        finally:
-            batches.close()
-            bar.close()
-        return step
 
     def _after_step(
         self, step: int, epoch: int, next_position: tuple[int, int], window: _Window, bar
@@ -417,10 +435,13 @@ class TrainLoop:
 
 
 class _Window:
-    """Mean loss and throughput over the steps since the last log line."""
+    """Mean loss over the steps since the last log line, and samples/s over those of them
+    run since the clock last started (an evaluation, or an epoch's first step, which may
+    have compiled kernels, stops the clock)."""
 
     def __init__(self):
-        self.loss, self.steps, self.start = 0.0, 0, time.perf_counter()
+        self.loss, self.steps = 0.0, 0
+        self.restart_clock()
 
     def add(self, loss: float, step: int) -> None:
         if not np.isfinite(loss):
@@ -429,12 +450,15 @@ class _Window:
             )
         self.loss += loss
         self.steps += 1
+        self.timed += 1
 
     def restart_clock(self) -> None:
-        self.start = time.perf_counter()
+        self.timed, self.start = 0, time.perf_counter()
 
     def flush(self, batch_size: int) -> dict[str, float]:
-        rate = self.steps * batch_size / (time.perf_counter() - self.start)
+        """The window's mean loss and samples/s (NaN when no step was timed), then empty."""
+        elapsed = time.perf_counter() - self.start
+        rate = self.timed * batch_size / elapsed if self.timed else float("nan")
         out = {"loss": self.loss / self.steps, "samples_per_s": rate}
         self.loss, self.steps = 0.0, 0
         self.restart_clock()

@@ -1,14 +1,18 @@
 """The training loop and the command line: metrics, checkpoints, exact resume, data paths."""
 
 import json
+import time
 
+import numba
 import numpy as np
 import pytest
 
+from numbadlrm import train
 from numbadlrm.checkpoint import CheckpointError, load_checkpoint
 from numbadlrm.cli import main
+from numbadlrm.kernels.jit import announce_compilation
 from numbadlrm.model import DLRM
-from numbadlrm.train import TrainConfig, run_training
+from numbadlrm.train import TrainConfig, TrainLoop, open_data, run_training
 
 from ._criteo_files import quirky_lines, write_raw
 
@@ -54,6 +58,58 @@ def test_synthetic_run_learns_and_logs(tmp_path):
     ]
     assert result["auc"] > 0.6  # the teacher's signal is learnable; random data gives 0.5
     assert result["steps"] == 400
+
+
+def test_compilation_is_announced_and_the_bar_starts_after_it(monkeypatch):
+    """A first step that compiles (a fresh njit function, plus 0.5 s standing in for the
+    first run's ~23 s): announced before, timed after; the bar starts after it at batch 1,
+    and the first loss line's samples/s leaves it out."""
+    events, lines = [], []
+
+    class Bar:  # records when the bar starts, and from which batch
+        def __init__(self, **kwargs):
+            events.append(("bar", kwargs["initial"]))
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    fresh = numba.njit(lambda x: x + 1)  # never compiled: its first call compiles
+
+    class FirstStepCompiles(DLRM):
+        def train_step(self, batch, lr):
+            events.append("step")
+            if len(events) == 1:
+                fresh(1)
+                time.sleep(0.5)
+            return super().train_step(batch, lr)
+
+    monkeypatch.setattr(train, "tqdm", Bar)
+    cfg = TrainConfig(**TINY, num_batches=4, print_freq=2)
+    source, mcfg = open_data(cfg)
+    loop = TrainLoop(cfg, FirstStepCompiles(mcfg, seed=0), source, mcfg, log=lines.append)
+    loop.run(0, 0, 0)
+    assert events == ["step", ("bar", 1), "step", "step", "step"]
+    assert lines[0] == "compiling kernels (once: they are cached on disk for later runs) ..."
+    assert lines[1].startswith("compiled kernels in ") and lines[1].endswith(" s")
+    assert float(lines[1].split()[3]) >= 0.5
+    first_loss_line = next(x for x in lines if x.startswith("step 2 "))
+    rate = float(first_loss_line.split(", ")[-1].split()[0].replace(",", ""))
+    assert rate > 2 * 32 / 0.5  # the 0.5 s first step would hold it below 128 samples/s
+
+
+def test_announce_compilation_is_silent_without_compiling():
+    lines = []
+    fresh = numba.njit(lambda x: 2 * x)
+    fresh(1)
+    with announce_compilation(lines.append):
+        fresh(3)  # compiled already
+    assert lines == []
+    with announce_compilation(lines.append):
+        fresh(3.5)  # a new signature compiles
+    assert lines[0].startswith("compiling kernels") and lines[1].startswith("compiled kernels")
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):

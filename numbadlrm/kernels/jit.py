@@ -12,7 +12,11 @@ set by :func:`numbadlrm.threads.set_num_threads`.
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 import numba
+from numba.core import event
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
@@ -30,3 +34,30 @@ SERIAL_BELOW_BYTES = 1 << 20
 def run_serial(nbytes: int) -> bool:
     """True if work moving nbytes should run on the calling thread alone."""
     return nbytes < SERIAL_BELOW_BYTES or numba.get_num_threads() == 1
+
+
+class _CompileNotice(event.Listener):
+    """Logs once, when Numba starts compiling: a cache miss (a cache hit sends no event)."""
+
+    def __init__(self, log):
+        self.log, self.started = log, None
+
+    def on_start(self, ev) -> None:
+        if self.started is None:  # under Numba's compiler lock: one thread at a time
+            self.started = time.perf_counter()
+            self.log("compiling kernels (once: they are cached on disk for later runs) ...")
+
+    def on_end(self, ev) -> None:
+        pass
+
+
+@contextmanager
+def announce_compilation(log=print):
+    """Log "compiling kernels (once ...) ..." when Numba starts compiling inside the block,
+    and on leaving it how long the block took from there; silent when every kernel it
+    runs was compiled before (this process, or the disk cache)."""
+    notice = _CompileNotice(log)
+    with event.install_listener("numba:compile", notice):
+        yield
+    if notice.started is not None:
+        log(f"compiled kernels in {time.perf_counter() - notice.started:.1f} s")
