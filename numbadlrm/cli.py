@@ -16,7 +16,10 @@ import sys
 import types
 import typing
 
-from . import _pools  # noqa: F401  first: thread-pool settings must precede numpy
+from . import (
+    __version__,
+    _pools,  # noqa: F401  first: thread-pool settings must precede numpy
+)
 from .checkpoint import CheckpointError
 from .data import preprocess_cli
 from .train import TrainConfig, run_training
@@ -55,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="numbadlrm", description="Autograd-free DLRM training on CPUs (Numba + MPI)."
     )
+    parser.add_argument("--version", action="version", version=f"numbadlrm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a DLRM", formatter_class=_Formatter)
     add_dataclass_options(train, TrainConfig)
@@ -62,22 +66,44 @@ def build_parser() -> argparse.ArgumentParser:
     pred = sub.add_parser("predict", help="write one click probability per input row")
     pred.add_argument("--load-model", required=True, help="checkpoint from train --save-model")
     pred.add_argument("--processed-data-file", default="", help="a preprocessed directory")
-    pred.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    pred.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "validation", "test"),
+        help="which split of --processed-data-file to predict, in its stored order (default: test)",
+    )
     pred.add_argument("--raw-data-file", nargs="*", default=[], help="raw labelled TSV files")
     pred.add_argument("--max-ind-range", type=int, default=0, help="as used for training")
-    pred.add_argument("--test-mini-batch-size", type=int, default=4096)
+    pred.add_argument(
+        "--test-mini-batch-size", type=int, default=4096, help="rows per batch (default: 4096)"
+    )
     pred.add_argument("--output", required=True, help="text file, one probability a line")
     plot = sub.add_parser("plot", help="draw loss and AUC curves from a metrics file")
-    plot.add_argument("metrics_file")
-    plot.add_argument("--output", default="metrics.png")
+    plot.add_argument("metrics_file", help="JSON lines written by train --metrics-file")
+    plot.add_argument(
+        "--output", default="metrics.png", help="the PNG to write (default: metrics.png)"
+    )
     sub.add_parser(
         "kernels", help="list every op, its kernel versions and the default (for --kernels)"
     )
-    conv = sub.add_parser("convert", help="checkpoint <-> reference DLRM PyTorch state_dict")
-    conv.add_argument("source")
+    conv = sub.add_parser(
+        "convert",
+        help="checkpoint <-> reference DLRM PyTorch state_dict",
+        description="Convert between a numbadlrm checkpoint and a state_dict the reference "
+        "DLRM (dlrm_s_pytorch.py) loads; needs torch (pip install 'numbadlrm[torch]').",
+    )
+    conv.add_argument(
+        "source", help="a numbadlrm checkpoint (.npz) with --to-torch, a .pt with --from-torch"
+    )
     direction = conv.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--to-torch", metavar="OUT_PT")
-    direction.add_argument("--from-torch", metavar="OUT_NPZ")
+    direction.add_argument(
+        "--to-torch", metavar="OUT_PT", help="write the reference's state_dict (torch.save) here"
+    )
+    direction.add_argument(
+        "--from-torch",
+        metavar="OUT_NPZ",
+        help="write a numbadlrm checkpoint here (config inferred from the tensor shapes)",
+    )
     return parser
 
 

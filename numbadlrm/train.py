@@ -156,6 +156,11 @@ class TrainConfig:
     def uses_dataset(self) -> bool:
         return self.data_generation == "dataset" or bool(self.data_set)
 
+    @property
+    def data_source(self) -> str:
+        """What the run trains on: "dataset" (--data-set implies it), else the generator."""
+        return "dataset" if self.uses_dataset else self.data_generation
+
     def model_config(self, table_sizes: tuple[int, ...] | None = None) -> DLRMConfig:
         """The model; a dataset's table sizes replace --arch-embedding-size."""
         return DLRMConfig.from_arch(
@@ -308,7 +313,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     source, mcfg = open_data(cfg, log)
     model = DLRM(mcfg, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels)
     position = load_into(model, cfg.load_model, mcfg) if cfg.load_model else (0, 0, 0)
-    log(f"numbadlrm: {describe(mcfg)}; data {cfg.data_generation}, batch {cfg.mini_batch_size}")
+    log(run_header(cfg, mcfg))
     if cfg.kernels:
         log(f"kernels: {model.kernels.describe()}")
     loop = TrainLoop(cfg, model, source, mcfg, log)
@@ -366,7 +371,7 @@ class TrainLoop:
         calls it, rank 0 writes)."""
         extra = {
             "seed": self.cfg.seed,
-            "data_generation": self.cfg.data_generation,
+            "data_generation": self.cfg.data_source,
             "learning_rate": self.cfg.learning_rate,
         }
         save_model_checkpoint(self.cfg.save_model, self.model, step, epoch, batch_in_epoch, extra)
@@ -479,6 +484,11 @@ def _format_eval(split: str, step: int, m: dict) -> str:
         f"{split} at step {step}: auc {m['auc']:.4f}  logloss {m['logloss']:.4f}  "
         f"accuracy {m['accuracy']:.4f}  ({m['samples']} samples)"
     )
+
+
+def run_header(cfg: TrainConfig, mcfg: DLRMConfig) -> str:
+    """The run's first line: the model, the data and the batch size."""
+    return f"numbadlrm: {describe(mcfg)}; data {cfg.data_source}, batch {cfg.mini_batch_size}"
 
 
 def describe(mcfg: DLRMConfig) -> str:

@@ -1,5 +1,6 @@
 """The training loop and the command line: metrics, checkpoints, exact resume, data paths."""
 
+import argparse
 import json
 import time
 
@@ -214,8 +215,11 @@ def test_dataset_training_predict_and_plot(tmp_path, capsys):
         "10",
     ]
     assert main(args) == 0, capsys.readouterr().err
+    header = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("numbadlrm:"))
+    assert "; data dataset, batch 64" in header  # --data-set trains on the dataset
     saved = load_checkpoint(ckpt)
     assert saved.config.embedding_sizes == (97,) * 26  # table sizes come from the data
+    assert saved.extra["data_generation"] == "dataset"
     assert saved.step == 1200 // 64  # days 0-5 of 1400 rows, full batches
     preds = tmp_path / "p.txt"
     assert (
@@ -280,3 +284,19 @@ def test_cli_train_and_errors(tmp_path, capsys):
         )
     assert main(["train", "--load-model", str(tmp_path / "none.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_version_and_every_option_has_help(capsys):
+    from numbadlrm import __version__
+    from numbadlrm.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"numbadlrm {__version__}"
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {"train", "preprocess", "predict", "plot", "kernels", "convert"}
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"numbadlrm {name} {action.dest}: no help text"

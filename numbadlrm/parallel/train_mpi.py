@@ -37,7 +37,7 @@ from ..checkpoint import (
 )
 from ..config import DLRMConfig
 from ..threads import set_num_threads
-from ..train import TrainConfig, TrainLoop, describe, open_data
+from ..train import TrainConfig, TrainLoop, open_data, run_header
 from .distributed import DistributedDLRM
 from .partition import plan_placement, sample_ranges
 
@@ -109,7 +109,7 @@ def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
     if cfg.load_model:
         ckpt = load_distributed_checkpoint(cfg.load_model, model)
         position = (ckpt.step, ckpt.epoch, ckpt.batch_in_epoch)
-    log(f"numbadlrm: {describe(mcfg)}; data {cfg.data_generation}, batch {cfg.mini_batch_size}")
+    log(run_header(cfg, mcfg))
     if cfg.kernels:
         log(f"kernels: {model.kernels.describe()}")
     counts = sorted({stop - start for start, stop in split})
