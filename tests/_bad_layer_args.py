@@ -36,7 +36,7 @@ def _strided(*shape):
 
 def _interaction(op):
     layer = Interaction(op, False, T)
-    width = layer.width(D)
+    width = D + (T + 1) * T // 2 if op == "dot" else (T + 1) * D  # D + P, or F * D
     good = {"out": _f(B, width), "x": _f(B, D), "emb": _f(T, B, D)}
     grads = {"dx": _f(B, D), "demb": _f(T, B, D), "dout": _f(B, width)}
     bad = {
