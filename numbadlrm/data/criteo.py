@@ -70,8 +70,10 @@ from numbadlrm.data.dataset import (
     NUM_CATEGORICAL,
     NUM_DENSE,
     PART_FILES,
+    part_bytes,
     part_path,
 )
+from numbadlrm.files import ArrayWriter, write_json_atomic
 from numbadlrm.kernels.parse import (
     ERR_FIELDS,
     ERR_HEX,
@@ -298,12 +300,6 @@ def _read_marker(path: Path) -> dict | None:
         return None
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _part_is_finished(out: Path, name: str, identity: dict, key: dict) -> dict | None:
     """The marker of a finished part whose source and options still match, else None."""
     marker = _read_marker(out / f"{name}.json")
@@ -311,10 +307,9 @@ def _part_is_finished(out: Path, name: str, identity: dict, key: dict) -> dict |
         return None
     if any(marker.get(k) != v for k, v in identity.items()):
         return None
-    for kind, (_, dtype, cols) in PART_FILES.items():
-        expected = marker["rows"] * max(cols, 1) * np.dtype(dtype).itemsize
+    for kind in PART_FILES:
         p = part_path(out, name, kind)
-        if not p.is_file() or p.stat().st_size != expected:
+        if not p.is_file() or p.stat().st_size != part_bytes(marker["rows"], kind):
             return None
     return marker
 
@@ -322,39 +317,37 @@ def _part_is_finished(out: Path, name: str, identity: dict, key: dict) -> dict |
 def write_part(
     out: Path, name: str, path: Path, options: PreprocessOptions, vocab, bar: tqdm
 ) -> dict:
-    """Convert one raw file into the part's three arrays (tmp files renamed at the end)."""
-    finals = {kind: part_path(out, name, kind) for kind in PART_FILES}
-    tmps = {kind: p.with_name(p.name + ".tmp") for kind, p in finals.items()}
+    """Convert one raw file into the part's three arrays (tmp files renamed at the end).
+
+    Each file's size is checked against rows x columns x itemsize before any rename.
+    """
     info: dict = {}
     rows = 0
     bar.set_description(f"write {path.name}")
-    try:
-        with contextlib.ExitStack() as stack:
-            files = {kind: stack.enter_context(open(p, "wb")) for kind, p in tmps.items()}
-            chunks = stack.enter_context(contextlib.closing(parsed_chunks(path, options, info)))
-            for parsed in chunks:
-                cat = np.empty(parsed.raw.shape, np.int32)
-                if options.hashing:
-                    hash_ids(cat, parsed.raw, options.max_ind_range)
-                else:
-                    map_vocabulary(cat, parsed.raw, vocab.keys, vocab.offsets)
-                parsed.dense.tofile(files["dense"])
-                cat.tofile(files["categorical"])
-                parsed.labels.tofile(files["labels"])
-                rows += parsed.labels.size
-                bar.update(parsed.labels.size)
-        for kind in PART_FILES:
-            os.replace(tmps[kind], finals[kind])
-    except BaseException:
-        for p in tmps.values():
-            p.unlink(missing_ok=True)
-        raise
+    with contextlib.ExitStack() as stack:
+        files = {k: stack.enter_context(ArrayWriter(part_path(out, name, k))) for k in PART_FILES}
+        chunks = stack.enter_context(contextlib.closing(parsed_chunks(path, options, info)))
+        for parsed in chunks:
+            cat = np.empty(parsed.raw.shape, np.int32)
+            if options.hashing:
+                hash_ids(cat, parsed.raw, options.max_ind_range)
+            else:
+                map_vocabulary(cat, parsed.raw, vocab.keys, vocab.offsets)
+            files["dense"].write(parsed.dense)
+            files["categorical"].write(cat)
+            files["labels"].write(parsed.labels)
+            rows += parsed.labels.size
+            bar.update(parsed.labels.size)
+        for kind, writer in files.items():
+            writer.finish(part_bytes(rows, kind))
+        for writer in files.values():
+            writer.commit()
     return {"name": name, "rows": rows, **info}
 
 
 def _finish_part(out: Path, marker: dict) -> None:
     """Write the marker that makes a part count as finished (tests patch this to crash)."""
-    _write_json_atomic(out / f"{marker['name']}.json", marker)
+    write_json_atomic(out / f"{marker['name']}.json", marker)
 
 
 # ---------------------------------------------------------------- vocabulary (min-count)
@@ -510,7 +503,7 @@ def preprocess(
         markers = _run_parts(out, names, paths, key, bar, options=options, vocab=vocab)
     table_sizes = vocab.table_sizes if vocab else [options.max_ind_range] * NUM_CATEGORICAL
     metadata = _metadata(names, markers, table_sizes, options)
-    _write_json_atomic(out / METADATA_FILE, metadata)
+    write_json_atomic(out / METADATA_FILE, metadata)
     return metadata
 
 
@@ -528,7 +521,7 @@ def _run_parts(out, names, paths, key, bar, options=None, vocab=None, counting=N
                 info = write_part(out, name, path, options, vocab, bar)
             marker = {**info, **identity, "options": key}
             if counting:
-                _write_json_atomic(marker_dir / f"{name}.json", marker)
+                write_json_atomic(marker_dir / f"{name}.json", marker)
             else:
                 _finish_part(out, marker)
         markers.append(marker)

@@ -59,6 +59,12 @@ def part_path(directory: Path, part: str, kind: str) -> Path:
     return Path(directory) / (part + PART_FILES[kind][0])
 
 
+def part_bytes(rows: int, kind: str) -> int:
+    """Size in bytes of one array of a part of ``rows`` rows."""
+    _, dtype, cols = PART_FILES[kind]
+    return rows * max(cols, 1) * np.dtype(dtype).itemsize
+
+
 @dataclass(frozen=True)
 class Rows:
     """A range of rows: dense (N, 13) float32, categorical (N, 26) int32, labels (N,) float32."""
@@ -110,7 +116,7 @@ def _open_part(directory: Path, part: dict) -> tuple[np.ndarray, np.ndarray, np.
         _, dtype, cols = PART_FILES[kind]
         shape = (rows, cols) if cols else (rows,)
         path = part_path(directory, part["name"], kind)
-        expected = rows * max(cols, 1) * np.dtype(dtype).itemsize
+        expected = part_bytes(rows, kind)
         if not path.is_file() or path.stat().st_size != expected:
             raise ValueError(f"{path}: missing or not {expected} bytes; preprocess again")
         if rows == 0:

@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     except (CriteoError, ValueError) as exc:
         print(f"numbadlrm preprocess: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a WriteError names the path; finished parts are kept
+        print(f"numbadlrm preprocess: error: {exc}; rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         print("numbadlrm preprocess: interrupted; rerun the same command to resume",
               file=sys.stderr)  # fmt: skip
