@@ -13,6 +13,7 @@ and every array; any mismatch or corruption raises CheckpointError naming the pr
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DLRMConfig
+from .files import remove_stale, write_error
 
 FORMAT = "numbadlrm-checkpoint"
 VERSION = 1
@@ -43,10 +45,15 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
-    """Write atomically: temporary file in the same directory, fsync, rename."""
+    """Write atomically: temporary file in the same directory, fsync, rename.
+
+    Temporary files a killed earlier save of this path left behind are removed first;
+    a failed write removes its own and raises a WriteError naming the path.
+    """
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise CheckpointError(f"checkpoint: directory {path.parent} does not exist")
+    remove_stale_tmp(path)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -64,9 +71,19 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> None:
+    """Remove ``.NAME.XXXXXXXX.tmp`` files (save_checkpoint's temporary names for this
+    path) left by a killed run; the 8 characters are mkstemp's, so no other name matches."""
+    path = Path(path)
+    remove_stale(path.parent, (f".{glob.escape(path.name)}.{'?' * 8}.tmp",))
 
 
 def save_model_checkpoint(

@@ -3,7 +3,8 @@
 Every file numbadlrm writes (preprocessed arrays, markers, metadata, vocabulary counts,
 checkpoints, predictions) goes to a temporary name next to its final path, is checked,
 flushed to disk (fsync) and renamed into place; on any failure the temporary file is
-removed. A full disk becomes a :class:`WriteError` naming the path.
+removed. A rerun after a kill removes the temporary files the killed run left behind
+(:func:`remove_stale`). A full disk becomes a :class:`WriteError` naming the path.
 
 Why arrays are not written with ``ndarray.tofile``: it writes through C stdio on a
 duplicate of the file descriptor and ignores a failing ``fclose``, so on a full disk
@@ -19,6 +20,7 @@ import contextlib
 import errno
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +135,38 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_json_atomic(path: str | os.PathLike, value: dict) -> None:
     write_bytes_atomic(path, (json.dumps(value, indent=1) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """An open file under ``path``'s temporary name, renamed into place (after a flush
+    and fsync) when the block ends normally, removed when it raises.
+
+    For writers that need a file object (np.savez); OSErrors become WriteErrors.
+    """
+    path = Path(path)
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale(directory: str | os.PathLike, patterns: tuple[str, ...]) -> list[Path]:
+    """Remove the temporary files matching ``patterns`` (globs) that a killed run left."""
+    removed = []
+    for pattern in patterns:
+        for p in Path(directory).glob(pattern):
+            if p.is_file() or p.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed

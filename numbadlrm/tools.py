@@ -9,6 +9,7 @@ numbadlrm convert m.pt --from-torch m.npz       (config inferred from the tensor
 
 from __future__ import annotations
 
+import glob
 import json
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import DLRMConfig, num_pairs
+from .files import atomic_file, remove_stale, tmp_path
 from .model import DLRM
 
 
@@ -33,6 +35,8 @@ def predict_to_file(
     from .data.criteo import PreprocessOptions, preprocess
     from .data.dataset import ProcessedData
 
+    out = Path(output)
+    remove_stale(out.parent, (glob.escape(tmp_path(out).name), f".{glob.escape(out.name)}.tmp"))
     ckpt = load_checkpoint(ckpt_path)
     model = DLRM(ckpt.config)
     model.load_state_dict(ckpt.state)
@@ -47,13 +51,11 @@ def predict_to_file(
             processed, split = tmp, "train"
         data = ProcessedData(processed)
         rows = 0
-        tmp_out = Path(output).with_name(f".{Path(output).name}.tmp")
-        with open(tmp_out, "w") as f:
+        with atomic_file(output, "w") as f:  # removed if anything fails
             for batch in data.split(split).batches(batch_size, shuffle=False):
                 probs = model.predict(batch)
                 f.write("".join(f"{p:.6f}\n" for p in probs))
                 rows += len(probs)
-        tmp_out.replace(output)
     return rows
 
 

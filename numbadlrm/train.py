@@ -19,7 +19,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .batch import Batch
-from .checkpoint import check_compatible, load_checkpoint, save_model_checkpoint
+from .checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    remove_stale_tmp,
+    save_model_checkpoint,
+)
 from .config import DLRMConfig
 from .data.background import prefetch
 from .data.criteo import preprocess_for_training
@@ -330,6 +335,8 @@ class TrainLoop:
         self.cfg, self.model, self.source, self.mcfg = cfg, model, source, mcfg
         self.log, self.root = log, root
         self.metrics = MetricsLog(cfg.metrics_file if root else "")
+        if root and cfg.save_model:
+            remove_stale_tmp(cfg.save_model)  # a killed earlier run's half-written checkpoints
 
     def run(self, step: int, epoch: int, batch_in_epoch: int) -> dict:
         cfg = self.cfg

@@ -53,7 +53,6 @@ import contextlib
 import gzip
 import hashlib
 import json
-import os
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -73,7 +72,7 @@ from numbadlrm.data.dataset import (
     part_bytes,
     part_path,
 )
-from numbadlrm.files import ArrayWriter, write_json_atomic
+from numbadlrm.files import ArrayWriter, atomic_file, remove_stale, write_json_atomic
 from numbadlrm.kernels.parse import (
     ERR_FIELDS,
     ERR_HEX,
@@ -391,10 +390,8 @@ def count_part(out: Path, name: str, path: Path, options: PreprocessOptions, bar
         bar.update(parsed.labels.size)
     arrays = {f"keys{t}": k for t, (k, _) in enumerate(tables)}
     arrays.update({f"counts{t}": c for t, (_, c) in enumerate(tables)})
-    final = out / "counts" / f"{name}.npz"
-    tmp = final.with_name(f"{name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, final)
+    with atomic_file(out / "counts" / f"{name}.npz") as f:
+        np.savez(f, **arrays)
     return {"name": name, "rows": rows, **info}
 
 
@@ -410,9 +407,8 @@ def build_vocabulary(out: Path, names: list[str], min_count: int) -> Vocabulary:
     offsets = np.concatenate([[0], np.cumsum([k.size for k in per_table])]).astype(np.int64)
     keys = np.concatenate(per_table).astype(np.int64)
     digest = hashlib.sha256(keys.tobytes() + offsets.tobytes()).hexdigest()
-    tmp = out / "vocabulary.tmp.npz"
-    np.savez(tmp, **{f"C{t + 1}": k for t, k in enumerate(per_table)})
-    os.replace(tmp, out / "vocabulary.npz")
+    with atomic_file(out / "vocabulary.npz") as f:
+        np.savez(f, **{f"C{t + 1}": k for t, k in enumerate(per_table)})
     return Vocabulary(keys, offsets, digest)
 
 
@@ -463,9 +459,15 @@ def _check_inputs(sources: list[Path], options: PreprocessOptions) -> None:
         raise CriteoError("split 'days' needs at least two day files (the last is held out)")
 
 
+# temporary files of a killed run (and the names older versions used), removed at start
+STALE_TMP = ("part-*.tmp", "metadata.json.tmp", "vocabulary.npz.tmp", "vocabulary.tmp.npz",
+             "counts/part-*.tmp", "counts/part-*.tmp.npz")  # fmt: skip
+
+
 def _prepare_out_dir(out: Path) -> None:
     try:
         (out / "counts").mkdir(parents=True, exist_ok=True)
+        remove_stale(out, STALE_TMP)
         probe = out / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
