@@ -7,6 +7,7 @@ DLRM's flags (``arch_mlp_bot`` is ``--arch-mlp-bot``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import time
@@ -30,6 +31,7 @@ from .data.background import prefetch
 from .data.criteo import preprocess_for_training
 from .data.dataset import ProcessedData
 from .data.synthetic import Teacher, batch_stream
+from .memory import check_memory, estimate
 from .metrics import evaluate_predictions
 from .model import DLRM, kernel_choice
 from .threads import set_num_threads
@@ -206,8 +208,20 @@ class SyntheticSource:
 
     def __init__(self, cfg: TrainConfig, mcfg: DLRMConfig):
         self.cfg, self.mcfg = cfg, mcfg
-        self.teacher = Teacher(mcfg) if cfg.data_generation == "synthetic" else None
         self.num_batches = cfg.num_batches or DEFAULT_SYNTHETIC_BATCHES
+
+    @functools.cached_property
+    def teacher(self) -> Teacher | None:
+        """Built on first use, so the memory check runs before its per-row arrays exist."""
+        return Teacher(self.mcfg) if self.cfg.data_generation == "synthetic" else None
+
+    def memory_need(self) -> tuple[str, int] | None:
+        """(what, bytes) the generator holds: the teacher's 20 bytes per table row, and
+        40 per row of the largest table while it is drawn (float64)."""
+        if self.cfg.data_generation != "synthetic":
+            return None
+        rows = self.mcfg.embedding_sizes
+        return "synthetic data generator", 20 * sum(rows) + 40 * max(rows)
 
     def _stream(self, num_batches: int, batch_size: int, seed: int) -> Iterator[Batch]:
         c = self.cfg
@@ -255,6 +269,10 @@ class DatasetSource:
                 f"one batch of {cfg.mini_batch_size}"
             )
         self.num_batches = min(cfg.num_batches, full) if cfg.num_batches else full
+
+    def memory_need(self) -> tuple[str, int]:
+        """(what, bytes): a shuffle window of 4096 x 64 rows of 160 bytes, about 4 copies."""
+        return "dataset loader", 4 * 4096 * 64 * 160
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """The epoch's batches from start_batch on (the split's loader prefetches)."""
@@ -305,6 +323,8 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     if cfg.threads:
         set_num_threads(cfg.threads)
     source, mcfg = open_data(cfg, log)
+    batch_sizes = (cfg.mini_batch_size, cfg.test_mini_batch_size)
+    check_memory(estimate(mcfg, batch_sizes, source.memory_need()))
     model = DLRM(mcfg, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels)
     position = load_into(model, cfg.load_model, mcfg) if cfg.load_model else (0, 0, 0)
     log(f"numbadlrm: {describe(mcfg)}; data {cfg.data_generation}, batch {cfg.mini_batch_size}")
