@@ -25,6 +25,7 @@ import numpy as np
 
 from .config import DLRMConfig
 from .files import remove_stale, write_error
+from .model import state_dict_shapes
 
 FORMAT = "numbadlrm-checkpoint"
 VERSION = 1
@@ -119,31 +120,139 @@ def save_model_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and check a checkpoint: the __meta__ schema, then every array's npy header
+    (shape, dtype, size) against the config, before any array is read."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint: {path} does not exist")
     try:
+        with zipfile.ZipFile(path) as archive:
+            headers = _array_headers(archive, path)
+            meta = _read_meta(archive, path, headers)
+        config = _check_meta(meta, path)
+        _check_arrays(headers, state_dict_shapes(config), meta["names"], path)
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["__meta__"]))
-            if meta.get("format") != FORMAT:
-                raise CheckpointError(f"checkpoint: {path} is not a numbadlrm checkpoint")
-            if meta.get("version") != VERSION:
-                raise CheckpointError(
-                    f"checkpoint: {path} has format version {meta.get('version')}, "
-                    f"this numbadlrm reads version {VERSION}"
-                )
             state = {name: data[name] for name in meta["names"]}
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint: {path} is corrupt or truncated ({exc})") from None
-    try:
-        config = DLRMConfig.from_dict(meta["config"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint: {path} holds an invalid model config: {exc}") from None
     return Checkpoint(
         config, state, meta["step"], meta["epoch"], meta["batch_in_epoch"], meta.get("extra", {})
     )
+
+
+# __meta__ field -> type; "extra" may be absent
+_META_FIELDS = {
+    "format": str, "version": int, "config": dict, "step": int, "epoch": int,
+    "batch_in_epoch": int, "names": list, "extra": dict,
+}  # fmt: skip
+
+
+def _array_headers(archive: zipfile.ZipFile, path: Path) -> dict[str, tuple]:
+    """{array name: (shape, dtype)} from each member's npy header, after checking that
+    the member holds exactly the bytes its header promises (so no read allocates more)."""
+    size = path.stat().st_size
+    headers = {}
+    for info in archive.infolist():
+        name = info.filename.removesuffix(".npy")
+        where = f"checkpoint: {path}: array {name!r}"
+        if not info.filename.endswith(".npy") or info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{where} is not an uncompressed .npy member")
+        if info.file_size > size:
+            raise CheckpointError(f"{where} claims {info.file_size} bytes, more than the file")
+        with archive.open(info) as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}[version]  # fmt: skip
+                shape, _, dtype = read(f)
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"{where} has an unreadable npy header ({exc})") from None
+            data_bytes = info.file_size - f.tell()
+        if dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize != data_bytes:
+            raise CheckpointError(
+                f"{where}: its header says shape {shape} of {dtype}, the member holds "
+                f"{data_bytes} bytes of data"
+            )
+        headers[name] = (tuple(shape), dtype)
+    return headers
+
+
+def _read_meta(archive: zipfile.ZipFile, path: Path, headers: dict) -> dict:
+    shape, dtype = headers.get("__meta__", (None, None))
+    if shape != () or dtype.kind != "U":
+        raise CheckpointError(f"checkpoint: {path} has no __meta__ string (not a checkpoint?)")
+    with archive.open("__meta__.npy") as f:
+        text = str(np.lib.format.read_array(f, allow_pickle=False))
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint: {path}: __meta__ is not JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint: {path}: __meta__ is not a JSON object")
+    return meta
+
+
+def _check_meta(meta: dict, path: Path) -> DLRMConfig:
+    """The __meta__ schema (format, version, field types, positions >= 0); the config."""
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint: {path} is not a numbadlrm checkpoint")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint: {path} has format version {meta.get('version')!r}, "
+            f"this numbadlrm reads version {VERSION}"
+        )
+    for key, kind in _META_FIELDS.items():
+        if key not in meta:
+            if key == "extra":
+                continue
+            raise CheckpointError(f"checkpoint: {path}: __meta__ lacks the field {key!r}")
+        value = meta[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(
+                f"checkpoint: {path}: __meta__ field {key!r} must be {kind.__name__}, "
+                f"got {type(value).__name__} {_short(value)}"
+            )
+        if kind is int and value < 0:
+            raise CheckpointError(f"checkpoint: {path}: __meta__ field {key!r} is {value} < 0")
+    names = meta["names"]
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise CheckpointError(
+            f"checkpoint: {path}: __meta__ field 'names' must list distinct strings, "
+            f"got {_short(names)}"
+        )
+    try:
+        return DLRMConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint: {path} holds an invalid model config: {exc}") from None
+
+
+def _check_arrays(headers: dict, shapes: dict, names: list, path: Path) -> None:
+    """names = the config's parameters, each header float32 of the config's shape."""
+    missing, unexpected = sorted(set(shapes) - set(names)), sorted(set(names) - set(shapes))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint: {path}: its parameter names do not fit its config: missing "
+            f"{missing or 'none'}, unexpected {unexpected or 'none'}"
+        )
+    stray = sorted(set(headers) - set(names) - {"__meta__"})
+    if stray:
+        raise CheckpointError(f"checkpoint: {path}: unexpected arrays {stray}")
+    for name in names:
+        if name not in headers:
+            raise CheckpointError(f"checkpoint: {path}: array {name!r} is missing")
+        shape, dtype = headers[name]
+        if shape != tuple(shapes[name]) or dtype != np.float32:
+            raise CheckpointError(
+                f"checkpoint: {path}: array {name!r} is {shape} {dtype}, its config needs "
+                f"{tuple(shapes[name])} float32"
+            )
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_compatible(ckpt: Checkpoint, config: DLRMConfig, path: str | os.PathLike) -> None:
