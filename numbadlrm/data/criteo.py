@@ -63,15 +63,13 @@ from tqdm import tqdm
 
 from numbadlrm.data.background import prefetch
 from numbadlrm.data.dataset import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    METADATA_FILE,
     NUM_CATEGORICAL,
     NUM_DENSE,
     PART_FILES,
     part_bytes,
     part_path,
 )
+from numbadlrm.data.metadata import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, read_metadata
 from numbadlrm.files import ArrayWriter, atomic_file, remove_stale, write_json_atomic
 from numbadlrm.kernels.parse import (
     ERR_FIELDS,
@@ -630,17 +628,18 @@ def preprocess_for_training(
 
 
 def _finished_matches(out: Path, sources: list[Path], options: PreprocessOptions) -> bool:
-    meta = _read_marker(out / METADATA_FILE)
-    if meta is None or meta.get("format_version") != FORMAT_VERSION:
+    try:
+        meta = read_metadata(out / METADATA_FILE)
+    except (OSError, ValueError):  # missing, unfinished or malformed: preprocess again
         return False
     if len(meta["parts"]) != len(sources):
         return False
-    used = meta["options"]
+    used = meta.get("options", {})
     if any(used.get(k) != v for k, v in options.output_key().items()):
         return False
     if used.get("split") != options.split:
         return False
     for part, src in zip(meta["parts"], sources, strict=True):
-        if not src.is_file() or any(part[k] != v for k, v in _source_identity(src).items()):
+        if not src.is_file() or any(part.get(k) != v for k, v in _source_identity(src).items()):
             return False
     return True

@@ -28,7 +28,6 @@ ahead of the consumer; stopping early (``break``, ``close()``) stops that thread
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +37,9 @@ import numpy as np
 
 from numbadlrm.batch import Batch
 from numbadlrm.data.background import prefetch
+from numbadlrm.data.metadata import METADATA_FILE, SPLITS, read_metadata
 from numbadlrm.kernels.parse import NUM_CATEGORICAL, NUM_DENSE  # I1..I13, C1..C26
 
-FORMAT_NAME = "numbadlrm-criteo"
-FORMAT_VERSION = 1
-METADATA_FILE = "metadata.json"
-SPLITS = ("train", "validation", "test")
 # part file suffix -> (dtype, columns); columns 0 means a 1-D array
 PART_FILES = {
     "dense": (".dense.f32", np.float32, NUM_DENSE),
@@ -87,15 +83,7 @@ class ProcessedData:
             raise FileNotFoundError(
                 f"{self.directory}: no {METADATA_FILE}; preprocessing is missing or unfinished"
             )
-        self.metadata = json.loads(meta_path.read_text())
-        if self.metadata.get("format") != FORMAT_NAME:
-            raise ValueError(f"{meta_path}: not a {FORMAT_NAME} metadata file")
-        version = self.metadata.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path}: format version {version}, this numbadlrm reads {FORMAT_VERSION}; "
-                "preprocess the raw files again"
-            )
+        self.metadata = read_metadata(meta_path)  # schema and split ranges checked
         self.table_sizes: tuple[int, ...] = tuple(self.metadata["table_sizes"])
         self.num_dense: int = self.metadata["num_dense"]
         self._parts = {p["name"]: _open_part(self.directory, p) for p in self.metadata["parts"]}
