@@ -188,13 +188,15 @@ class MetricsLog:
             self._file.close()
 
 
-def evaluate(model: DLRM, batches: Iterable[Batch]) -> dict[str, float]:
+def evaluate(model: DLRM, batches: Iterable[Batch], name: str = "evaluation") -> dict[str, float]:
     """AUC, log loss and accuracy of the model's predictions over all batches."""
     probs, labels = [], []
     for batch in batches:
         batch.require_rows(0, batch.batch_size)  # every label is needed
         probs.append(model.predict(batch))
         labels.append(batch.labels)
+    if not probs:
+        raise ValueError(f"{name}: no samples to evaluate (an empty split?)")
     metrics = evaluate_predictions(np.concatenate(labels), np.concatenate(probs))
     metrics["samples"] = int(sum(len(x) for x in labels))
     return metrics
@@ -269,6 +271,15 @@ class DatasetSource:
                 f"one batch of {cfg.mini_batch_size}"
             )
         self.num_batches = min(cfg.num_batches, full) if cfg.num_batches else full
+        evaluated = ("test",) if cfg.inference_only or not cfg.test_freq else ("validation", "test")
+        for split in evaluated:  # refuse now, not after training
+            if len(data.split(split)) == 0:
+                when = "at the end" if split == "test" else "every --test-freq steps"
+                raise ValueError(
+                    f"processed_data_file: the {split} split of {data.directory} has no rows, "
+                    f"and the run evaluates it {when}; preprocess with --split-fractions that "
+                    f"give it rows" + (" or use --test-freq 0" if split == "validation" else "")
+                )
 
     def memory_need(self) -> tuple[str, int]:
         """(what, bytes): a shuffle window of 4096 x 64 rows of 160 bytes, about 4 copies."""
@@ -373,7 +384,7 @@ class TrainLoop:
         return {**final, "model": self.model, "steps": step}
 
     def evaluate(self, split: str, step: int) -> dict:
-        result = evaluate(self.model, self.source.eval_batches(split))
+        result = evaluate(self.model, self.source.eval_batches(split), f"{split} split")
         self.metrics.write({"step": step, "split": split, **result})
         self.log(_format_eval(split, step, result))
         return result
