@@ -3,6 +3,7 @@ training; a model whose predictions collapse to a constant is reported."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,33 @@ def test_an_empty_validation_split_matters_only_with_test_freq(tmp_path, monkeyp
 def test_evaluate_an_empty_stream():
     with pytest.raises(ValueError, match="test split: no samples to evaluate"):
         evaluate(None, iter([]), "test split")
+
+
+def _run_default_model(tmp_path: Path, lr: float) -> tuple[list[str], list[dict]]:
+    """The default model and data, 300 steps, validation at step 150 and test at the end."""
+    metrics = tmp_path / f"m{lr}.jsonl"
+    lines: list[str] = []
+    cfg = TrainConfig(
+        learning_rate=lr, num_batches=300, test_freq=150, test_num_batches=2,
+        progress=False, metrics_file=str(metrics),
+    )  # fmt: skip
+    run_training(cfg, log=lines.append)
+    return lines, [json.loads(x) for x in metrics.read_text().splitlines()]
+
+
+def test_a_collapsed_model_is_reported(tmp_path):
+    lines, records = _run_default_model(tmp_path, 3.0)
+    warnings = [ln for ln in lines if ln.startswith("warning:")]
+    assert len(warnings) == 3, lines  # validation at 150 and 300, test at 300
+    assert "at step 300 every test prediction is nearly the same" in warnings[2]
+    assert "try a smaller --learning-rate (this run: 3)" in warnings[2]
+    assert [(r["step"], r["split"]) for r in records if "warning" in r] == [
+        (150, "validation"), (300, "validation"), (300, "test"),
+    ]  # fmt: skip
+
+
+def test_a_healthy_model_is_not(tmp_path):
+    lines, records = _run_default_model(tmp_path, 0.1)
+    assert not [ln for ln in lines if "warning" in ln]
+    assert not [r for r in records if "warning" in r]
+    assert all(r["prediction_std"] > 0.03 for r in records if "auc" in r)
