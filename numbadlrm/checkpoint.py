@@ -5,6 +5,9 @@ Layout (NumPy's uncompressed .npz, readable with ``np.load``):
                         (step, epoch, batch within the epoch), seeds, options used
     <param name>        one array per state_dict entry (bottom_mlp.0.weight, ...,
                         embeddings.{t}.weight), float32
+    __vocab__.C1 ..     trained on a --min-count dataset: its vocabulary (each table's
+                        frequent raw ids, int64), so predict maps raw ids as training did;
+                        __meta__'s "preprocessing" holds max_ind_range / min_count
 
 The file is written under a temporary name in the same directory and renamed into place,
 so a crash never leaves a file that looks complete. Loading checks the format, the config
@@ -24,11 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from .config import DLRMConfig
+from .data.vocabulary import Vocabulary
 from .files import remove_stale, write_error
+from .kernels.parse import NUM_CATEGORICAL
 from .model import state_dict_shapes
 
 FORMAT = "numbadlrm-checkpoint"
 VERSION = 1
+VOCAB = "__vocab__."  # prefix of the vocabulary arrays
 
 
 class CheckpointError(ValueError):
@@ -43,6 +49,10 @@ class Checkpoint:
     epoch: int = 0
     batch_in_epoch: int = 0
     extra: dict = field(default_factory=dict)  # seeds, options: informational
+    # how the training data's ids were made: {"max_ind_range": N, "min_count": K}, and
+    # with min_count (max_ind_range 0) the vocabulary; None when not trained on a dataset
+    preprocessing: dict | None = None
+    vocabulary: Vocabulary | None = None
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
@@ -65,10 +75,17 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         "extra": ckpt.extra,
         "names": sorted(ckpt.state),
     }
+    arrays = dict(ckpt.state)
+    if ckpt.preprocessing is not None:
+        prep = {k: int(ckpt.preprocessing[k]) for k in ("max_ind_range", "min_count")}
+        if ckpt.vocabulary is not None:
+            prep["vocabulary_sha256"] = ckpt.vocabulary.digest
+            arrays.update({VOCAB + k: v for k, v in ckpt.vocabulary.tables().items()})
+        meta["preprocessing"] = prep
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, __meta__=np.array(json.dumps(meta)), **ckpt.state)
+            np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -94,8 +111,12 @@ def save_model_checkpoint(
     epoch: int = 0,
     batch_in_epoch: int = 0,
     extra: dict | None = None,
+    preprocessing: dict | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> None:
     """Write ``model``'s checkpoint (DLRM, or the MPI layer's DistributedDLRM).
+
+    preprocessing, vocabulary: see :class:`Checkpoint` (only rank 0's are used).
 
     With a communicator (``model.comm``) this is a collective: every rank calls it, the
     tables are gathered (``state_dict``), rank 0 writes the single-process format, and a
@@ -106,7 +127,9 @@ def save_model_checkpoint(
     comm = getattr(model, "comm", None)
     error = None
     if comm is None or comm.rank == 0:
-        ckpt = Checkpoint(model.config, state, step, epoch, batch_in_epoch, extra or {})
+        ckpt = Checkpoint(
+            model.config, state, step, epoch, batch_in_epoch, extra or {}, preprocessing, vocabulary
+        )
         try:
             save_checkpoint(path, ckpt)
         except (OSError, ValueError) as exc:
@@ -130,16 +153,60 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             headers = _array_headers(archive, path)
             meta = _read_meta(archive, path, headers)
         config = _check_meta(meta, path)
-        _check_arrays(headers, state_dict_shapes(config), meta["names"], path)
+        shapes = {n: (s, np.float32) for n, s in state_dict_shapes(config).items()}
+        vocab_shapes = _check_preprocessing(meta.get("preprocessing"), config, path)
+        _check_arrays(headers, shapes, meta["names"], vocab_shapes, path)
         with np.load(path, allow_pickle=False) as data:
             state = {name: data[name] for name in meta["names"]}
+            vocab = [data[name] for name in vocab_shapes]
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint: {path} is corrupt or truncated ({exc})") from None
-    return Checkpoint(
-        config, state, meta["step"], meta["epoch"], meta["batch_in_epoch"], meta.get("extra", {})
+    prep = meta.get("preprocessing")
+    vocabulary = _vocabulary(vocab, prep, path) if vocab else None
+    if prep is not None:
+        prep = {k: prep[k] for k in ("max_ind_range", "min_count")}
+    position = (meta["step"], meta["epoch"], meta["batch_in_epoch"])
+    return Checkpoint(config, state, *position, meta.get("extra", {}), prep, vocabulary)
+
+
+def _check_preprocessing(prep, config: DLRMConfig, path: Path) -> dict[str, tuple]:
+    """Check __meta__'s "preprocessing" against the config; {vocab array: (shape, dtype)}."""
+    if prep is None:
+        return {}
+    where = f"checkpoint: {path}: __meta__ field 'preprocessing'"
+    ok = isinstance(prep, dict) and all(
+        isinstance(prep.get(k), int) and not isinstance(prep.get(k), bool) and prep[k] >= 0
+        for k in ("max_ind_range", "min_count")
     )
+    if not ok:
+        raise CheckpointError(
+            f"{where} needs integers max_ind_range and min_count >= 0, got {_short(prep)}"
+        )
+    sizes = config.embedding_sizes
+    if prep["max_ind_range"] > 0:
+        if any(n != prep["max_ind_range"] for n in sizes):
+            raise CheckpointError(
+                f"{where}: max_ind_range {prep['max_ind_range']}, but the tables have "
+                f"{list(sizes)} rows"
+            )
+        return {}
+    if len(sizes) != NUM_CATEGORICAL or not isinstance(prep.get("vocabulary_sha256"), str):
+        raise CheckpointError(
+            f"{where}: a vocabulary needs {NUM_CATEGORICAL} tables and its sha256"
+        )
+    return {f"{VOCAB}C{t + 1}": ((n - 2,), np.int64) for t, n in enumerate(sizes)}
+
+
+def _vocabulary(tables: list[np.ndarray], prep: dict, path: Path) -> Vocabulary:
+    try:
+        vocab = Vocabulary.from_tables(tables)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint: {path}: {exc}") from None
+    if vocab.digest != prep["vocabulary_sha256"]:
+        raise CheckpointError(f"checkpoint: {path}: the vocabulary does not match its sha256")
+    return vocab
 
 
 # __meta__ field -> type; "extra" may be absent
@@ -228,25 +295,27 @@ def _check_meta(meta: dict, path: Path) -> DLRMConfig:
         raise CheckpointError(f"checkpoint: {path} holds an invalid model config: {exc}") from None
 
 
-def _check_arrays(headers: dict, shapes: dict, names: list, path: Path) -> None:
-    """names = the config's parameters, each header float32 of the config's shape."""
+def _check_arrays(headers: dict, shapes: dict, names: list, others: dict, path: Path) -> None:
+    """names = the config's parameters; every header (parameters and ``others``) has the
+    shape and dtype the config gives it; no other arrays."""
     missing, unexpected = sorted(set(shapes) - set(names)), sorted(set(names) - set(shapes))
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint: {path}: its parameter names do not fit its config: missing "
             f"{missing or 'none'}, unexpected {unexpected or 'none'}"
         )
-    stray = sorted(set(headers) - set(names) - {"__meta__"})
+    expected = {**shapes, **others}
+    stray = sorted(set(headers) - set(expected) - {"__meta__"})
     if stray:
         raise CheckpointError(f"checkpoint: {path}: unexpected arrays {stray}")
-    for name in names:
+    for name, (shape, dtype) in expected.items():
         if name not in headers:
             raise CheckpointError(f"checkpoint: {path}: array {name!r} is missing")
-        shape, dtype = headers[name]
-        if shape != tuple(shapes[name]) or dtype != np.float32:
+        got_shape, got_dtype = headers[name]
+        if got_shape != tuple(shape) or got_dtype != dtype:
             raise CheckpointError(
-                f"checkpoint: {path}: array {name!r} is {shape} {dtype}, its config needs "
-                f"{tuple(shapes[name])} float32"
+                f"checkpoint: {path}: array {name!r} is {got_shape} {got_dtype}, its config "
+                f"needs {tuple(shape)} {np.dtype(dtype)}"
             )
 
 

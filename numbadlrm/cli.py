@@ -64,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--processed-data-file", default="", help="a preprocessed directory")
     pred.add_argument("--split", default="test", choices=("train", "validation", "test"))
     pred.add_argument("--raw-data-file", nargs="*", default=[], help="raw labelled TSV files")
-    pred.add_argument("--max-ind-range", type=int, default=0, help="as used for training")
+    pred.add_argument(
+        "--max-ind-range",
+        type=int,
+        default=0,
+        help="only for a checkpoint that does not record its data's preprocessing "
+        "(one trained on a dataset does, and a different value is refused)",
+    )
     pred.add_argument("--test-mini-batch-size", type=int, default=4096)
     pred.add_argument("--output", required=True, help="text file, one probability a line")
     plot = sub.add_parser("plot", help="draw loss and AUC curves from a metrics file")

@@ -238,6 +238,9 @@ class SyntheticSource:
         """Built on first use, so the memory check runs before its per-row arrays exist."""
         return Teacher(self.mcfg) if self.cfg.data_generation == "synthetic" else None
 
+    def preprocessing(self) -> tuple[None, None]:
+        return None, None  # no raw ids to map
+
     def memory_need(self) -> tuple[str, int] | None:
         """(what, bytes) the generator holds: the teacher's 20 bytes per table row, and
         40 per row of the largest table while it is drawn (float64)."""
@@ -301,6 +304,10 @@ class DatasetSource:
                     f"and the run evaluates it {when}; preprocess with --split-fractions that "
                     f"give it rows" + (" or use --test-freq 0" if split == "validation" else "")
                 )
+
+    def preprocessing(self):
+        """(options, vocabulary) of the dataset, for the checkpoint (see ProcessedData)."""
+        return self.data.preprocessing()
 
     def memory_need(self) -> tuple[str, int]:
         """(what, bytes): a shuffle window of 4096 x 64 rows of 160 bytes, about 4 copies."""
@@ -422,7 +429,11 @@ class TrainLoop:
             "data_generation": self.cfg.data_generation,
             "learning_rate": self.cfg.learning_rate,
         }
-        save_model_checkpoint(self.cfg.save_model, self.model, step, epoch, batch_in_epoch, extra)
+        # what predict needs to map raw ids as this data was mapped (read by the writer only)
+        prep, vocab = self.source.preprocessing() if self.root else (None, None)
+        save_model_checkpoint(
+            self.cfg.save_model, self.model, step, epoch, batch_in_epoch, extra, prep, vocab
+        )
 
     def _epoch(self, epoch: int, start: int, step: int) -> int:
         """Train batches start.. of one epoch; returns the global step count."""

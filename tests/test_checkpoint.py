@@ -91,7 +91,13 @@ META_CASES = [
     (_set_config("colour", "red"), "invalid model config: missing fields none, unknown fields"),
     (lambda m: m["config"].pop("top_sizes"), "missing fields ['top_sizes']"),
     (lambda m: m["names"].pop(), "do not fit its config: missing ['top_mlp.1.weight']"),
-]
+    (_set("preprocessing", {"max_ind_range": "5", "min_count": 0}),
+     "field 'preprocessing' needs integers max_ind_range and min_count >= 0"),
+    (_set("preprocessing", {"max_ind_range": 9, "min_count": 0}),
+     "'preprocessing': max_ind_range 9, but the tables have [7, 11, 5] rows"),
+    (_set("preprocessing", {"max_ind_range": 0, "min_count": 1}),
+     "'preprocessing': a vocabulary needs 26 tables and its sha256"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("edit", "message"), META_CASES)

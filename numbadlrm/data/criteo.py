@@ -70,6 +70,7 @@ from numbadlrm.data.dataset import (
     part_path,
 )
 from numbadlrm.data.metadata import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, read_metadata
+from numbadlrm.data.vocabulary import Vocabulary, build_vocabulary, merge_counts
 from numbadlrm.files import ArrayWriter, atomic_file, remove_stale, write_json_atomic
 from numbadlrm.kernels.parse import (
     ERR_FIELDS,
@@ -350,29 +351,6 @@ def _finish_part(out: Path, marker: dict) -> None:
 # ---------------------------------------------------------------- vocabulary (min-count)
 
 
-@dataclass
-class Vocabulary:
-    keys: np.ndarray  # all tables' frequent raw ids, sorted within each table
-    offsets: np.ndarray  # (27,) table t's keys are keys[offsets[t]:offsets[t + 1]]
-    digest: str  # sha256 of keys and offsets
-
-    @property
-    def table_sizes(self) -> list[int]:
-        return [2 + int(n) for n in np.diff(self.offsets)]
-
-
-def _merge_counts(keys, counts, new_keys, new_counts):
-    """Add sorted unique (new_keys, new_counts) into sorted (keys, counts)."""
-    pos = np.searchsorted(keys, new_keys)
-    found = pos < keys.size
-    found[found] = keys[pos[found]] == new_keys[found]
-    counts[pos[found]] += new_counts[found]
-    if found.all():
-        return keys, counts
-    new = ~found
-    return np.insert(keys, pos[new], new_keys[new]), np.insert(counts, pos[new], new_counts[new])
-
-
 def count_part(out: Path, name: str, path: Path, options: PreprocessOptions, bar: tqdm) -> dict:
     """Pass 1 of vocabulary mode: count every raw id of one file, saved under counts/."""
     tables = [(np.zeros(0, np.int64), np.zeros(0, np.int64)) for _ in range(NUM_CATEGORICAL)]
@@ -383,7 +361,7 @@ def count_part(out: Path, name: str, path: Path, options: PreprocessOptions, bar
         for t in range(NUM_CATEGORICAL):
             col = parsed.raw[:, t]
             u, c = np.unique(col[col >= 0], return_counts=True)
-            tables[t] = _merge_counts(*tables[t], u, c)
+            tables[t] = merge_counts(*tables[t], u, c)
         rows += parsed.labels.size
         bar.update(parsed.labels.size)
     arrays = {f"keys{t}": k for t, (k, _) in enumerate(tables)}
@@ -391,23 +369,6 @@ def count_part(out: Path, name: str, path: Path, options: PreprocessOptions, bar
     with atomic_file(out / "counts" / f"{name}.npz") as f:
         np.savez(f, **arrays)
     return {"name": name, "rows": rows, **info}
-
-
-def build_vocabulary(out: Path, names: list[str], min_count: int) -> Vocabulary:
-    """Merge every part's counts; keep ids seen at least min_count times."""
-    per_table = []
-    for t in range(NUM_CATEGORICAL):
-        keys, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
-        for name in names:
-            with np.load(out / "counts" / f"{name}.npz") as z:
-                keys, counts = _merge_counts(keys, counts, z[f"keys{t}"], z[f"counts{t}"])
-        per_table.append(keys[counts >= min_count])
-    offsets = np.concatenate([[0], np.cumsum([k.size for k in per_table])]).astype(np.int64)
-    keys = np.concatenate(per_table).astype(np.int64)
-    digest = hashlib.sha256(keys.tobytes() + offsets.tobytes()).hexdigest()
-    with atomic_file(out / "vocabulary.npz") as f:
-        np.savez(f, **{f"C{t + 1}": k for t, k in enumerate(per_table)})
-    return Vocabulary(keys, offsets, digest)
 
 
 # ---------------------------------------------------------------- splits and driver
@@ -480,12 +441,16 @@ def preprocess(
     out_dir: str | Path,
     options: PreprocessOptions | None = None,
     progress: bool = True,
+    vocabulary: Vocabulary | None = None,
 ) -> dict:
     """Raw Criteo files -> a directory that :class:`ProcessedData` opens. Returns the metadata.
 
     Finished parts of an earlier (interrupted) run with the same sources and options are
-    kept, not redone.
+    kept, not redone. ``vocabulary`` (vocabulary mode only): map ids with this one (e.g. a
+    trained model's) instead of counting the inputs.
     """
+    if vocabulary is not None and options is not None and options.hashing:
+        raise ValueError("preprocess: a vocabulary is for --min-count mode, not hashing")
     options = options or PreprocessOptions()
     paths = [Path(s) for s in sources]
     out = Path(out_dir)
@@ -495,10 +460,13 @@ def preprocess(
     names = [f"part-{i:03d}" for i in range(len(paths))]
     key = options.output_key()
     with tqdm(unit=" rows", unit_scale=True, disable=not progress, smoothing=0.05) as bar:
-        vocab = None
-        if not options.hashing:
+        vocab = vocabulary
+        if vocab is not None:
+            vocab.save(out)
+        elif not options.hashing:
             _run_parts(out, names, paths, key, bar, counting=options)
             vocab = build_vocabulary(out, names, key["min_count"])
+        if vocab is not None:
             key = {**key, "vocabulary_sha256": vocab.digest}
         markers = _run_parts(out, names, paths, key, bar, options=options, vocab=vocab)
     table_sizes = vocab.table_sizes if vocab else [options.max_ind_range] * NUM_CATEGORICAL

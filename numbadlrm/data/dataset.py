@@ -38,6 +38,7 @@ import numpy as np
 from numbadlrm.batch import Batch
 from numbadlrm.data.background import prefetch
 from numbadlrm.data.metadata import METADATA_FILE, SPLITS, read_metadata
+from numbadlrm.data.vocabulary import Vocabulary, load_vocabulary
 from numbadlrm.kernels.parse import NUM_CATEGORICAL, NUM_DENSE  # I1..I13, C1..C26
 
 # part file suffix -> (dtype, columns); columns 0 means a 1-D array
@@ -87,6 +88,26 @@ class ProcessedData:
         self.table_sizes: tuple[int, ...] = tuple(self.metadata["table_sizes"])
         self.num_dense: int = self.metadata["num_dense"]
         self._parts = {p["name"]: _open_part(self.directory, p) for p in self.metadata["parts"]}
+
+    def preprocessing(self) -> tuple[dict, Vocabulary | None]:
+        """How the ids were made: ({"max_ind_range": N, "min_count": K}, the vocabulary in
+        --min-count mode, checked against metadata.json's sha256, else None)."""
+        options = self.metadata.get("options")
+        keys = ("max_ind_range", "min_count")
+        if not isinstance(options, dict) or not all(
+            type(options.get(k)) is int and options[k] >= 0 for k in keys
+        ):
+            raise ValueError(
+                f"{self.directory / METADATA_FILE}: key 'options' lacks the integers "
+                "max_ind_range and min_count; preprocess again"
+            )
+        prep = {k: options[k] for k in keys}
+        if prep["max_ind_range"] > 0:
+            return prep, None
+        vocab = load_vocabulary(self.directory, options.get("vocabulary_sha256"))
+        if vocab.table_sizes != list(self.table_sizes):
+            raise ValueError(f"{self.directory}: vocabulary.npz does not fit table_sizes")
+        return prep, vocab
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
