@@ -178,7 +178,10 @@ def config_from_reference_shapes(sd: dict) -> DLRMConfig:
 
 
 def convert(src: str, dst: str, to_torch: bool) -> None:
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("convert needs PyTorch: pip install 'numbadlrm[torch]'") from None
 
     from .torch_dlrm import from_reference_state_dict, to_reference_state_dict
 

@@ -189,6 +189,7 @@ class _Chunk:
     length: int = 0  # bytes of data that belong to this chunk
     sha256: str = ""  # set on the final item
     raw_bytes: int = 0  # decompressed bytes read, set on the final item
+    consumed: int = 0  # bytes of the file (compressed, for .gz) read so far: the progress
 
 
 def read_chunks(path: Path, chunk_bytes: int) -> Iterator[_Chunk]:
@@ -204,14 +205,14 @@ def read_chunks(path: Path, chunk_bytes: int) -> Iterator[_Chunk]:
                 data = leftover + block if leftover else block
                 cut = data.rfind(b"\n") + 1
                 if cut:
-                    yield _Chunk(data, cut)
+                    yield _Chunk(data, cut, consumed=f.tell())
                 leftover = data[cut:]
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise CriteoFormatError(f"{path}: truncated or corrupt gzip file ({exc})") from None
         except OSError as exc:
             raise CriteoError(f"{path}: cannot read: {exc.strerror or exc}") from None
         if leftover:  # no final newline
-            yield _Chunk(leftover, len(leftover))
+            yield _Chunk(leftover, len(leftover), consumed=f.tell())
         while f.read(1 << 20):  # hash any bytes the decompressor did not need
             pass
         yield _Chunk(None, sha256=hashing.sha256.hexdigest(), raw_bytes=total)
@@ -228,6 +229,7 @@ class ParsedChunk:
     raw: np.ndarray  # (L, 26) int64, -1 = empty
     labels: np.ndarray  # (L,) uint8
     skipped: int  # bad lines dropped
+    consumed: int = 0  # bytes of the file read up to this chunk (for the progress bar)
 
 
 def parse_chunk(
@@ -278,6 +280,7 @@ def _parse_all(chunks, path: Path, options: PreprocessOptions, info: dict):
             info.update(sha256=chunk.sha256, lines=lines, bad_lines_skipped=skipped)
             return
         parsed, n = parse_chunk(chunk, path, lines, options.skip_bad_lines)
+        parsed.consumed = chunk.consumed
         lines += n
         skipped += parsed.skipped
         yield parsed
@@ -322,6 +325,7 @@ def write_part(
     info: dict = {}
     rows = 0
     bar.set_description(f"write {path.name}")
+    progress = _FileProgress(bar, path)
     with contextlib.ExitStack() as stack:
         files = {k: stack.enter_context(ArrayWriter(part_path(out, name, k))) for k in PART_FILES}
         chunks = stack.enter_context(contextlib.closing(parsed_chunks(path, options, info)))
@@ -335,12 +339,35 @@ def write_part(
             files["categorical"].write(cat)
             files["labels"].write(parsed.labels)
             rows += parsed.labels.size
-            bar.update(parsed.labels.size)
+            progress.to(parsed.consumed)
+        progress.done()
         for kind, writer in files.items():
             writer.finish(part_bytes(rows, kind))
         for writer in files.values():
             writer.commit()
     return {"name": name, "rows": rows, **info}
+
+
+class _FileProgress:
+    """Moves a bytes bar (one pass over every input) along one file as it is read."""
+
+    def __init__(self, bar: tqdm, path: Path):
+        self.bar, self.size, self.seen = bar, path.stat().st_size, 0
+
+    def to(self, consumed: int) -> None:
+        consumed = min(consumed, self.size)
+        self.bar.update(consumed - self.seen)
+        self.seen = consumed
+
+    def done(self) -> None:
+        self.to(self.size)
+
+
+def _pass_bar(name: str, paths: list[Path], progress: bool) -> tqdm:
+    """One bar per pass ("count", "write") over all inputs: total = their bytes."""
+    total = sum(p.stat().st_size for p in paths)
+    return tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not progress, smoothing=0.05)  # fmt: skip
 
 
 def _finish_part(out: Path, marker: dict) -> None:
@@ -357,13 +384,15 @@ def count_part(out: Path, name: str, path: Path, options: PreprocessOptions, bar
     info: dict = {}
     rows = 0
     bar.set_description(f"count {path.name}")
+    progress = _FileProgress(bar, path)
     for parsed in parsed_chunks(path, options, info):
         for t in range(NUM_CATEGORICAL):
             col = parsed.raw[:, t]
             u, c = np.unique(col[col >= 0], return_counts=True)
             tables[t] = merge_counts(*tables[t], u, c)
         rows += parsed.labels.size
-        bar.update(parsed.labels.size)
+        progress.to(parsed.consumed)
+    progress.done()
     arrays = {f"keys{t}": k for t, (k, _) in enumerate(tables)}
     arrays.update({f"counts{t}": c for t, (_, c) in enumerate(tables)})
     with atomic_file(out / "counts" / f"{name}.npz") as f:
@@ -459,15 +488,16 @@ def preprocess(
     (out / METADATA_FILE).unlink(missing_ok=True)  # the directory is incomplete until the end
     names = [f"part-{i:03d}" for i in range(len(paths))]
     key = options.output_key()
-    with tqdm(unit=" rows", unit_scale=True, disable=not progress, smoothing=0.05) as bar:
-        vocab = vocabulary
-        if vocab is not None:
-            vocab.save(out)
-        elif not options.hashing:
+    vocab = vocabulary
+    if vocab is not None:
+        vocab.save(out)
+    elif not options.hashing:
+        with _pass_bar("count", paths, progress) as bar:
             _run_parts(out, names, paths, key, bar, counting=options)
-            vocab = build_vocabulary(out, names, key["min_count"])
-        if vocab is not None:
-            key = {**key, "vocabulary_sha256": vocab.digest}
+        vocab = build_vocabulary(out, names, key["min_count"])
+    if vocab is not None:
+        key = {**key, "vocabulary_sha256": vocab.digest}
+    with _pass_bar("write", paths, progress) as bar:
         markers = _run_parts(out, names, paths, key, bar, options=options, vocab=vocab)
     table_sizes = vocab.table_sizes if vocab else [options.max_ind_range] * NUM_CATEGORICAL
     metadata = _metadata(names, markers, table_sizes, options)
@@ -492,6 +522,8 @@ def _run_parts(out, names, paths, key, bar, options=None, vocab=None, counting=N
                 write_json_atomic(marker_dir / f"{name}.json", marker)
             else:
                 _finish_part(out, marker)
+        else:
+            bar.update(path.stat().st_size)  # finished earlier: counts as read
         markers.append(marker)
     return markers
 
