@@ -5,6 +5,9 @@ Layout (NumPy's uncompressed .npz, readable with ``np.load``):
                         (step, epoch, batch within the epoch), seeds, options used
     <param name>        one array per state_dict entry (bottom_mlp.0.weight, ...,
                         embeddings.{t}.weight), float32
+    __vocab__.C1 ..     trained on a --min-count dataset: its vocabulary (each table's
+                        frequent raw ids, int64), so predict maps raw ids as training did;
+                        __meta__'s "preprocessing" holds max_ind_range / min_count
 
 The file is written under a temporary name in the same directory and renamed into place,
 so a crash never leaves a file that looks complete. Loading checks the format, the config
@@ -13,6 +16,7 @@ and every array; any mismatch or corruption raises CheckpointError naming the pr
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -23,9 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from .config import DLRMConfig
+from .data.vocabulary import Vocabulary
+from .files import remove_stale, write_error
+from .kernels.parse import NUM_CATEGORICAL
+from .model import state_dict_shapes
 
 FORMAT = "numbadlrm-checkpoint"
 VERSION = 1
+VOCAB = "__vocab__."  # prefix of the vocabulary arrays
 
 
 class CheckpointError(ValueError):
@@ -40,13 +49,22 @@ class Checkpoint:
     epoch: int = 0
     batch_in_epoch: int = 0
     extra: dict = field(default_factory=dict)  # seeds, options: informational
+    # how the training data's ids were made: {"max_ind_range": N, "min_count": K}, and
+    # with min_count (max_ind_range 0) the vocabulary; None when not trained on a dataset
+    preprocessing: dict | None = None
+    vocabulary: Vocabulary | None = None
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
-    """Write atomically: temporary file in the same directory, fsync, rename."""
+    """Write atomically: temporary file in the same directory, fsync, rename.
+
+    Temporary files a killed earlier save of this path left behind are removed first;
+    a failed write removes its own and raises a WriteError naming the path.
+    """
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise CheckpointError(f"checkpoint: directory {path.parent} does not exist")
+    remove_stale_tmp(path)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -57,16 +75,33 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         "extra": ckpt.extra,
         "names": sorted(ckpt.state),
     }
+    arrays = dict(ckpt.state)
+    if ckpt.preprocessing is not None:
+        prep = {k: int(ckpt.preprocessing[k]) for k in ("max_ind_range", "min_count")}
+        if ckpt.vocabulary is not None:
+            prep["vocabulary_sha256"] = ckpt.vocabulary.digest
+            arrays.update({VOCAB + k: v for k, v in ckpt.vocabulary.tables().items()})
+        meta["preprocessing"] = prep
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, __meta__=np.array(json.dumps(meta)), **ckpt.state)
+            np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> None:
+    """Remove ``.NAME.XXXXXXXX.tmp`` files (save_checkpoint's temporary names for this
+    path) left by a killed run; the 8 characters are mkstemp's, so no other name matches."""
+    path = Path(path)
+    remove_stale(path.parent, (f".{glob.escape(path.name)}.{'?' * 8}.tmp",))
 
 
 def save_model_checkpoint(
@@ -76,8 +111,12 @@ def save_model_checkpoint(
     epoch: int = 0,
     batch_in_epoch: int = 0,
     extra: dict | None = None,
+    preprocessing: dict | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> None:
     """Write ``model``'s checkpoint (DLRM, or the MPI layer's DistributedDLRM).
+
+    preprocessing, vocabulary: see :class:`Checkpoint` (only rank 0's are used).
 
     With a communicator (``model.comm``) this is a collective: every rank calls it, the
     tables are gathered (``state_dict``), rank 0 writes the single-process format, and a
@@ -88,7 +127,9 @@ def save_model_checkpoint(
     comm = getattr(model, "comm", None)
     error = None
     if comm is None or comm.rank == 0:
-        ckpt = Checkpoint(model.config, state, step, epoch, batch_in_epoch, extra or {})
+        ckpt = Checkpoint(
+            model.config, state, step, epoch, batch_in_epoch, extra or {}, preprocessing, vocabulary
+        )
         try:
             save_checkpoint(path, ckpt)
         except (OSError, ValueError) as exc:
@@ -102,31 +143,185 @@ def save_model_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and check a checkpoint: the __meta__ schema, then every array's npy header
+    (shape, dtype, size) against the config, before any array is read."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint: {path} does not exist")
     try:
+        with zipfile.ZipFile(path) as archive:
+            headers = _array_headers(archive, path)
+            meta = _read_meta(archive, path, headers)
+        config = _check_meta(meta, path)
+        shapes = {n: (s, np.float32) for n, s in state_dict_shapes(config).items()}
+        vocab_shapes = _check_preprocessing(meta.get("preprocessing"), config, path)
+        _check_arrays(headers, shapes, meta["names"], vocab_shapes, path)
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["__meta__"]))
-            if meta.get("format") != FORMAT:
-                raise CheckpointError(f"checkpoint: {path} is not a numbadlrm checkpoint")
-            if meta.get("version") != VERSION:
-                raise CheckpointError(
-                    f"checkpoint: {path} has format version {meta.get('version')}, "
-                    f"this numbadlrm reads version {VERSION}"
-                )
             state = {name: data[name] for name in meta["names"]}
+            vocab = [data[name] for name in vocab_shapes]
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint: {path} is corrupt or truncated ({exc})") from None
+    prep = meta.get("preprocessing")
+    vocabulary = _vocabulary(vocab, prep, path) if vocab else None
+    if prep is not None:
+        prep = {k: prep[k] for k in ("max_ind_range", "min_count")}
+    position = (meta["step"], meta["epoch"], meta["batch_in_epoch"])
+    return Checkpoint(config, state, *position, meta.get("extra", {}), prep, vocabulary)
+
+
+def _check_preprocessing(prep, config: DLRMConfig, path: Path) -> dict[str, tuple]:
+    """Check __meta__'s "preprocessing" against the config; {vocab array: (shape, dtype)}."""
+    if prep is None:
+        return {}
+    where = f"checkpoint: {path}: __meta__ field 'preprocessing'"
+    ok = isinstance(prep, dict) and all(
+        isinstance(prep.get(k), int) and not isinstance(prep.get(k), bool) and prep[k] >= 0
+        for k in ("max_ind_range", "min_count")
+    )
+    if not ok:
+        raise CheckpointError(
+            f"{where} needs integers max_ind_range and min_count >= 0, got {_short(prep)}"
+        )
+    sizes = config.embedding_sizes
+    if prep["max_ind_range"] > 0:
+        if any(n != prep["max_ind_range"] for n in sizes):
+            raise CheckpointError(
+                f"{where}: max_ind_range {prep['max_ind_range']}, but the tables have "
+                f"{list(sizes)} rows"
+            )
+        return {}
+    if len(sizes) != NUM_CATEGORICAL or not isinstance(prep.get("vocabulary_sha256"), str):
+        raise CheckpointError(
+            f"{where}: a vocabulary needs {NUM_CATEGORICAL} tables and its sha256"
+        )
+    return {f"{VOCAB}C{t + 1}": ((n - 2,), np.int64) for t, n in enumerate(sizes)}
+
+
+def _vocabulary(tables: list[np.ndarray], prep: dict, path: Path) -> Vocabulary:
     try:
-        config = DLRMConfig.from_dict(meta["config"])
+        vocab = Vocabulary.from_tables(tables)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint: {path}: {exc}") from None
+    if vocab.digest != prep["vocabulary_sha256"]:
+        raise CheckpointError(f"checkpoint: {path}: the vocabulary does not match its sha256")
+    return vocab
+
+
+# __meta__ field -> type; "extra" may be absent
+_META_FIELDS = {
+    "format": str, "version": int, "config": dict, "step": int, "epoch": int,
+    "batch_in_epoch": int, "names": list, "extra": dict,
+}  # fmt: skip
+
+
+def _array_headers(archive: zipfile.ZipFile, path: Path) -> dict[str, tuple]:
+    """{array name: (shape, dtype)} from each member's npy header, after checking that
+    the member holds exactly the bytes its header promises (so no read allocates more)."""
+    size = path.stat().st_size
+    headers = {}
+    for info in archive.infolist():
+        name = info.filename.removesuffix(".npy")
+        where = f"checkpoint: {path}: array {name!r}"
+        if not info.filename.endswith(".npy") or info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{where} is not an uncompressed .npy member")
+        if info.file_size > size:
+            raise CheckpointError(f"{where} claims {info.file_size} bytes, more than the file")
+        with archive.open(info) as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}[version]  # fmt: skip
+                shape, _, dtype = read(f)
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"{where} has an unreadable npy header ({exc})") from None
+            data_bytes = info.file_size - f.tell()
+        if dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize != data_bytes:
+            raise CheckpointError(
+                f"{where}: its header says shape {shape} of {dtype}, the member holds "
+                f"{data_bytes} bytes of data"
+            )
+        headers[name] = (tuple(shape), dtype)
+    return headers
+
+
+def _read_meta(archive: zipfile.ZipFile, path: Path, headers: dict) -> dict:
+    shape, dtype = headers.get("__meta__", (None, None))
+    if shape != () or dtype.kind != "U":
+        raise CheckpointError(f"checkpoint: {path} has no __meta__ string (not a checkpoint?)")
+    with archive.open("__meta__.npy") as f:
+        text = str(np.lib.format.read_array(f, allow_pickle=False))
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint: {path}: __meta__ is not JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint: {path}: __meta__ is not a JSON object")
+    return meta
+
+
+def _check_meta(meta: dict, path: Path) -> DLRMConfig:
+    """The __meta__ schema (format, version, field types, positions >= 0); the config."""
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint: {path} is not a numbadlrm checkpoint")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint: {path} has format version {meta.get('version')!r}, "
+            f"this numbadlrm reads version {VERSION}"
+        )
+    for key, kind in _META_FIELDS.items():
+        if key not in meta:
+            if key == "extra":
+                continue
+            raise CheckpointError(f"checkpoint: {path}: __meta__ lacks the field {key!r}")
+        value = meta[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(
+                f"checkpoint: {path}: __meta__ field {key!r} must be {kind.__name__}, "
+                f"got {type(value).__name__} {_short(value)}"
+            )
+        if kind is int and value < 0:
+            raise CheckpointError(f"checkpoint: {path}: __meta__ field {key!r} is {value} < 0")
+    names = meta["names"]
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise CheckpointError(
+            f"checkpoint: {path}: __meta__ field 'names' must list distinct strings, "
+            f"got {_short(names)}"
+        )
+    try:
+        return DLRMConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint: {path} holds an invalid model config: {exc}") from None
-    return Checkpoint(
-        config, state, meta["step"], meta["epoch"], meta["batch_in_epoch"], meta.get("extra", {})
-    )
+
+
+def _check_arrays(headers: dict, shapes: dict, names: list, others: dict, path: Path) -> None:
+    """names = the config's parameters; every header (parameters and ``others``) has the
+    shape and dtype the config gives it; no other arrays."""
+    missing, unexpected = sorted(set(shapes) - set(names)), sorted(set(names) - set(shapes))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint: {path}: its parameter names do not fit its config: missing "
+            f"{missing or 'none'}, unexpected {unexpected or 'none'}"
+        )
+    expected = {**shapes, **others}
+    stray = sorted(set(headers) - set(expected) - {"__meta__"})
+    if stray:
+        raise CheckpointError(f"checkpoint: {path}: unexpected arrays {stray}")
+    for name, (shape, dtype) in expected.items():
+        if name not in headers:
+            raise CheckpointError(f"checkpoint: {path}: array {name!r} is missing")
+        got_shape, got_dtype = headers[name]
+        if got_shape != tuple(shape) or got_dtype != dtype:
+            raise CheckpointError(
+                f"checkpoint: {path}: array {name!r} is {got_shape} {got_dtype}, its config "
+                f"needs {tuple(shape)} {np.dtype(dtype)}"
+            )
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_compatible(ckpt: Checkpoint, config: DLRMConfig, path: str | os.PathLike) -> None:

@@ -73,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="which split of --processed-data-file to predict, in its stored order (default: test)",
     )
     pred.add_argument("--raw-data-file", nargs="*", default=[], help="raw labelled TSV files")
-    pred.add_argument("--max-ind-range", type=int, default=0, help="as used for training")
+    pred.add_argument(
+        "--max-ind-range",
+        type=int,
+        default=0,
+        help="only for a checkpoint that does not record its data's preprocessing "
+        "(one trained on a dataset does, and a different value is refused)",
+    )
     pred.add_argument(
         "--test-mini-batch-size", type=int, default=4096, help="rows per batch (default: 4096)"
     )

@@ -35,6 +35,8 @@ def parse_arch(text: str | tuple[int, ...] | list[int], field: str) -> tuple[int
     sizes = []
     for part in parts:
         try:
+            if isinstance(part, (bool, float)):  # int() would accept True and truncate 7.5
+                raise TypeError
             value = int(part)
         except (TypeError, ValueError):
             raise ValueError(f"{field}: {part!r} in {text!r} is not an integer") from None
@@ -89,6 +91,8 @@ class DLRMConfig:
             raise ValueError(
                 f"interaction_op: must be one of {INTERACTION_OPS}, got {self.interaction_op!r}"
             )
+        if not isinstance(self.interaction_itself, bool):
+            raise ValueError(f"interaction_itself: must be a bool, got {self.interaction_itself!r}")
         if len(self.bottom_sizes) < 2:
             raise ValueError(f"bottom_sizes: need at least 2 widths, got {self.bottom_sizes}")
         if self.bottom_sizes[-1] != d:
@@ -169,6 +173,15 @@ class DLRMConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DLRMConfig:
+        """The inverse of :meth:`to_dict`; ValueError names a missing or unknown key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a dict of config fields, got {type(data).__name__}")
+        fields = set(cls.__dataclass_fields__)
+        missing, unknown = sorted(fields - set(data)), sorted(set(data) - fields)
+        if missing or unknown:
+            raise ValueError(
+                f"missing fields {missing or 'none'}, unknown fields {unknown or 'none'}"
+            )
         return cls(**data)
 
 

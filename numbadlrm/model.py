@@ -28,6 +28,7 @@ from .layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from .layers.interaction import Interaction
 from .layers.linear import gemm_choice, linear_backward, linear_backward_sgd, linear_forward
 from .layers.loss import sigmoid, sigmoid_bce
+from .memory import allocation_errors, check_memory, estimate
 from .optim import check_learning_rate
 from .params import LinearSlot, init_mlp, init_table_rows, mlp_slots, slot_views, table_buffer
 from .profiling import OpTimes, timed
@@ -220,18 +221,21 @@ class DLRM:
         self.gemm = gemm
         self.kernels = kernel_choice(gemm, kernels)
         _, _, n = dense_layout(config)
-        self.params = np.empty(n, np.float32)  # every dense parameter, one buffer
-        # Their gradients, same layout. train_step fuses SGD into the backward, so on the blas
-        # backend this buffer is never written (np.zeros: its pages are never allocated).
-        self.grads = np.zeros(n, np.float32)
+        sizes = np.asarray(config.embedding_sizes, dtype=np.int64)
+        need = estimate(config)
+        check_memory(need)  # before allocating: a clear message, not a MemoryError
+        with allocation_errors(need):
+            self.params = np.empty(n, np.float32)  # every dense parameter, one buffer
+            # Their gradients, same layout. train_step fuses SGD into the backward, so on the
+            # blas backend this buffer is never written (np.zeros: its pages are never touched).
+            self.grads = np.zeros(n, np.float32)
+            self.weights = table_buffer(int(sizes.sum()), config.sparse_feature_size)
         self.tower = DenseTower(config, self.params, self.grads, self.kernels)
         self.bottom_slots, self.top_slots = self.tower.bottom_slots, self.tower.top_slots
         self.bottom, self.top = self.tower.bottom, self.tower.top
         self.interaction = self.tower.interaction
         init_mlp(self.params, self.bottom_slots + self.top_slots, seed)
-        sizes = np.asarray(config.embedding_sizes, dtype=np.int64)
         self.row_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (T+1,)
-        self.weights = table_buffer(int(sizes.sum()), config.sparse_feature_size)
         for t, rows in enumerate(config.embedding_sizes):
             init_table_rows(self.table(t), seed, t, rows, 0)
 

@@ -1,7 +1,8 @@
 """The smaller commands: predict, plot, convert (to and from the reference's PyTorch format).
 
 numbadlrm predict --load-model m.npz --processed-data-file DIR --split test --output p.txt
-numbadlrm predict --load-model m.npz --raw-data-file day.tsv --max-ind-range N --output p.txt
+numbadlrm predict --load-model m.npz --raw-data-file day.tsv --output p.txt
+                (ids mapped as in training: the checkpoint holds max_ind_range or the vocabulary)
 numbadlrm plot runs/metrics.jsonl --output curves.png
 numbadlrm convert m.npz --to-torch m.pt         (a state_dict the reference DLRM loads)
 numbadlrm convert m.pt --from-torch m.npz       (config inferred from the tensor shapes)
@@ -9,6 +10,7 @@ numbadlrm convert m.pt --from-torch m.npz       (config inferred from the tensor
 
 from __future__ import annotations
 
+import glob
 import json
 import tempfile
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import DLRMConfig, num_pairs
+from .files import atomic_file, remove_stale, tmp_path
 from .model import DLRM
 
 
@@ -29,32 +32,91 @@ def predict_to_file(
     raw_files: list[str] | None = None,
     max_ind_range: int = 0,
 ) -> int:
-    """Write one probability per input row (in input order); returns the row count."""
-    from .data.criteo import PreprocessOptions, preprocess
+    """Write one probability per input row (in input order); returns the row count.
+
+    Raw rows are preprocessed as the model's training data was, from what the checkpoint
+    records (hashing range, or vocabulary); ``max_ind_range`` is needed only for a
+    checkpoint that records nothing, and must agree with one that does.
+    """
+    from .data.criteo import preprocess
     from .data.dataset import ProcessedData
 
+    out = Path(output)
+    remove_stale(out.parent, (glob.escape(tmp_path(out).name), f".{glob.escape(out.name)}.tmp"))
     ckpt = load_checkpoint(ckpt_path)
     model = DLRM(ckpt.config)
     model.load_state_dict(ckpt.state)
     with tempfile.TemporaryDirectory(prefix="numbadlrm-predict-") as tmp:
         if raw_files:
-            if max_ind_range <= 0:
-                raise ValueError("predict: raw input needs --max-ind-range N (the training value)")
-            options = PreprocessOptions(
-                split="fractions", split_fractions=(1.0, 0.0, 0.0), max_ind_range=max_ind_range
-            )
-            preprocess([Path(f) for f in raw_files], tmp, options, progress=False)
+            options, vocab = raw_preprocessing(ckpt, ckpt_path, max_ind_range)
+            preprocess([Path(f) for f in raw_files], tmp, options, False, vocabulary=vocab)
             processed, split = tmp, "train"
         data = ProcessedData(processed)
+        if not raw_files:
+            check_data_preprocessing(ckpt, ckpt_path, data, max_ind_range)
         rows = 0
-        tmp_out = Path(output).with_name(f".{Path(output).name}.tmp")
-        with open(tmp_out, "w") as f:
+        with atomic_file(output, "w") as f:  # removed if anything fails
             for batch in data.split(split).batches(batch_size, shuffle=False):
                 probs = model.predict(batch)
                 f.write("".join(f"{p:.6f}\n" for p in probs))
                 rows += len(probs)
-        tmp_out.replace(output)
     return rows
+
+
+def raw_preprocessing(ckpt: Checkpoint, path: str, max_ind_range: int = 0):
+    """(PreprocessOptions, vocabulary or None) that map raw ids as in the model's training."""
+    from .data.criteo import PreprocessOptions
+
+    one_split = {"split": "fractions", "split_fractions": (1.0, 0.0, 0.0)}
+    prep = ckpt.preprocessing
+    if prep is None:
+        if max_ind_range <= 0:
+            raise ValueError(
+                f"predict: {path} does not record how its training data's ids were made "
+                "(not trained on a preprocessed dataset, converted, or saved by an older "
+                "numbadlrm); give --max-ind-range N as used for training"
+            )
+        return PreprocessOptions(**one_split, max_ind_range=max_ind_range), None
+    if prep["max_ind_range"] > 0:
+        if max_ind_range not in (0, prep["max_ind_range"]):
+            raise ValueError(
+                f"predict: --max-ind-range {max_ind_range} differs from the "
+                f"{prep['max_ind_range']} the model in {path} was trained with; leave it out"
+            )
+        return PreprocessOptions(**one_split, max_ind_range=prep["max_ind_range"]), None
+    if max_ind_range > 0:
+        raise ValueError(
+            f"predict: the model in {path} was trained on a frequency vocabulary (--min-count "
+            f"{prep['min_count']}), which the checkpoint holds; leave out --max-ind-range"
+        )
+    return PreprocessOptions(**one_split, min_count=prep["min_count"]), ckpt.vocabulary
+
+
+def check_data_preprocessing(ckpt: Checkpoint, path: str, data, max_ind_range: int = 0) -> None:
+    """Refuse a processed directory whose ids were made otherwise than the model's."""
+    prep, vocab = data.preprocessing()
+    if max_ind_range not in (0, prep["max_ind_range"]):
+        raise ValueError(
+            f"predict: --max-ind-range {max_ind_range} differs from the {prep['max_ind_range']} "
+            f"{data.directory} was preprocessed with"
+        )
+    if ckpt.preprocessing is None:
+        return
+    digest = None if ckpt.vocabulary is None else ckpt.vocabulary.digest
+    if prep["max_ind_range"] != ckpt.preprocessing["max_ind_range"] or (
+        digest != (None if vocab is None else vocab.digest)
+    ):
+        raise ValueError(
+            f"predict: {data.directory} was preprocessed differently from the model's "
+            f"training data ({_describe(prep)} vs {_describe(ckpt.preprocessing)} "
+            f"in {path}); preprocess the raw rows with predict --raw-data-file instead"
+        )
+
+
+def _describe(prep: dict) -> str:
+    if prep["max_ind_range"] > 0:
+        return f"--max-ind-range {prep['max_ind_range']}"
+    return f"a --min-count {prep['min_count']} vocabulary"
 
 
 def plot_metrics(metrics_file: str, output: str) -> None:
@@ -116,7 +178,10 @@ def config_from_reference_shapes(sd: dict) -> DLRMConfig:
 
 
 def convert(src: str, dst: str, to_torch: bool) -> None:
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("convert needs PyTorch: pip install 'numbadlrm[torch]'") from None
 
     from .torch_dlrm import from_reference_state_dict, to_reference_state_dict
 

@@ -7,6 +7,7 @@ DLRM's flags (``arch_mlp_bot`` is ``--arch-mlp-bot``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -22,13 +23,19 @@ import numpy as np
 from tqdm import tqdm
 
 from .batch import Batch
-from .checkpoint import check_compatible, load_checkpoint, save_model_checkpoint
+from .checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    remove_stale_tmp,
+    save_model_checkpoint,
+)
 from .config import DLRMConfig
 from .data.background import prefetch
 from .data.criteo import preprocess_for_training
 from .data.dataset import ProcessedData
 from .data.synthetic import Teacher, batch_stream
 from .kernels.jit import announce_compilation
+from .memory import check_memory, estimate
 from .metrics import evaluate_predictions
 from .model import DLRM, kernel_choice
 from .threads import set_num_threads
@@ -192,16 +199,39 @@ class MetricsLog:
             self._file.close()
 
 
-def evaluate(model: DLRM, batches: Iterable[Batch]) -> dict[str, float]:
+def evaluate(model: DLRM, batches: Iterable[Batch], name: str = "evaluation") -> dict[str, float]:
     """AUC, log loss and accuracy of the model's predictions over all batches."""
     probs, labels = [], []
     for batch in batches:
         batch.require_rows(0, batch.batch_size)  # every label is needed
         probs.append(model.predict(batch))
         labels.append(batch.labels)
-    metrics = evaluate_predictions(np.concatenate(labels), np.concatenate(probs))
-    metrics["samples"] = int(sum(len(x) for x in labels))
+    if not probs:
+        raise ValueError(f"{name}: no samples to evaluate (an empty split?)")
+    p = np.concatenate(probs)
+    metrics = evaluate_predictions(np.concatenate(labels), p)
+    metrics["samples"] = int(p.size)
+    metrics["prediction_mean"], metrics["prediction_std"] = float(p.mean()), float(p.std())
     return metrics
+
+
+# Predictions whose spread is below this are "a constant": measured on the built-in data,
+# healthy models spread 0.06..0.08 (std), models collapsed at lr 2..3 (dead ReLUs, AUC
+# 0.50) 5e-7..8e-5. Random labels (--data-generation random) rightly give a near
+# constant (std ~5e-4), so that mode is not checked.
+COLLAPSED_STD = 1e-3
+
+
+def collapse_warning(result: dict, split: str, step: int, lr: float) -> str | None:
+    """A one-line warning if the evaluation's predictions are (nearly) all equal."""
+    if result["prediction_std"] >= COLLAPSED_STD:
+        return None
+    return (
+        f"warning: at step {step} every {split} prediction is nearly the same "
+        f"({result['prediction_mean']:.4f}, std {result['prediction_std']:.1e}, AUC "
+        f"{result['auc']:.3f}): the model has collapsed to a constant; try a smaller "
+        f"--learning-rate (this run: {lr:g})"
+    )
 
 
 class SyntheticSource:
@@ -212,8 +242,23 @@ class SyntheticSource:
 
     def __init__(self, cfg: TrainConfig, mcfg: DLRMConfig):
         self.cfg, self.mcfg = cfg, mcfg
-        self.teacher = Teacher(mcfg) if cfg.data_generation == "synthetic" else None
         self.num_batches = cfg.num_batches or DEFAULT_SYNTHETIC_BATCHES
+
+    @functools.cached_property
+    def teacher(self) -> Teacher | None:
+        """Built on first use, so the memory check runs before its per-row arrays exist."""
+        return Teacher(self.mcfg) if self.cfg.data_generation == "synthetic" else None
+
+    def preprocessing(self) -> tuple[None, None]:
+        return None, None  # no raw ids to map
+
+    def memory_need(self) -> tuple[str, int] | None:
+        """(what, bytes) the generator holds: the teacher's 20 bytes per table row, and
+        40 per row of the largest table while it is drawn (float64)."""
+        if self.cfg.data_generation != "synthetic":
+            return None
+        rows = self.mcfg.embedding_sizes
+        return "synthetic data generator", 20 * sum(rows) + 40 * max(rows)
 
     def _stream(self, num_batches: int, batch_size: int, seed: int) -> Iterator[Batch]:
         c = self.cfg
@@ -261,6 +306,23 @@ class DatasetSource:
                 f"one batch of {cfg.mini_batch_size}"
             )
         self.num_batches = min(cfg.num_batches, full) if cfg.num_batches else full
+        evaluated = ("test",) if cfg.inference_only or not cfg.test_freq else ("validation", "test")
+        for split in evaluated:  # refuse now, not after training
+            if len(data.split(split)) == 0:
+                when = "at the end" if split == "test" else "every --test-freq steps"
+                raise ValueError(
+                    f"processed_data_file: the {split} split of {data.directory} has no rows, "
+                    f"and the run evaluates it {when}; preprocess with --split-fractions that "
+                    f"give it rows" + (" or use --test-freq 0" if split == "validation" else "")
+                )
+
+    def preprocessing(self):
+        """(options, vocabulary) of the dataset, for the checkpoint (see ProcessedData)."""
+        return self.data.preprocessing()
+
+    def memory_need(self) -> tuple[str, int]:
+        """(what, bytes): a shuffle window of 4096 x 64 rows of 160 bytes, about 4 copies."""
+        return "dataset loader", 4 * 4096 * 64 * 160
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """The epoch's batches from start_batch on (the split's loader prefetches)."""
@@ -311,6 +373,8 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     if cfg.threads:
         set_num_threads(cfg.threads)
     source, mcfg = open_data(cfg, log)
+    batch_sizes = (cfg.mini_batch_size, cfg.test_mini_batch_size)
+    check_memory(estimate(mcfg, batch_sizes, source.memory_need()))
     model = DLRM(mcfg, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels)
     position = load_into(model, cfg.load_model, mcfg) if cfg.load_model else (0, 0, 0)
     log(run_header(cfg, mcfg))
@@ -344,6 +408,8 @@ class TrainLoop:
         # the bar needs a terminal; without one (--no-progress, a file, a pipe) the loss
         # goes out as one log line per --print-freq steps, as the reference prints it
         self.show_bar = cfg.progress and root and sys.stderr.isatty()
+        if root and cfg.save_model:
+            remove_stale_tmp(cfg.save_model)  # a killed earlier run's half-written checkpoints
 
     def run(self, step: int, epoch: int, batch_in_epoch: int) -> dict:
         cfg = self.cfg
@@ -361,9 +427,13 @@ class TrainLoop:
 
     def evaluate(self, split: str, step: int) -> dict:
         with announce_compilation(self.log):  # a first evaluation may compile kernels
-            result = evaluate(self.model, self.source.eval_batches(split))
+            result = evaluate(self.model, self.source.eval_batches(split), f"{split} split")
         self.metrics.write({"step": step, "split": split, **result})
         self.log(_format_eval(split, step, result))
+        warning = collapse_warning(result, split, step, self.cfg.learning_rate)
+        if warning and self.cfg.data_generation != "random":
+            self.metrics.write({"step": step, "split": split, "warning": warning})
+            self.log(warning)
         return result
 
     def save(self, step: int, epoch: int, batch_in_epoch: int) -> None:
@@ -374,7 +444,11 @@ class TrainLoop:
             "data_generation": self.cfg.data_source,
             "learning_rate": self.cfg.learning_rate,
         }
-        save_model_checkpoint(self.cfg.save_model, self.model, step, epoch, batch_in_epoch, extra)
+        # what predict needs to map raw ids as this data was mapped (read by the writer only)
+        prep, vocab = self.source.preprocessing() if self.root else (None, None)
+        save_model_checkpoint(
+            self.cfg.save_model, self.model, step, epoch, batch_in_epoch, extra, prep, vocab
+        )
 
     def _epoch(self, epoch: int, start: int, step: int) -> int:
         """Train batches start.. of one epoch; returns the global step count.

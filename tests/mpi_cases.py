@@ -37,6 +37,7 @@ from numbadlrm.parallel.train_mpi import (
     run_distributed_training,
     save_distributed_checkpoint,
 )
+from numbadlrm.tools import predict_to_file
 from numbadlrm.train import TrainConfig, run_training
 
 from ._criteo_files import quirky_lines, write_raw
@@ -230,6 +231,30 @@ def dataset_training_matches_single_process(comm, workdir):
         processed_data_file=str(Path(workdir) / "kaggle.numbadlrm"), num_batches=6,
         print_freq=3, seed=2, mini_batch_size=17, test_mini_batch_size=23,
     )  # fmt: skip
+
+
+@case
+def dataset_checkpoint_records_the_vocabulary(comm, workdir):
+    """Trained by R ranks on a --min-count dataset, the checkpoint (written by rank 0)
+    holds the vocabulary, and predict maps raw rows with it, no flag needed."""
+    raw = Path(workdir) / f"vocab{comm.size}.txt"
+    if comm.rank == 0:
+        write_raw(raw, quirky_lines(np.random.default_rng(5), 7 * 60, vocab=20))
+    comm.Barrier()
+    ckpt = Path(workdir) / f"vocab{comm.size}.npz"
+    cfg = TrainConfig(
+        arch_sparse_feature_size=4, arch_mlp_bot="13-8-4", arch_mlp_top="8-1",
+        mini_batch_size=BATCH, test_mini_batch_size=24, threads=1, progress=False,
+        data_set="kaggle", raw_data_file=str(raw), num_batches=4, save_model=str(ckpt),
+        processed_data_file=str(Path(workdir) / f"vocab{comm.size}.numbadlrm"),
+    )  # fmt: skip
+    run_distributed_training(cfg, comm, log=lambda *args: None)
+    if comm.rank == 0:
+        saved = load_checkpoint(ckpt)
+        assert saved.preprocessing == {"max_ind_range": 0, "min_count": 1}
+        assert saved.vocabulary.table_sizes == list(saved.config.embedding_sizes)
+        out = Path(workdir) / f"vocab{comm.size}.p.txt"
+        assert predict_to_file(str(ckpt), str(out), 64, raw_files=[str(raw)]) == 7 * 60
 
 
 @case

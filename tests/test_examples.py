@@ -4,11 +4,14 @@ import ast
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests._criteo_files import REAL_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -79,3 +82,23 @@ def test_mpi_example_script_runs(tmp_path):
     proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("test at step 2: auc") == 2, proc.stdout
+
+
+def test_criteo_example_runs_on_real_rows(tmp_path):
+    """examples/criteo.sh as written, on 200 real Criteo rows: tables follow the data."""
+    raw = REAL_DATA / "deepctr_200.tsv"
+    if not raw.is_file():
+        pytest.skip(f"real Criteo rows not found under {REAL_DATA}")
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    env = {**os.environ, "OUT": str(tmp_path / "kaggle.numbadlrm")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(
+        ["bash", str(EXAMPLES / "criteo.sh"), str(raw)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train 172, validation 14, test 14 rows" in proc.stdout
+    assert "embedding tables: 2,318 rows, 148.4 kB at D=16" in proc.stdout
+    assert "test at step 1: auc" in proc.stdout
+    assert (tmp_path / "kaggle.npz").is_file() and (tmp_path / "kaggle.jsonl").is_file()

@@ -53,7 +53,6 @@ import contextlib
 import gzip
 import hashlib
 import json
-import os
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -64,14 +63,15 @@ from tqdm import tqdm
 
 from numbadlrm.data.background import prefetch
 from numbadlrm.data.dataset import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    METADATA_FILE,
     NUM_CATEGORICAL,
     NUM_DENSE,
     PART_FILES,
+    part_bytes,
     part_path,
 )
+from numbadlrm.data.metadata import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, read_metadata
+from numbadlrm.data.vocabulary import Vocabulary, build_vocabulary, merge_counts
+from numbadlrm.files import ArrayWriter, atomic_file, remove_stale, write_json_atomic
 from numbadlrm.kernels.parse import (
     ERR_FIELDS,
     ERR_HEX,
@@ -189,6 +189,7 @@ class _Chunk:
     length: int = 0  # bytes of data that belong to this chunk
     sha256: str = ""  # set on the final item
     raw_bytes: int = 0  # decompressed bytes read, set on the final item
+    consumed: int = 0  # bytes of the file (compressed, for .gz) read so far: the progress
 
 
 def read_chunks(path: Path, chunk_bytes: int) -> Iterator[_Chunk]:
@@ -204,14 +205,14 @@ def read_chunks(path: Path, chunk_bytes: int) -> Iterator[_Chunk]:
                 data = leftover + block if leftover else block
                 cut = data.rfind(b"\n") + 1
                 if cut:
-                    yield _Chunk(data, cut)
+                    yield _Chunk(data, cut, consumed=f.tell())
                 leftover = data[cut:]
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise CriteoFormatError(f"{path}: truncated or corrupt gzip file ({exc})") from None
         except OSError as exc:
             raise CriteoError(f"{path}: cannot read: {exc.strerror or exc}") from None
         if leftover:  # no final newline
-            yield _Chunk(leftover, len(leftover))
+            yield _Chunk(leftover, len(leftover), consumed=f.tell())
         while f.read(1 << 20):  # hash any bytes the decompressor did not need
             pass
         yield _Chunk(None, sha256=hashing.sha256.hexdigest(), raw_bytes=total)
@@ -228,6 +229,7 @@ class ParsedChunk:
     raw: np.ndarray  # (L, 26) int64, -1 = empty
     labels: np.ndarray  # (L,) uint8
     skipped: int  # bad lines dropped
+    consumed: int = 0  # bytes of the file read up to this chunk (for the progress bar)
 
 
 def parse_chunk(
@@ -278,6 +280,7 @@ def _parse_all(chunks, path: Path, options: PreprocessOptions, info: dict):
             info.update(sha256=chunk.sha256, lines=lines, bad_lines_skipped=skipped)
             return
         parsed, n = parse_chunk(chunk, path, lines, options.skip_bad_lines)
+        parsed.consumed = chunk.consumed
         lines += n
         skipped += parsed.skipped
         yield parsed
@@ -298,12 +301,6 @@ def _read_marker(path: Path) -> dict | None:
         return None
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _part_is_finished(out: Path, name: str, identity: dict, key: dict) -> dict | None:
     """The marker of a finished part whose source and options still match, else None."""
     marker = _read_marker(out / f"{name}.json")
@@ -311,10 +308,9 @@ def _part_is_finished(out: Path, name: str, identity: dict, key: dict) -> dict |
         return None
     if any(marker.get(k) != v for k, v in identity.items()):
         return None
-    for kind, (_, dtype, cols) in PART_FILES.items():
-        expected = marker["rows"] * max(cols, 1) * np.dtype(dtype).itemsize
+    for kind in PART_FILES:
         p = part_path(out, name, kind)
-        if not p.is_file() or p.stat().st_size != expected:
+        if not p.is_file() or p.stat().st_size != part_bytes(marker["rows"], kind):
             return None
     return marker
 
@@ -322,65 +318,64 @@ def _part_is_finished(out: Path, name: str, identity: dict, key: dict) -> dict |
 def write_part(
     out: Path, name: str, path: Path, options: PreprocessOptions, vocab, bar: tqdm
 ) -> dict:
-    """Convert one raw file into the part's three arrays (tmp files renamed at the end)."""
-    finals = {kind: part_path(out, name, kind) for kind in PART_FILES}
-    tmps = {kind: p.with_name(p.name + ".tmp") for kind, p in finals.items()}
+    """Convert one raw file into the part's three arrays (tmp files renamed at the end).
+
+    Each file's size is checked against rows x columns x itemsize before any rename.
+    """
     info: dict = {}
     rows = 0
     bar.set_description(f"write {path.name}")
-    try:
-        with contextlib.ExitStack() as stack:
-            files = {kind: stack.enter_context(open(p, "wb")) for kind, p in tmps.items()}
-            chunks = stack.enter_context(contextlib.closing(parsed_chunks(path, options, info)))
-            for parsed in chunks:
-                cat = np.empty(parsed.raw.shape, np.int32)
-                if options.hashing:
-                    hash_ids(cat, parsed.raw, options.max_ind_range)
-                else:
-                    map_vocabulary(cat, parsed.raw, vocab.keys, vocab.offsets)
-                parsed.dense.tofile(files["dense"])
-                cat.tofile(files["categorical"])
-                parsed.labels.tofile(files["labels"])
-                rows += parsed.labels.size
-                bar.update(parsed.labels.size)
-        for kind in PART_FILES:
-            os.replace(tmps[kind], finals[kind])
-    except BaseException:
-        for p in tmps.values():
-            p.unlink(missing_ok=True)
-        raise
+    progress = _FileProgress(bar, path)
+    with contextlib.ExitStack() as stack:
+        files = {k: stack.enter_context(ArrayWriter(part_path(out, name, k))) for k in PART_FILES}
+        chunks = stack.enter_context(contextlib.closing(parsed_chunks(path, options, info)))
+        for parsed in chunks:
+            cat = np.empty(parsed.raw.shape, np.int32)
+            if options.hashing:
+                hash_ids(cat, parsed.raw, options.max_ind_range)
+            else:
+                map_vocabulary(cat, parsed.raw, vocab.keys, vocab.offsets)
+            files["dense"].write(parsed.dense)
+            files["categorical"].write(cat)
+            files["labels"].write(parsed.labels)
+            rows += parsed.labels.size
+            progress.to(parsed.consumed)
+        progress.done()
+        for kind, writer in files.items():
+            writer.finish(part_bytes(rows, kind))
+        for writer in files.values():
+            writer.commit()
     return {"name": name, "rows": rows, **info}
+
+
+class _FileProgress:
+    """Moves a bytes bar (one pass over every input) along one file as it is read."""
+
+    def __init__(self, bar: tqdm, path: Path):
+        self.bar, self.size, self.seen = bar, path.stat().st_size, 0
+
+    def to(self, consumed: int) -> None:
+        consumed = min(consumed, self.size)
+        self.bar.update(consumed - self.seen)
+        self.seen = consumed
+
+    def done(self) -> None:
+        self.to(self.size)
+
+
+def _pass_bar(name: str, paths: list[Path], progress: bool) -> tqdm:
+    """One bar per pass ("count", "write") over all inputs: total = their bytes."""
+    total = sum(p.stat().st_size for p in paths)
+    return tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not progress, smoothing=0.05)  # fmt: skip
 
 
 def _finish_part(out: Path, marker: dict) -> None:
     """Write the marker that makes a part count as finished (tests patch this to crash)."""
-    _write_json_atomic(out / f"{marker['name']}.json", marker)
+    write_json_atomic(out / f"{marker['name']}.json", marker)
 
 
 # ---------------------------------------------------------------- vocabulary (min-count)
-
-
-@dataclass
-class Vocabulary:
-    keys: np.ndarray  # all tables' frequent raw ids, sorted within each table
-    offsets: np.ndarray  # (27,) table t's keys are keys[offsets[t]:offsets[t + 1]]
-    digest: str  # sha256 of keys and offsets
-
-    @property
-    def table_sizes(self) -> list[int]:
-        return [2 + int(n) for n in np.diff(self.offsets)]
-
-
-def _merge_counts(keys, counts, new_keys, new_counts):
-    """Add sorted unique (new_keys, new_counts) into sorted (keys, counts)."""
-    pos = np.searchsorted(keys, new_keys)
-    found = pos < keys.size
-    found[found] = keys[pos[found]] == new_keys[found]
-    counts[pos[found]] += new_counts[found]
-    if found.all():
-        return keys, counts
-    new = ~found
-    return np.insert(keys, pos[new], new_keys[new]), np.insert(counts, pos[new], new_counts[new])
 
 
 def count_part(out: Path, name: str, path: Path, options: PreprocessOptions, bar: tqdm) -> dict:
@@ -389,38 +384,20 @@ def count_part(out: Path, name: str, path: Path, options: PreprocessOptions, bar
     info: dict = {}
     rows = 0
     bar.set_description(f"count {path.name}")
+    progress = _FileProgress(bar, path)
     for parsed in parsed_chunks(path, options, info):
         for t in range(NUM_CATEGORICAL):
             col = parsed.raw[:, t]
             u, c = np.unique(col[col >= 0], return_counts=True)
-            tables[t] = _merge_counts(*tables[t], u, c)
+            tables[t] = merge_counts(*tables[t], u, c)
         rows += parsed.labels.size
-        bar.update(parsed.labels.size)
+        progress.to(parsed.consumed)
+    progress.done()
     arrays = {f"keys{t}": k for t, (k, _) in enumerate(tables)}
     arrays.update({f"counts{t}": c for t, (_, c) in enumerate(tables)})
-    final = out / "counts" / f"{name}.npz"
-    tmp = final.with_name(f"{name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, final)
+    with atomic_file(out / "counts" / f"{name}.npz") as f:
+        np.savez(f, **arrays)
     return {"name": name, "rows": rows, **info}
-
-
-def build_vocabulary(out: Path, names: list[str], min_count: int) -> Vocabulary:
-    """Merge every part's counts; keep ids seen at least min_count times."""
-    per_table = []
-    for t in range(NUM_CATEGORICAL):
-        keys, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
-        for name in names:
-            with np.load(out / "counts" / f"{name}.npz") as z:
-                keys, counts = _merge_counts(keys, counts, z[f"keys{t}"], z[f"counts{t}"])
-        per_table.append(keys[counts >= min_count])
-    offsets = np.concatenate([[0], np.cumsum([k.size for k in per_table])]).astype(np.int64)
-    keys = np.concatenate(per_table).astype(np.int64)
-    digest = hashlib.sha256(keys.tobytes() + offsets.tobytes()).hexdigest()
-    tmp = out / "vocabulary.tmp.npz"
-    np.savez(tmp, **{f"C{t + 1}": k for t, k in enumerate(per_table)})
-    os.replace(tmp, out / "vocabulary.npz")
-    return Vocabulary(keys, offsets, digest)
 
 
 # ---------------------------------------------------------------- splits and driver
@@ -470,9 +447,15 @@ def _check_inputs(sources: list[Path], options: PreprocessOptions) -> None:
         raise CriteoError("split 'days' needs at least two day files (the last is held out)")
 
 
+# temporary files of a killed run (and the names older versions used), removed at start
+STALE_TMP = ("part-*.tmp", "metadata.json.tmp", "vocabulary.npz.tmp", "vocabulary.tmp.npz",
+             "counts/part-*.tmp", "counts/part-*.tmp.npz")  # fmt: skip
+
+
 def _prepare_out_dir(out: Path) -> None:
     try:
         (out / "counts").mkdir(parents=True, exist_ok=True)
+        remove_stale(out, STALE_TMP)
         probe = out / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -487,12 +470,16 @@ def preprocess(
     out_dir: str | Path,
     options: PreprocessOptions | None = None,
     progress: bool = True,
+    vocabulary: Vocabulary | None = None,
 ) -> dict:
     """Raw Criteo files -> a directory that :class:`ProcessedData` opens. Returns the metadata.
 
     Finished parts of an earlier (interrupted) run with the same sources and options are
-    kept, not redone.
+    kept, not redone. ``vocabulary`` (vocabulary mode only): map ids with this one (e.g. a
+    trained model's) instead of counting the inputs.
     """
+    if vocabulary is not None and options is not None and options.hashing:
+        raise ValueError("preprocess: a vocabulary is for --min-count mode, not hashing")
     options = options or PreprocessOptions()
     paths = [Path(s) for s in sources]
     out = Path(out_dir)
@@ -501,16 +488,20 @@ def preprocess(
     (out / METADATA_FILE).unlink(missing_ok=True)  # the directory is incomplete until the end
     names = [f"part-{i:03d}" for i in range(len(paths))]
     key = options.output_key()
-    with tqdm(unit=" rows", unit_scale=True, disable=not progress, smoothing=0.05) as bar:
-        vocab = None
-        if not options.hashing:
+    vocab = vocabulary
+    if vocab is not None:
+        vocab.save(out)
+    elif not options.hashing:
+        with _pass_bar("count", paths, progress) as bar:
             _run_parts(out, names, paths, key, bar, counting=options)
-            vocab = build_vocabulary(out, names, key["min_count"])
-            key = {**key, "vocabulary_sha256": vocab.digest}
+        vocab = build_vocabulary(out, names, key["min_count"])
+    if vocab is not None:
+        key = {**key, "vocabulary_sha256": vocab.digest}
+    with _pass_bar("write", paths, progress) as bar:
         markers = _run_parts(out, names, paths, key, bar, options=options, vocab=vocab)
     table_sizes = vocab.table_sizes if vocab else [options.max_ind_range] * NUM_CATEGORICAL
     metadata = _metadata(names, markers, table_sizes, options)
-    _write_json_atomic(out / METADATA_FILE, metadata)
+    write_json_atomic(out / METADATA_FILE, metadata)
     return metadata
 
 
@@ -528,9 +519,11 @@ def _run_parts(out, names, paths, key, bar, options=None, vocab=None, counting=N
                 info = write_part(out, name, path, options, vocab, bar)
             marker = {**info, **identity, "options": key}
             if counting:
-                _write_json_atomic(marker_dir / f"{name}.json", marker)
+                write_json_atomic(marker_dir / f"{name}.json", marker)
             else:
                 _finish_part(out, marker)
+        else:
+            bar.update(path.stat().st_size)  # finished earlier: counts as read
         markers.append(marker)
     return markers
 
@@ -635,17 +628,18 @@ def preprocess_for_training(
 
 
 def _finished_matches(out: Path, sources: list[Path], options: PreprocessOptions) -> bool:
-    meta = _read_marker(out / METADATA_FILE)
-    if meta is None or meta.get("format_version") != FORMAT_VERSION:
+    try:
+        meta = read_metadata(out / METADATA_FILE)
+    except (OSError, ValueError):  # missing, unfinished or malformed: preprocess again
         return False
     if len(meta["parts"]) != len(sources):
         return False
-    used = meta["options"]
+    used = meta.get("options", {})
     if any(used.get(k) != v for k, v in options.output_key().items()):
         return False
     if used.get("split") != options.split:
         return False
     for part, src in zip(meta["parts"], sources, strict=True):
-        if not src.is_file() or any(part[k] != v for k, v in _source_identity(src).items()):
+        if not src.is_file() or any(part.get(k) != v for k, v in _source_identity(src).items()):
             return False
     return True

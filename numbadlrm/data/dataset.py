@@ -28,7 +28,6 @@ ahead of the consumer; stopping early (``break``, ``close()``) stops that thread
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +37,10 @@ import numpy as np
 
 from numbadlrm.batch import Batch
 from numbadlrm.data.background import prefetch
+from numbadlrm.data.metadata import METADATA_FILE, SPLITS, read_metadata
+from numbadlrm.data.vocabulary import Vocabulary, load_vocabulary
 from numbadlrm.kernels.parse import NUM_CATEGORICAL, NUM_DENSE  # I1..I13, C1..C26
 
-FORMAT_NAME = "numbadlrm-criteo"
-FORMAT_VERSION = 1
-METADATA_FILE = "metadata.json"
-SPLITS = ("train", "validation", "test")
 # part file suffix -> (dtype, columns); columns 0 means a 1-D array
 PART_FILES = {
     "dense": (".dense.f32", np.float32, NUM_DENSE),
@@ -57,6 +54,12 @@ T = TypeVar("T")
 def part_path(directory: Path, part: str, kind: str) -> Path:
     """Path of one array of a part: kind is "dense", "categorical" or "labels"."""
     return Path(directory) / (part + PART_FILES[kind][0])
+
+
+def part_bytes(rows: int, kind: str) -> int:
+    """Size in bytes of one array of a part of ``rows`` rows."""
+    _, dtype, cols = PART_FILES[kind]
+    return rows * max(cols, 1) * np.dtype(dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -81,18 +84,30 @@ class ProcessedData:
             raise FileNotFoundError(
                 f"{self.directory}: no {METADATA_FILE}; preprocessing is missing or unfinished"
             )
-        self.metadata = json.loads(meta_path.read_text())
-        if self.metadata.get("format") != FORMAT_NAME:
-            raise ValueError(f"{meta_path}: not a {FORMAT_NAME} metadata file")
-        version = self.metadata.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path}: format version {version}, this numbadlrm reads {FORMAT_VERSION}; "
-                "preprocess the raw files again"
-            )
+        self.metadata = read_metadata(meta_path)  # schema and split ranges checked
         self.table_sizes: tuple[int, ...] = tuple(self.metadata["table_sizes"])
         self.num_dense: int = self.metadata["num_dense"]
         self._parts = {p["name"]: _open_part(self.directory, p) for p in self.metadata["parts"]}
+
+    def preprocessing(self) -> tuple[dict, Vocabulary | None]:
+        """How the ids were made: ({"max_ind_range": N, "min_count": K}, the vocabulary in
+        --min-count mode, checked against metadata.json's sha256, else None)."""
+        options = self.metadata.get("options")
+        keys = ("max_ind_range", "min_count")
+        if not isinstance(options, dict) or not all(
+            type(options.get(k)) is int and options[k] >= 0 for k in keys
+        ):
+            raise ValueError(
+                f"{self.directory / METADATA_FILE}: key 'options' lacks the integers "
+                "max_ind_range and min_count; preprocess again"
+            )
+        prep = {k: options[k] for k in keys}
+        if prep["max_ind_range"] > 0:
+            return prep, None
+        vocab = load_vocabulary(self.directory, options.get("vocabulary_sha256"))
+        if vocab.table_sizes != list(self.table_sizes):
+            raise ValueError(f"{self.directory}: vocabulary.npz does not fit table_sizes")
+        return prep, vocab
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -110,7 +125,7 @@ def _open_part(directory: Path, part: dict) -> tuple[np.ndarray, np.ndarray, np.
         _, dtype, cols = PART_FILES[kind]
         shape = (rows, cols) if cols else (rows,)
         path = part_path(directory, part["name"], kind)
-        expected = rows * max(cols, 1) * np.dtype(dtype).itemsize
+        expected = part_bytes(rows, kind)
         if not path.is_file() or path.stat().st_size != expected:
             raise ValueError(f"{path}: missing or not {expected} bytes; preprocess again")
         if rows == 0:

@@ -1,7 +1,6 @@
 """``numbadlrm preprocess``: raw Criteo files -> a memory-mapped training directory.
 
-    numbadlrm preprocess --data-set kaggle --raw-data-file train.txt --out-dir kaggle \
-        --max-ind-range 10000000
+    numbadlrm preprocess --data-set kaggle --raw-data-file train.txt --out-dir kaggle --min-count 1
     numbadlrm preprocess --data-set terabyte --raw-data-file /data/day --out-dir tb --min-count 15
     numbadlrm preprocess a.txt b.txt.gz --out-dir small --split-fractions 0.8,0.1,0.1
 
@@ -21,6 +20,7 @@ from numbadlrm.data.criteo import (
     preprocess,
     terabyte_sources,
 )
+from numbadlrm.memory import human
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -86,12 +86,18 @@ def run(args: argparse.Namespace) -> int:
     except (CriteoError, ValueError) as exc:
         print(f"numbadlrm preprocess: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a WriteError names the path; finished parts are kept
+        print(f"numbadlrm preprocess: error: {exc}; rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         print("numbadlrm preprocess: interrupted; rerun the same command to resume",
               file=sys.stderr)  # fmt: skip
         return 130
     rows = ", ".join(f"{k} {v:,}" for k, v in meta["rows"].items())
     print(f"wrote {args.out_dir}: {rows} rows; table sizes {meta['table_sizes']}")
+    total = sum(meta["table_sizes"])
+    print(f"embedding tables: {total:,} rows, {human(total * 16 * 4)} at D=16 (64 bytes a row)")
     if options.skip_bad_lines:
         print(f"skipped {meta['bad_lines_skipped']:,} bad line(s)")
     return 0

@@ -46,6 +46,14 @@ from ..config import DLRMConfig
 from ..kernels.registry import KernelChoice
 from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward, embedding_gradient
 from ..layers.loss import sigmoid, sigmoid_bce
+from ..memory import (
+    MemoryNeed,
+    OutOfMemoryError,
+    allocation_errors,
+    available_memory,
+    check_memory,
+    estimate,
+)
 from ..model import (
     DenseTower,
     Workspace,
@@ -90,8 +98,14 @@ class DistributedDLRM:
 
         tower_n = dense_layout(config, top_first=True)[2]
         n = tower_n + int(self.rep_row_start[-1]) * dim
-        self.params = np.empty(n, np.float32)  # [top MLP | bottom MLP | replicated tables]
-        self._grad_buffer = np.zeros(n + 1, np.float32)  # + the loss slot
+        self.shards = placement.shards_on(comm.rank)  # S of them
+        need = rank_memory(config, placement, comm.rank)
+        check_node_memory(comm, need)  # before allocating, the same verdict on every rank
+        with allocation_errors(need):
+            self.params = np.empty(n, np.float32)  # [top MLP | bottom MLP | replicated tables]
+            self._grad_buffer = np.zeros(n + 1, np.float32)  # + the loss slot
+            self.row_start = np.cumsum([0] + [s.num_rows for s in self.shards]).astype(np.int64)
+            self.weights = np.empty((int(self.row_start[-1]), dim), np.float32)
         self.grads = self._grad_buffer[:n]
         self.tower = DenseTower(
             config, self.params[:tower_n], self.grads[:tower_n], self.kernels, top_first=True
@@ -102,9 +116,6 @@ class DistributedDLRM:
         for i, t in enumerate(self.replicated):
             init_table_rows(self._rep_table(i), seed, t, config.embedding_sizes[t], 0)
 
-        self.shards = placement.shards_on(comm.rank)  # S of them
-        self.row_start = np.cumsum([0] + [s.num_rows for s in self.shards]).astype(np.int64)
-        self.weights = np.empty((int(self.row_start[-1]), dim), np.float32)
         for s, shard in enumerate(self.shards):
             rows = self.weights[self.row_start[s] : self.row_start[s + 1]]
             init_table_rows(
@@ -371,3 +382,37 @@ def _check_placement(placement: Placement, config: DLRMConfig, ranks: int) -> No
         raise ValueError(
             f"placement: D={placement.dim}, the model has {config.sparse_feature_size}"
         )
+
+
+def rank_memory(
+    config: DLRMConfig,
+    placement: Placement,
+    rank: int,
+    batch_sizes: tuple[int, ...] = (),
+    data: tuple[str, int] | None = None,
+) -> MemoryNeed:
+    """What ``rank`` holds: its shards, the replicated tables (with their gradients), the
+    dense tower; with batch_sizes (local) and data, the rest of a training run too."""
+    shards = [(s.table, s.num_rows) for s in placement.shards_on(rank)]
+    return estimate(config, batch_sizes, data, tables=shards, replicated=placement.replicated)
+
+
+def check_node_memory(comm: MPI.Comm, need: MemoryNeed) -> None:
+    """Collective: the ranks sharing a machine must fit its memory together. Every rank
+    raises the same OutOfMemoryError (the first failing rank's message) or none does."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        node_total = node.allreduce(need.total)
+        available = node.bcast(available_memory() if node.rank == 0 else None, root=0)
+        single = node.size == 1
+    finally:
+        node.Free()
+    message = None
+    try:
+        where = f"rank {comm.rank} of {comm.size}: " if comm.size > 1 else ""
+        check_memory(need, available, None if single else node_total, where)
+    except OutOfMemoryError as exc:
+        message = str(exc)
+    message = next((m for m in comm.allgather(message) if m), None)
+    if message is not None:
+        raise OutOfMemoryError(message)

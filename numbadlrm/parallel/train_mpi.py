@@ -38,7 +38,7 @@ from ..checkpoint import (
 from ..config import DLRMConfig
 from ..threads import set_num_threads
 from ..train import TrainConfig, TrainLoop, open_data, run_header
-from .distributed import DistributedDLRM
+from .distributed import DistributedDLRM, check_node_memory, rank_memory
 from .partition import plan_placement, sample_ranges
 
 
@@ -102,6 +102,9 @@ def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
     placement = plan_placement(
         mcfg.embedding_sizes, mcfg.sparse_feature_size, ranks, lookups, replicate_max_rows=replicate
     )
+    local_batches = tuple(-(-b // ranks) for b in (cfg.mini_batch_size, cfg.test_mini_batch_size))
+    need = rank_memory(mcfg, placement, comm.rank, local_batches, source.memory_need())
+    check_node_memory(comm, need)
     model = DistributedDLRM(
         mcfg, comm, placement, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels
     )
