@@ -17,9 +17,12 @@ update merges, applies fp32 SGD, and splits again:
 
 so merge(hi, lo) after the update is bit for bit what fp32 SGD gives on the merged value.
 "What fp32 SGD gives" is the project's fp32 kernels' arithmetic (kernels/elementwise.py
-``sgd_update``, kernels/embedding.py): the same expression with float32 lr under the same
-flags (kernels/_jit.py), which LLVM contracts into one fused multiply-add (vfnmadd) on
-this machine; ``reference.sgd_fma_f32`` computes that correctly rounded value in NumPy.
+``sgd_update``, kernels/embedding.py): ``w -= lr * g`` with float32 lr, which LLVM
+contracts into one fused multiply-add (vfnmadd) under the flags of kernels/_jit.py. Here
+the FMA is explicit (``sgd_fma``, llvm.fma), so the update rounds once whatever LLVM
+decides; ``reference.sgd_fma_f32`` computes the same correctly rounded value in NumPy,
+and the tests hold all three equal bit for bit. (Under NUMBA_DISABLE_JIT, plain Python
+rounds twice, through float64: equal except in rare double-rounding cases.)
 
 Kernels here work on flat (1-D, contiguous) arrays, outputs first; the parallel entry
 runs CHUNK-element chunks on Numba's threads, the ``*_serial`` entry the same loop on
@@ -33,6 +36,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import jit_parallel, jit_serial
@@ -111,6 +115,18 @@ def _lo_half(typingctx, x):
     return types.uint16(types.float32), codegen
 
 
+@intrinsic
+def _sgd_fma(typingctx, w, g, lr):
+    def codegen(context, builder, signature, args):
+        w, g, lr = args
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_F32, [_F32] * 3), "llvm.fma.f32"
+        )
+        return builder.call(fma, [builder.fneg(lr), g, w])
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
 if numba.config.DISABLE_JIT:  # plain Python: the same bit arithmetic on NumPy scalars
 
     def _bits(x):
@@ -136,6 +152,9 @@ if numba.config.DISABLE_JIT:  # plain Python: the same bit arithmetic on NumPy s
 
     def lo_half(x):
         return np.uint16(_bits(x) & 0xFFFF)
+
+    def sgd_fma(w, g, lr):  # lr g exact in float64; one rounding there, one to float32
+        return np.float32(float(w) - float(lr) * float(g))
 
 else:
 
@@ -163,6 +182,12 @@ else:
     def lo_half(x):
         """The bottom 16 bits of float32 x."""
         return _lo_half(np.float32(x))
+
+    @jit_serial
+    def sgd_fma(w, g, lr):
+        """float32 w - lr g rounded once: an explicit fused multiply-add (vfnmadd), the
+        instruction LLVM contracts the fp32 SGD kernels' ``w -= lr * g`` into here."""
+        return _sgd_fma(np.float32(w), np.float32(g), np.float32(lr))
 
 
 # ------------------------------------------------------------- loop bodies
@@ -196,8 +221,7 @@ def _merge_range(out, hi, lo, k0, k1):
 @jit_serial
 def _split_sgd_range(hi, lo, grads, lr, k0, k1):
     for k in range(k0, k1):
-        w = merge_value(hi[k], lo[k])
-        w = w - lr * grads[k]  # contracted to one FMA, as elementwise.sgd_update
+        w = sgd_fma(merge_value(hi[k], lo[k]), grads[k], lr)
         hi[k] = hi_half(w)
         lo[k] = lo_half(w)
 

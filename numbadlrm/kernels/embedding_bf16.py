@@ -36,7 +36,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit_parallel, jit_serial
-from .bf16 import bf16_value, hi_half, lo_half, merge_value
+from .bf16 import bf16_value, hi_half, lo_half, merge_value, sgd_fma
 from .embedding import CHUNKS, PREFETCH_AHEAD, _owner
 from .prefetch import _prefetch_l2 as prefetch_l2
 
@@ -103,8 +103,9 @@ def _update_owned_rows(tables, row_start, offsets, indices, dpooled, lr, owner, 
                 r = base + indices[j]
                 if _owner(np.uint64(r), num_owners) == owner:
                     for d in range(dim):
-                        w = merge_value(rows2d[r, d], rows2d[r, dim + d])
-                        w = w - lr * dpooled[t, b, d]  # one FMA, as the fp32 kernel
+                        w = sgd_fma(
+                            merge_value(rows2d[r, d], rows2d[r, dim + d]), dpooled[t, b, d], lr
+                        )
                         rows2d[r, d] = hi_half(w)
                         rows2d[r, dim + d] = lo_half(w)
 

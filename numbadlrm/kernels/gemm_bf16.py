@@ -1,0 +1,471 @@
+"""The linear layer's three GEMMs in bf16 with fp32 accumulation, on the vdpbf16ps tile.
+
+Shapes as kernels/gemm.py (W (O, I), x (B, I), y and dz (B, O)); bf16 arrays are uint16
+(kernels/bf16.py), everything accumulated in fp32 by ``microkernel_bf16.tile``:
+
+    forward           y  = x W^T + b, then max(y, 0) if relu     fp32 (B, O) and/or bf16
+    backward_data     dx = dz W, then dx [x > 0] if mask_dx      fp32 (B, I) and/or bf16
+    backward_weight   dW = dz^T x (fp32 (O, I)),  db = sum_b dz (fp32)
+    weight + SGD      W (hi, lo) -= lr dW,  b -= lr db: split-SGD on the master weights
+
+Each pass is C (M, N) = A (M, K) Bm (K, N) with A bf16 row-major (a k pair is one 32-bit
+broadcast) and Bm packed in pairs of k (microkernel_bf16.py):
+
+    pass       M  N  K    A                       Bm packed by
+    forward    B  O  I    x as it lies            pack_rows(W): W's rows hold k = i
+    data       B  I  O    dz as it lies           pack_cols(W): W's columns hold k = o
+    weight     O  I  B    dz^T (transposed here)  pack_cols(x): x's columns hold k = b
+
+W's two packings depend only on W, so they are made once per weight update (their cost
+is the caller's, once per step). The weight pass transposes dz and packs x every call
+(the cost is inside it). With I narrow (< NR / 2) and O wide, the weight pass forms
+dW^T = x^T dz instead (A = x^T, Bm = dz), so a tile's 64 columns are O's, as gemm.py v4.
+
+There is no k blocking: one tile runs the whole K, so a B panel (K x 128 bytes, 128 KiB
+at K = 1024) stays in L2 and an A sliver (MR x K x 2 bytes) in L1 while a task's row
+tiles sweep it; fine for K up to a few thousand (DLRM's widths). C is cut into ``tasks``
+blocks of rows (or of columns when there are few rows); each task writes only its block.
+A tile lands in the task's own MR x NR fp32 scratch, and the epilogue (bias, ReLU, mask,
+rounding to bf16, the SGD update) runs on it while it is in L1.
+
+Every kernel has a parallel entry (tasks on Numba's threads) and a ``*_serial`` entry
+(the same tasks on the calling thread). Outputs first; an output not wanted is passed
+as an empty (0, 0) array (``NONE_F32``, ``NONE_U16``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit_parallel, jit_serial
+from .bf16 import bf16_value, hi_half, lo_half, merge_value, round_bf16, sgd_fma
+from .microkernel_bf16 import MR, NR, tile
+
+NONE_F32 = np.empty((0, 0), np.float32)
+NONE_U16 = np.empty((0, 0), np.uint16)
+TASKS = 16  # blocks of C per call (a constant, so results and caching ignore threads)
+MIN_ROW_TILES = 2 * TASKS  # fewer row tiles than this: share columns instead
+
+
+@jit_serial
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+@jit_serial
+def _block(t, tasks, M, N):
+    """(i0, i1, j0, j1): task t's block of C, whole tiles of rows or of columns."""
+    row_tiles, col_tiles = _cdiv(M, MR), _cdiv(N, NR)
+    if row_tiles >= MIN_ROW_TILES or col_tiles < 2:
+        parts = max(1, min(tasks, row_tiles))
+        if t >= parts:
+            return 0, 0, 0, 0
+        return (t * row_tiles // parts) * MR, min(M, ((t + 1) * row_tiles // parts) * MR), 0, N
+    parts = max(1, min(tasks, col_tiles))
+    if t >= parts:
+        return 0, 0, 0, 0
+    return 0, M, (t * col_tiles // parts) * NR, min(N, ((t + 1) * col_tiles // parts) * NR)
+
+
+# --------------------------------------------------------------------- packing
+
+
+@jit_serial
+def _pack_rows_panel(panels, S, p):
+    """panels[p, kk, j] = (S[p NR + j, 2 kk], S[p NR + j, 2 kk + 1]) as a uint32, zeros past
+    S's rows and past an odd K."""
+    N, K = S.shape
+    out = panels[p]
+    pairs = out.shape[0]
+    n = min(NR, N - p * NR)
+    for j in range(n):
+        row = S[p * NR + j]
+        for kk in range(K // 2):
+            out[kk, j] = np.uint32(row[2 * kk]) | (np.uint32(row[2 * kk + 1]) << np.uint32(16))
+        if K % 2:
+            out[pairs - 1, j] = np.uint32(row[K - 1])
+    for kk in range(pairs):
+        for j in range(n, NR):
+            out[kk, j] = 0
+
+
+@jit_serial
+def _pack_cols_panel(panels, S, p):
+    """panels[p, kk, j] = (S[2 kk, p NR + j], S[2 kk + 1, p NR + j]), zeros past S's
+    columns and past an odd K."""
+    K, N = S.shape
+    out = panels[p]
+    j0 = p * NR
+    n = min(NR, N - j0)
+    for kk in range(out.shape[0]):
+        dst = out[kk]
+        even = S[2 * kk, j0 : j0 + n]
+        if 2 * kk + 1 < K:
+            odd = S[2 * kk + 1, j0 : j0 + n]
+            for j in range(n):
+                dst[j] = np.uint32(even[j]) | (np.uint32(odd[j]) << np.uint32(16))
+        else:
+            for j in range(n):
+                dst[j] = np.uint32(even[j])
+        for j in range(n, NR):
+            dst[j] = 0
+
+
+@jit_parallel
+def pack_rows(panels, S):
+    """panels (ceil(N/NR), ceil(K/2), NR) uint32 = S (N, K) bf16 as a packed Bm = S^T."""
+    for p in prange(panels.shape[0]):  # task p writes only panel p
+        _pack_rows_panel(panels, S, p)
+
+
+@jit_serial
+def pack_rows_serial(panels, S):
+    for p in range(panels.shape[0]):
+        _pack_rows_panel(panels, S, p)
+
+
+@jit_parallel
+def pack_cols(panels, S):
+    """panels (ceil(N/NR), ceil(K/2), NR) uint32 = S (K, N) bf16 as a packed Bm = S."""
+    for p in prange(panels.shape[0]):  # task p writes only panel p
+        _pack_cols_panel(panels, S, p)
+
+
+@jit_serial
+def pack_cols_serial(panels, S):
+    for p in range(panels.shape[0]):
+        _pack_cols_panel(panels, S, p)
+
+
+def panels_shape(N: int, K: int) -> tuple[int, int, int]:
+    """Shape of the packed Bm (K, N): (panels, k pairs, NR)."""
+    return (N + NR - 1) // NR, (K + 1) // 2, NR
+
+
+@jit_serial
+def _transpose_rows(out, a, i0, i1):
+    """out[:, i0:i1] = a[i0:i1, :]^T (uint16), 8 rows of a at a time."""
+    N = a.shape[1]
+    i = i0
+    while i + 8 <= i1:
+        r0, r1, r2, r3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+        r4, r5, r6, r7 = a[i + 4], a[i + 5], a[i + 6], a[i + 7]
+        for j in range(N):
+            o = out[j, i : i + 8]
+            o[0], o[1], o[2], o[3] = r0[j], r1[j], r2[j], r3[j]
+            o[4], o[5], o[6], o[7] = r4[j], r5[j], r6[j], r7[j]
+        i += 8
+    for j in range(N):
+        for r in range(i, i1):
+            out[j, r] = a[r, j]
+
+
+@jit_parallel
+def transpose16(out, a):
+    """out (N, M) = a (M, N)^T, uint16; blocks of 64 rows of a per task."""
+    M = a.shape[0]
+    for t in prange(_cdiv(M, 64)):  # task t writes only columns 64t..64t+63 of out
+        _transpose_rows(out, a, t * 64, min(M, (t + 1) * 64))
+
+
+@jit_serial
+def transpose16_serial(out, a):
+    _transpose_rows(out, a, 0, a.shape[0])
+
+
+# ------------------------------------------------------------------ epilogues
+
+
+@jit_serial
+def _store_tile(y, y16, s, i, m, j, n):
+    """y[i:i+m, j:j+n] = s[:m, :n] (if y is wanted) and y16 = its bf16 (if wanted)."""
+    for r in range(m):
+        row = s[r]
+        if y.shape[0] > 0:
+            out = y[i + r, j : j + n]
+            for c in range(n):
+                out[c] = row[c]
+        if y16.shape[0] > 0:
+            out16 = y16[i + r, j : j + n]
+            for c in range(n):
+                out16[c] = round_bf16(row[c])
+
+
+@jit_serial
+def _bias_relu(s, b, m, j, n, relu):
+    """s[:m, :n] += b[j:j+n], then ReLU: the forward's epilogue on a finished tile."""
+    bb = b[j : j + n]
+    for r in range(m):
+        row = s[r]
+        for c in range(n):
+            v = row[c] + bb[c]
+            row[c] = max(v, np.float32(0.0)) if relu else v
+
+
+@jit_serial
+def _relu_mask(s, x16, i, m, j, n):
+    """s[:m, :n] *= [x16[i:i+m, j:j+n] > 0]: the ReLU backward of the layer below."""
+    for r in range(m):
+        row = s[r]
+        xr = x16[i + r, j : j + n]
+        for c in range(n):
+            row[c] = row[c] if bf16_value(xr[c]) > 0 else np.float32(0.0)
+
+
+@jit_serial
+def _split_sgd_rows(w_hi, w_lo, s, lr, i, m, j, n):
+    """Split-SGD of W[i:i+m, j:j+n] with the gradient tile s (kernels/bf16.py)."""
+    for r in range(m):
+        g = s[r]
+        hi, lo = w_hi[i + r, j : j + n], w_lo[i + r, j : j + n]
+        for c in range(n):
+            w = sgd_fma(merge_value(hi[c], lo[c]), g[c], lr)
+            hi[c] = hi_half(w)
+            lo[c] = lo_half(w)
+
+
+# ------------------------------------------------------------- forward, data
+
+
+@jit_serial
+def _forward_task(y, y16, x16, Wf, b, relu, s, t, tasks):
+    """Task t's block of y = x W^T + b (ReLU), Wf = pack_rows(W)."""
+    B, K = x16.shape
+    i0, i1, j0, j1 = _block(t, tasks, B, b.shape[0])
+    panel = Wf.shape[1] * NR
+    for jj in range(j0, j1, NR):  # one B panel (L2) swept by all the task's row tiles
+        n = min(NR, j1 - jj)
+        for ii in range(i0, i1, MR):
+            m = min(MR, i1 - ii)
+            tile(K, x16, ii * K, K, Wf, (jj // NR) * panel, s, 0, NR, m, n, False)
+            _bias_relu(s, b, m, jj, n, relu)
+            _store_tile(y, y16, s, ii, m, jj, n)
+
+
+@jit_parallel
+def linear_forward(y, y16, x16, Wf, b, relu, tasks):
+    """y (B, O) fp32 and/or y16 (B, O) bf16 = x16 (B, I) W^T + b, ReLU if relu; Wf =
+    pack_rows(W16) (panels_shape(O, I)); b (O,) fp32."""
+    scratch = np.empty((tasks, MR, NR), np.float32)
+    for t in prange(tasks):  # task t writes only its block of y and y16
+        _forward_task(y, y16, x16, Wf, b, relu, scratch[t], t, tasks)
+
+
+@jit_serial
+def linear_forward_serial(y, y16, x16, Wf, b, relu, tasks):
+    scratch = np.empty((1, MR, NR), np.float32)
+    for t in range(tasks):
+        _forward_task(y, y16, x16, Wf, b, relu, scratch[0], t, tasks)
+
+
+@jit_serial
+def _logit_rows(y, y16, x16, w16, b, relu, r0, r1):
+    """y[r] = x16[r] . w16[0] + b[0] (ReLU) for r0 <= r < r1: an O = 1 layer's forward, a
+    matrix-vector product (a tile would compute 64 columns to keep one)."""
+    w = w16[0]
+    for r in range(r0, r1):
+        xr = x16[r]
+        acc = np.float32(0.0)
+        for k in range(x16.shape[1]):
+            acc += bf16_value(xr[k]) * bf16_value(w[k])
+        v = acc + b[0]
+        v = max(v, np.float32(0.0)) if relu else v
+        if y.shape[0] > 0:
+            y[r, 0] = v
+        if y16.shape[0] > 0:
+            y16[r, 0] = round_bf16(v)
+
+
+@jit_parallel
+def logit_forward(y, y16, x16, w16, b, relu, tasks):
+    """linear_forward for O = 1, from W16 (1, I) itself (no packing)."""
+    B = x16.shape[0]
+    for t in prange(tasks):  # task t writes only rows [t B / tasks, (t + 1) B / tasks)
+        _logit_rows(y, y16, x16, w16, b, relu, t * B // tasks, (t + 1) * B // tasks)
+
+
+@jit_serial
+def logit_forward_serial(y, y16, x16, w16, b, relu, tasks):
+    _logit_rows(y, y16, x16, w16, b, relu, 0, x16.shape[0])
+
+
+@jit_serial
+def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, s, t, tasks):
+    """Task t's block of dx = dz W (masked by [x > 0]), Wd = pack_cols(W)."""
+    B, K = dz16.shape
+    i0, i1, j0, j1 = _block(t, tasks, B, max(dx.shape[1], dx16.shape[1]))
+    panel = Wd.shape[1] * NR
+    for jj in range(j0, j1, NR):
+        n = min(NR, j1 - jj)
+        for ii in range(i0, i1, MR):
+            m = min(MR, i1 - ii)
+            tile(K, dz16, ii * K, K, Wd, (jj // NR) * panel, s, 0, NR, m, n, False)
+            if mask_dx:
+                _relu_mask(s, x16, ii, m, jj, n)
+            _store_tile(dx, dx16, s, ii, m, jj, n)
+
+
+@jit_parallel
+def linear_backward_data(dx, dx16, dz16, Wd, x16, mask_dx, tasks):
+    """dx (B, I) fp32 and/or dx16 (B, I) bf16 = dz16 (B, O) W, times [x16 > 0] if mask_dx
+    (the ReLU backward of the layer below, whose output x16 is); Wd = pack_cols(W16)
+    (panels_shape(I, O))."""
+    scratch = np.empty((tasks, MR, NR), np.float32)
+    for t in prange(tasks):  # task t writes only its block of dx and dx16
+        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, scratch[t], t, tasks)
+
+
+@jit_serial
+def linear_backward_data_serial(dx, dx16, dz16, Wd, x16, mask_dx, tasks):
+    scratch = np.empty((1, MR, NR), np.float32)
+    for t in range(tasks):
+        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, scratch[0], t, tasks)
+
+
+# ----------------------------------------------------------------- weight pass
+
+
+@jit_serial
+def _weight_task(C, A, P, t, tasks):
+    """Task t's block of C (M, N) = A (M, K) Bm, Bm packed in P; tiles written into C."""
+    M, K = A.shape
+    N = C.shape[1]
+    i0, i1, j0, j1 = _block(t, tasks, M, N)
+    panel = P.shape[1] * NR
+    for jj in range(j0, j1, NR):
+        n = min(NR, j1 - jj)
+        for ii in range(i0, i1, MR):
+            m = min(MR, i1 - ii)
+            tile(K, A, ii * K, K, P, (jj // NR) * panel, C, ii * N + jj, N, m, n, False)
+
+
+@jit_serial
+def _weight_sgd_task(w_hi, w_lo, A, P, lr, s, t, tasks):
+    """Task t's block of W (hi, lo) -= lr A Bm: each gradient tile applied from scratch."""
+    M, K = A.shape
+    i0, i1, j0, j1 = _block(t, tasks, M, w_hi.shape[1])
+    panel = P.shape[1] * NR
+    for jj in range(j0, j1, NR):
+        n = min(NR, j1 - jj)
+        for ii in range(i0, i1, MR):
+            m = min(MR, i1 - ii)
+            tile(K, A, ii * K, K, P, (jj // NR) * panel, s, 0, NR, m, n, False)
+            _split_sgd_rows(w_hi, w_lo, s, lr, ii, m, jj, n)
+
+
+@jit_parallel
+def _weight_tiles(C, A, P, tasks):
+    for t in prange(tasks):  # task t writes only its block of C
+        _weight_task(C, A, P, t, tasks)
+
+
+@jit_serial
+def _weight_tiles_serial(C, A, P, tasks):
+    for t in range(tasks):
+        _weight_task(C, A, P, t, tasks)
+
+
+@jit_parallel
+def _weight_sgd_tiles(w_hi, w_lo, A, P, lr, tasks):
+    scratch = np.empty((tasks, MR, NR), np.float32)
+    for t in prange(tasks):  # task t reads and writes only its block of W
+        _weight_sgd_task(w_hi, w_lo, A, P, lr, scratch[t], t, tasks)
+
+
+@jit_serial
+def _weight_sgd_tiles_serial(w_hi, w_lo, A, P, lr, tasks):
+    scratch = np.empty((1, MR, NR), np.float32)
+    for t in range(tasks):
+        _weight_sgd_task(w_hi, w_lo, A, P, lr, scratch[0], t, tasks)
+
+
+@jit_serial
+def _column_sums(db, dz16):
+    """db[j] = sum_b dz16[b, j] in fp32, rows added in order."""
+    for j in range(db.shape[0]):
+        db[j] = 0.0
+    for i in range(dz16.shape[0]):
+        row = dz16[i]
+        for j in range(db.shape[0]):
+            db[j] += bf16_value(row[j])
+
+
+@jit_serial
+def _operands(dz16, x16, serial):
+    """(A, P, transposed) of the weight pass: A = dz^T and P = pack_cols(x), or, when I is
+    narrow and O wide, A = x^T and P = pack_cols(dz) (the product is then dW^T)."""
+    B, O = dz16.shape
+    I = x16.shape[1]
+    transposed = I < NR // 2 and O >= NR
+    a_src, b_src = (x16, dz16) if transposed else (dz16, x16)
+    A = np.empty((a_src.shape[1], B), np.uint16)
+    N = b_src.shape[1]
+    P = np.empty((_cdiv(N, NR), _cdiv(B, 2), NR), np.uint32)
+    if serial:
+        transpose16_serial(A, a_src)
+        pack_cols_serial(P, b_src)
+    else:
+        transpose16(A, a_src)
+        pack_cols(P, b_src)
+    return A, P, transposed
+
+
+@jit_serial
+def _weight_grad(dW, db, dz16, x16, tasks, serial):
+    A, P, transposed = _operands(dz16, x16, serial)
+    C = np.empty((dW.shape[1], dW.shape[0]), np.float32) if transposed else dW
+    if serial:
+        _weight_tiles_serial(C, A, P, tasks)
+    else:
+        _weight_tiles(C, A, P, tasks)
+    if transposed:  # dW (O, I) = C^T, I < NR / 2: small
+        for o in range(dW.shape[0]):
+            for i in range(dW.shape[1]):
+                dW[o, i] = C[i, o]
+    _column_sums(db, dz16)
+
+
+@jit_serial
+def linear_backward_weight(dW, db, dz16, x16, tasks):
+    """dW (O, I) fp32 = dz16^T x16 and db (O,) fp32 = sum_b dz16, from bf16 dz16 (B, O)
+    and x16 (B, I). Transposes dz (or x) and packs x (or dz) into scratch first."""
+    _weight_grad(dW, db, dz16, x16, tasks, False)
+
+
+@jit_serial
+def linear_backward_weight_serial(dW, db, dz16, x16, tasks):
+    _weight_grad(dW, db, dz16, x16, tasks, True)
+
+
+@jit_serial
+def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, serial):
+    A, P, transposed = _operands(dz16, x16, serial)
+    if transposed:  # the small dW^T first, then the update from it
+        C = np.empty((w_hi.shape[1], w_hi.shape[0]), np.float32)
+        if serial:
+            _weight_tiles_serial(C, A, P, tasks)
+        else:
+            _weight_tiles(C, A, P, tasks)
+        _split_sgd_rows(w_hi, w_lo, C.T, lr, 0, w_hi.shape[0], 0, w_hi.shape[1])
+    elif serial:
+        _weight_sgd_tiles_serial(w_hi, w_lo, A, P, lr, tasks)
+    else:
+        _weight_sgd_tiles(w_hi, w_lo, A, P, lr, tasks)
+    db = np.empty((1, b_hi.shape[0]), np.float32)
+    _column_sums(db[0], dz16)
+    _split_sgd_rows(b_hi.reshape((1, -1)), b_lo.reshape((1, -1)), db, lr, 0, 1, 0, db.shape[1])
+
+
+@jit_serial
+def linear_backward_weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks):
+    """Split-SGD of the layer's master weights, fused with the weight pass: W (w_hi, w_lo
+    (O, I) uint16) -= lr dz16^T x16 and b (b_hi, b_lo (O,)) -= lr sum_b dz16, each fp32
+    value exactly as split_sgd_update would give from linear_backward_weight's dW, db (lr
+    float32). No dW is stored: each gradient tile is applied from L1."""
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, False)
+
+
+@jit_serial
+def linear_backward_weight_split_sgd_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks):
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, True)
