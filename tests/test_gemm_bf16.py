@@ -173,7 +173,7 @@ def test_tile_compiles_to_vdpbf16ps():
     fresh = numba.njit(mk.tile.py_func)
     A, P = np.zeros((mk.MR, 8), np.uint16), np.zeros((4, mk.NR), np.uint32)
     C = np.zeros((mk.MR, mk.NR), np.float32)
-    fresh(8, A, 0, 8, P, 0, C, 0, mk.NR, mk.MR, mk.NR, False)
+    fresh(8, A, 0, 16, 4, P, 0, C, 0, mk.NR, mk.MR, mk.NR, False)
     asm = next(iter(fresh.inspect_asm().values()))
     assert sum("vdpbf16ps" in line for line in asm.splitlines()) >= 4 * mk.MR
 

@@ -11,15 +11,20 @@ Shapes as kernels/gemm.py (W (O, I), x (B, I), y and dz (B, O)); bf16 arrays are
 Each pass is C (M, N) = A (M, K) Bm (K, N) with A bf16 row-major (a k pair is one 32-bit
 broadcast) and Bm packed in pairs of k (microkernel_bf16.py):
 
-    pass       M  N  K    A                       Bm packed by
-    forward    B  O  I    x as it lies            pack_rows(W): W's rows hold k = i
-    data       B  I  O    dz as it lies           pack_cols(W): W's columns hold k = o
-    weight     O  I  B    dz^T (transposed here)  pack_cols(x): x's columns hold k = b
+    pass       M  N  K    A                          Bm packed by
+    forward    B  O  I    x as it lies               pack_rows(W): W's rows hold k = i
+    data       B  I  O    dz as it lies              pack_cols(W): W's columns hold k = o
+    weight     O  I  B    pack_a(dz): dz^T pairs     pack_cols(x): x's columns hold k = b
 
 W's two packings depend only on W, so they are made once per weight update (their cost
-is the caller's, once per step). The weight pass transposes dz and packs x every call
-(the cost is inside it). With I narrow (< NR / 2) and O wide, the weight pass forms
-dW^T = x^T dz instead (A = x^T, Bm = dz), so a tile's 64 columns are O's, as gemm.py v4.
+is the caller's, once per step). The weight pass's A = dz^T needs pairs of b in 32 bits:
+``pack_a`` interleaves dz's rows 2kk and 2kk + 1 into micro-panels of MR columns of dz
+(MR rows of dz^T), pair after pair, so a tile reads its A sliver as one contiguous run
+(a 16-bit transpose of dz ran 15x slower than this pass, and reading dz^T's pairs at a
+stride of 4 O bytes thrashed L1's sets: 4 KiB apart at O = 1024). It packs x too, every
+call (the costs are inside the pass). With I narrow (< NR / 2) and O wide, the weight
+pass forms dW^T = x^T dz instead (A = pack_a(x), Bm = pack_cols(dz)), so a tile's 64
+columns are O's, as gemm.py v4.
 
 There is no k blocking: one tile runs the whole K, so a B panel (K x 128 bytes, 128 KiB
 at K = 1024) stays in L2 and an A sliver (MR x K x 2 bytes) in L1 while a task's row
@@ -143,35 +148,44 @@ def panels_shape(N: int, K: int) -> tuple[int, int, int]:
     return (N + NR - 1) // NR, (K + 1) // 2, NR
 
 
+A_CHUNK = 16  # pack_a: micro-panels per task (96 columns of S: 192-byte row pieces)
+
+
 @jit_serial
-def _transpose_rows(out, a, i0, i1):
-    """out[:, i0:i1] = a[i0:i1, :]^T (uint16), 8 rows of a at a time."""
-    N = a.shape[1]
-    i = i0
-    while i + 8 <= i1:
-        r0, r1, r2, r3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-        r4, r5, r6, r7 = a[i + 4], a[i + 5], a[i + 6], a[i + 7]
-        for j in range(N):
-            o = out[j, i : i + 8]
-            o[0], o[1], o[2], o[3] = r0[j], r1[j], r2[j], r3[j]
-            o[4], o[5], o[6], o[7] = r4[j], r5[j], r6[j], r7[j]
-        i += 8
-    for j in range(N):
-        for r in range(i, i1):
-            out[j, r] = a[r, j]
+def _pack_a_range(Ap, S, q0, q1):
+    """Ap[q, kk, r] = (S[2 kk, q MR + r], S[2 kk + 1, q MR + r]) for q0 <= q < q1 (zero
+    past S's columns and past an odd K)."""
+    K, M = S.shape
+    c0 = q0 * MR
+    width = min(M, q1 * MR) - c0
+    pair = np.zeros((q1 - q0) * MR, np.uint32)  # one k pair of the chunk's columns
+    for kk in range(Ap.shape[1]):
+        even = S[2 * kk, c0 : c0 + width]
+        if 2 * kk + 1 < K:
+            odd = S[2 * kk + 1, c0 : c0 + width]
+            for c in range(width):
+                pair[c] = np.uint32(even[c]) | (np.uint32(odd[c]) << np.uint32(16))
+        else:
+            for c in range(width):
+                pair[c] = np.uint32(even[c])
+        for q in range(q1 - q0):
+            dst = Ap[q0 + q, kk]
+            for r in range(MR):
+                dst[r] = pair[q * MR + r]
 
 
 @jit_parallel
-def transpose16(out, a):
-    """out (N, M) = a (M, N)^T, uint16; blocks of 64 rows of a per task."""
-    M = a.shape[0]
-    for t in prange(_cdiv(M, 64)):  # task t writes only columns 64t..64t+63 of out
-        _transpose_rows(out, a, t * 64, min(M, (t + 1) * 64))
+def pack_a(Ap, S):
+    """Ap (ceil(M/MR), ceil(K/2), MR) uint32 = S (K, M) bf16 as the A operand S^T in
+    micro-panels: MR rows of S^T, pair after pair, the order the tile reads them."""
+    panels = Ap.shape[0]
+    for t in prange(_cdiv(panels, A_CHUNK)):  # task t writes only its micro-panels
+        _pack_a_range(Ap, S, t * A_CHUNK, min(panels, (t + 1) * A_CHUNK))
 
 
 @jit_serial
-def transpose16_serial(out, a):
-    _transpose_rows(out, a, 0, a.shape[0])
+def pack_a_serial(Ap, S):
+    _pack_a_range(Ap, S, 0, Ap.shape[0])
 
 
 # ------------------------------------------------------------------ epilogues
@@ -238,7 +252,7 @@ def _forward_task(y, y16, x16, Wf, b, relu, s, t, tasks):
         n = min(NR, j1 - jj)
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
-            tile(K, x16, ii * K, K, Wf, (jj // NR) * panel, s, 0, NR, m, n, False)
+            tile(K, x16, 2 * ii * K, 2 * K, 4, Wf, (jj // NR) * panel, s, 0, NR, m, n, False)
             _bias_relu(s, b, m, jj, n, relu)
             _store_tile(y, y16, s, ii, m, jj, n)
 
@@ -300,7 +314,7 @@ def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, s, t, tasks):
         n = min(NR, j1 - jj)
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
-            tile(K, dz16, ii * K, K, Wd, (jj // NR) * panel, s, 0, NR, m, n, False)
+            tile(K, dz16, 2 * ii * K, 2 * K, 4, Wd, (jj // NR) * panel, s, 0, NR, m, n, False)
             if mask_dx:
                 _relu_mask(s, x16, ii, m, jj, n)
             _store_tile(dx, dx16, s, ii, m, jj, n)
@@ -327,57 +341,59 @@ def linear_backward_data_serial(dx, dx16, dz16, Wd, x16, mask_dx, tasks):
 
 
 @jit_serial
-def _weight_task(C, A, P, t, tasks):
-    """Task t's block of C (M, N) = A (M, K) Bm, Bm packed in P; tiles written into C."""
-    M, K = A.shape
-    N = C.shape[1]
+def _weight_task(C, A, K, P, t, tasks):
+    """Task t's block of C (M, N) = A Bm: A packed by pack_a, Bm by pack_cols; tiles
+    written into C."""
+    M, N = C.shape
     i0, i1, j0, j1 = _block(t, tasks, M, N)
     panel = P.shape[1] * NR
     for jj in range(j0, j1, NR):
         n = min(NR, j1 - jj)
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
-            tile(K, A, ii * K, K, P, (jj // NR) * panel, C, ii * N + jj, N, m, n, False)
+            a_off = (ii // MR) * A.shape[1] * MR * 4
+            p_off = (jj // NR) * panel
+            tile(K, A, a_off, 4, 4 * MR, P, p_off, C, ii * N + jj, N, m, n, False)
 
 
 @jit_serial
-def _weight_sgd_task(w_hi, w_lo, A, P, lr, s, t, tasks):
+def _weight_sgd_task(w_hi, w_lo, A, K, P, lr, s, t, tasks):
     """Task t's block of W (hi, lo) -= lr A Bm: each gradient tile applied from scratch."""
-    M, K = A.shape
-    i0, i1, j0, j1 = _block(t, tasks, M, w_hi.shape[1])
+    i0, i1, j0, j1 = _block(t, tasks, w_hi.shape[0], w_hi.shape[1])
     panel = P.shape[1] * NR
     for jj in range(j0, j1, NR):
         n = min(NR, j1 - jj)
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
-            tile(K, A, ii * K, K, P, (jj // NR) * panel, s, 0, NR, m, n, False)
+            a_off = (ii // MR) * A.shape[1] * MR * 4
+            tile(K, A, a_off, 4, 4 * MR, P, (jj // NR) * panel, s, 0, NR, m, n, False)
             _split_sgd_rows(w_hi, w_lo, s, lr, ii, m, jj, n)
 
 
 @jit_parallel
-def _weight_tiles(C, A, P, tasks):
+def _weight_tiles(C, A, K, P, tasks):
     for t in prange(tasks):  # task t writes only its block of C
-        _weight_task(C, A, P, t, tasks)
+        _weight_task(C, A, K, P, t, tasks)
 
 
 @jit_serial
-def _weight_tiles_serial(C, A, P, tasks):
+def _weight_tiles_serial(C, A, K, P, tasks):
     for t in range(tasks):
-        _weight_task(C, A, P, t, tasks)
+        _weight_task(C, A, K, P, t, tasks)
 
 
 @jit_parallel
-def _weight_sgd_tiles(w_hi, w_lo, A, P, lr, tasks):
+def _weight_sgd_tiles(w_hi, w_lo, A, K, P, lr, tasks):
     scratch = np.empty((tasks, MR, NR), np.float32)
     for t in prange(tasks):  # task t reads and writes only its block of W
-        _weight_sgd_task(w_hi, w_lo, A, P, lr, scratch[t], t, tasks)
+        _weight_sgd_task(w_hi, w_lo, A, K, P, lr, scratch[t], t, tasks)
 
 
 @jit_serial
-def _weight_sgd_tiles_serial(w_hi, w_lo, A, P, lr, tasks):
+def _weight_sgd_tiles_serial(w_hi, w_lo, A, K, P, lr, tasks):
     scratch = np.empty((1, MR, NR), np.float32)
     for t in range(tasks):
-        _weight_sgd_task(w_hi, w_lo, A, P, lr, scratch[0], t, tasks)
+        _weight_sgd_task(w_hi, w_lo, A, K, P, lr, scratch[0], t, tasks)
 
 
 @jit_serial
@@ -393,20 +409,20 @@ def _column_sums(db, dz16):
 
 @jit_serial
 def _operands(dz16, x16, serial):
-    """(A, P, transposed) of the weight pass: A = dz^T and P = pack_cols(x), or, when I is
-    narrow and O wide, A = x^T and P = pack_cols(dz) (the product is then dW^T)."""
+    """(A, P, transposed) of the weight pass: A = pack_a(dz) (dz^T) and P = pack_cols(x),
+    or, when I is narrow and O wide, A = pack_a(x) and P = pack_cols(dz) (the product is
+    then dW^T)."""
     B, O = dz16.shape
     I = x16.shape[1]
     transposed = I < NR // 2 and O >= NR
     a_src, b_src = (x16, dz16) if transposed else (dz16, x16)
-    A = np.empty((a_src.shape[1], B), np.uint16)
-    N = b_src.shape[1]
-    P = np.empty((_cdiv(N, NR), _cdiv(B, 2), NR), np.uint32)
+    A = np.empty((_cdiv(a_src.shape[1], MR), _cdiv(B, 2), MR), np.uint32)
+    P = np.empty((_cdiv(b_src.shape[1], NR), _cdiv(B, 2), NR), np.uint32)
     if serial:
-        transpose16_serial(A, a_src)
+        pack_a_serial(A, a_src)
         pack_cols_serial(P, b_src)
     else:
-        transpose16(A, a_src)
+        pack_a(A, a_src)
         pack_cols(P, b_src)
     return A, P, transposed
 
@@ -415,10 +431,11 @@ def _operands(dz16, x16, serial):
 def _weight_grad(dW, db, dz16, x16, tasks, serial):
     A, P, transposed = _operands(dz16, x16, serial)
     C = np.empty((dW.shape[1], dW.shape[0]), np.float32) if transposed else dW
+    K = dz16.shape[0]
     if serial:
-        _weight_tiles_serial(C, A, P, tasks)
+        _weight_tiles_serial(C, A, K, P, tasks)
     else:
-        _weight_tiles(C, A, P, tasks)
+        _weight_tiles(C, A, K, P, tasks)
     if transposed:  # dW (O, I) = C^T, I < NR / 2: small
         for o in range(dW.shape[0]):
             for i in range(dW.shape[1]):
@@ -441,17 +458,18 @@ def linear_backward_weight_serial(dW, db, dz16, x16, tasks):
 @jit_serial
 def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, serial):
     A, P, transposed = _operands(dz16, x16, serial)
+    K = dz16.shape[0]
     if transposed:  # the small dW^T first, then the update from it
         C = np.empty((w_hi.shape[1], w_hi.shape[0]), np.float32)
         if serial:
-            _weight_tiles_serial(C, A, P, tasks)
+            _weight_tiles_serial(C, A, K, P, tasks)
         else:
-            _weight_tiles(C, A, P, tasks)
+            _weight_tiles(C, A, K, P, tasks)
         _split_sgd_rows(w_hi, w_lo, C.T, lr, 0, w_hi.shape[0], 0, w_hi.shape[1])
     elif serial:
-        _weight_sgd_tiles_serial(w_hi, w_lo, A, P, lr, tasks)
+        _weight_sgd_tiles_serial(w_hi, w_lo, A, K, P, lr, tasks)
     else:
-        _weight_sgd_tiles(w_hi, w_lo, A, P, lr, tasks)
+        _weight_sgd_tiles(w_hi, w_lo, A, K, P, lr, tasks)
     db = np.empty((1, b_hi.shape[0]), np.float32)
     _column_sums(db[0], dz16)
     _split_sgd_rows(b_hi.reshape((1, -1)), b_lo.reshape((1, -1)), db, lr, 0, 1, 0, db.shape[1])

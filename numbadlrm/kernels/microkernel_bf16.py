@@ -5,8 +5,9 @@ adds both products to the fp32 lane of acc: 16 lanes x 2 products x 2 flops = 64
 one instruction, twice an fp32 FMA's 32. So the k dimension is consumed in pairs, and both
 operands must hold two consecutive k values in each 32-bit lane (the "VNNI" pair layout):
 
-    A (M, K) bf16, row-major, K contiguous: A[r, 2kk : 2kk + 2] is already one 32-bit pair,
-        broadcast to all 16 lanes (one vpbroadcastd)
+    A (M, K) bf16 with pairs of k in 32 bits: row-major with K contiguous (A[r, 2kk : 2kk
+        + 2] is one 32-bit pair) or rows' pairs interleaved ((K/2, M) uint32), addressed
+        by byte strides; each pair is broadcast to all 16 lanes (one vbroadcastss)
     B packed (kernels/gemm_bf16.py): panels of NR = 64 columns, panel[kk, j] (uint32) =
         the pair (Bm[2kk, j], Bm[2kk + 1, j]); columns past N and the k past an odd K are
         zero, so every B load is a whole vector
@@ -144,9 +145,9 @@ def _store_tile(builder, sums, cp, ldc, m, n, accumulate, mr):
 
 def _tile_codegen(mr: int):
     def codegen(context, builder, signature, args):
-        kc, a, lda, b, c, ldc, m, n, accumulate = args
+        kc, a, sa_r, sa_k, b, c, ldc, m, n, accumulate = args
         dp = _dpbf16(context, builder)
-        ap = builder.inttoptr(a, _i16.as_pointer())
+        ap = builder.inttoptr(a, ir.IntType(8).as_pointer())
         bp = builder.inttoptr(b, _i32.as_pointer())
         cp = builder.inttoptr(c, _f32.as_pointer())
         one = ir.Constant(_i64, 1)
@@ -154,20 +155,23 @@ def _tile_codegen(mr: int):
         for r in range(mr):
             valid = builder.icmp_signed("<", ir.Constant(_i64, r), m)
             row = builder.select(valid, ir.Constant(_i64, r), builder.sub(m, one))
-            rows.append(builder.gep(ap, [builder.mul(row, lda)]))
-        rows32 = [builder.bitcast(p, _i32.as_pointer()) for p in rows]
+            rows.append(builder.gep(ap, [builder.mul(row, sa_r)]))
         pairs = builder.ashr(kc, one)
 
+        def pair_ptr(row, kk, ty):
+            return builder.bitcast(builder.gep(row, [builder.mul(kk, sa_k)]), ty.as_pointer())
+
         def body(kk, accs):
-            a_pairs = [builder.load(builder.gep(p, [kk]), align=2) for p in rows32]
+            a_pairs = [builder.load(pair_ptr(p, kk, _i32), align=2) for p in rows]
             return _step(builder, dp, bp, kk, accs, a_pairs)
 
         sums = _accumulate(builder, pairs, 1, mr * _Q, body, "bf16tile")
         before = builder.block
         odd = builder.icmp_signed("!=", builder.and_(kc, one), ir.Constant(_i64, 0))
-        with builder.if_then(odd):  # the last k alone: its pair's upper half is zero
-            k_last = builder.sub(kc, one)
-            a_pairs = [builder.zext(builder.load(builder.gep(p, [k_last])), _i32) for p in rows]
+        with builder.if_then(odd):  # the last k alone (its pair's upper half is not read)
+            a_pairs = [
+                builder.zext(builder.load(pair_ptr(p, pairs, _i16), align=2), _i32) for p in rows
+            ]
             tail = _step(builder, dp, bp, pairs, sums, a_pairs)
             tail_end = builder.block
         final = []
@@ -184,10 +188,11 @@ def _tile_codegen(mr: int):
 
 def _make_tile(mr: int):
     @intrinsic
-    def _tile(typingctx, kc, a, lda, b, c, ldc, m, n, accumulate):
-        """C[:m, :n] (+)= A[:m, :kc] B[:kc, :n]: a (bf16), b (packed pairs), c (fp32)
-        addresses, lda and ldc in elements, accumulate 0 or 1 (all intp)."""
-        return types.void(*([types.intp] * 9)), _tile_codegen(mr)
+    def _tile(typingctx, kc, a, sa_r, sa_k, b, c, ldc, m, n, accumulate):
+        """C[:m, :n] (+)= A[:m, :kc] B[:kc, :n]: a (bf16 pairs), b (packed pairs), c (fp32)
+        addresses; A's pair (r, kk) at a + r sa_r + kk sa_k (bytes); ldc in floats;
+        accumulate 0 or 1 (all intp)."""
+        return types.void(*([types.intp] * 10)), _tile_codegen(mr)
 
     return _tile
 
@@ -197,10 +202,19 @@ _tile_mr = _make_tile(MR)
 
 if numba.config.DISABLE_JIT:
 
-    def tile(kc, A, a_off, lda, P, p_off, C, c_off, ldc, m, n, accumulate):
+    def _a_values(A, a_off, sa_r, sa_k, m, kc):
+        """A[:m, :kc] as float64, read through the byte strides (NumPy)."""
+        buf = A.reshape(-1).view(np.uint8)
+        out = np.empty((m, kc), np.uint32)
+        for r in range(m):
+            for k in range(kc):
+                at = a_off + r * sa_r + (k // 2) * sa_k + 2 * (k % 2)
+                out[r, k] = buf[at] | (np.uint32(buf[at + 1]) << 8)
+        return (out << 16).view(np.float32).astype(np.float64)
+
+    def tile(kc, A, a_off, sa_r, sa_k, P, p_off, C, c_off, ldc, m, n, accumulate):
         """NumPy version of the tile below, for NUMBA_DISABLE_JIT runs."""
-        a16 = np.lib.stride_tricks.as_strided(A.reshape(-1)[a_off:], (m, kc), (2 * lda, 2))
-        a = (a16.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        a = _a_values(A, a_off, sa_r, sa_k, m, kc)
         pairs = P.reshape(-1)[p_off : p_off + ((kc + 1) // 2) * NR].reshape(-1, NR)
         halves = np.stack([pairs & 0xFFFF, pairs >> 16], axis=1).reshape(-1, NR)[:kc, :n]
         b = (halves.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
@@ -211,18 +225,21 @@ if numba.config.DISABLE_JIT:
 else:
 
     @jit_serial
-    def tile(kc, A, a_off, lda, P, p_off, C, c_off, ldc, m, n, accumulate):
+    def tile(kc, A, a_off, sa_r, sa_k, P, p_off, C, c_off, ldc, m, n, accumulate):
         """C[:m, :n] (+)= A[:m, :kc] B[:kc, :n] on one thread, m <= MR, n <= NR, fp32
         accumulation.
 
-        A is bf16 (uint16), element (r, k) at ``A.flat[a_off + r lda + k]``; B is a packed
-        panel of uint32 pairs starting at ``P.flat[p_off]`` (row kk: NR pairs, zero past
+        A is any array of bf16 pairs: the pair (A[r, 2kk], A[r, 2kk + 1]) is the uint32 at
+        byte ``a_off + r sa_r + kk sa_k`` of A's buffer (row-major bf16 (M, K): sa_r = 2 K,
+        sa_k = 4; pairs of rows interleaved (K/2, M) uint32: sa_r = 4, sa_k = 4 M). B is a
+        packed panel of uint32 pairs from ``P.flat[p_off]`` (row kk: NR pairs, zero past
         n and past an odd kc); C is float32 from ``C.flat[c_off]`` with row stride ldc.
         """
         _tile_mr(
             kc,
-            A.ctypes.data + 2 * a_off,
-            lda,
+            A.ctypes.data + a_off,
+            sa_r,
+            sa_k,
             P.ctypes.data + 4 * p_off,
             C.ctypes.data + 4 * c_off,
             ldc,
