@@ -14,16 +14,17 @@ broadcast) and Bm packed in pairs of k (microkernel_bf16.py):
     pass       M  N  K    A                          Bm packed by
     forward    B  O  I    x as it lies               pack_rows(W): W's rows hold k = i
     data       B  I  O    dz as it lies              pack_cols(W): W's columns hold k = o
-    weight     O  I  B    pack_a(dz): dz^T pairs     pack_cols(x): x's columns hold k = b
+    weight     O  I  B    pair_rows(dz): dz^T        pack_cols(x): x's columns hold k = b
 
 W's two packings depend only on W, so they are made once per weight update (their cost
 is the caller's, once per step). The weight pass's A = dz^T needs pairs of b in 32 bits:
-``pack_a`` interleaves dz's rows 2kk and 2kk + 1 into micro-panels of MR columns of dz
-(MR rows of dz^T), pair after pair, so a tile reads its A sliver as one contiguous run
-(a 16-bit transpose of dz ran 15x slower than this pass, and reading dz^T's pairs at a
-stride of 4 O bytes thrashed L1's sets: 4 KiB apart at O = 1024). It packs x too, every
-call (the costs are inside the pass). With I narrow (< NR / 2) and O wide, the weight
-pass forms dW^T = x^T dz instead (A = pack_a(x), Bm = pack_cols(dz)), so a tile's 64
+``pair_rows`` interleaves dz's rows 2kk and 2kk + 1 ((B/2, O + pad) uint32, one
+streaming pass) and the tile reads dz^T's row o through byte strides (4, 4 (O + pad)),
+no transpose (a 16-bit transpose of dz took 1.8 ms at 2048 x 1024, this pass 0.4, at
+one thread; MR-row micro-panels, GotoBLAS's A packing, 1.1-1.4 ms for the same tile
+speed). The pad keeps those rows off a 4 KiB stride (see pairs_width). The pass packs x
+too, every call (both costs are inside it). With I narrow (< NR / 2) and O wide, it
+forms dW^T = x^T dz instead (A = pair_rows(x), Bm = pack_cols(dz)), so a tile's 64
 columns are O's, as gemm.py v4.
 
 There is no k blocking: one tile runs the whole K, so a B panel (K x 128 bytes, 128 KiB
@@ -49,6 +50,8 @@ from .microkernel_bf16 import MR, NR, tile
 
 NONE_F32 = np.empty((0, 0), np.float32)
 NONE_U16 = np.empty((0, 0), np.uint16)
+ROW_PAIRS = 64  # packing and column sums: pairs of rows per parallel task
+PACK_BLOCK = 8  # pack_cols: pairs of rows paired at once (8 x N uint32 scratch, in L1)
 TASKS = 16  # blocks of C per call (a constant, so results and caching ignore threads)
 MIN_ROW_TILES = 2 * TASKS  # fewer row tiles than this: share columns instead
 
@@ -96,25 +99,44 @@ def _pack_rows_panel(panels, S, p):
 
 
 @jit_serial
-def _pack_cols_panel(panels, S, p):
-    """panels[p, kk, j] = (S[2 kk, p NR + j], S[2 kk + 1, p NR + j]), zeros past S's
-    columns and past an odd K."""
-    K, N = S.shape
-    out = panels[p]
-    j0 = p * NR
-    n = min(NR, N - j0)
-    for kk in range(out.shape[0]):
-        dst = out[kk]
-        even = S[2 * kk, j0 : j0 + n]
-        if 2 * kk + 1 < K:
-            odd = S[2 * kk + 1, j0 : j0 + n]
-            for j in range(n):
-                dst[j] = np.uint32(even[j]) | (np.uint32(odd[j]) << np.uint32(16))
-        else:
-            for j in range(n):
-                dst[j] = np.uint32(even[j])
-        for j in range(n, NR):
-            dst[j] = 0
+def _pairs(dst, S, kk, j0, n):
+    """dst[:n] = (S[2 kk, j0 + j], S[2 kk + 1, j0 + j]) as uint32s (upper half 0 past an
+    odd K), dst[n:] = 0."""
+    even = S[2 * kk, j0 : j0 + n]
+    if 2 * kk + 1 < S.shape[0]:
+        odd = S[2 * kk + 1, j0 : j0 + n]
+        for j in range(n):
+            dst[j] = np.uint32(even[j]) | (np.uint32(odd[j]) << np.uint32(16))
+    else:
+        for j in range(n):
+            dst[j] = np.uint32(even[j])
+    dst[n:] = 0  # a slice: a loop from n would keep negative-index wraparound (scatters)
+
+
+@jit_serial
+def _pack_cols_range(panels, S, k0, k1, pairs):
+    """panels[p, kk, j] = (S[2 kk, p NR + j], S[2 kk + 1, p NR + j]) for k0 <= kk < k1,
+    zeros past S's columns and past an odd K; ``pairs`` (PACK_BLOCK, N) uint32 scratch.
+
+    Blocks of PACK_BLOCK pairs of rows are paired whole into the scratch (two sequential
+    reads, one write, in L1), then cut into the panels. Measured at 2048 x 1024 on one
+    thread, against 0.86 ms this way: 1.2-1.5 ms pairing straight into the panels, kk
+    outer (16 write streams K/2 x 256 bytes apart share L1's sets), 0.9-1.4 panels outer.
+    """
+    N = S.shape[1]
+    for kb in range(k0, k1, PACK_BLOCK):
+        ke = min(kb + PACK_BLOCK, k1)
+        for kk in range(kb, ke):
+            _pairs(pairs[kk - kb], S, kk, 0, N)
+        for p in range(panels.shape[0]):
+            j0 = p * NR
+            n = min(NR, N - j0)
+            for kk in range(kb, ke):
+                src = pairs[kk - kb, j0 : j0 + n]
+                dst = panels[p, kk]
+                for j in range(n):
+                    dst[j] = src[j]
+                dst[n:] = 0
 
 
 @jit_parallel
@@ -133,14 +155,18 @@ def pack_rows_serial(panels, S):
 @jit_parallel
 def pack_cols(panels, S):
     """panels (ceil(N/NR), ceil(K/2), NR) uint32 = S (K, N) bf16 as a packed Bm = S."""
-    for p in prange(panels.shape[0]):  # task p writes only panel p
-        _pack_cols_panel(panels, S, p)
+    pairs = panels.shape[1]
+    tasks = _cdiv(pairs, ROW_PAIRS)
+    scratch = np.empty((tasks, PACK_BLOCK, S.shape[1]), np.uint32)
+    for t in prange(tasks):  # task t writes only pairs [t RP, (t + 1) RP) and scratch[t]
+        k0 = t * ROW_PAIRS
+        _pack_cols_range(panels, S, k0, min(pairs, k0 + ROW_PAIRS), scratch[t])
 
 
 @jit_serial
 def pack_cols_serial(panels, S):
-    for p in range(panels.shape[0]):
-        _pack_cols_panel(panels, S, p)
+    scratch = np.empty((PACK_BLOCK, S.shape[1]), np.uint32)
+    _pack_cols_range(panels, S, 0, panels.shape[1], scratch)
 
 
 def panels_shape(N: int, K: int) -> tuple[int, int, int]:
@@ -148,44 +174,77 @@ def panels_shape(N: int, K: int) -> tuple[int, int, int]:
     return (N + NR - 1) // NR, (K + 1) // 2, NR
 
 
-A_CHUNK = 16  # pack_a: micro-panels per task (96 columns of S: 192-byte row pieces)
+@jit_serial
+def _pairs_width(M):
+    """Row length (uint32s) of pair_rows' output for M columns: M rounded up to an odd
+    number of 64-byte lines, so that the rows of pairs a tile reads one after the other
+    spread over all cache sets (M = 1024 unpadded puts them 4 KiB apart, all in the
+    same L1 and L2 sets: 150 against 200 GFLOP/s measured at 1 thread)."""
+    lines = (M + 15) // 16
+    return 16 * (lines + 1 - lines % 2)
+
+
+def pairs_width(M: int) -> int:
+    return int(_pairs_width(M))
 
 
 @jit_serial
-def _pack_a_range(Ap, S, q0, q1):
-    """Ap[q, kk, r] = (S[2 kk, q MR + r], S[2 kk + 1, q MR + r]) for q0 <= q < q1 (zero
-    past S's columns and past an odd K)."""
-    K, M = S.shape
-    c0 = q0 * MR
-    width = min(M, q1 * MR) - c0
-    pair = np.zeros((q1 - q0) * MR, np.uint32)  # one k pair of the chunk's columns
-    for kk in range(Ap.shape[1]):
-        even = S[2 * kk, c0 : c0 + width]
-        if 2 * kk + 1 < K:
-            odd = S[2 * kk + 1, c0 : c0 + width]
-            for c in range(width):
-                pair[c] = np.uint32(even[c]) | (np.uint32(odd[c]) << np.uint32(16))
-        else:
-            for c in range(width):
-                pair[c] = np.uint32(even[c])
-        for q in range(q1 - q0):
-            dst = Ap[q0 + q, kk]
-            for r in range(MR):
-                dst[r] = pair[q * MR + r]
+def _pair_rows_range(out, S, k0, k1):
+    """out[kk, :N] = (S[2 kk], S[2 kk + 1]) as uint32s, k0 <= kk < k1 (zero past odd K)."""
+    for kk in range(k0, k1):
+        _pairs(out[kk], S, kk, 0, S.shape[1])
 
 
 @jit_parallel
-def pack_a(Ap, S):
-    """Ap (ceil(M/MR), ceil(K/2), MR) uint32 = S (K, M) bf16 as the A operand S^T in
-    micro-panels: MR rows of S^T, pair after pair, the order the tile reads them."""
-    panels = Ap.shape[0]
-    for t in prange(_cdiv(panels, A_CHUNK)):  # task t writes only its micro-panels
-        _pack_a_range(Ap, S, t * A_CHUNK, min(panels, (t + 1) * A_CHUNK))
+def pair_rows(out, S):
+    """out (ceil(K/2), pairs_width(N)) uint32 = S (K, N) bf16 with rows 2kk and 2kk + 1
+    interleaved in pairs: the weight pass's A operand S^T, read by the tile through byte
+    strides (4, 4 pairs_width(N)) without a transpose."""
+    pairs = out.shape[0]
+    for t in prange(_cdiv(pairs, ROW_PAIRS)):  # task t writes only its rows of out
+        _pair_rows_range(out, S, t * ROW_PAIRS, min(pairs, (t + 1) * ROW_PAIRS))
 
 
 @jit_serial
-def pack_a_serial(Ap, S):
-    _pack_a_range(Ap, S, 0, Ap.shape[0])
+def pair_rows_serial(out, S):
+    _pair_rows_range(out, S, 0, out.shape[0])
+
+
+@jit_serial
+def _column_sums_range(out, S, r0, r1):
+    """out[j] = sum_{r0 <= r < r1} S[r, j] in fp32 (rows added in order)."""
+    for j in range(S.shape[1]):
+        out[j] = 0.0
+    for r in range(r0, r1):
+        row = S[r]
+        for j in range(S.shape[1]):
+            out[j] += bf16_value(row[j])
+
+
+@jit_parallel
+def _column_sum_parts(parts, S):
+    """parts[t] = column sums of S's rows [t 2 RP, (t + 1) 2 RP)."""
+    K = S.shape[0]
+    for t in prange(parts.shape[0]):  # task t writes only parts[t]
+        _column_sums_range(parts[t], S, 2 * ROW_PAIRS * t, min(K, 2 * ROW_PAIRS * (t + 1)))
+
+
+@jit_serial
+def column_sums(db, S, serial):
+    """db (N,) = sum_r S[r] in fp32: parts of 2 ROW_PAIRS rows, then the parts in order
+    (so the result does not depend on the thread count)."""
+    parts = np.empty((max(1, _cdiv(S.shape[0], 2 * ROW_PAIRS)), S.shape[1]), np.float32)
+    if serial:
+        for t in range(parts.shape[0]):
+            r0 = 2 * ROW_PAIRS * t
+            _column_sums_range(parts[t], S, r0, min(S.shape[0], r0 + 2 * ROW_PAIRS))
+    else:
+        _column_sum_parts(parts, S)
+    for j in range(db.shape[0]):
+        db[j] = 0.0
+    for t in range(parts.shape[0]):
+        for j in range(db.shape[0]):
+            db[j] += parts[t, j]
 
 
 # ------------------------------------------------------------------ epilogues
@@ -342,8 +401,8 @@ def linear_backward_data_serial(dx, dx16, dz16, Wd, x16, mask_dx, tasks):
 
 @jit_serial
 def _weight_task(C, A, K, P, t, tasks):
-    """Task t's block of C (M, N) = A Bm: A packed by pack_a, Bm by pack_cols; tiles
-    written into C."""
+    """Task t's block of C (M, N) = A Bm: A = pair_rows(S) (A's row i = S's column i),
+    Bm packed by pack_cols; tiles written into C."""
     M, N = C.shape
     i0, i1, j0, j1 = _block(t, tasks, M, N)
     panel = P.shape[1] * NR
@@ -351,9 +410,8 @@ def _weight_task(C, A, K, P, t, tasks):
         n = min(NR, j1 - jj)
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
-            a_off = (ii // MR) * A.shape[1] * MR * 4
             p_off = (jj // NR) * panel
-            tile(K, A, a_off, 4, 4 * MR, P, p_off, C, ii * N + jj, N, m, n, False)
+            tile(K, A, 4 * ii, 4, 4 * A.shape[1], P, p_off, C, ii * N + jj, N, m, n, False)
 
 
 @jit_serial
@@ -365,8 +423,8 @@ def _weight_sgd_task(w_hi, w_lo, A, K, P, lr, s, t, tasks):
         n = min(NR, j1 - jj)
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
-            a_off = (ii // MR) * A.shape[1] * MR * 4
-            tile(K, A, a_off, 4, 4 * MR, P, (jj // NR) * panel, s, 0, NR, m, n, False)
+            p_off = (jj // NR) * panel
+            tile(K, A, 4 * ii, 4, 4 * A.shape[1], P, p_off, s, 0, NR, m, n, False)
             _split_sgd_rows(w_hi, w_lo, s, lr, ii, m, jj, n)
 
 
@@ -397,32 +455,21 @@ def _weight_sgd_tiles_serial(w_hi, w_lo, A, K, P, lr, tasks):
 
 
 @jit_serial
-def _column_sums(db, dz16):
-    """db[j] = sum_b dz16[b, j] in fp32, rows added in order."""
-    for j in range(db.shape[0]):
-        db[j] = 0.0
-    for i in range(dz16.shape[0]):
-        row = dz16[i]
-        for j in range(db.shape[0]):
-            db[j] += bf16_value(row[j])
-
-
-@jit_serial
 def _operands(dz16, x16, serial):
-    """(A, P, transposed) of the weight pass: A = pack_a(dz) (dz^T) and P = pack_cols(x),
-    or, when I is narrow and O wide, A = pack_a(x) and P = pack_cols(dz) (the product is
-    then dW^T)."""
+    """(A, P, transposed) of the weight pass: A = pair_rows(dz) (dz^T) and P =
+    pack_cols(x), or, when I is narrow and O wide, A = pair_rows(x) and P = pack_cols(dz)
+    (the product is then dW^T)."""
     B, O = dz16.shape
     I = x16.shape[1]
     transposed = I < NR // 2 and O >= NR
     a_src, b_src = (x16, dz16) if transposed else (dz16, x16)
-    A = np.empty((_cdiv(a_src.shape[1], MR), _cdiv(B, 2), MR), np.uint32)
+    A = np.empty((_cdiv(B, 2), _pairs_width(a_src.shape[1])), np.uint32)
     P = np.empty((_cdiv(b_src.shape[1], NR), _cdiv(B, 2), NR), np.uint32)
     if serial:
-        pack_a_serial(A, a_src)
+        pair_rows_serial(A, a_src)
         pack_cols_serial(P, b_src)
     else:
-        pack_a(A, a_src)
+        pair_rows(A, a_src)
         pack_cols(P, b_src)
     return A, P, transposed
 
@@ -440,7 +487,7 @@ def _weight_grad(dW, db, dz16, x16, tasks, serial):
         for o in range(dW.shape[0]):
             for i in range(dW.shape[1]):
                 dW[o, i] = C[i, o]
-    _column_sums(db, dz16)
+    column_sums(db, dz16, serial)
 
 
 @jit_serial
@@ -471,7 +518,7 @@ def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, serial):
     else:
         _weight_sgd_tiles(w_hi, w_lo, A, K, P, lr, tasks)
     db = np.empty((1, b_hi.shape[0]), np.float32)
-    _column_sums(db[0], dz16)
+    column_sums(db[0], dz16, serial)
     _split_sgd_rows(b_hi.reshape((1, -1)), b_lo.reshape((1, -1)), db, lr, 0, 1, 0, db.shape[1])
 
 
