@@ -233,8 +233,9 @@ def main() -> None:
     unknown = [k for k in names if k not in CONFIGS]
     if unknown:
         sys.exit(f"--configs: {unknown} not among {sorted(CONFIGS)}")
-    if not mk.has_avx512_bf16():
-        sys.exit("bench_gemm_bf16: this CPU has no AVX512-BF16 (vdpbf16ps); nothing to time")
+    if not mk.has_avx512_bf16():  # not a failure (CI smoke runs on any CPU): nothing to time
+        print("bench_gemm_bf16: this CPU has no AVX512-BF16 (vdpbf16ps); skipped")
+        return
     set_threads(args.threads)
     configs = QUICK if args.quick else {k: CONFIGS[k] for k in names}
     repeat = 3 if args.quick else args.repeat

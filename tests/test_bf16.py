@@ -220,3 +220,78 @@ def test_split_sgd_rounds_once_like_an_fma():
     sgd_update_serial(w, g, lr)
     assert (w == np.float32(1 + 2**-23)).all()
     np.testing.assert_array_equal(bits(reference.merge_f32(hi, lo)), bits(w))
+
+
+# ------------------------------------------------------------ validating wrappers
+
+
+def test_wrappers_match_the_kernels(threads):
+    """numbadlrm.bf16's wrappers: any shape, serial and parallel paths (sizes on both
+    sides of SERIAL_BELOW_BYTES), same bits as the reference."""
+    from numbadlrm import bf16 as wrap
+
+    rng = np.random.default_rng(6)
+    for shape in ((3, 5), (700, 800)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        h = wrap.to_bf16(x)
+        assert h.shape == shape
+        np.testing.assert_array_equal(h, reference.bf16_round(x))
+        np.testing.assert_array_equal(wrap.from_bf16(h), reference.bf16_to_f32(h))
+        hi, lo = wrap.split(x)
+        np.testing.assert_array_equal(bits(wrap.merge(hi, lo)), bits(x))
+        g = rng.standard_normal(shape).astype(np.float32)
+        wrap.split_sgd_update(hi, lo, g, 0.1)
+        want = reference.sgd_fma_f32(x, g, 0.1)
+        np.testing.assert_array_equal(bits(wrap.merge(hi, lo)), bits(want))
+
+
+@pytest.mark.parametrize("batch", [3, 3000])
+def test_embedding_wrappers(threads, batch):
+    """split_tables / merge_tables and the split forward and update through the wrappers
+    (batch 3: the serial kernels; 3000: the parallel ones)."""
+    from numbadlrm import bf16 as wrap
+
+    rng = np.random.default_rng(batch)
+    weights, _, row_start, offsets, indices = make_tables(rng, (40, 9), 64, batch, 3)
+    tables = wrap.split_tables(weights.copy(), in_place=True)
+    np.testing.assert_array_equal(bits(wrap.merge_tables(tables)), bits(weights))
+    pooled = wrap.embedding_forward_split(tables, row_start, offsets, indices)
+    want = np.empty_like(pooled)
+    embedding_bf16.embedding_bags_forward_split_serial(want, tables, row_start, offsets, indices)
+    np.testing.assert_array_equal(pooled, want)
+    wrap.embedding_update_split(tables, row_start, offsets, indices, pooled, 0.5)
+    embedding.embedding_bags_sgd_update_serial(
+        weights, row_start, offsets, indices, pooled, np.float32(0.5)
+    )
+    np.testing.assert_array_equal(bits(wrap.merge_tables(tables)), bits(weights))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda w: w.to_bf16(np.zeros(3)), "x: dtype must be float32, got float64"),
+        (lambda w: w.merge(np.zeros(3, np.uint16), np.zeros(4, np.uint16)), r"lo: shape"),
+        (lambda w: w.split(np.zeros((4, 4), np.float32)[:, ::2]), "x: must be C-contiguous"),
+        (
+            lambda w: w.split_sgd_update(
+                np.zeros(2, np.uint16), np.zeros(2, np.uint16), np.zeros(2, np.float32), np.inf
+            ),
+            "lr: must be finite",
+        ),
+        (lambda w: w.merge_tables(np.zeros((4, 3, 2), np.uint16)), r"tables: shape must be"),
+        (
+            lambda w: w.embedding_forward_split(
+                np.zeros((4, 2, 8), np.uint16),
+                np.array([0, 4]),
+                np.zeros((2, 3), np.int64),
+                np.zeros(0, np.int64),
+            ),
+            r"offsets: shape must be \(1, None\)",
+        ),
+    ],
+)
+def test_wrappers_reject_bad_arguments(call, match):
+    from numbadlrm import bf16 as wrap
+
+    with pytest.raises(ValueError, match=match):
+        call(wrap)
