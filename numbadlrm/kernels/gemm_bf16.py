@@ -221,25 +221,9 @@ def _column_sums_range(out, S, r0, r1):
             out[j] += bf16_value(row[j])
 
 
-@jit_parallel
-def _column_sum_parts(parts, S):
-    """parts[t] = column sums of S's rows [t 2 RP, (t + 1) 2 RP)."""
-    K = S.shape[0]
-    for t in prange(parts.shape[0]):  # task t writes only parts[t]
-        _column_sums_range(parts[t], S, 2 * ROW_PAIRS * t, min(K, 2 * ROW_PAIRS * (t + 1)))
-
-
 @jit_serial
-def column_sums(db, S, serial):
-    """db (N,) = sum_r S[r] in fp32: parts of 2 ROW_PAIRS rows, then the parts in order
-    (so the result does not depend on the thread count)."""
-    parts = np.empty((max(1, _cdiv(S.shape[0], 2 * ROW_PAIRS)), S.shape[1]), np.float32)
-    if serial:
-        for t in range(parts.shape[0]):
-            r0 = 2 * ROW_PAIRS * t
-            _column_sums_range(parts[t], S, r0, min(S.shape[0], r0 + 2 * ROW_PAIRS))
-    else:
-        _column_sum_parts(parts, S)
+def _reduce_parts(db, parts):
+    """db = sum_t parts[t], in the order of t (so the result ignores the thread count)."""
     for j in range(db.shape[0]):
         db[j] = 0.0
     for t in range(parts.shape[0]):
@@ -455,8 +439,27 @@ def _weight_sgd_tiles_serial(w_hi, w_lo, A, K, P, lr, tasks):
 
 
 @jit_serial
-def _operands(dz16, x16, serial):
-    """(A, P, transposed) of the weight pass: A = pair_rows(dz) (dz^T) and P =
+def _prepare_range(A, P, parts, a_src, b_src, dz16, pairs, t):
+    """Task t's rows of the weight pass's operands: pairs [t RP, (t + 1) RP) of A =
+    pair_rows(a_src) and of P = pack_cols(b_src), and parts[t] = column sums of dz16's
+    rows 2 t RP ... (the same rows: one parallel region for all three)."""
+    k0 = t * ROW_PAIRS
+    k1 = min(A.shape[0], k0 + ROW_PAIRS)
+    _pair_rows_range(A, a_src, k0, k1)
+    _pack_cols_range(P, b_src, k0, k1, pairs)
+    _column_sums_range(parts[t], dz16, 2 * k0, min(dz16.shape[0], 2 * k1))
+
+
+@jit_parallel
+def _prepare(A, P, parts, a_src, b_src, dz16):
+    scratch = np.empty((parts.shape[0], PACK_BLOCK, b_src.shape[1]), np.uint32)
+    for t in prange(parts.shape[0]):  # task t writes only its rows of A, P and parts[t]
+        _prepare_range(A, P, parts, a_src, b_src, dz16, scratch[t], t)
+
+
+@jit_serial
+def _operands(db, dz16, x16, serial):
+    """(A, P, transposed) of the weight pass, and db: A = pair_rows(dz) (dz^T) and P =
     pack_cols(x), or, when I is narrow and O wide, A = pair_rows(x) and P = pack_cols(dz)
     (the product is then dW^T)."""
     B, O = dz16.shape
@@ -465,18 +468,56 @@ def _operands(dz16, x16, serial):
     a_src, b_src = (x16, dz16) if transposed else (dz16, x16)
     A = np.empty((_cdiv(B, 2), _pairs_width(a_src.shape[1])), np.uint32)
     P = np.empty((_cdiv(b_src.shape[1], NR), _cdiv(B, 2), NR), np.uint32)
+    parts = np.empty((max(1, _cdiv(A.shape[0], ROW_PAIRS)), O), np.float32)
     if serial:
-        pair_rows_serial(A, a_src)
-        pack_cols_serial(P, b_src)
+        pairs = np.empty((PACK_BLOCK, b_src.shape[1]), np.uint32)
+        for t in range(parts.shape[0]):
+            _prepare_range(A, P, parts, a_src, b_src, dz16, pairs, t)
     else:
-        pair_rows(A, a_src)
-        pack_cols(P, b_src)
+        _prepare(A, P, parts, a_src, b_src, dz16)
+    _reduce_parts(db, parts)
     return A, P, transposed
 
 
 @jit_serial
+def _logit_weight_range(g, dz16, x16, i0, i1):
+    """g[i0:i1] = sum_b dz16[b, 0] x16[b, i0:i1] in fp32: an O = 1 layer's dW, rows of x
+    added in order (a tile would pack all of x to fill one row of C)."""
+    for i in range(i0, i1):
+        g[i] = 0.0
+    out = g[i0:i1]
+    for r in range(x16.shape[0]):
+        d = bf16_value(dz16[r, 0])
+        xr = x16[r, i0:i1]
+        for i in range(i1 - i0):
+            out[i] += d * bf16_value(xr[i])
+
+
+@jit_parallel
+def _logit_weight(g, dz16, x16, tasks):
+    I = x16.shape[1]
+    for t in prange(tasks):  # task t writes only g[t I / tasks : (t + 1) I / tasks]
+        _logit_weight_range(g, dz16, x16, t * I // tasks, (t + 1) * I // tasks)
+
+
+@jit_serial
+def _logit_grads(dW, db, dz16, x16, tasks, serial):
+    """dW (1, I) and db (1,) of an O = 1 layer."""
+    if serial:
+        _logit_weight_range(dW[0], dz16, x16, 0, x16.shape[1])
+    else:
+        _logit_weight(dW[0], dz16, x16, tasks)
+    parts = np.empty((1, 1), np.float32)
+    _column_sums_range(parts[0], dz16, 0, dz16.shape[0])
+    db[0] = parts[0, 0]
+
+
+@jit_serial
 def _weight_grad(dW, db, dz16, x16, tasks, serial):
-    A, P, transposed = _operands(dz16, x16, serial)
+    if dW.shape[0] == 1:
+        _logit_grads(dW, db, dz16, x16, tasks, serial)
+        return
+    A, P, transposed = _operands(db, dz16, x16, serial)
     C = np.empty((dW.shape[1], dW.shape[0]), np.float32) if transposed else dW
     K = dz16.shape[0]
     if serial:
@@ -487,13 +528,13 @@ def _weight_grad(dW, db, dz16, x16, tasks, serial):
         for o in range(dW.shape[0]):
             for i in range(dW.shape[1]):
                 dW[o, i] = C[i, o]
-    column_sums(db, dz16, serial)
 
 
 @jit_serial
 def linear_backward_weight(dW, db, dz16, x16, tasks):
     """dW (O, I) fp32 = dz16^T x16 and db (O,) fp32 = sum_b dz16, from bf16 dz16 (B, O)
-    and x16 (B, I). Transposes dz (or x) and packs x (or dz) into scratch first."""
+    and x16 (B, I): pairs dz's rows, packs x and sums dz (one parallel region), then the
+    tiles (another). O = 1 (the logit layer) is a plain loop over x's rows."""
     _weight_grad(dW, db, dz16, x16, tasks, False)
 
 
@@ -504,7 +545,14 @@ def linear_backward_weight_serial(dW, db, dz16, x16, tasks):
 
 @jit_serial
 def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, serial):
-    A, P, transposed = _operands(dz16, x16, serial)
+    db = np.empty((1, b_hi.shape[0]), np.float32)
+    if w_hi.shape[0] == 1:
+        g = np.empty((1, w_hi.shape[1]), np.float32)
+        _logit_grads(g, db[0], dz16, x16, tasks, serial)
+        _split_sgd_rows(w_hi, w_lo, g, lr, 0, 1, 0, g.shape[1])
+        _split_sgd_rows(b_hi.reshape((1, 1)), b_lo.reshape((1, 1)), db, lr, 0, 1, 0, 1)
+        return
+    A, P, transposed = _operands(db[0], dz16, x16, serial)
     K = dz16.shape[0]
     if transposed:  # the small dW^T first, then the update from it
         C = np.empty((w_hi.shape[1], w_hi.shape[0]), np.float32)
@@ -517,8 +565,6 @@ def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, serial):
         _weight_sgd_tiles_serial(w_hi, w_lo, A, K, P, lr, tasks)
     else:
         _weight_sgd_tiles(w_hi, w_lo, A, K, P, lr, tasks)
-    db = np.empty((1, b_hi.shape[0]), np.float32)
-    column_sums(db[0], dz16, serial)
     _split_sgd_rows(b_hi.reshape((1, -1)), b_lo.reshape((1, -1)), db, lr, 0, 1, 0, db.shape[1])
 
 
