@@ -158,7 +158,10 @@ def validate(B, I, O, relu, rng) -> None:
         kg.logit_forward(y, kg.NONE_U16, x16, w16, b, relu, kg.TASKS)
     else:
         kg.linear_forward(y, kg.NONE_U16, x16, wf, b, relu, kg.TASKS)
-    kg.linear_backward_data(dx, kg.NONE_U16, dz16, wd, x16, True, kg.TASKS)
+    if O == 1:
+        kg.logit_backward_data(dx, kg.NONE_U16, dz16, w16, x16, True, kg.TASKS)
+    else:
+        kg.linear_backward_data(dx, kg.NONE_U16, dz16, wd, x16, True, kg.TASKS)
     kg.linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads())
     y_want = reference.linear_forward(x, W, b.astype(np.float64), relu)[0]
     for what, got, want, bound in (
@@ -185,15 +188,14 @@ def pass_runs(B, I, O, relu, threads, rng, torch):
     else:  # a ReLU layer's output is the next layer's bf16 input; the last is fp32
         y32, y_16 = (kg.NONE_F32, y16) if relu else (y, kg.NONE_U16)
         forward = lambda: kg.linear_forward(y32, y_16, x16, wf, b, relu, kg.TASKS)  # noqa: E731
+    data, wd_or_w = (kg.logit_backward_data, w16) if O == 1 else (kg.linear_backward_data, wd)
     runs = {
         "forward": {
             "bf16": forward,
             "blas": lambda: blas.forward(y, x, W, b, relu, threads),
         },
         "backward_data": {
-            "bf16": lambda: kg.linear_backward_data(
-                kg.NONE_F32, dx16, dz16, wd, x16, True, kg.TASKS
-            ),
+            "bf16": lambda: data(kg.NONE_F32, dx16, dz16, wd_or_w, x16, True, kg.TASKS),
             "blas": lambda: blas.backward_data(dx, dz, dz, W, x, False, True, True, threads),
         },
         "backward_weight": {

@@ -249,9 +249,13 @@ def linear_backward_data(dz16, packed: PackedWeight, x16=None, out: str = "bf16"
         _check("x16", x16, np.uint16, (B, I))
     dx, dx16 = _outputs(out, B, I)
     serial = run_serial(dz16.nbytes + packed.data.nbytes + B * I * 4)
-    fn = kg.linear_backward_data_serial if serial else kg.linear_backward_data
     mask = x16 if x16 is not None else kg.NONE_U16
-    fn(dx, dx16, dz16, packed.data, mask, x16 is not None, kg.TASKS)
+    if O == 1:
+        fn = kg.logit_backward_data_serial if serial else kg.logit_backward_data
+        fn(dx, dx16, dz16, packed.w16, mask, x16 is not None, kg.TASKS)
+    else:
+        fn = kg.linear_backward_data_serial if serial else kg.linear_backward_data
+        fn(dx, dx16, dz16, packed.data, mask, x16 is not None, kg.TASKS)
     return _result(out, dx, dx16)
 
 

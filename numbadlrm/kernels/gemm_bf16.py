@@ -348,6 +348,42 @@ def logit_forward_serial(y, y16, x16, w16, b, relu, tasks):
 
 
 @jit_serial
+def _outer_rows(dx, dx16, dz16, w16, x16, mask_dx, scratch, r0, r1):
+    """dx[r] = dz16[r, 0] w16[0] (times [x16[r] > 0]) for r0 <= r < r1: an O = 1 layer's
+    dx = dz W, an outer product (a K = 1 tile per 6 x 64 block is all epilogue);
+    scratch (2, I) float32."""
+    I = w16.shape[1]
+    w, row = scratch[0], scratch[1]
+    for i in range(I):
+        w[i] = bf16_value(w16[0, i])
+    for r in range(r0, r1):
+        d = bf16_value(dz16[r, 0])
+        for i in range(I):
+            row[i] = d * w[i]
+        if mask_dx:
+            xr = x16[r]
+            for i in range(I):
+                row[i] = row[i] if bf16_value(xr[i]) > 0 else np.float32(0.0)
+        _store_tile(dx, dx16, row.reshape((1, I)), r, 1, 0, I)
+
+
+@jit_parallel
+def logit_backward_data(dx, dx16, dz16, w16, x16, mask_dx, tasks):
+    """linear_backward_data for O = 1, from W16 (1, I) itself (no packing)."""
+    B = dz16.shape[0]
+    scratch = np.empty((tasks, 2, w16.shape[1]), np.float32)
+    for t in prange(tasks):  # task t writes only rows [t B / tasks, (t + 1) B / tasks)
+        r0, r1 = t * B // tasks, (t + 1) * B // tasks
+        _outer_rows(dx, dx16, dz16, w16, x16, mask_dx, scratch[t], r0, r1)
+
+
+@jit_serial
+def logit_backward_data_serial(dx, dx16, dz16, w16, x16, mask_dx, tasks):
+    scratch = np.empty((2, w16.shape[1]), np.float32)
+    _outer_rows(dx, dx16, dz16, w16, x16, mask_dx, scratch, 0, dz16.shape[0])
+
+
+@jit_serial
 def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, s, t, tasks):
     """Task t's block of dx = dz W (masked by [x > 0]), Wd = pack_cols(W)."""
     B, K = dz16.shape
