@@ -46,6 +46,7 @@ from numbadlrm import reference
 from numbadlrm.kernels import blas
 from numbadlrm.kernels import gemm_bf16 as kg
 from numbadlrm.kernels import microkernel_bf16 as mk
+from numbadlrm.kernels import pack_bf16 as kp
 
 EPS = 2.0**-24
 _SPIN_ACCUMULATORS = 12
@@ -139,8 +140,8 @@ def make_layer(rng, B, I, O):
 def packed(w16):
     O, I = w16.shape
     forward, data = (
-        np.empty(kg.panels_shape(O, I), np.uint32),
-        np.empty(kg.panels_shape(I, O), np.uint32),
+        np.empty(kp.panels_shape(O, I), np.uint32),
+        np.empty(kp.panels_shape(I, O), np.uint32),
     )
     return forward, data
 
@@ -150,8 +151,8 @@ def validate(B, I, O, relu, rng) -> None:
     (_, _, b, _), (x16, w16, dz16) = make_layer(rng, B, I, O)
     x, W, dz = (reference.bf16_to_f32(a).astype(np.float64) for a in (x16, w16, dz16))
     wf, wd = packed(w16)
-    kg.pack_rows(wf, w16)
-    kg.pack_cols(wd, w16)
+    kp.pack_rows(wf, w16)
+    kp.pack_cols(wd, w16)
     y, dx = np.empty((B, O), np.float32), np.empty((B, I), np.float32)
     dW, db = np.empty((O, I), np.float32), np.empty(O, np.float32)
     if O == 1:
@@ -178,8 +179,8 @@ def pass_runs(B, I, O, relu, threads, rng, torch):
     """{pass: {"bf16": fn, "blas": fn, "torch": fn}} on one layer's buffers."""
     (x, W, b, dz), (x16, w16, dz16) = make_layer(rng, B, I, O)
     wf, wd = packed(w16)
-    kg.pack_rows(wf, w16)
-    kg.pack_cols(wd, w16)
+    kp.pack_rows(wf, w16)
+    kp.pack_cols(wd, w16)
     y, dx = np.empty((B, O), np.float32), np.empty((B, I), np.float32)
     y16, dx16 = np.empty((B, O), np.uint16), np.empty((B, I), np.uint16)
     dW, db = np.empty((O, I), np.float32), np.empty(O, np.float32)
@@ -202,7 +203,7 @@ def pass_runs(B, I, O, relu, threads, rng, torch):
             "bf16": lambda: kg.linear_backward_weight(dW, db, dz16, x16, threads),
             "blas": lambda: blas.backward_weight(dW, db, dz, x, threads),
         },
-        "pack": {"bf16": lambda: (kg.pack_rows(wf, w16), kg.pack_cols(wd, w16))},
+        "pack": {"bf16": lambda: (kp.pack_rows(wf, w16), kp.pack_cols(wd, w16))},
     }
     if torch is not None:
         tx, tW, tdz = (torch.from_numpy(a).bfloat16() for a in (x, W, dz))

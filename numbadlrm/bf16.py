@@ -29,6 +29,7 @@ import numpy as np
 from .kernels import bf16 as kb
 from .kernels import embedding_bf16 as ke
 from .kernels import gemm_bf16 as kg
+from .kernels import pack_bf16 as kp
 from .kernels._jit import run_serial
 from .kernels.microkernel_bf16 import require_avx512_bf16
 
@@ -199,11 +200,11 @@ def pack_weight(w16: np.ndarray) -> PackedWeight:
     """PackedWeight of a bf16 weight (O, I) (for a split weight: its hi half)."""
     _check("w16", w16, np.uint16, ndim=2)
     O, I = w16.shape
-    forward = np.empty(kg.panels_shape(O, I), np.uint32)
-    data = np.empty(kg.panels_shape(I, O), np.uint32)
+    forward = np.empty(kp.panels_shape(O, I), np.uint32)
+    data = np.empty(kp.panels_shape(I, O), np.uint32)
     serial = run_serial(w16.nbytes * 2)
-    (kg.pack_rows_serial if serial else kg.pack_rows)(forward, w16)
-    (kg.pack_cols_serial if serial else kg.pack_cols)(data, w16)
+    (kp.pack_rows_serial if serial else kp.pack_rows)(forward, w16)
+    (kp.pack_cols_serial if serial else kp.pack_cols)(data, w16)
     return PackedWeight(w16, forward, data)
 
 

@@ -24,6 +24,7 @@ import pytest
 from numbadlrm import bf16, reference
 from numbadlrm.kernels import gemm_bf16 as kg
 from numbadlrm.kernels import microkernel_bf16 as mk
+from numbadlrm.kernels import pack_bf16 as kp
 
 pytestmark = pytest.mark.skipif(
     not mk.has_avx512_bf16(), reason="this CPU has no AVX512-BF16 (vdpbf16ps)"
@@ -157,10 +158,10 @@ def test_packing_layouts():
     """pack_rows / pack_cols: pair (k, k + 1) in the low / high half of a uint32, zeros
     past N and past an odd K."""
     S = np.arange(1, 3 * 70 + 1, dtype=np.uint16).reshape(3, 70)  # (K = 3, N = 70)
-    cols = np.empty(kg.panels_shape(70, 3), np.uint32)
-    kg.pack_cols(cols, S)
-    rows = np.empty(kg.panels_shape(70, 3), np.uint32)
-    kg.pack_rows_serial(rows, np.ascontiguousarray(S.T))
+    cols = np.empty(kp.panels_shape(70, 3), np.uint32)
+    kp.pack_cols(cols, S)
+    rows = np.empty(kp.panels_shape(70, 3), np.uint32)
+    kp.pack_rows_serial(rows, np.ascontiguousarray(S.T))
     np.testing.assert_array_equal(cols, rows)
     assert cols.shape == (2, 2, 64)
     assert cols[0, 0, 5] == S[0, 5] | (np.uint32(S[1, 5]) << 16)
