@@ -3,7 +3,7 @@
 The kernels (kernels/bf16.py, kernels/embedding_bf16.py, kernels/gemm_bf16.py) trust their
 arguments; these functions check dtypes, shapes and contiguity first (one-line
 ValueErrors), allocate the outputs, and run small work on the calling thread
-(kernels/_jit.py run_serial). bf16 arrays are uint16 bit patterns throughout.
+(kernels/jit.py run_serial). bf16 arrays are uint16 bit patterns throughout.
 
     to_bf16 / from_bf16          fp32 <-> bf16 (round to nearest even)
     split / merge                fp32 master value <-> (hi, lo) halves; hi is the bf16
@@ -30,7 +30,7 @@ from .kernels import bf16 as kb
 from .kernels import embedding_bf16 as ke
 from .kernels import gemm_bf16 as kg
 from .kernels import pack_bf16 as kp
-from .kernels._jit import run_serial
+from .kernels.jit import run_serial
 from .kernels.microkernel_bf16 import require_avx512_bf16
 
 _OUTS = ("bf16", "fp32", "both")

@@ -35,10 +35,10 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit_parallel, jit_serial
 from .bf16 import bf16_value, hi_half, lo_half, merge_value, sgd_fma
+from .cache_prefetch import prefetch_l2
 from .embedding import CHUNKS, PREFETCH_AHEAD, _owner
-from .prefetch import _prefetch_l2 as prefetch_l2
+from .jit import jit_parallel, jit_serial
 
 _LINE = 32  # uint16 elements per 64-byte cache line
 # Forward prefetch distance in lookups: a bf16 row is half the lines of an fp32 one, so

@@ -44,8 +44,8 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit_parallel, jit_serial
 from .bf16 import bf16_value, hi_half, lo_half, merge_value, round_bf16, sgd_fma
+from .jit import jit_parallel, jit_serial
 from .microkernel_bf16 import MR, NR, tile
 from .pack_bf16 import (
     PACK_BLOCK,

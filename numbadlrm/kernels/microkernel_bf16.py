@@ -47,7 +47,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._jit import jit_serial
+from .jit import jit_serial
 from .microkernel import _accumulate, _declare, _splat, _vector_intrinsics
 
 MR = 6  # rows of C per tile: 24 accumulators + 4 B vectors + 1 broadcast of 32 zmm

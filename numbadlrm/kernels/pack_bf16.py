@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit_parallel, jit_serial
 from .bf16 import bf16_value
+from .jit import jit_parallel, jit_serial
 from .microkernel_bf16 import NR
 
 ROW_PAIRS = 64  # packing and column sums: pairs of rows per parallel task
