@@ -123,7 +123,7 @@ def embedding_bags_sgd_update_split(tables, row_start, offsets, indices, dpooled
     row hashes to c and no other owner touches that row; one row's updates run in lookup
     order on one thread, so the result does not depend on the thread count.
     """
-    for c in prange(num_owners):
+    for c in prange(num_owners):  # owner c writes only the rows it owns (docstring)
         _update_owned_rows(tables, row_start, offsets, indices, dpooled, lr, c, num_owners)
 
 
