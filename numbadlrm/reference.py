@@ -203,3 +203,59 @@ def _named(prefix: str, dWs, dbs) -> dict[str, np.ndarray]:
         out[f"{prefix}.{i}.weight"] = dW
         out[f"{prefix}.{i}.bias"] = db
     return out
+
+
+# --------------------------------------------------- bf16 and split-SGD (issue 12)
+#
+# bf16 is the top 16 bits of an fp32 value, held as uint16. Split-SGD (Kalamkar et al.,
+# SC20) stores each fp32 master weight w as hi = bits(w) >> 16 (the bf16 weight used in
+# compute: w truncated) and lo = bits(w) & 0xFFFF; SGD merges, updates in fp32, splits.
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits (uint16), round to nearest, ties to even; NaN stays NaN."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    return np.where(nan, (bits >> 16) | 0x40, rounded).astype(np.uint16)
+
+
+def bf16_to_f32(h: np.ndarray) -> np.ndarray:
+    """bf16 bits (uint16) -> their float32 values (exact)."""
+    return (np.asarray(h, dtype=np.uint32) << 16).view(np.float32)
+
+
+def split_f32(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 -> (hi, lo) uint16 halves: hi is x truncated to bf16, lo the rest."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return (bits >> 16).astype(np.uint16), (bits & 0xFFFF).astype(np.uint16)
+
+
+def merge_f32(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """(hi, lo) halves -> the float32 value (hi << 16) | lo, bit for bit."""
+    bits = (np.asarray(hi, dtype=np.uint32) << 16) | np.asarray(lo, dtype=np.uint32)
+    return bits.view(np.float32)
+
+
+def sgd_fma_f32(w: np.ndarray, g: np.ndarray, lr) -> np.ndarray:
+    """fp32 SGD ``w - lr g`` as one fused multiply-add: the exact value, rounded once to
+    float32 (nearest even), which is what the project's fp32 kernels compute (finite
+    values; lr, a scalar or an array like g, is taken as float32).
+
+    lr g is exact in float64 (24 + 24 bits), and so is the error e of the float64
+    subtraction s = w - lr g (s + e = w - lr g, Knuth's TwoSum). Rounding s to float32
+    gives the right answer except when s falls exactly halfway between two float32
+    values; then the sign of e says which side the exact value is on.
+    """
+    w64 = np.asarray(w, dtype=np.float32).astype(np.float64)
+    lr64 = np.asarray(lr, dtype=np.float32).astype(np.float64)
+    p = lr64 * np.asarray(g, dtype=np.float32).astype(np.float64)
+    s = w64 - p
+    sw = s - w64
+    e = (w64 - (s - sw)) + (-p - sw)  # s + e == w64 - p exactly
+    r = s.astype(np.float32)
+    d = s - r.astype(np.float64)  # exact (Sterbenz)
+    side = np.nextafter(r, np.where(d > 0, np.float32(np.inf), np.float32(-np.inf)))
+    tie = (d != 0) & (s == (r.astype(np.float64) + side.astype(np.float64)) / 2)
+    beyond = tie & (e != 0) & ((e > 0) == (d > 0))  # the exact value is past the tie
+    return np.where(beyond, side, r).astype(np.float32)

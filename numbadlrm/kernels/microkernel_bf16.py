@@ -1,0 +1,249 @@
+"""The bf16 GEMM micro-kernel on AVX512-BF16 ``vdpbf16ps``, written in LLVM IR.
+
+``vdpbf16ps acc, a, b`` treats each 32-bit lane of a and b as a pair of bf16 values and
+adds both products to the fp32 lane of acc: 16 lanes x 2 products x 2 flops = 64 flops in
+one instruction, twice an fp32 FMA's 32. So the k dimension is consumed in pairs, and both
+operands must hold two consecutive k values in each 32-bit lane (the "VNNI" pair layout):
+
+    A (M, K) bf16 with pairs of k in 32 bits: row-major with K contiguous (A[r, 2kk : 2kk
+        + 2] is one 32-bit pair) or rows' pairs interleaved ((K/2, M) uint32), addressed
+        by byte strides; each pair is broadcast to all 16 lanes (one vbroadcastss)
+    B packed (kernels/gemm_bf16.py): panels of NR = 64 columns, panel[kk, j] (uint32) =
+        the pair (Bm[2kk, j], Bm[2kk + 1, j]); columns past N and the k past an odd K are
+        zero, so every B load is a whole vector
+
+    for a tile of MR rows and NR = 64 columns of C (MR x 4 accumulators of 16 floats in
+    zmm registers across the k loop):
+        for kk in range(kc // 2):
+            b_q    = panel[kk, 16 q : 16 q + 16]       q = 0..3   (4 vector loads)
+            a_r    = broadcast(A32[r, kk])              r < MR     (MR broadcasts)
+            acc_rq = vdpbf16ps(acc_rq, a_r, b_q)                   (4 MR instructions)
+        odd kc: one more step with a_r = A[r, kc - 1] alone (the upper bf16 zero)
+        C[r, :n] = acc_r (+ C[r, :n] if accumulate)      fp32, masked past n
+
+Rows past m re-read row m - 1 of A and skip their stores, as microkernel.py's fp32 tile.
+
+llvmlite's IR builder has no bfloat type and Numba's JIT refuses inline asm, so the
+instruction comes from a small function in textual IR (``_DPBF16_IR``) that takes
+``<16 x i32>`` and bitcasts to ``<32 x bfloat>`` for ``llvm.x86.avx512bf16.dpbf16ps.512``;
+the intrinsic parses it (``llvmlite.binding.parse_assembly``) and links it into the
+calling kernel's library. Its linkage is ``weak_odr``: kept when linked in before any
+caller exists (``linkonce_odr`` is dropped then, and the call jumps to address 0) and
+merged when several libraries carry it. ``alwaysinline`` puts the instruction in the tile.
+
+A CPU without AVX512-BF16 cannot run it: :func:`require_avx512_bf16` raises a clear
+error, and the validating wrappers (numbadlrm/bf16.py) call it first. There is no
+emulated path on such a CPU (under NUMBA_DISABLE_JIT :func:`tile` runs in NumPy).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import llvmlite.binding as llvm
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from .jit import jit_serial
+from .microkernel import _accumulate, _declare, _splat, _vector_intrinsics
+
+MR = 6  # rows of C per tile: 24 accumulators + 4 B vectors + 1 broadcast of 32 zmm
+NR = 64  # columns of C per tile: 4 vectors of 16 floats
+_LANES = 16
+_Q = NR // _LANES
+
+_i1 = ir.IntType(1)
+_i16 = ir.IntType(16)
+_i32 = ir.IntType(32)
+_i64 = ir.IntType(64)
+_f32 = ir.FloatType()
+_vf = ir.VectorType(_f32, _LANES)
+_vi = ir.VectorType(_i32, _LANES)
+_vmask = ir.VectorType(_i1, _LANES)
+_vi64 = ir.VectorType(_i64, _LANES)
+
+_DPBF16 = "numbadlrm_dpbf16ps_512"
+_DPBF16_IR = f"""
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+
+define weak_odr <16 x float> @{_DPBF16}(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) #0 {{
+  %pa = bitcast <16 x i32> %a to <32 x bfloat>
+  %pb = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %pa, <32 x bfloat> %pb)
+  ret <16 x float> %r
+}}
+
+attributes #0 = {{ alwaysinline nounwind }}
+"""  # noqa: E501
+
+
+@functools.cache
+def has_avx512_bf16() -> bool:
+    """True if this CPU has AVX512-BF16 (LLVM's host feature "avx512bf16")."""
+    return bool(llvm.get_host_cpu_features().get("avx512bf16", False))
+
+
+def require_avx512_bf16() -> None:
+    """Raise a one-line RuntimeError on a CPU that cannot run vdpbf16ps."""
+    if not has_avx512_bf16():
+        raise RuntimeError(
+            f"bf16 GEMM needs a CPU with AVX512-BF16 (vdpbf16ps); this one "
+            f"({llvm.get_host_cpu_name()}) has none: use fp32 precision"
+        )
+
+
+def _dpbf16(context, builder: ir.IRBuilder) -> ir.Function:
+    """The textual-IR vdpbf16ps wrapper, linked into the library of the kernel being
+    compiled and declared in its module: ``acc = f(acc, a, b)`` on <16 x float> and two
+    <16 x i32>."""
+    if _DPBF16 not in builder.module.globals:
+        module = llvm.parse_assembly(_DPBF16_IR)
+        module.verify()
+        context.active_code_library.add_llvm_module(module)
+    return _declare(builder.module, _DPBF16, ir.FunctionType(_vf, [_vf, _vi, _vi]))
+
+
+def _step(builder, dp, b_ptr, kk, accs, a_pairs):
+    """One k pair: broadcasts of the rows' pairs, 4 B vectors, 4 MR vdpbf16ps."""
+    b_row = builder.gep(b_ptr, [builder.mul(kk, ir.Constant(_i64, NR))])
+    b_vecs = []
+    for q in range(_Q):
+        ptr = builder.gep(b_row, [ir.Constant(_i64, _LANES * q)])
+        b_vecs.append(builder.load(builder.bitcast(ptr, _vi.as_pointer()), align=4))
+    updated = []
+    for r, pair in enumerate(a_pairs):
+        a_vec = _splat(builder, pair, _vi)
+        for q in range(_Q):
+            updated.append(builder.call(dp, [accs[r * _Q + q], a_vec, b_vecs[q]]))
+    return updated
+
+
+def _store_tile(builder, sums, cp, ldc, m, n, accumulate, mr):
+    """C[r, :n] = sums_r (+ C[r, :n] if accumulate) for r < m, masked past n."""
+    mload, mstore, _ = _vector_intrinsics(builder.module)
+    zero = ir.Constant(_vf, [0.0] * _LANES)
+    align = ir.Constant(_i32, 4)
+    n_vec = _splat(builder, n, _vi64)
+    masks = [
+        builder.icmp_signed("<", ir.Constant(_vi64, [_LANES * q + i for i in range(_LANES)]), n_vec)
+        for q in range(_Q)
+    ]
+    add_old = builder.icmp_signed("!=", accumulate, ir.Constant(_i64, 0))
+    for r in range(mr):
+        with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), m)):
+            c_row = builder.gep(cp, [builder.mul(ir.Constant(_i64, r), ldc)])
+            for q in range(_Q):
+                ptr = builder.gep(c_row, [ir.Constant(_i64, _LANES * q)])
+                value = sums[r * _Q + q]
+                old = builder.call(mload, [ptr, align, masks[q], zero])
+                value = builder.select(add_old, builder.fadd(old, value), value)
+                builder.call(mstore, [value, ptr, align, masks[q]])
+
+
+def _tile_codegen(mr: int):
+    def codegen(context, builder, signature, args):
+        kc, a, sa_r, sa_k, b, c, ldc, m, n, accumulate = args
+        dp = _dpbf16(context, builder)
+        ap = builder.inttoptr(a, ir.IntType(8).as_pointer())
+        bp = builder.inttoptr(b, _i32.as_pointer())
+        cp = builder.inttoptr(c, _f32.as_pointer())
+        one = ir.Constant(_i64, 1)
+        rows = []  # rows past m re-read row m - 1 (their results are not stored)
+        for r in range(mr):
+            valid = builder.icmp_signed("<", ir.Constant(_i64, r), m)
+            row = builder.select(valid, ir.Constant(_i64, r), builder.sub(m, one))
+            rows.append(builder.gep(ap, [builder.mul(row, sa_r)]))
+        pairs = builder.ashr(kc, one)
+
+        def pair_ptr(row, kk, ty):
+            return builder.bitcast(builder.gep(row, [builder.mul(kk, sa_k)]), ty.as_pointer())
+
+        def body(kk, accs):
+            a_pairs = [builder.load(pair_ptr(p, kk, _i32), align=2) for p in rows]
+            return _step(builder, dp, bp, kk, accs, a_pairs)
+
+        sums = _accumulate(builder, pairs, 1, mr * _Q, body, "bf16tile")
+        before = builder.block
+        odd = builder.icmp_signed("!=", builder.and_(kc, one), ir.Constant(_i64, 0))
+        with builder.if_then(odd):  # the last k alone (its pair's upper half is not read)
+            a_pairs = [
+                builder.zext(builder.load(pair_ptr(p, pairs, _i16), align=2), _i32) for p in rows
+            ]
+            tail = _step(builder, dp, bp, pairs, sums, a_pairs)
+            tail_end = builder.block
+        final = []
+        for value, tail_value in zip(sums, tail, strict=True):
+            phi = builder.phi(_vf)
+            phi.add_incoming(value, before)
+            phi.add_incoming(tail_value, tail_end)
+            final.append(phi)
+        _store_tile(builder, final, cp, ldc, m, n, accumulate, mr)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _make_tile(mr: int):
+    @intrinsic
+    def _tile(typingctx, kc, a, sa_r, sa_k, b, c, ldc, m, n, accumulate):
+        """C[:m, :n] (+)= A[:m, :kc] B[:kc, :n]: a (bf16 pairs), b (packed pairs), c (fp32)
+        addresses; A's pair (r, kk) at a + r sa_r + kk sa_k (bytes); ldc in floats;
+        accumulate 0 or 1 (all intp)."""
+        return types.void(*([types.intp] * 10)), _tile_codegen(mr)
+
+    return _tile
+
+
+_tile_mr = _make_tile(MR)
+
+
+if numba.config.DISABLE_JIT:
+
+    def _a_values(A, a_off, sa_r, sa_k, m, kc):
+        """A[:m, :kc] as float64, read through the byte strides (NumPy)."""
+        buf = A.reshape(-1).view(np.uint8)
+        out = np.empty((m, kc), np.uint32)
+        for r in range(m):
+            for k in range(kc):
+                at = a_off + r * sa_r + (k // 2) * sa_k + 2 * (k % 2)
+                out[r, k] = buf[at] | (np.uint32(buf[at + 1]) << 8)
+        return (out << 16).view(np.float32).astype(np.float64)
+
+    def tile(kc, A, a_off, sa_r, sa_k, P, p_off, C, c_off, ldc, m, n, accumulate):
+        """NumPy version of the tile below, for NUMBA_DISABLE_JIT runs."""
+        a = _a_values(A, a_off, sa_r, sa_k, m, kc)
+        pairs = P.reshape(-1)[p_off : p_off + ((kc + 1) // 2) * NR].reshape(-1, NR)
+        halves = np.stack([pairs & 0xFFFF, pairs >> 16], axis=1).reshape(-1, NR)[:kc, :n]
+        b = (halves.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        c = np.lib.stride_tricks.as_strided(C.reshape(-1)[c_off:], (m, n), (4 * ldc, 4))
+        product = (a @ b).astype(np.float32)
+        c[...] = c + product if accumulate else product
+
+else:
+
+    @jit_serial
+    def tile(kc, A, a_off, sa_r, sa_k, P, p_off, C, c_off, ldc, m, n, accumulate):
+        """C[:m, :n] (+)= A[:m, :kc] B[:kc, :n] on one thread, m <= MR, n <= NR, fp32
+        accumulation.
+
+        A is any array of bf16 pairs: the pair (A[r, 2kk], A[r, 2kk + 1]) is the uint32 at
+        byte ``a_off + r sa_r + kk sa_k`` of A's buffer (row-major bf16 (M, K): sa_r = 2 K,
+        sa_k = 4; pairs of rows interleaved (K/2, M) uint32: sa_r = 4, sa_k = 4 M). B is a
+        packed panel of uint32 pairs from ``P.flat[p_off]`` (row kk: NR pairs, zero past
+        n and past an odd kc); C is float32 from ``C.flat[c_off]`` with row stride ldc.
+        """
+        _tile_mr(
+            kc,
+            A.ctypes.data + a_off,
+            sa_r,
+            sa_k,
+            P.ctypes.data + 4 * p_off,
+            C.ctypes.data + 4 * c_off,
+            ldc,
+            m,
+            n,
+            1 if accumulate else 0,
+        )
