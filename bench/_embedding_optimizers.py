@@ -1,0 +1,205 @@
+"""bench_embedding.py --mode optimizers: fused sparse optimizer updates against PyTorch's.
+
+Candidates, timed round-robin in one run on the same tables (and the same state arrays:
+torch's optimizers are handed numbadlrm's state as theirs): numbadlrm's fused SGD,
+Adagrad and row-wise Adagrad updates from dpooled (T, B, D), and PyTorch's sparse step
+from the same dpooled: the EmbeddingBags' sparse backward (one forward's graph, kept)
+then torch.optim.Adagrad, or the reference's RWSAdagrad (numbadlrm/torch_optim.py).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numba
+import numpy as np
+from _common import median_times, stream_copy
+
+from numbadlrm import reference_optim
+from numbadlrm.kernels import embedding, optimizers
+from numbadlrm.params import table_buffer
+
+LR, EPS = 1e-9, 1e-10  # a tiny lr: the tables barely move over hundreds of timed steps
+FUSED = {
+    "adagrad": (
+        optimizers.embedding_bags_adagrad_update,
+        optimizers.embedding_bags_adagrad_update_serial,
+        reference_optim.embedding_adagrad,
+    ),
+    "rowwise": (
+        optimizers.embedding_bags_rowwise_adagrad_update,
+        optimizers.embedding_bags_rowwise_adagrad_update_serial,
+        reference_optim.embedding_rowwise_adagrad,
+    ),
+}
+
+
+def _torch():
+    try:
+        import torch
+
+        from numbadlrm import torch_optim
+    except ImportError:
+        return None, None
+    return torch, torch_optim
+
+
+def validate_optimizers(rng, dim, make_problem) -> None:
+    """Abort unless the fused kernels (parallel and serial) and torch's steps match the
+    reference (float64) on a small problem with bags longer than the prefetch window."""
+    tables, rows, batch, lookups = 3, 500, 17, 40
+    w0, row_start, offsets, indices = make_problem(rng, tables, rows, dim, batch, lookups, "power")
+    w0[:] = rng.standard_normal(w0.shape, dtype=np.float32)
+    dpooled = rng.standard_normal((tables, batch, dim), dtype=np.float32)
+    torch, torch_optim = _torch()
+    for name, (fused, serial, ref) in FUSED.items():
+        s0 = np.full(w0.shape if name == "adagrad" else w0.shape[:1], 0.5, np.float32)
+        expect_w, expect_s = w0.astype(np.float64), s0.astype(np.float64)
+        ref(expect_w, expect_s, row_start, offsets, indices, dpooled.astype(np.float64), 0.1)
+        marks = np.zeros(w0.shape[0], np.int64)
+        chain = np.zeros(indices.shape[0], np.int64)
+        args = (
+            marks,
+            chain,
+            row_start,
+            offsets,
+            indices,
+            dpooled,
+            np.float32(0.1),
+            np.float32(EPS),
+        )
+        results = {}
+        for kind in ("parallel", "serial"):
+            w, s = w0.copy(), s0.copy()
+            if kind == "parallel":
+                fused(w, s, *args, numba.get_num_threads())
+            else:
+                serial(w, s, *args)
+            results[kind] = (w, s)
+        if torch is not None:
+            results["torch"] = _torch_once(torch, torch_optim, name, w0, s0, row_start, offsets,
+                                           indices, dpooled)  # fmt: skip
+        for kind, (w, s) in results.items():
+            ok = np.allclose(w, expect_w, rtol=1e-4, atol=1e-5)
+            if not (ok and np.allclose(s, expect_s, rtol=1e-4, atol=1e-5)):
+                sys.exit(f"validation failed: {name} {kind}")
+
+
+def _torch_once(torch, torch_optim, name, w0, s0, row_start, offsets, indices, dpooled):
+    w, s = w0.copy(), s0.copy()
+    step = TorchStep(torch, torch_optim, name, w, s, row_start, offsets, indices, dpooled, 0.1)
+    step()
+    return w, s
+
+
+class TorchStep:
+    """PyTorch's sparse step on numbadlrm's arrays (shared memory): backward, step, zero."""
+
+    def __init__(self, torch, torch_optim, name, weights, state, row_start, offsets, indices,
+                 dpooled, lr):  # fmt: skip
+        torch.sparse.check_sparse_tensor_invariants.disable()  # and say so: no warning
+        batch = offsets.shape[1] - 1
+        self.bags, self.params, torch_offsets, torch_indices = [], [], [], []
+        for t in range(offsets.shape[0]):
+            rows = slice(row_start[t], row_start[t + 1])
+            table = torch.from_numpy(weights[rows])
+            bag = torch.nn.EmbeddingBag(*table.shape, mode="sum", sparse=True, _weight=table)
+            self.bags.append(bag)
+            self.params.append(bag.weight)
+            lo, hi = offsets[t, 0], offsets[t, batch]
+            torch_indices.append(torch.from_numpy(indices[lo:hi]))
+            torch_offsets.append(torch.from_numpy(offsets[t, :batch] - lo))
+        if name == "adagrad":
+            self.optimizer = torch.optim.Adagrad(self.params, lr=lr, eps=EPS)
+        else:
+            self.optimizer = torch_optim.RowWiseSparseAdagrad(self.params, lr=lr, eps=EPS)
+        for t, p in enumerate(self.params):  # numbadlrm's state is torch's state
+            sums = torch.from_numpy(state[row_start[t] : row_start[t + 1]])
+            self.optimizer.state[p].update({"sum": sums, "step": self.optimizer.state[p].get(
+                "step", 0)})  # fmt: skip
+        self.pooled = torch_optim.embedding_pooled(self.bags, torch_offsets, torch_indices)
+        self.dpooled = [torch.from_numpy(d) for d in dpooled]
+        self.torch_optim = torch_optim
+
+    def __call__(self) -> None:
+        self.torch_optim.embedding_backward(self.pooled, self.dpooled)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def run_optimizers(rng, T, R, D, B, L, quick, repeat, make_problem) -> None:
+    validate_optimizers(rng, D, make_problem)
+    torch, _ = _torch()
+    checked = "fused adagrad and rowwise (parallel, serial)" + (" and torch" if torch else "")
+    print(f"validation: {checked} match numbadlrm.reference_optim")
+    if torch is None:
+        print("torch not installed: its rows are left out")
+    else:
+        torch.set_num_threads(numba.get_num_threads())
+    weights = None
+    state = table_buffer(T * R, D)  # Adagrad's per-element state, touched by the fill
+    state[:] = 0.0
+    rowwise_state = np.zeros(T * R, np.float32)
+    marks = np.zeros(T * R, np.int64)  # scratch: any contents will do; zeros touch the pages
+    src = np.ones((16 << 20) if quick else (32 << 20))  # 128 / 256 MB
+    dst = np.empty_like(src)
+    print(f"{'ids':8} {'update':14} {'ms':>8} {'GB/s':>6} {'% STREAM':>9} {'vs torch':>9}")
+    for dist in ("uniform", "power"):
+        problem = make_problem(rng, T, R, D, B, L, dist, weights)
+        weights, row_start, offsets, indices = problem
+        dpooled = (1e-3 * rng.standard_normal((T, B, D))).astype(np.float32)
+        fns = {"stream copy": lambda: stream_copy(dst, src)}
+        fns.update(candidates(problem, dpooled, state, rowwise_state, marks))
+        times = median_times(fns, repeat=repeat)
+        report(dist, times, 2 * src.nbytes, unique_rows(row_start, offsets, indices), T, B, D, L)
+
+
+def candidates(problem, dpooled, state, rowwise_state, marks) -> dict:
+    """name -> a call of one update, numbadlrm's fused kernels and torch's steps."""
+    weights, row_start, offsets, indices = problem
+    chain = np.zeros(indices.shape[0], np.int64)
+    owners = numba.get_num_threads()
+    lr, eps = np.float32(LR), np.float32(EPS)
+    fused_args = (marks, chain, row_start, offsets, indices, dpooled, lr, eps, owners)
+    fns = {
+        "sgd fused": lambda: embedding.embedding_bags_sgd_update(
+            weights, row_start, offsets, indices, dpooled, lr, owners
+        ),
+        "adagrad fused": lambda: FUSED["adagrad"][0](weights, state, *fused_args),
+        "rowwise fused": lambda: FUSED["rowwise"][0](weights, rowwise_state, *fused_args),
+    }
+    torch, torch_optim = _torch()
+    if torch is not None:
+        for name, s in (("adagrad", state), ("rowwise", rowwise_state)):
+            fns[f"{name} torch"] = TorchStep(torch, torch_optim, name, weights, s, row_start,
+                                             offsets, indices, dpooled, LR)  # fmt: skip
+    return fns
+
+
+def unique_rows(row_start, offsets, indices) -> int:
+    batch = offsets.shape[1] - 1
+    return sum(
+        np.unique(indices[offsets[t, 0] : offsets[t, batch]]).shape[0]
+        for t in range(offsets.shape[0])
+    )
+
+
+def report(dist, times, stream_bytes, unique, T, B, D, L) -> None:
+    n = T * B * L
+    shared = n * 8 + T * B * D * 4  # indices, pooled gradients
+    model = {
+        "sgd": 2 * n * D * 4 + shared,
+        "adagrad": 4 * unique * D * 4 + shared,
+        "rowwise": 2 * unique * D * 4 + 2 * unique * 4 + shared,
+    }
+    stream = stream_bytes / times["stream copy"] / 1e9
+    print(f"{dist:8} {'stream copy':14} {times['stream copy'] * 1e3:8.2f} {stream:6.1f}")
+    for name, t in times.items():
+        if name == "stream copy":
+            continue
+        gbs = model[name.split()[0]] / t / 1e9
+        vs = ""
+        if name.endswith("fused") and name.replace("fused", "torch") in times:
+            vs = f"{times[name.replace('fused', 'torch')] / t:8.2f}x"
+        print(f"{dist:8} {name:14} {t * 1e3:8.2f} {gbs:6.1f} {100 * gbs / stream:8.0f}% {vs:>9}")
+    print(f"{dist:8} unique rows U = {unique:,} of N = {n:,} lookups")
