@@ -57,10 +57,11 @@ def validate_optimizers(rng, dim, make_problem) -> None:
         expect_w, expect_s = w0.astype(np.float64), s0.astype(np.float64)
         ref(expect_w, expect_s, row_start, offsets, indices, dpooled.astype(np.float64), 0.1)
         marks = np.zeros(w0.shape[0], np.int64)
-        chain = np.zeros(indices.shape[0], np.int64)
+        chain, touched = np.zeros((2, numba.get_num_threads(), indices.shape[0]), np.int64)
         args = (
             marks,
             chain,
+            touched,
             row_start,
             offsets,
             indices,
@@ -157,10 +158,11 @@ def run_optimizers(rng, T, R, D, B, L, quick, repeat, make_problem) -> None:
 def candidates(problem, dpooled, state, rowwise_state, marks) -> dict:
     """name -> a call of one update, numbadlrm's fused kernels and torch's steps."""
     weights, row_start, offsets, indices = problem
-    chain = np.zeros(indices.shape[0], np.int64)
     owners = numba.get_num_threads()
+    most = max(np.diff(offsets[:, [0, -1]], axis=1).max(), 1)  # lookups of one table
+    chain, touched = np.zeros((2, owners, most), np.int64)
     lr, eps = np.float32(LR), np.float32(EPS)
-    fused_args = (marks, chain, row_start, offsets, indices, dpooled, lr, eps, owners)
+    fused_args = (marks, chain, touched, row_start, offsets, indices, dpooled, lr, eps, owners)
     fns = {
         "sgd fused": lambda: embedding.embedding_bags_sgd_update(
             weights, row_start, offsets, indices, dpooled, lr, owners

@@ -1,10 +1,12 @@
 """The Adagrad kernels (kernels/optimizers.py) against the NumPy reference (reference_optim).
 
-float32 kernels against the float64 reference from the same float32 inputs: a few steps of
-O(1) values carry errors ~1e-7 relative (Adagrad's steps are normalised, ~lr each), so
-rtol=1e-5 / atol=1e-5 passes rounding and fails any indexing or coalescing bug (O(lr)
-errors). float64 kernels against the float64 reference: only summation order differs
-(measured <= 1e-15), we allow 1e-12.
+float32 kernels against the float64 reference from the same float32 inputs. The tiny
+tables (2 rows) gather ~300 bag gradients into one row, a float32 sum that carries up to
+~300 x 6e-8 = 2e-5 relative error (measured 1.05e-5 on a state entry of 5254), so we
+allow rtol=1e-4 (atol=1e-5). That still fails any indexing or coalescing bug: a missed
+or doubled bag moves a weight by ~lr = 0.1 and a state entry by ~1e-3 relative or more.
+float64 kernels against the float64 reference: only summation order differs, we allow
+1e-12.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from numbadlrm.kernels import optimizers as k
 
 from ._helpers import random_batch, small_config
 
-TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 LR, EPS = 0.1, 1e-10
 
 SPARSE = {  # name -> (parallel kernel, serial kernel, reference, state shape of (R, D))
@@ -74,11 +76,12 @@ def _problem(rng, tables="3-50-2-300", dim=20, batch_size=30, max_bag=40, dtype=
     return weights, row_start, batch.offsets, batch.indices
 
 
-def _garbage_scratch(rng, num_rows, num_lookups):
-    """marks and chain of arbitrary contents: the kernels must not depend on them."""
-    marks = rng.integers(-(2**62), 2**62, num_rows)
-    chain = rng.integers(-(2**62), 2**62, num_lookups)
-    return marks, chain
+def _garbage_scratch(rng, num_rows, num_lookups, owners=7):
+    """marks, chain and touched of arbitrary contents: the kernels must not depend on them."""
+    marks = rng.integers(-(2**63), 2**63 - 1, num_rows)
+    chain = rng.integers(-(2**63), 2**63 - 1, (owners, num_lookups))
+    touched = rng.integers(-(2**63), 2**63 - 1, (owners, num_lookups))
+    return marks, chain, touched
 
 
 def _run(kind, name, weights, state, scratch, problem, dpooled, lr, eps, owners=2):
@@ -120,7 +123,7 @@ def test_sparse_adagrad_coalesces_repeats(name):
     indices = np.array([1, 1, 2, 1])
     dpooled = np.array([[[1.0, 2.0], [9.0, 9.0], [1.0, -4.0]]], np.float32)
     problem = (weights, row_start, offsets, indices)
-    _run("serial", name, weights, state, (np.zeros(4, np.int64), np.zeros(4, np.int64)),
+    _run("serial", name, weights, state, (np.zeros(4, np.int64), *np.zeros((2, 1, 4), np.int64)),
          problem, dpooled, np.float32(1.0), np.float32(EPS))  # fmt: skip
     g1 = np.array([3.0, 0.0])  # 2 * [1, 2] + [1, -4], one update
     if name == "adagrad":
@@ -154,7 +157,7 @@ def test_sparse_adagrad_independent_of_owners_and_scratch(name):
         ("serial", 1, _garbage_scratch(rng, w0.shape[0], indices.shape[0])),
         ("parallel", 1, adversarial),
         ("parallel", 2, _garbage_scratch(rng, w0.shape[0], indices.shape[0])),
-        ("parallel", 3, (np.zeros(w0.shape[0], np.int64), np.zeros(indices.shape[0], np.int64))),
+        ("parallel", 3, (np.zeros(w0.shape[0], np.int64), *np.zeros((2, 3, indices.size), int))),
         ("parallel", 7, adversarial),
     ]:
         w, s = w0.copy(), s0.copy()
@@ -165,24 +168,25 @@ def test_sparse_adagrad_independent_of_owners_and_scratch(name):
         np.testing.assert_array_equal(s, results[0][1])
 
 
-def _adversarial_scratch(problem):
+def _adversarial_scratch(problem, owners=7):
     """Every row's mark names its LAST lookup and every chain entry the row's NEXT lookup,
-    both with a wrong bag: values that would pass a check without the order test p < rel."""
+    flagged as repeated, with a wrong bag: values that a check without the order test
+    p < rel would take for this batch's."""
     weights, row_start, offsets, indices = problem
     batch = offsets.shape[1] - 1
     marks = np.zeros(weights.shape[0], np.int64)
-    chain = np.zeros(indices.shape[0], np.int64)
+    chain = np.zeros((owners, indices.shape[0]), np.int64)
     for t in range(offsets.shape[0]):
         lo, hi = offsets[t, 0], offsets[t, batch]
         later = {}
         for j in range(hi - 1, lo - 1, -1):
             r = row_start[t] + indices[j]
             if r in later:
-                chain[j] = (later[r] - lo) | (12345 << 32)
+                chain[:, j - lo] = (later[r] - lo) | (12345 << 32) | k.REPEATED
             else:
-                marks[r] = (j - lo) | (54321 << 32)
+                marks[r] = (j - lo) | (54321 << 32) | k.REPEATED
             later[r] = j
-    return marks, chain
+    return marks, chain, np.zeros_like(chain)
 
 
 def test_sparse_adagrad_empty_batch_changes_nothing():
@@ -193,7 +197,7 @@ def test_sparse_adagrad_empty_batch_changes_nothing():
     offsets = np.zeros((2, 4), np.int64)  # 2 tables x 3 empty bags
     for owners in (1, 2):
         k.embedding_bags_adagrad_update(
-            weights, state, np.zeros(10, np.int64), np.zeros(0, np.int64),
+            weights, state, np.zeros(10, np.int64), *np.zeros((2, owners, 0), np.int64),
             np.array([0, 5, 10]), offsets, np.zeros(0, np.int64),
             np.ones((2, 3, 4), np.float32), np.float32(1.0), np.float32(EPS), owners,
         )  # fmt: skip

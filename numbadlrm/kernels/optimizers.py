@@ -56,7 +56,21 @@ from .embedding import PREFETCH_AHEAD, _owner
 from .jit import jit_parallel_ieee as jit_parallel
 from .jit import jit_serial_ieee as jit_serial
 
-LOW32 = 0xFFFFFFFF  # a mark's rel(j); its high 32 bits hold bag(j)
+# A mark: rel(j) in bits 0-31, bag(j) in bits 32-61, REPEATED (bit 62) if row r was looked
+# up before j in this batch. So a table may hold up to 2^32 lookups in up to 2^30 bags.
+LOW32 = 0xFFFFFFFF
+BAG_MASK = (1 << 30) - 1
+REPEATED = 1 << 62
+# Rows are owned in blocks of 16 (a 64-byte line of row-wise state, two of marks), so no
+# two owners ever write to one cache line of them (given 64-byte aligned arrays).
+ROW_BLOCK_SHIFT = 4
+
+
+@jit_serial
+def _row_owner(r, num_owners):
+    """Which owner holds row r: its block's hash (kernels/embedding.py's _owner)."""
+    return _owner(np.uint64(r >> ROW_BLOCK_SHIFT), num_owners)
+
 
 # ------------------------------------------------------------------ dense flat buffer
 
@@ -98,167 +112,165 @@ def adagrad_update_serial(params, state, grads, lr, eps, weight_decay):
 # ------------------------------------------------------------------ embedding tables
 
 
-@jit_serial
-def _is_earlier_lookup(link, rel, indices, lo, idx):
-    """Does the stored mark or chain value ``link`` name an earlier lookup of row idx?"""
-    p = link & LOW32
-    return p < rel and indices[lo + p] == idx
+# The loops below are written out in one function each: a call taking arrays costs an
+# atomic reference-count update per array, and atomics stall on the rows' pending misses.
 
 
 @jit_serial
-def _link_lookups(marks, chain, row_start, offsets, indices, t, owner, num_owners):
-    """Pass 1 over table t: chain each of the owner's lookups to its row's previous one."""
+def _link_lookups(marks, chain, touched, row_start, offsets, indices, t, owner, num_owners):
+    """Pass 1 over table t: list the owner's rows, chain their lookups. Returns the count."""
     batch = offsets.shape[1] - 1
     base, lo, end = row_start[t], offsets[t, 0], offsets[t, batch]
     marks_rows = marks.reshape((marks.shape[0], 1))  # a 2-D view for prefetch
     window = PREFETCH_AHEAD * num_owners  # about PREFETCH_AHEAD of this owner's lookups
+    count = 0
     for b in range(batch):
         for j in range(offsets[t, b], offsets[t, b + 1]):
             if j + window < end:
                 ahead = base + indices[j + window]
-                if _owner(np.uint64(ahead), num_owners) == owner:
+                if _row_owner(ahead, num_owners) == owner:
                     prefetch_l2(marks_rows, ahead, 0)
             idx = indices[j]
             r = base + idx
-            if _owner(np.uint64(r), num_owners) != owner:
+            if _row_owner(r, num_owners) != owner:
                 continue
-            rel = j - lo
-            if _is_earlier_lookup(marks[r], rel, indices, lo, idx):
-                chain[j] = marks[r]
-            marks[r] = rel | (b << 32)
+            rel, mark = j - lo, marks[r]
+            if mark & LOW32 < rel and indices[lo + (mark & LOW32)] == idx:  # an earlier lookup
+                chain[rel] = mark
+                marks[r] = rel | (b << 32) | REPEATED
+            else:
+                touched[count] = r
+                count += 1
+                marks[r] = rel | (b << 32)
+    return count
 
 
 @jit_serial
-def _row_gradient(g, chain, indices, dpooled, t, b, j, lo, idx):
-    """G of the row looked up last at j (bag b): dpooled[t, b] alone, or summed into g."""
-    rel = j - lo
-    link = chain[j]
-    if not _is_earlier_lookup(link, rel, indices, lo, idx):
-        return dpooled[t, b]  # looked up once: no copy
-    g[:] = dpooled[t, b]
-    while True:
-        g += dpooled[t, link >> 32]
-        rel = link & LOW32
-        link = chain[lo + rel]
-        if not _is_earlier_lookup(link, rel, indices, lo, idx):
-            return g
-
-
-@jit_serial
-def _apply_row(weights, state, r, g, lr, eps, rowwise):
-    """One Adagrad update of row r from its summed gradient g (D,)."""
+def _apply_rows(weights, state, marks, chain, touched, count, g, dpooled, t, lr, eps, rowwise):
+    """Pass 2 over table t: one update of each row in touched[:count], from its summed G."""
     dim = weights.shape[1]
-    if rowwise:
-        total = 0.0
-        for d in range(dim):
-            total += g[d] * g[d]
-        state[r, 0] += total / dim
-        step = lr / (np.sqrt(state[r, 0]) + eps)
-        for d in range(dim):
-            weights[r, d] -= step * g[d]
-    else:
-        for d in range(dim):
-            s = state[r, d] + g[d] * g[d]
-            state[r, d] = s
-            weights[r, d] -= lr * g[d] / (np.sqrt(s) + eps)
-
-
-@jit_serial
-def _apply_lookups(
-    weights, state, marks, chain, g, row_start, offsets, indices, dpooled, t, lr, eps, rowwise,
-    owner, num_owners,
-):  # fmt: skip
-    """Pass 2 over table t: update each of the owner's rows once, at its last lookup."""
-    batch, dim = dpooled.shape[1], dpooled.shape[2]
-    base, lo, end = row_start[t], offsets[t, 0], offsets[t, batch]
     marks_rows = marks.reshape((marks.shape[0], 1))
-    window = PREFETCH_AHEAD * num_owners
-    for b in range(batch):
-        for j in range(offsets[t, b], offsets[t, b + 1]):
-            if j + window < end:
-                ahead = base + indices[j + window]
-                if _owner(np.uint64(ahead), num_owners) == owner:
-                    prefetch_l2(marks_rows, ahead, 0)
-                    for d in range(0, dim, 16):  # one prefetch per 64-byte line
-                        prefetch_l2(weights, ahead, d)
-                    for d in range(0, state.shape[1], 16):
-                        prefetch_l2(state, ahead, d)
-            idx = indices[j]
-            r = base + idx
-            if _owner(np.uint64(r), num_owners) != owner or marks[r] & LOW32 != j - lo:
-                continue  # another owner's row, or not the row's last lookup
-            grad = _row_gradient(g, chain, indices, dpooled, t, b, j, lo, idx)
-            _apply_row(weights, state, r, grad, lr, eps, rowwise)
+    for i in range(count):
+        if i + PREFETCH_AHEAD < count:
+            ahead = touched[i + PREFETCH_AHEAD]
+            prefetch_l2(marks_rows, ahead, 0)
+            for d in range(0, dim, 16):  # one prefetch per 64-byte line
+                prefetch_l2(weights, ahead, d)
+            for d in range(0, state.shape[1], 16):
+                prefetch_l2(state, ahead, d)
+        r = touched[i]
+        link = marks[r]  # the row's last lookup
+        for d in range(dim):  # G = its bag's gradient + every earlier lookup's
+            g[d] = dpooled[t, (link >> 32) & BAG_MASK, d]
+        while link & REPEATED:  # the lookup link names has a predecessor: chain holds it
+            link = chain[link & LOW32]
+            for d in range(dim):
+                g[d] += dpooled[t, (link >> 32) & BAG_MASK, d]
+        if rowwise:
+            total = 0.0
+            for d in range(dim):
+                total += g[d] * g[d]
+            state[r, 0] += total / dim
+            step = lr / (np.sqrt(state[r, 0]) + eps)
+            for d in range(dim):
+                weights[r, d] -= step * g[d]
+        else:
+            for d in range(dim):
+                s = state[r, d] + g[d] * g[d]
+                state[r, d] = s
+                weights[r, d] -= lr * g[d] / (np.sqrt(s) + eps)
 
 
 @jit_serial
 def _update_owned_rows(
-    weights, state, marks, chain, g, row_start, offsets, indices, dpooled, lr, eps, rowwise,
-    owner, num_owners,
+    weights, state, marks, chain, touched, g, row_start, offsets, indices, dpooled, lr, eps,
+    rowwise, owner, num_owners,
 ):  # fmt: skip
     for t in range(dpooled.shape[0]):
-        _link_lookups(marks, chain, row_start, offsets, indices, t, owner, num_owners)
-        _apply_lookups(
-            weights, state, marks, chain, g, row_start, offsets, indices, dpooled, t, lr, eps,
-            rowwise, owner, num_owners,
-        )  # fmt: skip
+        count = _link_lookups(marks, chain, touched, row_start, offsets, indices, t, owner,
+                              num_owners)  # fmt: skip
+        _apply_rows(weights, state, marks, chain, touched, count, g, dpooled, t, lr, eps, rowwise)
 
 
 @jit_parallel
 def embedding_bags_adagrad_update(
-    weights, state, marks, chain, row_start, offsets, indices, dpooled, lr, eps, num_owners
+    weights,
+    state,
+    marks,
+    chain,
+    touched,
+    row_start,
+    offsets,
+    indices,
+    dpooled,
+    lr,
+    eps,
+    num_owners,
 ):
     """weights, state (R, D) updated in place: one Adagrad step per looked-up row.
 
-    marks (R,) int64 and chain (>= len(indices),) int64 are scratch of any contents.
+    marks (R,) int64, chain and touched (num_owners, L) int64 are scratch of any contents,
+    L at least the most lookups of one table (offsets[t, B] - offsets[t, 0]).
     """
     scratch = np.empty((num_owners, weights.shape[1]), weights.dtype)  # one G per owner
-    # Owner c reads and writes only the rows r that hash to c: weights[r], state[r],
-    # marks[r], and chain[j] of their lookups j; all other arrays are read-only: race-free.
+    # Owner c reads and writes only the rows r whose block hashes to c (weights[r],
+    # state[r], marks[r]) and its own chain[c], touched[c]; the rest is read-only: race-free.
     for c in prange(num_owners):
         _update_owned_rows(
-            weights, state, marks, chain, scratch[c], row_start, offsets, indices, dpooled, lr,
-            eps, False, c, num_owners,
+            weights, state, marks, chain[c], touched[c], scratch[c], row_start, offsets,
+            indices, dpooled, lr, eps, False, c, num_owners,
         )  # fmt: skip
 
 
 @jit_serial
 def embedding_bags_adagrad_update_serial(
-    weights, state, marks, chain, row_start, offsets, indices, dpooled, lr, eps
+    weights, state, marks, chain, touched, row_start, offsets, indices, dpooled, lr, eps
 ):
     """As embedding_bags_adagrad_update with one owner, on the calling thread."""
     g = np.empty(weights.shape[1], weights.dtype)
     _update_owned_rows(
-        weights, state, marks, chain, g, row_start, offsets, indices, dpooled, lr, eps, False,
-        0, 1,
+        weights, state, marks, chain[0], touched[0], g, row_start, offsets, indices, dpooled,
+        lr, eps, False, 0, 1,
     )  # fmt: skip
 
 
 @jit_parallel
 def embedding_bags_rowwise_adagrad_update(
-    weights, state, marks, chain, row_start, offsets, indices, dpooled, lr, eps, num_owners
+    weights,
+    state,
+    marks,
+    chain,
+    touched,
+    row_start,
+    offsets,
+    indices,
+    dpooled,
+    lr,
+    eps,
+    num_owners,
 ):
     """weights (R, D), state (R,) updated in place: one row-wise Adagrad step per looked-up row.
 
-    marks (R,) int64 and chain (>= len(indices),) int64 are scratch of any contents.
+    marks (R,) int64, chain and touched (num_owners, L) int64 are scratch of any contents,
+    L at least the most lookups of one table (offsets[t, B] - offsets[t, 0]).
     """
     state_rows = state.reshape((state.shape[0], 1))  # (R, 1): the per-element code's shape
     scratch = np.empty((num_owners, weights.shape[1]), weights.dtype)
     # Race-free by row ownership, as embedding_bags_adagrad_update.
     for c in prange(num_owners):
         _update_owned_rows(
-            weights, state_rows, marks, chain, scratch[c], row_start, offsets, indices, dpooled,
-            lr, eps, True, c, num_owners,
+            weights, state_rows, marks, chain[c], touched[c], scratch[c], row_start, offsets,
+            indices, dpooled, lr, eps, True, c, num_owners,
         )  # fmt: skip
 
 
 @jit_serial
 def embedding_bags_rowwise_adagrad_update_serial(
-    weights, state, marks, chain, row_start, offsets, indices, dpooled, lr, eps
+    weights, state, marks, chain, touched, row_start, offsets, indices, dpooled, lr, eps
 ):
     """As embedding_bags_rowwise_adagrad_update with one owner, on the calling thread."""
     g = np.empty(weights.shape[1], weights.dtype)
     _update_owned_rows(
-        weights, state.reshape((state.shape[0], 1)), marks, chain, g, row_start, offsets,
-        indices, dpooled, lr, eps, True, 0, 1,
+        weights, state.reshape((state.shape[0], 1)), marks, chain[0], touched[0], g,
+        row_start, offsets, indices, dpooled, lr, eps, True, 0, 1,
     )  # fmt: skip
