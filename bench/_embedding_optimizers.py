@@ -56,12 +56,11 @@ def validate_optimizers(rng, dim, make_problem) -> None:
         s0 = np.full(w0.shape if name == "adagrad" else w0.shape[:1], 0.5, np.float32)
         expect_w, expect_s = w0.astype(np.float64), s0.astype(np.float64)
         ref(expect_w, expect_s, row_start, offsets, indices, dpooled.astype(np.float64), 0.1)
-        marks = np.zeros(w0.shape[0], np.int64)
-        chain, touched = np.zeros((2, numba.get_num_threads(), indices.shape[0]), np.int64)
+        marks = np.zeros(w0.shape[0], np.int32)
+        lists = np.zeros((numba.get_num_threads(), 4, indices.shape[0]), np.int64)
         args = (
             marks,
-            chain,
-            touched,
+            lists,
             row_start,
             offsets,
             indices,
@@ -140,8 +139,8 @@ def run_optimizers(rng, T, R, D, B, L, quick, repeat, make_problem) -> None:
     weights = None
     state = table_buffer(T * R, D)  # Adagrad's per-element state, touched by the fill
     state[:] = 0.0
-    rowwise_state = np.zeros(T * R, np.float32)
-    marks = np.zeros(T * R, np.int64)  # scratch: any contents will do; zeros touch the pages
+    rowwise_state = table_buffer(T * R, 1).reshape(-1)  # 64-byte aligned, as the kernel wants
+    marks = table_buffer(T * R, 1).view(np.int32).reshape(-1)  # scratch: any contents
     src = np.ones((16 << 20) if quick else (32 << 20))  # 128 / 256 MB
     dst = np.empty_like(src)
     print(f"{'ids':8} {'update':14} {'ms':>8} {'GB/s':>6} {'% STREAM':>9} {'vs torch':>9}")
@@ -160,9 +159,9 @@ def candidates(problem, dpooled, state, rowwise_state, marks) -> dict:
     weights, row_start, offsets, indices = problem
     owners = numba.get_num_threads()
     most = max(np.diff(offsets[:, [0, -1]], axis=1).max(), 1)  # lookups of one table
-    chain, touched = np.zeros((2, owners, most), np.int64)
+    lists = np.zeros((owners, 4, most), np.int64)
     lr, eps = np.float32(LR), np.float32(EPS)
-    fused_args = (marks, chain, touched, row_start, offsets, indices, dpooled, lr, eps, owners)
+    fused_args = (marks, lists, row_start, offsets, indices, dpooled, lr, eps, owners)
     fns = {
         "sgd fused": lambda: embedding.embedding_bags_sgd_update(
             weights, row_start, offsets, indices, dpooled, lr, owners

@@ -77,11 +77,10 @@ def _problem(rng, tables="3-50-2-300", dim=20, batch_size=30, max_bag=40, dtype=
 
 
 def _garbage_scratch(rng, num_rows, num_lookups, owners=7):
-    """marks, chain and touched of arbitrary contents: the kernels must not depend on them."""
-    marks = rng.integers(-(2**63), 2**63 - 1, num_rows)
-    chain = rng.integers(-(2**63), 2**63 - 1, (owners, num_lookups))
-    touched = rng.integers(-(2**63), 2**63 - 1, (owners, num_lookups))
-    return marks, chain, touched
+    """marks and lists of arbitrary contents: the kernels must not depend on them."""
+    marks = rng.integers(-(2**31), 2**31 - 1, num_rows, dtype=np.int32)
+    lists = rng.integers(-(2**63), 2**63 - 1, (owners, 4, num_lookups))
+    return marks, lists
 
 
 def _run(kind, name, weights, state, scratch, problem, dpooled, lr, eps, owners=2):
@@ -123,7 +122,7 @@ def test_sparse_adagrad_coalesces_repeats(name):
     indices = np.array([1, 1, 2, 1])
     dpooled = np.array([[[1.0, 2.0], [9.0, 9.0], [1.0, -4.0]]], np.float32)
     problem = (weights, row_start, offsets, indices)
-    _run("serial", name, weights, state, (np.zeros(4, np.int64), *np.zeros((2, 1, 4), np.int64)),
+    _run("serial", name, weights, state, (np.zeros(4, np.int32), np.zeros((1, 4, 4), np.int64)),
          problem, dpooled, np.float32(1.0), np.float32(EPS))  # fmt: skip
     g1 = np.array([3.0, 0.0])  # 2 * [1, 2] + [1, -4], one update
     if name == "adagrad":
@@ -157,7 +156,7 @@ def test_sparse_adagrad_independent_of_owners_and_scratch(name):
         ("serial", 1, _garbage_scratch(rng, w0.shape[0], indices.shape[0])),
         ("parallel", 1, adversarial),
         ("parallel", 2, _garbage_scratch(rng, w0.shape[0], indices.shape[0])),
-        ("parallel", 3, (np.zeros(w0.shape[0], np.int64), *np.zeros((2, 3, indices.size), int))),
+        ("parallel", 3, (np.zeros(w0.shape[0], np.int32), np.zeros((3, 4, indices.size), int))),
         ("parallel", 7, adversarial),
     ]:
         w, s = w0.copy(), s0.copy()
@@ -169,24 +168,17 @@ def test_sparse_adagrad_independent_of_owners_and_scratch(name):
 
 
 def _adversarial_scratch(problem, owners=7):
-    """Every row's mark names its LAST lookup and every chain entry the row's NEXT lookup,
-    flagged as repeated, with a wrong bag: values that a check without the order test
-    p < rel would take for this batch's."""
-    weights, row_start, offsets, indices = problem
-    batch = offsets.shape[1] - 1
-    marks = np.zeros(weights.shape[0], np.int64)
-    chain = np.zeros((owners, indices.shape[0]), np.int64)
-    for t in range(offsets.shape[0]):
-        lo, hi = offsets[t, 0], offsets[t, batch]
-        later = {}
-        for j in range(hi - 1, lo - 1, -1):
-            r = row_start[t] + indices[j]
-            if r in later:
-                chain[:, j - lo] = (later[r] - lo) | (12345 << 32) | k.REPEATED
-            else:
-                marks[r] = (j - lo) | (54321 << 32) | k.REPEATED
-            later[r] = j
-    return marks, chain, np.zeros_like(chain)
+    """marks and lists as a previous batch over the same lookups in reverse order leaves
+    them (every row's k valid for that batch, lists full of its links): values that a test
+    without "rows[k] == r" or "k < count" would take for this batch's."""
+    weights, _, offsets, indices = problem
+    num_lookups = int(np.diff(offsets[:, [0, -1]], axis=1).max())
+    marks = np.arange(weights.shape[0], dtype=np.int32)[::-1].copy() % max(num_lookups, 1)
+    lists = np.zeros((owners, 4, indices.shape[0]), np.int64)
+    lists[:, 0] = np.arange(indices.shape[0])[::-1] % weights.shape[0]  # other rows listed
+    lists[:, 1] = (np.arange(indices.shape[0]) // 2) | (1 << 32) | k.REPEATED
+    lists[:, 2] = (np.arange(indices.shape[0]) // 3) | (2 << 32) | k.REPEATED
+    return marks, lists
 
 
 def test_sparse_adagrad_empty_batch_changes_nothing():
@@ -197,7 +189,7 @@ def test_sparse_adagrad_empty_batch_changes_nothing():
     offsets = np.zeros((2, 4), np.int64)  # 2 tables x 3 empty bags
     for owners in (1, 2):
         k.embedding_bags_adagrad_update(
-            weights, state, np.zeros(10, np.int64), *np.zeros((2, owners, 0), np.int64),
+            weights, state, np.zeros(10, np.int32), np.zeros((owners, 4, 0), np.int64),
             np.array([0, 5, 10]), offsets, np.zeros(0, np.int64),
             np.ones((2, 3, 4), np.float32), np.float32(1.0), np.float32(EPS), owners,
         )  # fmt: skip
