@@ -195,3 +195,21 @@ def test_sparse_adagrad_empty_batch_changes_nothing():
         )  # fmt: skip
     np.testing.assert_array_equal(weights, before[0])
     np.testing.assert_array_equal(state, before[1])
+
+
+def test_optimizer_kernels_run_as_plain_python_under_numba_disable_jit():
+    """The debugging path (NUMBA_DISABLE_JIT=1): every kernel here runs as plain Python."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    select = "threads1 and not disable_jit or coalesces or empty"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", select],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert " passed" in proc.stdout, proc.stdout[-3000:]
