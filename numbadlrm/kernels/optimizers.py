@@ -22,20 +22,20 @@ its n bag gradients (torch coalesces its sparse gradient first). Neither a dense
 gradient nor a (lookups, D) gradient copy is built: scratch owned by the caller links
 each row's lookups instead. Per table, owner c keeps in ``lists[c]`` (4, L) int64:
 
-    owned[i]     its i-th lookup: rel | bag << 32 (rel = j - offsets[t, 0], j's place)
+    owned[i]     its i-th lookup j: rel | bag << 32 (rel = j - offsets[t, 0])
     rows[k]      its k-th distinct row (in first-lookup order)
-    last[k]      that row's last lookup so far: rel | bag << 32 | REPEATED (if not the first)
-    chain[rel]   for a repeated lookup, the ``last`` value of the row's previous lookup
+    last[k]      that row's last lookup so far: i | bag << 32 | REPEATED (if not the first)
+    chain[i]     for a repeated lookup i, the ``last`` value of the row's previous lookup
     marks[r]     (R,) int32, shared: k, row r's place in its owner's list
 
 and three passes run per table:
 
     0. select: owned[:n] = the owner's lookups, in order (branch-free: with several
                owners "is it mine?" is a coin toss a branch would mispredict)
-    1. link:   for each owned lookup (bag b, row r): if k = marks[r] is a listed place
-               (0 <= k < count and rows[k] == r), chain[rel] = last[k] and
-               last[k] = rel | b << 32 | REPEATED; else list r: rows[count] = r,
-               last[count] = rel | b << 32, marks[r] = count, count += 1
+    1. link:   for each owned lookup i (bag b, row r): if k = marks[r] is a listed place
+               (0 <= k < count and rows[k] == r), chain[i] = last[k] and
+               last[k] = i | b << 32 | REPEATED; else list r: rows[count] = r,
+               last[count] = i | b << 32, marks[r] = count, count += 1
     2. apply:  for each listed row: G = dpooled[t, bag of last[k]], plus dpooled[t, bag]
                of each earlier lookup down the chain while REPEATED; one update from G
 
@@ -100,7 +100,7 @@ def adagrad_update_serial(params, state, grads, lr, eps, weight_decay):
 
 # ------------------------------------------------------------------ embedding tables
 
-# owned, last and chain entries: rel in bits 0-31, bag in bits 32-61, REPEATED (bit 62).
+# owned, last and chain entries: rel or i in bits 0-31, bag in bits 32-61, REPEATED (bit 62).
 # So a table holds fewer than 2^31 lookups (marks is int32) in fewer than 2^30 bags.
 LOW32 = 0xFFFFFFFF
 BAG_MASK = (1 << 30) - 1
@@ -152,12 +152,13 @@ def _link_lookups(marks, rows, last, chain, owned, n, base, lo, indices):
         rel = owned[i] & LOW32
         r = base + indices[lo + rel]
         k = marks[r]
+        here = (owned[i] & ~LOW32) | i  # bag | i: this lookup by its place in owned
         if (k >= 0) & (k < count) & (rows[min(max(k, 0), top)] == r):  # r is listed
-            chain[rel] = last[k]
-            last[k] = owned[i] | REPEATED
+            chain[i] = last[k]
+            last[k] = here | REPEATED
         else:
             rows[count] = r
-            last[count] = owned[i]
+            last[count] = here
             marks[r] = count
             count += 1
     return count
