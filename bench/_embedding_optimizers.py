@@ -105,11 +105,10 @@ class TorchStep:
             self.optimizer = torch.optim.Adagrad(params, lr=lr, eps=EPS)
         else:
             self.optimizer = torch_optim.RowWiseSparseAdagrad(params, lr=lr, eps=EPS)
+        key = "sum" if name == "adagrad" else "momentum"  # as torch and the reference name it
         for t, p in enumerate(params):  # numbadlrm's state is torch's state
-            self.optimizer.state[p]["sum"] = torch.from_numpy(
-                state[row_start[t] : row_start[t + 1]]
-            )
-            self.optimizer.state[p].setdefault("step", torch.tensor(0.0))
+            self.optimizer.state[p][key] = torch.from_numpy(state[row_start[t] : row_start[t + 1]])
+            self.optimizer.state[p].setdefault("step", torch.tensor(0.0) if key == "sum" else 0)
         self.graphs = [self._forward(torch, torch_optim, *batch) for batch in batches]
         self.dpooled = [torch.from_numpy(d) for d in dpooled]
         self.torch_optim, self.calls = torch_optim, 0

@@ -10,7 +10,8 @@ torch ops from its equations. Per parameter p with gradient g, at its t-th step
     dense g: per element, exactly torch.optim.Adagrad
         g += weight_decay p;  sum += g^2;  p -= clr g / (sqrt(sum) + eps)
 
-momentum is one number per row, starting at initial_accumulator_value; weight decay with
+momentum (state key "momentum", as the reference names it; "sum" for a dense parameter)
+is one number per row, starting at initial_accumulator_value; weight decay with
 a sparse gradient raises, as in the reference. The reference keeps momentum in float32
 whatever the parameter's dtype; this keeps it in the parameter's dtype, so that a float64
 run is float64 throughout (identical for float32 parameters).
@@ -33,6 +34,9 @@ except ImportError:  # torch is an optional dependency
     _Optimizer = object
 
 _NO_TORCH = "PyTorch is not installed; pip install 'numbadlrm[torch]'"
+# The state's name, as the reference keys it: "momentum" (rows,) for a sparse gradient's
+# parameter, "sum" (shaped like the parameter) for a dense one's.
+STATE_KEY = {True: "momentum", False: "sum"}
 
 
 class RowWiseSparseAdagrad(_Optimizer):
@@ -69,7 +73,9 @@ class RowWiseSparseAdagrad(_Optimizer):
         if not state:  # created on the first step, as the reference does
             shape = p.shape[:1] if grad.is_sparse else p.shape
             state["step"] = 0
-            state["sum"] = torch.full(shape, group["initial_accumulator_value"], dtype=p.dtype)
+            state[STATE_KEY[grad.is_sparse]] = torch.full(
+                shape, group["initial_accumulator_value"], dtype=p.dtype
+            )
         state["step"] += 1
         clr = group["lr"] / (1.0 + (state["step"] - 1.0) * group["lr_decay"])
         if grad.is_sparse:
@@ -79,7 +85,7 @@ class RowWiseSparseAdagrad(_Optimizer):
             rows, values = grad.indices()[0], grad.values()
             if values.numel() == 0:
                 return
-            momentum = state["sum"]
+            momentum = state["momentum"]
             momentum.index_add_(0, rows, values.pow(2).mean(dim=1))
             std = momentum[rows].sqrt_().add_(group["eps"])
             p.index_add_(0, rows, values / std[:, None], alpha=-clr)

@@ -113,7 +113,8 @@ def run_all(name, dtype, rng, threads):
         parallel(*ker["par"], *args, threads)
         serial(*ker["ser"], *args)
     torch_w = np.concatenate([p.detach().numpy() for p in params])
-    torch_s = np.concatenate([opt.state[p]["sum"].numpy() for p in params])
+    key = "sum" if name == "adagrad" else "momentum"  # as torch and the reference name them
+    torch_s = np.concatenate([opt.state[p][key].numpy() for p in params])
     return (ref_w, ref_s), (torch_w, torch_s), ker
 
 
