@@ -213,3 +213,24 @@ def test_optimizer_kernels_run_as_plain_python_under_numba_disable_jit():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert " passed" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_sgd_references_match_the_sgd_kernels():
+    """reference_optim's SGD (dense, and coalesced for the tables) against the fused SGD
+    kernels the model runs today: SGD is linear, so coalescing changes nothing."""
+    from numbadlrm.kernels import elementwise, embedding
+
+    rng = np.random.default_rng(4)
+    weights, row_start, offsets, indices = _problem(rng)
+    dpooled = rng.normal(size=(offsets.shape[0], offsets.shape[1] - 1, 20)).astype(np.float32)
+    expect = weights.astype(np.float64)
+    ref.embedding_sgd(expect, row_start, offsets, indices, dpooled.astype(np.float64), LR)
+    embedding.embedding_bags_sgd_update(
+        weights, row_start, offsets, indices, dpooled, np.float32(LR), 2
+    )
+    np.testing.assert_allclose(weights, expect, **TOL[np.float32])
+    params, grads = rng.normal(size=(2, 101)).astype(np.float32)
+    expect = params.astype(np.float64)
+    ref.sgd(expect, grads.astype(np.float64), LR)
+    elementwise.sgd_update_serial(params, grads, np.float32(LR))
+    np.testing.assert_allclose(params, expect, **TOL[np.float32])
