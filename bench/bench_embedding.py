@@ -25,10 +25,21 @@ and the speedup of forward + update over fp32's v2. Bytes alone bound that speed
 update moves as many bytes as fp32's, so with both kernels at fp32's GB/s it is
 (f + u) / (f / 2 + u) for fp32 times f, u (about 1.25 at config b).
 
+``--mode optimizers`` times update-only kernels instead: the fused SGD update, the fused
+sparse Adagrad and row-wise Adagrad updates (kernels/optimizers.py), and, on the same
+tables and state, PyTorch's sparse step (the EmbeddingBags' sparse backward from the same
+dpooled + torch.optim.Adagrad, or + the reference's RWSAdagrad transcribed in
+numbadlrm/torch_optim.py); see bench/_embedding_optimizers.py. The coalesced optimizers
+read and write each of the U distinct looked-up rows once:
+
+    adagrad   4 U D 4 (rows and state read and written) + N 8 + T B D 4
+    rowwise   2 U D 4 + 2 U 4 (rows, one state float each) + N 8 + T B D 4
+
     python bench/bench_embedding.py --threads 2                   # v1 and v2 of both
     python bench/bench_embedding.py --forward-versions '' --update-versions v2,mine
     python bench/bench_embedding.py --threads 2 --precision bf16
-    python bench/bench_embedding.py --quick                       # tiny tables, bf16 (CI)
+    python bench/bench_embedding.py --threads 2 --mode optimizers # sparse Adagrad vs torch
+    python bench/bench_embedding.py --quick                       # tiny, bf16, both modes (CI)
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from functools import partial
 import numba
 import numpy as np
 from _common import header, median_times, set_threads, stream_copy, versions_of
+from _embedding_optimizers import run_optimizers
 
 from numbadlrm import reference
 from numbadlrm.data.synthetic import POWER_ALPHA
@@ -51,10 +63,12 @@ from numbadlrm.kernels import checks, embedding, embedding_bf16, registry
 from numbadlrm.params import table_buffer
 
 
-def make_problem(rng, tables, rows, dim, batch, lookups, dist):
-    """(weights, row_start, offsets, indices): fixed-size bags, ids uniform or power-law."""
-    weights = table_buffer(tables * rows, dim)
-    weights[:] = 0.01  # touches every page; values do not matter for timing
+def make_problem(rng, tables, rows, dim, batch, lookups, dist, weights=None):
+    """(weights, row_start, offsets, indices): fixed-size bags, ids uniform or power-law;
+    new tables unless ``weights`` are given."""
+    if weights is None:
+        weights = table_buffer(tables * rows, dim)
+        weights[:] = 0.01  # touches every page; values do not matter for timing
     row_start = np.arange(tables + 1, dtype=np.int64) * rows
     flat = np.arange(tables * batch + 1, dtype=np.int64) * lookups
     offsets = np.stack([flat[t * batch : (t + 1) * batch + 1] for t in range(tables)])
@@ -118,9 +132,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument(
-        "--quick", action="store_true", help="tiny tables, 3 repeats, --precision bf16"
+        "--quick", action="store_true", help="tiny tables, 3 repeats, --precision bf16, both modes"
     )
+    parser.add_argument(
+        "--mode", choices=["versions", "optimizers", "all"], default=None,
+        help="kernel versions (default), optimizer updates vs torch, or both (--quick's default)",
+    )  # fmt: skip
     args = parser.parse_args()
+    mode = args.mode or ("all" if args.quick else "versions")
     if args.quick:  # the split kernels too, so that CI's smoke run validates them
         args.tables, args.rows, args.batch, args.lookups, args.repeat = 2, 20_000, 64, 10, 3
         args.precision = "bf16"
@@ -134,6 +153,10 @@ def main() -> None:
     print(header(f"bench_embedding: T={T} rows={R} D={D} B={B} lookups={L}"))
     print(_pools.describe())
     rng = np.random.default_rng(0)
+    if mode in ("optimizers", "all"):
+        run_optimizers(rng, T, R, D, B, L, args.quick, args.repeat, make_problem)
+    if mode == "optimizers":
+        return
     for kind, names in versions.items():
         for v in names:
             checks.validate(f"embedding_{kind}", v)

@@ -24,6 +24,13 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 jit_parallel = numba.njit(cache=True, fastmath=FASTMATH, parallel=True, nogil=True)
 # Serial helpers (inlined into the parallel kernels or called on small data).
 jit_serial = numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
+# The same for kernels that divide by data (Adagrad's g / (sqrt(s) + eps)): a division by
+# zero gives Inf or NaN as in NumPy and torch instead of raising ZeroDivisionError (Numba's
+# default "python" error model), and the division needs no zero test, so it vectorises.
+jit_parallel_ieee = numba.njit(
+    cache=True, fastmath=FASTMATH, parallel=True, nogil=True, error_model="numpy"
+)
+jit_serial_ieee = numba.njit(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
 
 
 # Below this many bytes of work the layers call a version's serial entry: a parallel

@@ -1,0 +1,215 @@
+"""bench_embedding.py --mode optimizers: fused sparse optimizer updates against PyTorch's.
+
+Candidates, timed round-robin in one run on the same tables (and the same state arrays:
+torch's optimizers are handed numbadlrm's state as theirs): numbadlrm's fused SGD,
+Adagrad and row-wise Adagrad updates from dpooled (T, B, D), and PyTorch's sparse step
+from the same dpooled: the EmbeddingBags' sparse backward (kept graphs of the forward)
+then torch.optim.Adagrad, or the reference's RWSAdagrad (numbadlrm/torch_optim.py).
+Every candidate alternates between two batches of the same distribution, as training
+would: the kernels' scratch then always holds the other batch's lists, never this one's.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numba
+import numpy as np
+from _common import median_times, stream_copy
+
+from numbadlrm import reference_optim
+from numbadlrm.kernels import embedding, optimizers
+from numbadlrm.params import table_buffer
+
+LR, EPS = 1e-9, 1e-10  # a tiny lr: the tables barely move over hundreds of timed steps
+FUSED = {  # name -> (parallel kernel, serial kernel, reference)
+    "adagrad": (
+        optimizers.embedding_bags_adagrad_update,
+        optimizers.embedding_bags_adagrad_update_serial,
+        reference_optim.embedding_adagrad,
+    ),
+    "rowwise": (
+        optimizers.embedding_bags_rowwise_adagrad_update,
+        optimizers.embedding_bags_rowwise_adagrad_update_serial,
+        reference_optim.embedding_rowwise_adagrad,
+    ),
+}
+
+
+def _torch():
+    try:
+        import torch
+
+        from numbadlrm import torch_optim
+    except ImportError:
+        return None, None
+    return torch, torch_optim
+
+
+def scratch(num_rows, offsets, owners):
+    """The fused kernels' scratch: marks (R,) int32, lists (owners, 4, L) int64."""
+    most = max(int(np.diff(offsets[:, [0, -1]], axis=1).max()), 1)  # lookups of one table
+    marks = table_buffer(num_rows, 1).view(np.int32).reshape(-1)  # 64-byte aligned
+    return marks, np.zeros((owners, 4, most), np.int64)
+
+
+def validate_optimizers(rng, dim, make_problem) -> None:
+    """Abort unless the fused kernels (parallel and serial) and torch's steps match the
+    reference (float64) on a small problem with bags longer than the prefetch windows."""
+    tables, rows, batch, lookups = 3, 500, 17, 40
+    w0, row_start, offsets, indices = make_problem(rng, tables, rows, dim, batch, lookups, "power")
+    w0[:] = rng.standard_normal(w0.shape, dtype=np.float32)
+    dpooled = rng.standard_normal((tables, batch, dim), dtype=np.float32)
+    torch, torch_optim = _torch()
+    owners = numba.get_num_threads()
+    for name, (fused, serial, ref) in FUSED.items():
+        s0 = np.full(w0.shape if name == "adagrad" else w0.shape[:1], 0.5, np.float32)
+        expect_w, expect_s = w0.astype(np.float64), s0.astype(np.float64)
+        ref(expect_w, expect_s, row_start, offsets, indices, dpooled.astype(np.float64), 0.1)
+        args = (*scratch(w0.shape[0], offsets, owners), row_start, offsets, indices, dpooled)
+        results = {}
+        for kind in ("parallel", "serial", "torch"):
+            w, s = w0.copy(), s0.copy()
+            if kind == "parallel":
+                fused(w, s, *args, np.float32(0.1), np.float32(EPS), owners)
+            elif kind == "serial":
+                serial(w, s, *args, np.float32(0.1), np.float32(EPS))
+            elif torch is not None:
+                batches = [(offsets, indices)]
+                TorchStep(torch, torch_optim, name, w, s, row_start, batches, dpooled, 0.1)()
+            else:
+                continue
+            results[kind] = (w, s)
+        for kind, (w, s) in results.items():
+            ok = np.allclose(w, expect_w, rtol=1e-4, atol=1e-5)
+            if not (ok and np.allclose(s, expect_s, rtol=1e-4, atol=1e-5)):
+                sys.exit(f"validation failed: {name} {kind}")
+
+
+class TorchStep:
+    """PyTorch's sparse step on numbadlrm's arrays (shared memory): backward, step, zero.
+
+    One forward per batch builds the graph each call's backward reuses; calls take the
+    batches in turn."""
+
+    def __init__(self, torch, torch_optim, name, weights, state, row_start, batches, dpooled,
+                 lr):  # fmt: skip
+        torch.sparse.check_sparse_tensor_invariants.disable()  # torch's default, silently
+        self.bags = []
+        for t in range(row_start.shape[0] - 1):
+            table = torch.from_numpy(weights[row_start[t] : row_start[t + 1]])
+            bag = torch.nn.EmbeddingBag(*table.shape, mode="sum", sparse=True, _weight=table)
+            self.bags.append(bag)
+        params = [bag.weight for bag in self.bags]
+        if name == "adagrad":
+            self.optimizer = torch.optim.Adagrad(params, lr=lr, eps=EPS)
+        else:
+            self.optimizer = torch_optim.RowWiseSparseAdagrad(params, lr=lr, eps=EPS)
+        key = "sum" if name == "adagrad" else "momentum"  # as torch and the reference name it
+        for t, p in enumerate(params):  # numbadlrm's state is torch's state
+            self.optimizer.state[p][key] = torch.from_numpy(state[row_start[t] : row_start[t + 1]])
+            self.optimizer.state[p].setdefault("step", torch.tensor(0.0) if key == "sum" else 0)
+        self.graphs = [self._forward(torch, torch_optim, *batch) for batch in batches]
+        self.dpooled = [torch.from_numpy(d) for d in dpooled]
+        self.torch_optim, self.calls = torch_optim, 0
+
+    def _forward(self, torch, torch_optim, offsets, indices):
+        lo, hi = offsets[:, 0], offsets[:, -1]
+        starts = [torch.from_numpy(offsets[t, :-1] - lo[t]) for t in range(len(self.bags))]
+        lookups = [torch.from_numpy(indices[lo[t] : hi[t]]) for t in range(len(self.bags))]
+        return torch_optim.embedding_pooled(self.bags, starts, lookups)
+
+    def __call__(self) -> None:
+        self.torch_optim.embedding_backward(
+            self.graphs[self.calls % len(self.graphs)], self.dpooled
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.calls += 1
+
+
+def run_optimizers(rng, T, R, D, B, L, quick, repeat, make_problem) -> None:
+    validate_optimizers(rng, D, make_problem)
+    torch, _ = _torch()
+    checked = "fused adagrad and rowwise (parallel, serial)" + (" and torch" if torch else "")
+    print(f"validation: {checked} match numbadlrm.reference_optim")
+    if torch is None:
+        print("torch not installed: its rows are left out")
+    else:
+        torch.set_num_threads(numba.get_num_threads())
+    weights = None
+    state = table_buffer(T * R, D)  # Adagrad's per-element state, touched by the fill
+    state[:] = 0.0
+    rowwise_state = table_buffer(T * R, 1).reshape(-1)  # 64-byte aligned, as the kernels want
+    src = np.ones((16 << 20) if quick else (32 << 20))  # 128 / 256 MB
+    dst = np.empty_like(src)
+    print(f"{'ids':8} {'update':14} {'ms':>8} {'GB/s':>6} {'% STREAM':>9} {'vs torch':>9}")
+    for dist in ("uniform", "power"):
+        weights, row_start, offsets, indices = make_problem(rng, T, R, D, B, L, dist, weights)
+        other = make_problem(rng, T, R, D, B, L, dist, weights)[3]  # same offsets
+        batches = [(offsets, indices), (offsets, other)]
+        dpooled = (1e-3 * rng.standard_normal((T, B, D))).astype(np.float32)
+        fns = {"stream copy": lambda: stream_copy(dst, src)}
+        fns.update(candidates(weights, state, rowwise_state, row_start, batches, dpooled))
+        times = median_times(fns, repeat=repeat)
+        unique = np.mean([unique_rows(row_start, *batch) for batch in batches])
+        report(dist, times, 2 * src.nbytes, unique, T, B, D, L)
+
+
+def candidates(weights, state, rowwise_state, row_start, batches, dpooled) -> dict:
+    """name -> a call of one update (numbadlrm's fused kernels, torch's steps), each taking
+    the batches in turn."""
+    owners = numba.get_num_threads()
+    marks, lists = scratch(weights.shape[0], batches[0][0], owners)
+    lr, eps = np.float32(LR), np.float32(EPS)
+    turn = {"sgd": 0, "adagrad": 0, "rowwise": 0}
+
+    def fused(name):
+        offsets, indices = batches[turn[name] % 2]
+        turn[name] += 1
+        if name == "sgd":
+            embedding.embedding_bags_sgd_update(
+                weights, row_start, offsets, indices, dpooled, lr, owners
+            )
+        else:
+            s = state if name == "adagrad" else rowwise_state
+            args = (marks, lists, row_start, offsets, indices, dpooled, lr, eps, owners)
+            FUSED[name][0](weights, s, *args)
+
+    fns = {f"{name} fused": (lambda name=name: fused(name)) for name in turn}
+    torch, torch_optim = _torch()
+    if torch is not None:
+        for name, s in (("adagrad", state), ("rowwise", rowwise_state)):
+            fns[f"{name} torch"] = TorchStep(
+                torch, torch_optim, name, weights, s, row_start, batches, dpooled, LR
+            )
+    return fns
+
+
+def unique_rows(row_start, offsets, indices) -> int:
+    batch = offsets.shape[1] - 1
+    return sum(
+        np.unique(indices[offsets[t, 0] : offsets[t, batch]]).shape[0]
+        for t in range(offsets.shape[0])
+    )
+
+
+def report(dist, times, stream_bytes, unique, T, B, D, L) -> None:
+    n = T * B * L
+    shared = n * 8 + T * B * D * 4  # indices, pooled gradients
+    model = {
+        "sgd": 2 * n * D * 4 + shared,
+        "adagrad": 4 * unique * D * 4 + shared,
+        "rowwise": 2 * unique * D * 4 + 2 * unique * 4 + shared,
+    }
+    stream = stream_bytes / times["stream copy"] / 1e9
+    print(f"{dist:8} {'stream copy':14} {times['stream copy'] * 1e3:8.2f} {stream:6.1f}")
+    for name, t in times.items():
+        if name == "stream copy":
+            continue
+        gbs = model[name.split()[0]] / t / 1e9
+        vs = ""
+        if name.endswith("fused") and name.replace("fused", "torch") in times:
+            vs = f"{times[name.replace('fused', 'torch')] / t:8.2f}x"
+        print(f"{dist:8} {name:14} {t * 1e3:8.2f} {gbs:6.1f} {100 * gbs / stream:8.0f}% {vs:>9}")
+    print(f"{dist:8} unique rows U = {unique:,.0f} of N = {n:,} lookups (mean of the 2 batches)")
