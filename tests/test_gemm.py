@@ -13,20 +13,11 @@ import pytest
 
 from numbadlrm import reference
 from numbadlrm.kernels import blas, epilogue, linear_auto
-from numbadlrm.kernels.checks import assert_gemm_close, check_linear_forward
+from numbadlrm.kernels.checks import assert_gemm_close, check_linear_forward, linear_inputs
 from numbadlrm.layers import linear
 
 EPS = float(np.finfo(np.float32).eps)
 ODD_SHAPES = [(b, i, o) for b in (1, 7, 129) for i in (1, 13, 100) for o in (1, 17, 64)]
-
-
-def make(rng, B, I, O):
-    x = rng.standard_normal((B, I), dtype=np.float32)
-    W = rng.standard_normal((O, I), dtype=np.float32)
-    b = rng.standard_normal(O, dtype=np.float32)
-    y = np.maximum(rng.standard_normal((B, O), dtype=np.float32), 0)  # exact zeros: masked
-    dy = rng.standard_normal((B, O), dtype=np.float32)
-    return x, W, b, y, dy
 
 
 def check_backward(dx, dW, db, dz, x, y, W, dy, relu):
@@ -61,7 +52,7 @@ def outputs(B, I, O):
 @pytest.mark.parametrize(("B", "I", "O"), ODD_SHAPES)
 def test_layer_matches_reference(backend, relu, B, I, O):
     rng = np.random.default_rng([B, I, O])
-    x, W, b, y_in, dy = make(rng, B, I, O)
+    x, W, b, y_in, dy = linear_inputs(rng, B, I, O)
     y, dx, dW, db = outputs(B, I, O)
     linear.linear_forward(y, x, W, b, relu, backend)
     check_linear_forward(y, x, W, b, relu)
@@ -77,7 +68,7 @@ def test_mask_dx_applies_the_layer_below_relu(backend, sgd, B, I, O):
     """mask_dx: dx comes out multiplied by [x > 0] (the layer below's ReLU backward, x its
     output), equal to the unmasked dx masked afterwards; dW, db, the update untouched."""
     rng = np.random.default_rng([4, B, I, O])
-    x, W, b, y_in, dy = make(rng, B, I, O)
+    x, W, b, y_in, dy = linear_inputs(rng, B, I, O)
     x = np.maximum(x, 0)  # the output of a ReLU: exact zeros where the mask cuts
     _, dx, dW, db = outputs(B, I, O)
     _, dx_m, dW_m, db_m = outputs(B, I, O)
@@ -102,7 +93,7 @@ def test_mask_dx_applies_the_layer_below_relu(backend, sgd, B, I, O):
 def test_backward_without_dx(backend):
     """The first layer passes dx=None: dW and db are still formed, nothing else written."""
     rng = np.random.default_rng(1)
-    x, W, _, y, dy = make(rng, 129, 13, 64)
+    x, W, _, y, dy = linear_inputs(rng, 129, 13, 64)
     _, _, dW, db = outputs(129, 13, 64)
     dz = dy.copy()
     linear.linear_backward(None, dW, db, dz, x, y, W, True, backend)
@@ -112,7 +103,7 @@ def test_backward_without_dx(backend):
 def test_numba_layer_bitwise_across_threads(threads):
     """Blocks do not depend on the thread count, so neither do the sums' orders."""
     rng = np.random.default_rng(2)
-    x, W, b, y_in, dy = make(rng, 129, 150, 130)
+    x, W, b, y_in, dy = linear_inputs(rng, 129, 150, 130)
     results = []
     for n in (1, threads):
         numba.set_num_threads(n)
@@ -135,7 +126,7 @@ def test_blas_layer_shares_work_at_any_thread_count(threads, B, I, O):
     than the thread count. (Not bitwise across thread counts: OpenBLAS picks its kernel, and so
     its order of sums, from the shape of each thread's share.)"""
     rng = np.random.default_rng([2, B, I, O])
-    x, W, b, y_in, dy = make(rng, B, I, O)
+    x, W, b, y_in, dy = linear_inputs(rng, B, I, O)
     y, dx, dW, db = outputs(B, I, O)
     linear.linear_forward(y, x, W, b, True, "blas")
     check_linear_forward(y, x, W, b, True)
@@ -149,7 +140,7 @@ def test_blas_layer_shares_work_at_any_thread_count(threads, B, I, O):
 def test_backward_sgd_matches_backward_then_sgd(threads, backend, B, I, O):
     """linear_backward_sgd = linear_backward, then W -= lr dW, b -= lr db; dx from the old W."""
     rng = np.random.default_rng([3, B, I, O])
-    x, W, b, y_in, dy = make(rng, B, I, O)
+    x, W, b, y_in, dy = linear_inputs(rng, B, I, O)
     lr = 0.05
     _, dx, dW, db = outputs(B, I, O)
     linear.linear_backward(dx, dW, db, dy.copy(), x, y_in, W, True, backend)
@@ -185,7 +176,7 @@ def test_blas_backend_library_stays_single_threaded():
 
 
 def test_bad_backend_is_named():
-    x, W, b, y, dy = make(np.random.default_rng(3), 2, 3, 4)
+    x, W, b, y, dy = linear_inputs(np.random.default_rng(3), 2, 3, 4)
     with pytest.raises(ValueError, match="'cuda'"):
         linear.linear_forward(np.empty_like(y), x, W, b, True, "cuda")
     with pytest.raises(ValueError, match="'gpu'"):
@@ -193,7 +184,7 @@ def test_bad_backend_is_named():
 
 
 def test_bad_shapes_and_dtypes_are_rejected():
-    x, W, b, y, _ = make(np.random.default_rng(4), 2, 3, 4)
+    x, W, b, y, _ = linear_inputs(np.random.default_rng(4), 2, 3, 4)
     with pytest.raises(ValueError, match="y"):
         linear.linear_forward(np.empty((2, 5), np.float32), x, W, b, True, "numba")
     with pytest.raises(ValueError, match="x"):

@@ -75,7 +75,7 @@ def entries(version: Version) -> list[bool]:
 # --------------------------------------------------------------------------- linear
 
 
-def _linear_inputs(rng, B, I, O):
+def linear_inputs(rng, B, I, O):
     x = rng.standard_normal((B, I), dtype=np.float32)
     W = rng.standard_normal((O, I), dtype=np.float32)
     b = rng.standard_normal(O, dtype=np.float32)
@@ -103,7 +103,7 @@ def check_linear_forward(y, x, W, b, relu):
 
 def _linear_forward_cases(rng, version, kernel):
     for B, I, O in LINEAR_SHAPES:
-        x, W, b, _, _ = _linear_inputs(rng, B, I, O)
+        x, W, b, _, _ = linear_inputs(rng, B, I, O)
         for relu in (False, True):
             y = np.full((B, O), np.nan, np.float32)
 
@@ -117,7 +117,7 @@ def _linear_forward_cases(rng, version, kernel):
 def _linear_data_cases(rng, version, kernel):
     modes = ((True, True, False), (True, False, True), (False, True, False))
     for B, I, O in LINEAR_SHAPES:
-        x, W, _, y, dy = _linear_inputs(rng, B, I, O)
+        x, W, _, y, dy = linear_inputs(rng, B, I, O)
         for with_dx, relu, mask_dx in modes:
 
             def check(x=x, W=W, y=y, dy=dy, with_dx=with_dx, relu=relu, mask_dx=mask_dx):
@@ -139,7 +139,7 @@ def _linear_data_cases(rng, version, kernel):
 
 def _linear_weight_cases(rng, version, kernel):
     for B, I, O in LINEAR_SHAPES:
-        x, W, b, _, dz = _linear_inputs(rng, B, I, O)
+        x, W, b, _, dz = linear_inputs(rng, B, I, O)
 
         def check(x=x, dz=dz, B=B, I=I, O=O):
             dW = np.full((O, I), np.nan, np.float32)
