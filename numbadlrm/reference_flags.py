@@ -93,7 +93,9 @@ NOTES: dict[str, tuple[dict, str]] = {
     "--dist-backend": ({"default": ""}, "the MPI layer uses mpi4py"),
     "--data-randomize": ({"default": "total"}, "--data-shuffle shuffles the train split"),
     "--data-trace-file": ({"default": ""}, "no trace data generator"),
-    "--data-trace-enable-padding": ({"action": BoolWordAction}, "no trace data generator"),
+    "--data-trace-enable-padding": (
+        {"action": BoolWordAction, "default": False}, "no trace data generator",
+    ),
     "--rand-data-dist": ({"default": "uniform"}, "the built-in generators draw uniform ids"),
     "--rand-data-min": ({"type": float, "default": 0.0}, "the built-in generators' own range"),
     "--rand-data-max": ({"type": float, "default": 1.0}, "the built-in generators' own range"),
@@ -131,9 +133,17 @@ def add_reference_flags(parser: argparse.ArgumentParser) -> None:
         "change the model, an error naming what is not implemented",
     )
     for flag, (kwargs, note) in NOTES.items():
-        group.add_argument(flag, dest=_dest(flag), help=f"no effect: {note}", **kwargs)
+        group.add_argument(flag, **_names(flag, kwargs), help=f"no effect: {note}", **kwargs)
     for flag, (kwargs, off, what) in UNSUPPORTED.items():
-        group.add_argument(flag, dest=_dest(flag), help=f"only {off!r}: {what}", **kwargs)
+        group.add_argument(flag, **_names(flag, kwargs), help=f"only {off!r}: {what}", **kwargs)
+
+
+def _names(flag: str, kwargs: dict) -> dict:
+    """dest (apart from TrainConfig's fields) and, for a flag taking a value, a metavar."""
+    names = {"dest": _dest(flag)}
+    if kwargs.get("action") is None:
+        names["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+    return names
 
 
 def _dest(flag: str) -> str:
