@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import reference as ref
 from ..config import pair_indices
-from .checks_optimizers import OPTIMIZER_CHECKS
+from .checks_optimizers import optimizer_checks
 from .registry import Version, get
 
 EPS = float(np.finfo(np.float32).eps)
@@ -382,5 +382,5 @@ _CHECKS: dict[str, Callable] = {
     "sigmoid_mse": _sigmoid_loss_cases("mse"),
     "sigmoid_wbce": _sigmoid_loss_cases("wbce"),
     "dense_update": _dense_update_cases,
-    **OPTIMIZER_CHECKS,
+    **optimizer_checks(EMBEDDING_CASES, bags),
 }

@@ -41,16 +41,14 @@ def _dense_adagrad_cases(rng, version, kernel):
             yield (n, f"weight_decay={weight_decay}"), check
 
 
-def _sparse_cases(rowwise: bool):
+def _sparse_cases(rowwise: bool, embedding_cases, bags):
     """Cases of embedding_update_(rowwise_)adagrad: checks.EMBEDDING_CASES' tables and
     bags (empty bags, repeated rows, bags longer than the prefetch windows), scratch of
     arbitrary contents with 3 owners (more than the threads), reused across the steps."""
     reference = ref.embedding_rowwise_adagrad if rowwise else ref.embedding_adagrad
 
     def cases(rng, version, kernel):
-        from .checks import EMBEDDING_CASES, bags  # here: checks imports this module
-
-        for sizes, dim, batches, max_bag in EMBEDDING_CASES:
+        for sizes, dim, batches, max_bag in embedding_cases:
             row_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
             rows = int(row_start[-1])
             for batch in batches:
@@ -100,9 +98,11 @@ def _dense_rowwise_cases(rng, version, kernel):
         yield (rows, dim), check
 
 
-OPTIMIZER_CHECKS = {
-    "dense_update_adagrad": _dense_adagrad_cases,
-    "embedding_update_adagrad": _sparse_cases(rowwise=False),
-    "embedding_update_rowwise_adagrad": _sparse_cases(rowwise=True),
-    "dense_update_rowwise_adagrad": _dense_rowwise_cases,
-}
+def optimizer_checks(embedding_cases, bags) -> dict:
+    """{op: its cases}, the table ops' on checks.py's embedding cases and bag maker."""
+    return {
+        "dense_update_adagrad": _dense_adagrad_cases,
+        "embedding_update_adagrad": _sparse_cases(False, embedding_cases, bags),
+        "embedding_update_rowwise_adagrad": _sparse_cases(True, embedding_cases, bags),
+        "dense_update_rowwise_adagrad": _dense_rowwise_cases,
+    }
