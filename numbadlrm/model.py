@@ -346,6 +346,7 @@ class DLRM:
         """
         lr = check_learning_rate(lr)
         ws, loss = self._forward_loss(batch)
+        self.optimizer.check_batch(batch.offsets)
         self._backward_and_update(batch, ws, self.optimizer.begin_step(lr))
         return loss
 

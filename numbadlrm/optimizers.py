@@ -210,6 +210,19 @@ class Optimizer:
             self.dense = np.full(dense_size, config.initial_accumulator_value, np.float32)
             self.tables = TableState(config, table_rows, dim)
 
+    def check_batch(self, offsets: np.ndarray) -> None:
+        """ValueError, before any update, for a batch the fused table kernels cannot
+        index (2^30 samples, 2^31 lookups of one table: far beyond any memory today)."""
+        if not self.config.stateful:
+            return
+        batch = offsets.shape[1] - 1
+        most = int((offsets[:, -1] - offsets[:, 0]).max()) if offsets.shape[0] else 0
+        if batch > MAX_BATCH or most > MAX_TABLE_LOOKUPS:
+            raise ValueError(
+                f"{self.config.name}: a batch must have fewer than 2^30 samples and 2^31 "
+                f"lookups per table, got {batch} samples and {most} lookups"
+            )
+
     def begin_step(self, lr: float) -> float:
         """Count one step; its rate: lr for SGD, lr / (1 + (t - 1) lr_decay) for Adagrad."""
         self.steps += 1

@@ -189,3 +189,24 @@ def test_load_optimizer_state_dict_checks_before_changing_anything():
     np.testing.assert_array_equal(
         model.optimizer_state_dict()["top_mlp.1.bias"], sd["top_mlp.1.bias"] + 1
     )
+
+
+def test_a_batch_the_table_kernels_cannot_index_is_refused_before_any_update(monkeypatch):
+    """The fused table kernels pack a lookup in 31 bits and a bag in 30: a batch beyond
+    that is refused after the forward, before any parameter or state changes (here with
+    the limits lowered, as no test machine holds 2^31 lookups)."""
+    from numbadlrm import optimizers
+
+    monkeypatch.setattr(optimizers, "MAX_TABLE_LOOKUPS", 3)
+    cfg = small_config()
+    model = DLRM(cfg, seed=0, optimizer="adagrad")
+    batch = random_batch(np.random.default_rng(8), cfg, 9)
+    params, state = model.state_dict(), model.optimizer_state_dict()
+    with pytest.raises(ValueError, match=r"adagrad: a batch must have fewer than 2\^30 samples"):
+        model.train_step(batch, 0.1)
+    assert model.optimizer.steps == 0
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, params[name])
+    for name, value in model.optimizer_state_dict().items():
+        np.testing.assert_array_equal(value, state[name])
+    assert DLRM(cfg, seed=0).train_step(batch, 0.1) > 0  # SGD has no such limit

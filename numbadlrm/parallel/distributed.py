@@ -294,12 +294,13 @@ class DistributedDLRM:
     # ----------------------------------------------------------------- public API
 
     def train_step(self, batch: Batch, lr: float) -> float:
-        """One SGD step on a global batch; returns its mean BCE loss before the update.
+        """One optimizer step on a global batch; returns its mean loss before the update.
 
         A NaN, infinite or negative ``lr`` is refused on every rank before any collective.
         """
         lr = check_learning_rate(lr)
         ws, state = self.forward(batch)
+        self.optimizer.check_batch(batch.offsets)  # the same verdict on every rank
         share = np.float32(state.labels.shape[0] / batch.batch_size)  # Bl / B
         loss = self._local_loss(ws, state.labels)
         ws.dtop[-1] *= share
@@ -308,7 +309,7 @@ class DistributedDLRM:
         return float(self._grad_buffer[-1])
 
     def loss(self, batch: Batch) -> float:
-        """Mean BCE over the global batch (no update)."""
+        """Mean loss over the global batch (no update)."""
         ws, state = self.forward(batch)
         local = self._local_loss(ws, state.labels) * state.labels.shape[0] / batch.batch_size
         return self.comm.allreduce(local, MPI.SUM)
