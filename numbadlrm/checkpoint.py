@@ -8,6 +8,10 @@ Layout (NumPy's uncompressed .npz, readable with ``np.load``):
     __vocab__.C1 ..     trained on a --min-count dataset: its vocabulary (each table's
                         frequent raw ids, int64), so predict maps raw ids as training did;
                         __meta__'s "preprocessing" holds max_ind_range / min_count
+    __optim__.<name>    with Adagrad or row-wise Adagrad: each parameter's optimizer state
+                        (float32, the parameter's shape; (rows,) for a row-wise table);
+                        __meta__'s "optimizer" holds the optimizer's name, settings and
+                        step count (written for SGD too, with no arrays)
 
 The file is written under a temporary name in the same directory and renamed into place,
 so a crash never leaves a file that looks complete. Loading checks the format, the config
@@ -30,11 +34,13 @@ from .config import DLRMConfig
 from .data.vocabulary import Vocabulary
 from .files import remove_stale, write_error
 from .kernels.parse import NUM_CATEGORICAL
-from .model import state_dict_shapes
+from .model import optimizer_state_shapes, state_dict_shapes
+from .optimizers import OptimizerConfig
 
 FORMAT = "numbadlrm-checkpoint"
 VERSION = 1
 VOCAB = "__vocab__."  # prefix of the vocabulary arrays
+OPTIM = "__optim__."  # prefix of the optimizer state arrays
 
 
 class CheckpointError(ValueError):
@@ -53,6 +59,11 @@ class Checkpoint:
     # with min_count (max_ind_range 0) the vocabulary; None when not trained on a dataset
     preprocessing: dict | None = None
     vocabulary: Vocabulary | None = None
+    # the optimizer that trained it, its step count and state ({parameter name: array},
+    # empty for SGD); None: not recorded (converted, or saved by an older numbadlrm)
+    optimizer: OptimizerConfig | None = None
+    optimizer_steps: int = 0
+    optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
@@ -82,6 +93,9 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
             prep["vocabulary_sha256"] = ckpt.vocabulary.digest
             arrays.update({VOCAB + k: v for k, v in ckpt.vocabulary.tables().items()})
         meta["preprocessing"] = prep
+    if ckpt.optimizer is not None:
+        meta["optimizer"] = {**ckpt.optimizer.to_dict(), "steps": ckpt.optimizer_steps}
+        arrays.update({OPTIM + k: v for k, v in ckpt.optimizer_state.items()})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -124,12 +138,14 @@ def save_model_checkpoint(
     in a later collective.
     """
     state = model.state_dict()  # a collective under MPI
+    optimizer_state = model.optimizer_state_dict()  # a collective too
     comm = getattr(model, "comm", None)
     error = None
     if comm is None or comm.rank == 0:
         ckpt = Checkpoint(
-            model.config, state, step, epoch, batch_in_epoch, extra or {}, preprocessing, vocabulary
-        )
+            model.config, state, step, epoch, batch_in_epoch, extra or {}, preprocessing,
+            vocabulary, model.optimizer.config, model.optimizer.steps, optimizer_state,
+        )  # fmt: skip
         try:
             save_checkpoint(path, ckpt)
         except (OSError, ValueError) as exc:
@@ -155,10 +171,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         config = _check_meta(meta, path)
         shapes = {n: (s, np.float32) for n, s in state_dict_shapes(config).items()}
         vocab_shapes = _check_preprocessing(meta.get("preprocessing"), config, path)
-        _check_arrays(headers, shapes, meta["names"], vocab_shapes, path)
+        optimizer, steps = _check_optimizer(meta.get("optimizer"), path)
+        optim_shapes = {}
+        if optimizer is not None:
+            optim_shapes = {
+                OPTIM + n: (s, np.float32)
+                for n, s in optimizer_state_shapes(config, optimizer).items()
+            }
+        _check_arrays(headers, shapes, meta["names"], {**vocab_shapes, **optim_shapes}, path)
         with np.load(path, allow_pickle=False) as data:
             state = {name: data[name] for name in meta["names"]}
             vocab = [data[name] for name in vocab_shapes]
+            optimizer_state = {name.removeprefix(OPTIM): data[name] for name in optim_shapes}
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -168,7 +192,30 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if prep is not None:
         prep = {k: prep[k] for k in ("max_ind_range", "min_count")}
     position = (meta["step"], meta["epoch"], meta["batch_in_epoch"])
-    return Checkpoint(config, state, *position, meta.get("extra", {}), prep, vocabulary)
+    return Checkpoint(
+        config, state, *position, meta.get("extra", {}), prep, vocabulary, optimizer, steps,
+        optimizer_state,
+    )  # fmt: skip
+
+
+def _check_optimizer(value, path: Path) -> tuple[OptimizerConfig | None, int]:
+    """__meta__'s "optimizer" (absent in older checkpoints): (its config, its step count)."""
+    if value is None:
+        return None, 0
+    where = f"checkpoint: {path}: __meta__ field 'optimizer'"
+    fields = set(OptimizerConfig.__dataclass_fields__) | {"steps"}
+    if not isinstance(value, dict) or set(value) != fields:
+        raise CheckpointError(
+            f"{where} needs exactly the keys {sorted(fields)}, got {_short(value)}"
+        )
+    steps = value["steps"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise CheckpointError(f"{where}: steps must be an integer >= 0, got {steps!r}")
+    try:
+        config = OptimizerConfig(**{k: v for k, v in value.items() if k != "steps"})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    return config, steps
 
 
 def _check_preprocessing(prep, config: DLRMConfig, path: Path) -> dict[str, tuple]:
@@ -322,6 +369,34 @@ def _check_arrays(headers: dict, shapes: dict, names: list, others: dict, path: 
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def optimizer_to_resume(
+    ckpt: Checkpoint, config: OptimizerConfig, path: str | os.PathLike
+) -> tuple[bool, str | None]:
+    """(whether to load the checkpoint's optimizer state and step count, a note to log).
+
+    The same optimizer resumes its state exactly; its settings are this run's (a note
+    names those that differ). Another optimizer, or a checkpoint that records none
+    (converted, or saved by an older numbadlrm), starts this run's state fresh.
+    """
+    saved = ckpt.optimizer
+    if saved is None:
+        if not config.stateful:
+            return False, None
+        return False, f"note: {path} holds no optimizer state: {config.name} starts fresh"
+    if saved.name != config.name:
+        return False, (
+            f"note: {path} was trained with --optimizer {saved.name}; this run's "
+            f"{config.name} starts fresh"
+        )
+    diffs = config.differences(saved)
+    if diffs:
+        return True, (
+            f"note: resuming {path}'s {config.name} state with this run's settings "
+            f"(this run vs checkpoint: {'; '.join(diffs)})"
+        )
+    return True, None
 
 
 def check_compatible(ckpt: Checkpoint, config: DLRMConfig, path: str | os.PathLike) -> None:

@@ -22,31 +22,31 @@ from . import (
 )
 from .checkpoint import CheckpointError
 from .data import preprocess_cli
+from .reference_flags import BoolWordAction, add_reference_flags, check_unsupported, reference_notes
 from .train import TrainConfig, run_training
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag-name`` per field; bool fields become switches."""
+    """One ``--flag-name`` per field (and its ``aliases``); bool fields become switches
+    that also take a word: ``--flag``, ``--flag True|False``, ``--no-flag``."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name.startswith("_"):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
         meta = dict(f.metadata)
         kind = hints[f.name]
         if kind is bool:
             parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=f.default,
-                help=meta.get("help"),
+                *flags, dest=f.name, action=BoolWordAction, default=f.default, help=meta.get("help")
             )
             continue
         if isinstance(kind, types.UnionType):  # e.g. int | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         parser.add_argument(
-            flag, type=kind, default=f.default, choices=meta.get("choices"), help=meta.get("help")
-        )
+            *flags, dest=f.name, type=kind, default=f.default, choices=meta.get("choices"),
+            help=meta.get("help"),
+        )  # fmt: skip
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace):
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a DLRM", formatter_class=_Formatter)
     add_dataclass_options(train, TrainConfig)
+    add_reference_flags(train)
     preprocess_cli.add_parser(sub)
     pred = sub.add_parser("predict", help="write one click probability per input row")
     pred.add_argument("--load-model", required=True, help="checkpoint from train --save-model")
@@ -110,7 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT_NPZ",
         help="write a numbadlrm checkpoint here (config inferred from the tensor shapes)",
     )
+    parser.commands = dict(sub.choices)  # {command: its parser}
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, but arguments no command knows are reported by that command's parser,
+    so the usage line printed is the command's (``usage: numbadlrm train ...``)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = parser.commands.get(getattr(args, "command", None), parser)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -123,15 +135,21 @@ def launched_by_mpi() -> bool:
     return any(s.isdigit() and int(s) > 1 for s in sizes)
 
 
-def train(cfg: TrainConfig) -> None:
+def train(cfg: TrainConfig, notes: list[str] = ()) -> None:
+    """Train on one process, or on every rank of COMM_WORLD under mpiexec; ``notes``
+    (about flags that change nothing here) are printed first, by rank 0."""
     if launched_by_mpi():  # the one place that reaches for COMM_WORLD
         from mpi4py import MPI
 
         from .parallel.train_mpi import run_distributed_training
 
         if MPI.COMM_WORLD.size > 1:
+            if MPI.COMM_WORLD.rank == 0:
+                print("\n".join(notes), end="\n" if notes else "")
             run_distributed_training(cfg, MPI.COMM_WORLD)
             return
+    for note in notes:
+        print(note)
     run_training(cfg)
 
 
@@ -139,7 +157,8 @@ def _run(args: argparse.Namespace) -> int:
     from . import tools
 
     if args.command == "train":
-        train(dataclass_from_args(TrainConfig, args))
+        check_unsupported(args)
+        train(dataclass_from_args(TrainConfig, args), reference_notes(args))
     elif args.command == "preprocess":
         return preprocess_cli.run(args)
     elif args.command == "predict":
@@ -170,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         return _run(args)
     except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)

@@ -3,8 +3,10 @@
 Bytes needed (float32 = 4 bytes; one estimate, used by DLRM, DistributedDLRM and the CLI):
 
     tables       sum over the tables held of rows x D x 4; a table replicated on every
-                 MPI rank x 2 (its gradient lives in the allreduced buffer)
-    dense        2 x 4 x (MLP parameters): the flat parameter buffer and its gradients
+                 MPI rank x 2 (its gradient lives in the allreduced buffer); with Adagrad
+                 + rows x (D x 4 + 4) (state, scratch marks), row-wise + rows x 8
+    dense        2 x 4 x (MLP parameters): the flat parameter buffer and its gradients,
+                 3 x with Adagrad or row-wise Adagrad (their state)
     activations  per batch size B: 4 x B x (2 x (bottom widths + top widths) + 2 x T x D + 1),
                  the workspace (every activation and its gradient)
     data         what the data source holds (the synthetic generator's hidden model, a
@@ -55,22 +57,28 @@ def estimate(
     data: tuple[str, int] | None = None,
     tables: list[tuple[int, int]] | None = None,
     replicated: tuple[int, ...] = (),
+    optimizer: str = "sgd",
 ) -> MemoryNeed:
     """Bytes one process needs for ``config`` (see the module docstring).
 
     tables: the (table, rows) this process holds (default: every whole table);
-    replicated: tables held whole with their gradients (MPI); data: (what, bytes).
+    replicated: tables held whole with their gradients (MPI); data: (what, bytes);
+    optimizer: "sgd", "adagrad" or "rwsadagrad" (--optimizer).
     """
     dim = config.sparse_feature_size
     held = list(enumerate(config.embedding_sizes)) if tables is None else list(tables)
     held += [(t, config.embedding_sizes[t]) for t in replicated]
     copies = {t: 2 for t in replicated}
-    table_list = tuple(sorted(((t, r, r * dim * 4 * copies.get(t, 1)) for t, r in held),
+    state = {"sgd": 0, "adagrad": dim * 4 + 4, "rwsadagrad": 8}[optimizer]  # bytes per row
+    table_list = tuple(sorted(((t, r, r * (dim * 4 * copies.get(t, 1) + state)) for t, r in held),
                               key=lambda x: -x[2]))  # fmt: skip
     bottom, n = mlp_slots("bottom_mlp", config.bottom_sizes, 0)
     top, n = mlp_slots("top_mlp", config.top_sizes, n)
     big = max(bottom + top, key=lambda s: s.in_features * s.out_features)
-    others = [("dense parameters and gradients", 2 * 4 * n)]
+    if optimizer == "sgd":
+        others = [("dense parameters and gradients", 2 * 4 * n)]
+    else:
+        others = [("dense parameters, gradients and optimizer state", 3 * 4 * n)]
     if batch_sizes:
         widths = sum(config.bottom_sizes[1:]) + sum(config.top_sizes)
         per_row = 4 * (2 * widths + 2 * config.num_tables * dim + 1)

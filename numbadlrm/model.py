@@ -4,11 +4,13 @@
     emb  = embedding_bags(offsets, indices)         (T, B, D) sum pooling
     r    = interaction(x, emb)                      (B, D+P) dot, (B, F*D) cat
     s    = top_mlp(r)                               (B, 1)    ReLU between layers
-    loss = mean BCE(sigmoid(s), labels)
+    loss = mean BCE(sigmoid(s), labels)             (or wbce, mse: layers/loss.py)
 
 The backward runs the same list in reverse; every parameter is updated by SGD inside the
 pass that forms its gradient (the sparse update fused into the embedding backward, each
 MLP layer's update fused into its weight GEMM), so no gradient buffer is needed.
+With Adagrad (numbadlrm/optimizers.py) each MLP layer forms dW and db, then updates its
+own slice of the flat buffer at once; the tables take a fused sparse Adagrad update.
 All activations and gradients live in a per-batch-size workspace allocated once.
 
 Everything except the tables is a :class:`DenseTower` (bottom MLP, interaction, top MLP):
@@ -27,9 +29,10 @@ from .kernels.registry import KernelChoice
 from .layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from .layers.interaction import Interaction
 from .layers.linear import gemm_choice, linear_backward, linear_backward_sgd, linear_forward
-from .layers.loss import sigmoid, sigmoid_bce
+from .layers.loss import LossConfig, sigmoid, sigmoid_loss
 from .memory import allocation_errors, check_memory, estimate
 from .optim import check_learning_rate
+from .optimizers import Optimizer, OptimizerConfig, state_shapes
 from .params import LinearSlot, init_mlp, init_table_rows, mlp_slots, slot_views, table_buffer
 from .profiling import OpTimes, timed
 
@@ -91,6 +94,9 @@ class DenseTower:
         self.bottom_slots, self.top_slots, self.num_params = dense_layout(config, top_first)
         self.bottom = [_views(params, grads, s) for s in self.bottom_slots]
         self.top = [_views(params, grads, s) for s in self.top_slots]
+        # each layer's [W | b] range of the flat buffers, for a per-layer dense update
+        self.bottom_ranges = [_layer_range(s) for s in self.bottom_slots]
+        self.top_ranges = [_layer_range(s) for s in self.top_slots]
         self.interaction = Interaction(
             config.interaction_op, config.interaction_itself, config.num_tables, kernels
         )
@@ -120,13 +126,19 @@ class DenseTower:
 
     # ------------------------------------------------------------------ backward
 
-    def top_backward(self, ws: Workspace, lr: float | None = None) -> None:
-        """From ds in ws.dtop[-1]: top MLP grads (given lr: its SGD update), dr in ws.dtop[0]."""
+    def top_backward(self, ws: Workspace, lr: float | None = None, update=None) -> None:
+        """From ds in ws.dtop[-1]: top MLP grads (given lr: its SGD update), dr in ws.dtop[0].
+
+        ``update(lo, hi)``, if given, runs after each layer's grads are formed, on the
+        layer's range of the flat buffers (Adagrad: numbadlrm.optimizers).
+        """
         top_in = ws.top[0]
         with timed(self.op_times, "top bwd"):
+            updates = _per_layer(update, self.top_ranges)
             _mlp_backward(
-                self.top, ws.top[1:], ws.dtop[1:], top_in, ws.dtop[0], False, self.kernels, None, lr
-            )
+                self.top, ws.top[1:], ws.dtop[1:], top_in, ws.dtop[0], False, self.kernels, None,
+                lr, updates,
+            )  # fmt: skip
 
     def interaction_backward(self, ws: Workspace) -> None:
         """dx into ws.dbottom[-1], demb into ws.demb."""
@@ -134,16 +146,31 @@ class DenseTower:
             self.interaction.backward(ws.dbottom[-1], ws.demb, ws.dtop[0], ws.bottom[-1], ws.emb)
 
     def bottom_backward(
-        self, ws: Workspace, dense: np.ndarray, after_layer=None, lr: float | None = None
-    ) -> None:
+        self, ws: Workspace, dense: np.ndarray, after_layer=None, lr: float | None = None,
+        update=None,
+    ) -> None:  # fmt: skip
         """Bottom MLP grads (or, given lr, its SGD update) from dx in ws.dbottom[-1].
 
-        ``after_layer()`` runs between layers.
+        ``after_layer()`` runs between layers; ``update`` as in :meth:`top_backward`.
         """
         with timed(self.op_times, "bottom bwd"):
+            updates = _per_layer(update, self.bottom_ranges)
             _mlp_backward(
-                self.bottom, ws.bottom, ws.dbottom, dense, None, True, self.kernels, after_layer, lr
-            )
+                self.bottom, ws.bottom, ws.dbottom, dense, None, True, self.kernels, after_layer,
+                lr, updates,
+            )  # fmt: skip
+
+
+def _layer_range(slot: LinearSlot) -> tuple[int, int]:
+    """[lo, hi) of the flat buffer holding the layer's W then b."""
+    return slot.w_offset, slot.b_offset + slot.out_features
+
+
+def _per_layer(update, ranges):
+    """update bound to each layer's range, or None."""
+    if update is None:
+        return None
+    return [lambda lo=lo, hi=hi: update(lo, hi) for lo, hi in ranges]
 
 
 def _views(params: np.ndarray, grads: np.ndarray, slot: LinearSlot):
@@ -163,12 +190,14 @@ def _mlp_forward(layers, acts, x, relu_last: bool, kernels: KernelChoice, after_
 
 
 def _mlp_backward(
-    layers, acts, dacts, x, dx_first, relu_last: bool, kernels: KernelChoice, after_layer, lr=None
-) -> None:
+    layers, acts, dacts, x, dx_first, relu_last: bool, kernels: KernelChoice, after_layer, lr=None,
+    updates=None,
+) -> None:  # fmt: skip
     """dacts[i] holds dL/d(acts[i]); layer i writes dL/d(its input) into dacts[i-1].
 
-    Without lr the parameter gradients go to the grads buffer; with lr each layer applies
-    SGD to its own parameters as soon as its dx is formed (linear_backward_sgd).
+    Without lr the parameter gradients go to the grads buffer (then ``updates[i]()``, if
+    given, updates layer i from them); with lr each layer applies SGD to its own
+    parameters as soon as its dx is formed (linear_backward_sgd).
 
     Every layer below the last has a ReLU. Its mask is applied by the layer above, to the
     dx that layer has just formed (``mask_dx``), so it runs with relu=False: the mask
@@ -186,6 +215,8 @@ def _mlp_backward(
             linear_backward(
                 dx, dw, db, dacts[i], layer_in, acts[i], w, relu, kernels, True, mask_dx
             )
+            if updates is not None:
+                updates[i]()
         else:
             linear_backward_sgd(
                 dx, w, b, dacts[i], layer_in, acts[i], relu, lr, dw, db, kernels, mask_dx
@@ -207,6 +238,8 @@ class DLRM:
     ``{"embedding_update": "v1"}`` (``numbadlrm kernels`` lists them); ``gemm`` is the
     shorthand for the linear passes: "auto", "numba" (GEMM v4) or "blas". Set
     ``op_times`` to a :class:`numbadlrm.profiling.OpTimes` to time every op.
+    ``optimizer`` ("sgd", "adagrad", "rwsadagrad" or an OptimizerConfig) and ``loss``
+    ("bce", "wbce", "mse" or a LossConfig) choose how train_step learns.
     """
 
     def __init__(
@@ -215,14 +248,18 @@ class DLRM:
         seed: int = 0,
         gemm: str = "auto",
         kernels: KernelChoice | dict[str, str] | str | None = None,
+        optimizer: OptimizerConfig | str | None = None,
+        loss: LossConfig | str | None = None,
     ):
         self.config = config
         self.seed = seed
         self.gemm = gemm
         self.kernels = kernel_choice(gemm, kernels)
+        self.loss_config = LossConfig.of(loss)
+        optimizer_config = OptimizerConfig.of(optimizer)
         _, _, n = dense_layout(config)
         sizes = np.asarray(config.embedding_sizes, dtype=np.int64)
-        need = estimate(config)
+        need = estimate(config, optimizer=optimizer_config.name)
         check_memory(need)  # before allocating: a clear message, not a MemoryError
         with allocation_errors(need):
             self.params = np.empty(n, np.float32)  # every dense parameter, one buffer
@@ -230,6 +267,8 @@ class DLRM:
             # blas backend this buffer is never written (np.zeros: its pages are never touched).
             self.grads = np.zeros(n, np.float32)
             self.weights = table_buffer(int(sizes.sum()), config.sparse_feature_size)
+            dim = config.sparse_feature_size
+            self.optimizer = Optimizer(optimizer_config, n, int(sizes.sum()), dim)
         self.tower = DenseTower(config, self.params, self.grads, self.kernels)
         self.bottom_slots, self.top_slots = self.tower.bottom_slots, self.tower.top_slots
         self.bottom, self.top = self.tower.bottom, self.tower.top
@@ -272,53 +311,57 @@ class DLRM:
         return ws
 
     def _backward_and_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
-        """The forward in reverse, each parameter updated by SGD as soon as its gradient exists.
+        """The forward in reverse, each parameter updated as soon as its gradient exists.
 
         Private: it trusts that ``batch`` is unchanged since :meth:`forward` checked it,
         which only :meth:`train_step` can promise.
 
-        Tables: the sparse update fused into the embedding backward. MLP layers: the update
-        fused into each layer's weight pass (layers.linear.linear_backward_sgd), after the
+        SGD: the tables' sparse update is fused into the embedding backward, each MLP
+        layer's update into its weight pass (layers.linear.linear_backward_sgd), after the
         layer's dx has used the old weights. So no dense gradient is stored on the blas
-        backend (self.grads stays untouched, its pages never allocated).
+        backend (self.grads stays untouched, its pages never allocated). Adagrad: each
+        layer forms dW, db in self.grads, then updates its range (Optimizer.layer_update);
+        the tables take the fused sparse Adagrad update (TableState.update).
         """
-        self.tower.top_backward(ws, lr)
+        update = self.optimizer.layer_update(self.params, self.grads, lr, self.kernels)
+        sgd_lr = lr if update is None else None
+        self.tower.top_backward(ws, sgd_lr, update)
         self.tower.interaction_backward(ws)
         with timed(self.op_times, "embedding update"):
-            embedding_backward_sgd(
-                self.weights,
-                self.row_start,
-                batch.offsets,
-                batch.indices,
-                ws.demb,
-                lr,
-                self.kernels,
-            )
-        self.tower.bottom_backward(ws, batch.dense, lr=lr)
+            lookups = (self.row_start, batch.offsets, batch.indices, ws.demb)
+            if update is None:
+                embedding_backward_sgd(self.weights, *lookups, lr, self.kernels)
+            else:
+                self.optimizer.tables.update(self.weights, *lookups, lr, self.kernels)
+        self.tower.bottom_backward(ws, batch.dense, lr=sgd_lr, update=update)
 
     # ----------------------------------------------------------------- public API
 
     def train_step(self, batch: Batch, lr: float) -> float:
-        """One SGD step; returns the batch's mean BCE loss before the update.
+        """One optimizer step; returns the batch's mean loss before the update.
 
-        A NaN, infinite or negative ``lr`` is refused before anything changes.
+        ``lr`` is the step's rate (after the LR policy); Adagrad scales it by its own
+        lr_decay (numbadlrm.optimizers). A NaN, infinite or negative ``lr`` is refused
+        before anything changes.
         """
         lr = check_learning_rate(lr)
         ws, loss = self._forward_loss(batch)
-        self._backward_and_update(batch, ws, lr)
+        self.optimizer.check_batch(batch.offsets)
+        self._backward_and_update(batch, ws, self.optimizer.begin_step(lr))
         return loss
 
     def loss(self, batch: Batch) -> float:
-        """The batch's mean BCE loss (no update)."""
+        """The batch's mean loss (no update)."""
         return self._forward_loss(batch)[1]
 
     def _forward_loss(self, batch: Batch) -> tuple[Workspace, float]:
         """Forward, then the fused loss: probabilities in ws.p, ds in ws.dtop[-1]."""
         ws = self.forward(batch)
         with timed(self.op_times, "loss"):
-            loss = sigmoid_bce(
-                ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], batch.labels, self.kernels
-            )
+            loss = sigmoid_loss(
+                ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], batch.labels, self.loss_config,
+                self.kernels,
+            )  # fmt: skip
         return ws, loss
 
     def predict(self, batch: Batch) -> np.ndarray:
@@ -348,6 +391,33 @@ class DLRM:
             out[f"embeddings.{t}.weight"] = self.table(t)
         return out
 
+    def optimizer_state_dict(self) -> dict[str, np.ndarray]:
+        """{parameter name: a copy of its optimizer state} (empty for SGD); the step
+        count is ``self.optimizer.steps``."""
+        return {name: value.copy() for name, value in self._state_targets().items()}
+
+    def load_optimizer_state_dict(self, sd: dict[str, np.ndarray], steps: int) -> None:
+        """Copy optimizer state in after checking names, shapes and dtypes; set the step count."""
+        own = self._state_targets()
+        check_state_dict(sd, {n: t.shape for n, t in own.items()}, "optimizer state")
+        for name, target in own.items():
+            target[...] = sd[name]
+        self.optimizer.steps = steps
+
+    def _state_targets(self) -> dict[str, np.ndarray]:
+        opt = self.optimizer
+        if not opt.config.stateful:
+            return {}
+        out = {}
+        for slot in self.bottom_slots + self.top_slots:
+            w, b = slot_views(opt.dense, slot)
+            out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = w, b
+        for t in range(self.config.num_tables):
+            out[f"embeddings.{t}.weight"] = opt.tables.state[
+                self.row_start[t] : self.row_start[t + 1]
+            ]
+        return out
+
 
 def state_dict_shapes(config: DLRMConfig) -> dict[str, tuple[int, ...]]:
     """{name: shape} of every entry of :meth:`DLRM.state_dict`, in its order."""
@@ -361,19 +431,28 @@ def state_dict_shapes(config: DLRMConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def check_state_dict(sd: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+def optimizer_state_shapes(
+    config: DLRMConfig, optimizer: OptimizerConfig
+) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of every entry of :meth:`DLRM.optimizer_state_dict` (empty for SGD)."""
+    return state_shapes(optimizer, state_dict_shapes(config))
+
+
+def check_state_dict(
+    sd: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], what: str = "load_state_dict"
+) -> None:
     """Raise ValueError unless ``sd`` has exactly these names, shapes and dtype float32."""
     missing = sorted(set(shapes) - set(sd))
     unexpected = sorted(set(sd) - set(shapes))
     if missing or unexpected:
         raise ValueError(
-            f"load_state_dict: missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}"
+            f"{what}: missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}"
         )
     for name, shape in shapes.items():
         value = sd[name]
         if not isinstance(value, np.ndarray):
-            raise ValueError(f"load_state_dict: {name} is {type(value).__name__}, not ndarray")
+            raise ValueError(f"{what}: {name} is {type(value).__name__}, not ndarray")
         if value.shape != tuple(shape):
-            raise ValueError(f"load_state_dict: {name} has shape {value.shape}, expected {shape}")
+            raise ValueError(f"{what}: {name} has shape {value.shape}, expected {shape}")
         if value.dtype != np.float32:
-            raise ValueError(f"load_state_dict: {name} has dtype {value.dtype}, expected float32")
+            raise ValueError(f"{what}: {name} has dtype {value.dtype}, expected float32")

@@ -140,6 +140,32 @@ def sigmoid_bce_backward(p: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (p - labels) / labels.shape[0]
 
 
+# The reference's other losses (--loss-function), on p = sigmoid(s):
+#   wbce: loss = mean_b w_b BCE_b with w_b = weights[y_b];  ds = w (p - y) / B
+#   mse:  loss = mean_b (p_b - y_b)^2;  dp = 2 (p - y) / B,  ds = dp p (1 - p)
+
+
+def sigmoid_wbce_forward(s: np.ndarray, labels: np.ndarray, w0: float, w1: float):
+    """Logits s (B,), labels (B,) 0 or 1 -> (mean weighted loss, probabilities)."""
+    weight = np.where(labels > 0.5, w1, w0)
+    loss = np.maximum(s, 0) - labels * s + np.log1p(np.exp(-np.abs(s)))
+    return (weight * loss).mean(), sigmoid(s)
+
+
+def sigmoid_wbce_backward(p: np.ndarray, labels: np.ndarray, w0: float, w1: float):
+    return np.where(labels > 0.5, w1, w0) * (p - labels) / labels.shape[0]
+
+
+def sigmoid_mse_forward(s: np.ndarray, labels: np.ndarray):
+    """Logits s (B,), labels (B,) -> (mean squared error of sigmoid(s), probabilities)."""
+    p = sigmoid(s)
+    return ((p - labels) ** 2).mean(), p
+
+
+def sigmoid_mse_backward(p: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return 2 * (p - labels) * p * (1 - p) / labels.shape[0]
+
+
 # ------------------------------------------------------------------------ whole model
 
 

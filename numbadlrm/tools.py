@@ -6,6 +6,12 @@ numbadlrm predict --load-model m.npz --raw-data-file day.tsv --output p.txt
 numbadlrm plot runs/metrics.jsonl --output curves.png
 numbadlrm convert m.npz --to-torch m.pt         (a state_dict the reference DLRM loads)
 numbadlrm convert m.pt --from-torch m.npz       (config inferred from the tensor shapes)
+
+A model trained with Adagrad or row-wise Adagrad converts to the reference's checkpoint
+layout {"state_dict", "opt_state_dict" (torch.optim.Adagrad's or RWSAdagrad's), "iter",
+"epoch"}; a model trained with SGD to the bare state_dict, as before. --from-torch reads
+either, and an "opt_state_dict" of Adagrad or RWSAdagrad becomes the checkpoint's
+optimizer state (numbadlrm/torch_optim.py maps the two).
 """
 
 from __future__ import annotations
@@ -184,16 +190,32 @@ def convert(src: str, dst: str, to_torch: bool) -> None:
         raise ImportError("convert needs PyTorch: pip install 'numbadlrm[torch]'") from None
 
     from .torch_dlrm import from_reference_state_dict, to_reference_state_dict
+    from .torch_optim import from_reference_optimizer_state, to_reference_optimizer_state
 
     if to_torch:
         ckpt = load_checkpoint(src)
-        torch.save(to_reference_state_dict(ckpt.state, ckpt.config), dst)
+        sd = to_reference_state_dict(ckpt.state, ckpt.config)
+        if ckpt.optimizer is not None and ckpt.optimizer.stateful:
+            lr = float(ckpt.extra.get("learning_rate", 0.01))
+            osd = to_reference_optimizer_state(
+                ckpt.config, ckpt.optimizer, ckpt.optimizer_steps, ckpt.optimizer_state, lr
+            )
+            sd = {"state_dict": sd, "opt_state_dict": osd, "iter": ckpt.batch_in_epoch,
+                  "epoch": ckpt.epoch}  # fmt: skip
+        torch.save(sd, dst)
         return
-    sd = torch.load(src, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd)  # the reference saves {"state_dict": ..., ...}
+    loaded = torch.load(src, map_location="cpu", weights_only=True)
+    sd = loaded.get("state_dict", loaded)  # the reference saves {"state_dict": ..., ...}
     config = config_from_reference_shapes(sd)
     state = {
         k: np.ascontiguousarray(v, dtype=np.float32)
         for k, v in from_reference_state_dict(sd, config).items()
     }
-    save_checkpoint(dst, Checkpoint(config, state, extra={"converted_from": str(src)}))
+    ckpt = Checkpoint(config, state, extra={"converted_from": str(src)})
+    if "opt_state_dict" in loaded:
+        optimizer, steps, optimizer_state = from_reference_optimizer_state(
+            loaded["opt_state_dict"], config
+        )
+        ckpt.optimizer, ckpt.optimizer_steps = optimizer, steps
+        ckpt.optimizer_state = optimizer_state
+    save_checkpoint(dst, ckpt)

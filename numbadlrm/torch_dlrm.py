@@ -12,6 +12,8 @@ hand-written backward with numbadlrm:
     cat: r = [x, e_1, ..., e_T]                                                        (B, F*D)
     p  = top_l(r)                          ReLU after each Linear, Sigmoid after the last (B, 1)
     loss = nn.BCELoss(reduction="mean")(p, labels)
+           (--loss-function mse: nn.MSELoss; wbce: nn.BCELoss(reduction="none") times
+           the label's weight, then the mean: the reference's loss_fn_wrap)
 
 The reference builds each MLP as one ``nn.Sequential`` of (Linear, activation) pairs,
 so Linear layer i sits at index 2i and its activation at 2i + 1 (``create_mlp``); the
@@ -68,7 +70,10 @@ class TorchDLRM(_Module):
     tables U(-sqrt(1/rows), sqrt(1/rows)). Use :meth:`from_numbadlrm` to load ours.
     """
 
-    def __init__(self, config: DLRMConfig, rng: np.random.Generator | None = None):
+    def __init__(
+        self, config: DLRMConfig, rng: np.random.Generator | None = None, loss: str = "bce",
+        loss_weights: tuple[float, float] = (1.0, 1.0),
+    ):  # fmt: skip
         _require_torch()
         super().__init__()
         self.config = config
@@ -86,7 +91,10 @@ class TorchDLRM(_Module):
             for rows in config.embedding_sizes
         )
         self.top_l = _make_mlp(config.top_sizes, nn.Sigmoid(), rng)
-        self.loss_fn = nn.BCELoss(reduction="mean")
+        self.loss_name = loss
+        self.loss_fn = {"bce": nn.BCELoss(reduction="mean"), "mse": nn.MSELoss(reduction="mean"),
+                        "wbce": nn.BCELoss(reduction="none")}[loss]  # fmt: skip
+        self.loss_ws = torch.tensor(loss_weights, dtype=torch.float64)
         # The kept pairs (i, j) of the dot interaction; not parameters, not in state_dict.
         offset = 1 if config.interaction_itself else 0
         f = config.num_tables + 1
@@ -96,10 +104,13 @@ class TorchDLRM(_Module):
         self.register_buffer("lj", torch.tensor(lj, dtype=torch.int64), persistent=False)
 
     @classmethod
-    def from_numbadlrm(cls, config: DLRMConfig, state_dict: dict[str, np.ndarray]) -> TorchDLRM:
-        """A float32 model holding numbadlrm's parameters (named as ReferenceDLRM names them)."""
+    def from_numbadlrm(
+        cls, config: DLRMConfig, state_dict: dict[str, np.ndarray], **loss
+    ) -> TorchDLRM:
+        """A float32 model holding numbadlrm's parameters (named as ReferenceDLRM names them);
+        ``loss``: the constructor's loss and loss_weights."""
         _require_torch()
-        model = cls(config, rng=np.random.default_rng(0))
+        model = cls(config, rng=np.random.default_rng(0), **loss)
         sd32 = {name: np.asarray(v, dtype=np.float32) for name, v in state_dict.items()}
         model.load_state_dict(to_reference_state_dict(sd32, config), strict=True)
         return model
@@ -126,8 +137,12 @@ class TorchDLRM(_Module):
         return torch.cat([x, Z[:, self.li, self.lj]], dim=1)  # (B, D + P)
 
     def loss(self, p, labels):
-        """Mean binary cross-entropy of p (B, 1) against labels (B,)."""
-        return self.loss_fn(p, labels.to(p.dtype).reshape(p.shape))
+        """Mean loss (binary cross-entropy by default) of p (B, 1) against labels (B,)."""
+        target = labels.to(p.dtype).reshape(p.shape)
+        if self.loss_name != "wbce":
+            return self.loss_fn(p, target)
+        weights = self.loss_ws[labels.long()].to(p.dtype).reshape(p.shape)
+        return (weights * self.loss_fn(p, target)).mean()
 
 
 def _make_mlp(sizes: tuple[int, ...], last_activation, rng: np.random.Generator):

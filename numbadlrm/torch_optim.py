@@ -25,6 +25,8 @@ PyTorch is optional: this module imports without it and raises ImportError on us
 
 from __future__ import annotations
 
+import numpy as np
+
 try:
     import torch
 
@@ -107,3 +109,83 @@ def embedding_pooled(bags, offsets, indices) -> list:
 def embedding_backward(pooled, dpooled) -> None:
     """Accumulate the tables' sparse gradients from dpooled (T, B, D); keeps the graph."""
     torch.autograd.backward(pooled, [torch.as_tensor(d) for d in dpooled], retain_graph=True)
+
+
+# ------------------------------------------------------------- optimizer state_dicts
+# The reference saves optimizer.state_dict() as "opt_state_dict" next to "state_dict".
+# Its optimizer takes dlrm.parameters(): DLRM_Net registers emb_l before bot_l and top_l,
+# so state entry i is parameter i of: the tables, then bottom and top MLP (weight, bias).
+# torch.optim.Adagrad keeps per parameter {"step": tensor(float), "sum": like the
+# parameter}; RWSAdagrad {"step": int, "momentum": (rows,)} for a table, "sum" otherwise.
+
+_GROUP_KEYS = ("lr_decay", "eps", "weight_decay", "initial_accumulator_value")
+
+
+def reference_parameter_order(config) -> list[str]:
+    """numbadlrm's parameter names in the order of the reference's dlrm.parameters()."""
+    from .model import state_dict_shapes
+
+    names = list(state_dict_shapes(config))
+    tables = [n for n in names if n.startswith("embeddings.")]
+    return tables + [n for n in names if not n.startswith("embeddings.")]
+
+
+def to_reference_optimizer_state(config, optimizer, steps: int, state: dict, lr: float) -> dict:
+    """numbadlrm's optimizer state (Adagrad or row-wise) -> the reference's optimizer
+    state_dict. With weight decay, two param groups (tables without it, MLPs with it):
+    numbadlrm decays the MLPs only, which one group of dlrm.parameters() cannot say."""
+    if torch is None:
+        raise ImportError(_NO_TORCH)
+    names = reference_parameter_order(config)
+    out_state = {}
+    for i, name in enumerate(names):
+        table = name.startswith("embeddings.")
+        key = STATE_KEY[table and optimizer.rowwise_tables]
+        step = steps if optimizer.rowwise_tables else torch.tensor(float(steps))
+        out_state[i] = {"step": step, key: torch.from_numpy(np.array(state[name], copy=True))}
+    settings = {k: getattr(optimizer, k) for k in _GROUP_KEYS}
+    extra = {} if optimizer.rowwise_tables else {"foreach": None, "maximize": False,
+                                                "differentiable": False, "fused": None}  # fmt: skip
+    tables = sum(n.startswith("embeddings.") for n in names)
+    if optimizer.weight_decay == 0:
+        groups = [{"lr": lr, **settings, **extra, "params": list(range(len(names)))}]
+    else:
+        groups = [
+            {"lr": lr, **settings, "weight_decay": 0.0, **extra, "params": list(range(tables))},
+            {"lr": lr, **settings, **extra, "params": list(range(tables, len(names)))},
+        ]
+    return {"state": out_state, "param_groups": groups}
+
+
+def from_reference_optimizer_state(osd: dict, config):
+    """The reference's optimizer state_dict -> (OptimizerConfig, steps, {name: state}).
+
+    Adagrad ("sum" everywhere) or RWSAdagrad ("momentum" for the tables); SGD's (no state,
+    its "dampening" and "nesterov" settings) gives sgd. ValueError names what does not fit.
+    """
+    from .optimizers import OptimizerConfig
+
+    names = reference_parameter_order(config)
+    groups, state = osd.get("param_groups"), osd.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict) or not groups:
+        raise ValueError("opt_state_dict: needs 'state' and 'param_groups'")
+    if not state and "nesterov" in groups[0]:
+        return OptimizerConfig("sgd"), 0, {}
+    if sorted(state) != list(range(len(names))):
+        raise ValueError(
+            f"opt_state_dict: {len(state)} parameter states, the model has {len(names)}"
+        )
+    rowwise = any("momentum" in state[i] for i in state)
+    out, steps = {}, set()
+    for i, name in enumerate(names):
+        key = STATE_KEY[name.startswith("embeddings.") and rowwise]
+        if key not in state[i] or "step" not in state[i]:
+            raise ValueError(f"opt_state_dict: state {i} ({name}) lacks 'step' or {key!r}")
+        out[name] = state[i][key].detach().cpu().numpy().astype(np.float32)
+        steps.add(int(state[i]["step"]))
+    if len(steps) != 1:
+        raise ValueError(f"opt_state_dict: the parameters took different step counts {steps}")
+    mlp = [g for g in groups if any(not names[p].startswith("embeddings.") for p in g["params"])]
+    settings = {k: float(mlp[0][k] if mlp else groups[0][k]) for k in _GROUP_KEYS}
+    name = "rwsadagrad" if rowwise else "adagrad"
+    return OptimizerConfig(name, **settings), steps.pop(), out

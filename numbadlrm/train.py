@@ -2,7 +2,10 @@
 
 ``TrainConfig`` is the single source of truth for a run; the command line
 (numbadlrm/cli.py) is generated from its fields, whose names follow the reference
-DLRM's flags (``arch_mlp_bot`` is ``--arch-mlp-bot``).
+DLRM's flags (``arch_mlp_bot`` is ``--arch-mlp-bot``), with the reference's meanings
+(its other flags: numbadlrm/reference_flags.py). Each step's lr comes from the
+reference's LR policy (numbadlrm/lr_policy.py) at the global step count, which a
+checkpoint carries, so a resumed run continues the schedule.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .batch import Batch
 from .checkpoint import (
     check_compatible,
     load_checkpoint,
+    optimizer_to_resume,
     remove_stale_tmp,
     save_model_checkpoint,
 )
@@ -35,9 +39,14 @@ from .data.criteo import preprocess_for_training
 from .data.dataset import ProcessedData
 from .data.synthetic import Teacher, batch_stream
 from .kernels.jit import announce_compilation
+from .layers.loss import LOSSES, LossConfig, parse_loss_weights
+from .lr_policy import LRPolicy
 from .memory import check_memory, estimate
 from .metrics import evaluate_predictions
+from .mlperf_log import MLPerfLog
 from .model import DLRM, kernel_choice
+from .optimizers import OPTIMIZERS, OptimizerConfig
+from .profiling import OpTimes
 from .threads import set_num_threads
 
 DATA_GENERATIONS = ("synthetic", "random", "dataset")
@@ -84,7 +93,12 @@ class TrainConfig:
         default="", metadata=_opt("Kaggle train.txt, or the Terabyte day_ prefix")
     )
     max_ind_range: int = field(
-        default=0, metadata=_opt("with --data-set: hash ids modulo N (0: frequency vocabulary)")
+        default=0,
+        metadata=_opt("with --data-set: hash ids modulo N (0 or -1: frequency vocabulary)"),
+    )
+    data_sub_sample_rate: float = field(
+        default=0.0,
+        metadata=_opt("with --data-set: drop each label-0 row with this probability, in [0, 1)"),
     )
     data_shuffle: bool = field(default=True, metadata=_opt("shuffle the dataset every epoch"))
     num_indices_per_lookup: int = field(default=1, metadata=_opt("lookups per bag"))
@@ -95,16 +109,71 @@ class TrainConfig:
     num_batches: int = field(
         default=0,
         metadata=_opt(
-            f"steps per epoch (0: the whole dataset; built-in data: {DEFAULT_SYNTHETIC_BATCHES})"
+            f"steps per epoch (0: the whole dataset; built-in data: --data-size / B, else "
+            f"{DEFAULT_SYNTHETIC_BATCHES})"
         ),
     )
+    data_size: int = field(
+        default=0, metadata=_opt("built-in data: samples per epoch, ceil(N / B) steps (0: unset)")
+    )
     nepochs: int = field(default=1, metadata=_opt("passes over the training data"))
-    learning_rate: float = field(default=0.1, metadata=_opt("SGD learning rate"))
+    learning_rate: float = field(default=0.1, metadata=_opt("base learning rate"))
+    optimizer: str = field(
+        default="sgd",
+        metadata=_opt("tables and MLPs (rwsadagrad: row-wise for the tables)", choices=OPTIMIZERS),
+    )
+    adagrad_eps: float = field(default=1e-10, metadata=_opt("Adagrad's eps (torch's default)"))
+    adagrad_initial_accumulator_value: float = field(
+        default=0.0, metadata=_opt("Adagrad's initial state")
+    )
+    adagrad_lr_decay: float = field(
+        default=0.0, metadata=_opt("Adagrad: lr / (1 + (t - 1) lr_decay) at its t-th step")
+    )
+    weight_decay: float = field(
+        default=0.0, metadata=_opt("Adagrad: + weight_decay * p on the MLP gradients (not tables)")
+    )
+    lr_num_warmup_steps: int = field(
+        default=0, metadata=_opt("LR policy: linear warmup over the first N steps")
+    )
+    lr_decay_start_step: int = field(
+        default=0, metadata=_opt("LR policy: start the polynomial decay at this step")
+    )
+    lr_num_decay_steps: int = field(
+        default=0, metadata=_opt("LR policy: decay over N steps (0: no decay)")
+    )
+    loss_function: str = field(
+        default="bce",
+        metadata=_opt("training loss (the reference's default is mse)", choices=LOSSES),
+    )
+    loss_weights: str = field(
+        default="1.0-1.0", metadata=_opt("wbce: weights of label 0 and label 1, w0-w1")
+    )
+    round_targets: bool = field(
+        default=False, metadata=_opt("round labels to 0/1 (they always are here: no effect)")
+    )
     print_freq: int = field(default=500, metadata=_opt("log the loss every N steps"))
-    test_freq: int = field(default=0, metadata=_opt("evaluate every N steps (0: at the end)"))
-    test_mini_batch_size: int = field(default=4096, metadata=_opt("evaluation batch size"))
+    print_time: bool = field(default=False, metadata=_opt("add ms per step to the loss lines"))
+    test_freq: int = field(
+        default=0, metadata=_opt("evaluate every N steps (0 or -1: only at the end)")
+    )
+    test_mini_batch_size: int = field(
+        default=4096, metadata=_opt("evaluation batch size (-1: --mini-batch-size)")
+    )
     test_num_batches: int = field(default=16, metadata=_opt("held-out batches per evaluation"))
-    seed: int = field(default=0, metadata=_opt("seed of the model and the data streams"))
+    seed: int = field(
+        default=0,
+        metadata=_opt("seed of the model and the data streams", aliases=("--numpy-rand-seed",)),
+    )
+    mlperf_logging: bool = field(default=False, metadata=_opt("write MLPerf :::MLLOG lines"))
+    mlperf_auc_threshold: float = field(
+        default=0.0, metadata=_opt("stop once a --test-freq evaluation's AUC exceeds this")
+    )
+    mlperf_acc_threshold: float = field(
+        default=0.0, metadata=_opt("stop once a --test-freq evaluation's accuracy exceeds this")
+    )
+    enable_profiling: bool = field(
+        default=False, metadata=_opt("print a per-op time table (median ms) at the end")
+    )
     threads: int = field(default=0, metadata=_opt("Numba threads (0: all cores)"))
     gemm: str = field(
         default="auto", metadata=_opt("linear-layer backend", choices=("auto", "numba", "blas"))
@@ -123,6 +192,12 @@ class TrainConfig:
     progress: bool = field(default=True, metadata=_opt("show a progress bar"))
 
     def __post_init__(self) -> None:
+        # the reference's "unset" values: -1 means 0 here (test_mini_batch_size: B)
+        for name in ("test_freq", "max_ind_range"):
+            if getattr(self, name) == -1:
+                object.__setattr__(self, name, 0)
+        if self.test_mini_batch_size == -1:
+            object.__setattr__(self, "test_mini_batch_size", self.mini_batch_size)
         positive = (
             "arch_sparse_feature_size",
             "num_indices_per_lookup",
@@ -140,15 +215,27 @@ class TrainConfig:
             raise ValueError(
                 f"learning_rate: must be a finite positive number, got {self.learning_rate}"
             )
-        for name in ("test_freq", "threads", "num_batches", "max_ind_range", "save_freq"):
+        names = ("test_freq", "threads", "num_batches", "max_ind_range", "save_freq", "data_size")
+        for name in names:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.data_sub_sample_rate < 1.0:
+            raise ValueError(
+                f"data_sub_sample_rate: must be in [0, 1), got {self.data_sub_sample_rate}"
+            )
+        for name in ("mlperf_auc_threshold", "mlperf_acc_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        self.optimizer_config(), self.loss_config(), self.lr_policy()  # validate them
         if self.data_generation not in DATA_GENERATIONS:
             raise ValueError(
                 f"data_generation: must be one of {DATA_GENERATIONS}, got {self.data_generation!r}"
             )
-        if self.data_set and not self.raw_data_file:
-            raise ValueError(f"data_set: --data-set {self.data_set} needs --raw-data-file")
+        if self.data_set and not (self.raw_data_file or self.processed_data_file):
+            raise ValueError(
+                f"data_set: --data-set {self.data_set} needs --raw-data-file (or the "
+                "--processed-data-file it was preprocessed into)"
+            )
         if self.uses_dataset and not (self.processed_data_file or self.data_set):
             raise ValueError(
                 "data_generation: 'dataset' needs --processed-data-file DIR "
@@ -158,6 +245,28 @@ class TrainConfig:
             raise ValueError("inference_only: needs --load-model CHECKPOINT")
         self.model_config()  # validates the architecture strings
         kernel_choice(self.gemm, self.kernels)  # validates the op and version names
+
+    def optimizer_config(self) -> OptimizerConfig:
+        """--optimizer and its settings (ValueError names a bad flag; Adagrad's settings
+        other than their defaults are refused with sgd)."""
+        return OptimizerConfig(
+            self.optimizer,
+            eps=self.adagrad_eps,
+            initial_accumulator_value=self.adagrad_initial_accumulator_value,
+            weight_decay=self.weight_decay,
+            lr_decay=self.adagrad_lr_decay,
+        )
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(self.loss_function, parse_loss_weights(self.loss_weights))
+
+    def lr_policy(self) -> LRPolicy:
+        return LRPolicy(
+            self.learning_rate,
+            self.lr_num_warmup_steps,
+            self.lr_decay_start_step,
+            self.lr_num_decay_steps,
+        )
 
     @property
     def uses_dataset(self) -> bool:
@@ -242,7 +351,8 @@ class SyntheticSource:
 
     def __init__(self, cfg: TrainConfig, mcfg: DLRMConfig):
         self.cfg, self.mcfg = cfg, mcfg
-        self.num_batches = cfg.num_batches or DEFAULT_SYNTHETIC_BATCHES
+        from_size = -(-cfg.data_size // cfg.mini_batch_size)  # the reference's --data-size
+        self.num_batches = cfg.num_batches or from_size or DEFAULT_SYNTHETIC_BATCHES
 
     @functools.cached_property
     def teacher(self) -> Teacher | None:
@@ -354,15 +464,22 @@ def open_data(cfg: TrainConfig, log=print, dense_rows: tuple[int, int] | None = 
         mcfg = cfg.model_config()
         return SyntheticSource(cfg, mcfg), mcfg
     directory = cfg.processed_data_file
-    if cfg.data_set:
+    if cfg.data_set and cfg.raw_data_file:
         raw = Path(cfg.raw_data_file)
         directory = directory or str(raw.parent / f"{raw.name}.numbadlrm")
         log(f"preprocessing {cfg.data_set} data {raw} -> {directory}")
         directory = str(
             preprocess_for_training(
-                cfg.data_set, raw, directory, max_ind_range=cfg.max_ind_range, progress=cfg.progress
+                cfg.data_set, raw, directory, max_ind_range=cfg.max_ind_range,
+                progress=cfg.progress, sub_sample_rate=cfg.data_sub_sample_rate,
             )
-        )
+        )  # fmt: skip
+    if cfg.data_size:
+        log("note: --data-size sets the built-in generators' epoch; a dataset's epoch is "
+            "its train split (or --num-batches)")  # fmt: skip
+    if cfg.data_sub_sample_rate and not (cfg.data_set and cfg.raw_data_file):
+        log("note: --data-sub-sample-rate applies when preprocessing (--data-set with "
+            "--raw-data-file); the processed data is used as it is")  # fmt: skip
     data = ProcessedData(directory)
     mcfg = cfg.model_config(tuple(data.table_sizes))
     return DatasetSource(cfg, data, dense_rows), mcfg
@@ -374,9 +491,12 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
         set_num_threads(cfg.threads)
     source, mcfg = open_data(cfg, log)
     batch_sizes = (cfg.mini_batch_size, cfg.test_mini_batch_size)
-    check_memory(estimate(mcfg, batch_sizes, source.memory_need()))
-    model = DLRM(mcfg, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels)
-    position = load_into(model, cfg.load_model, mcfg) if cfg.load_model else (0, 0, 0)
+    check_memory(estimate(mcfg, batch_sizes, source.memory_need(), optimizer=cfg.optimizer))
+    model = DLRM(
+        mcfg, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels,
+        optimizer=cfg.optimizer_config(), loss=cfg.loss_config(),
+    )  # fmt: skip
+    position = load_into(model, cfg.load_model, mcfg, log) if cfg.load_model else (0, 0, 0)
     log(run_header(cfg, mcfg))
     if cfg.kernels:
         log(f"kernels: {model.kernels.describe()}")
@@ -384,11 +504,17 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     return loop.run(*position)
 
 
-def load_into(model, path: str, mcfg: DLRMConfig) -> tuple[int, int, int]:
-    """Load a checkpoint's weights; returns its (step, epoch, batch_in_epoch)."""
+def load_into(model, path: str, mcfg: DLRMConfig, log=print) -> tuple[int, int, int]:
+    """Load a checkpoint's weights and, for the same optimizer, its optimizer state and
+    step count; returns its (step, epoch, batch_in_epoch)."""
     ckpt = load_checkpoint(path)
     check_compatible(ckpt, mcfg, path)
     model.load_state_dict(ckpt.state)
+    resume, note = optimizer_to_resume(ckpt, model.optimizer.config, path)
+    if resume:
+        model.load_optimizer_state_dict(ckpt.optimizer_state, ckpt.optimizer_steps)
+    if note:
+        log(note)
     return ckpt.step, ckpt.epoch, ckpt.batch_in_epoch
 
 
@@ -397,6 +523,9 @@ class TrainLoop:
 
     Works with any model offering train_step, predict and state_dict (DLRM, and the
     MPI layer's DistributedDLRM); ``root`` says whether this process logs and saves.
+    Step k (k steps done before it, counted over epochs and resumes) runs at the LR
+    policy's lr_at(k). A --test-freq evaluation reaching --mlperf-auc-threshold or
+    --mlperf-acc-threshold ends the training (then the checkpoint and the test split).
     """
 
     def __init__(
@@ -410,24 +539,52 @@ class TrainLoop:
         self.show_bar = cfg.progress and root and sys.stderr.isatty()
         if root and cfg.save_model:
             remove_stale_tmp(cfg.save_model)  # a killed earlier run's half-written checkpoints
+        self.policy = cfg.lr_policy()
+        self.mlperf = MLPerfLog(log if cfg.mlperf_logging and root else None)
+        self.reached = False  # a threshold was reached: stop training
+        if cfg.enable_profiling:
+            model.op_times = OpTimes()
 
     def run(self, step: int, epoch: int, batch_in_epoch: int) -> dict:
         cfg = self.cfg
         try:
             if not cfg.inference_only:
+                self._mlperf_header()
                 for e in range(epoch, cfg.nepochs):
                     start = batch_in_epoch if e == epoch else 0
+                    self.mlperf.start("block_start", first_epoch_num=e + 1, epoch_count=1)
+                    self.mlperf.start("epoch_start", epoch_num=e + 1)
                     step = self._epoch(e, start, step)
+                    self.mlperf.end("epoch_stop", epoch_num=e + 1)
+                    self.mlperf.end("block_stop", first_epoch_num=e + 1)
+                    if self.reached:
+                        break
                 if cfg.save_model:
-                    self.save(step, cfg.nepochs, 0)
+                    self.save(step, *(self._next if self.reached else (cfg.nepochs, 0)))
             final = self.evaluate("test", step)
+            if not cfg.inference_only:
+                self.mlperf.end("run_stop", status="success" if self.reached else "aborted")
+            if self.model.op_times is not None and self.root:
+                self.log("per-op times (--enable-profiling):\n" + self.model.op_times.table())
         finally:
             self.metrics.close()
         return {**final, "model": self.model, "steps": step}
 
+    def _mlperf_header(self) -> None:
+        c = self.cfg
+        self.mlperf.run_header(
+            c.mini_batch_size, c.learning_rate, c.lr_num_warmup_steps, c.lr_decay_start_step,
+            c.lr_num_decay_steps, c.seed,
+        )  # fmt: skip
+        self.mlperf.event("train_samples", self.source.num_batches * c.mini_batch_size)
+
     def evaluate(self, split: str, step: int) -> dict:
+        epoch_num = 1 + step / self.source.num_batches if self.source.num_batches else 1.0
+        self.mlperf.start("eval_start", epoch_num=epoch_num)
         with announce_compilation(self.log):  # a first evaluation may compile kernels
             result = evaluate(self.model, self.source.eval_batches(split), f"{split} split")
+        self.mlperf.event("eval_accuracy", result["auc"], epoch_num=epoch_num)
+        self.mlperf.end("eval_stop", epoch_num=epoch_num)
         self.metrics.write({"step": step, "split": split, **result})
         self.log(_format_eval(split, step, result))
         warning = collapse_warning(result, split, step, self.cfg.learning_rate)
@@ -439,10 +596,13 @@ class TrainLoop:
     def save(self, step: int, epoch: int, batch_in_epoch: int) -> None:
         """The model's checkpoint at cfg.save_model (a collective under MPI: every rank
         calls it, rank 0 writes)."""
+        c = self.cfg
         extra = {
-            "seed": self.cfg.seed,
-            "data_generation": self.cfg.data_source,
-            "learning_rate": self.cfg.learning_rate,
+            "seed": c.seed,
+            "data_generation": c.data_source,
+            "learning_rate": c.learning_rate,
+            "lr_policy": [c.lr_num_warmup_steps, c.lr_decay_start_step, c.lr_num_decay_steps],
+            "loss_function": c.loss_function,
         }
         # what predict needs to map raw ids as this data was mapped (read by the writer only)
         prep, vocab = self.source.preprocessing() if self.root else (None, None)
@@ -464,8 +624,9 @@ class TrainLoop:
         try:
             for i, batch in enumerate(batches, start=start + 1):
                 first = bar is None
+                lr = self.policy.lr_at(step)
                 with announce_compilation(self.log) if first else nullcontext():
-                    loss = self.model.train_step(batch, self.cfg.learning_rate)
+                    loss = self.model.train_step(batch, lr)
                 step += 1
                 window.add(loss, step)
                 if first:
@@ -474,7 +635,10 @@ class TrainLoop:
                 else:
                     bar.update(1)
                 next_position = (epoch, i) if i < total else (epoch + 1, 0)
+                self._next = next_position  # where a run stopped here resumes
                 self._after_step(step, epoch, next_position, window, bar)
+                if self.reached:
+                    break
         finally:
             batches.close()
             if bar is not None:
@@ -504,13 +668,24 @@ class TrainLoop:
                     loss=f"{record['loss']:.4f}", samples_per_s=f"{record['samples_per_s']:,.0f}"
                 )
             else:
-                self.log(_format_step(record))
+                self.log(_format_step(record, cfg.print_time))
         if cfg.test_freq and step % cfg.test_freq == 0:
             bar.clear()
-            self.evaluate("validation", step)
+            self._check_thresholds(self.evaluate("validation", step))
             window.restart_clock()
         if cfg.save_model and cfg.save_freq and step % cfg.save_freq == 0:
             self.save(step, *next_position)
+
+    def _check_thresholds(self, result: dict) -> None:
+        """Stop when a threshold is reached (the reference: "MLPerf testing auc threshold
+        0.8025 reached, stop training")."""
+        thresholds = (("auc", self.cfg.mlperf_auc_threshold),
+                      ("accuracy", self.cfg.mlperf_acc_threshold))  # fmt: skip
+        for name, threshold in thresholds:
+            if threshold > 0 and result[name] > threshold:
+                self.log(f"MLPerf testing {name} threshold {threshold} reached, stop training")
+                self.reached = True
+                return
 
 
 class _Window:
@@ -538,19 +713,21 @@ class _Window:
         """The window's mean loss and samples/s (NaN when no step was timed), then empty."""
         elapsed = time.perf_counter() - self.start
         rate = self.timed * batch_size / elapsed if self.timed else float("nan")
-        out = {"loss": self.loss / self.steps, "samples_per_s": rate}
+        ms = 1000 * elapsed / self.timed if self.timed else float("nan")
+        out = {"loss": self.loss / self.steps, "samples_per_s": rate, "ms_per_step": ms}
         self.loss, self.steps = 0.0, 0
         self.restart_clock()
         return out
 
 
-def _format_step(record: dict) -> str:
+def _format_step(record: dict, print_time: bool = False) -> str:
     """The mean loss since the last line, e.g. 'step 500 epoch 0: loss 0.481234, 36,512
-    samples/s'."""
-    return (
+    samples/s' (with print_time, then ', 3.51 ms/step')."""
+    line = (
         f"step {record['step']} epoch {record['epoch']}: loss {record['loss']:.6f}, "
         f"{record['samples_per_s']:,.0f} samples/s"
     )
+    return line + f", {record['ms_per_step']:.2f} ms/step" if print_time else line
 
 
 def _format_eval(split: str, step: int, m: dict) -> str:

@@ -28,6 +28,7 @@ from mpi4py import MPI
 
 from numbadlrm import DLRM, DLRMConfig
 from numbadlrm.checkpoint import CheckpointError, load_checkpoint
+from numbadlrm.optimizers import OptimizerConfig
 from numbadlrm.parallel.distributed import DistributedDLRM
 from numbadlrm.parallel.exchange import EmbeddingExchange
 from numbadlrm.parallel.partition import plan_placement, sample_ranges
@@ -79,6 +80,20 @@ def train_both(comm, cfg, placement, count=STEPS, size=BATCH):
         ref_losses.append(reference.train_step(batch, LR))
     probs = model.predict(batch)
     return model.state_dict(), reference, losses, ref_losses, probs, batch
+
+
+def optimizer_setting(name: str) -> OptimizerConfig:
+    """Every setting away from its default, so each one is exercised."""
+    return OptimizerConfig(
+        name, eps=1e-8, initial_accumulator_value=0.1, weight_decay=0.01, lr_decay=0.1
+    )
+
+
+def assert_same_state(sd: dict, expected: dict) -> None:
+    """Optimizer state (sums of squared gradients): rtol 1e-4 as the parameters."""
+    assert sorted(sd) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(sd[name], value, rtol=1e-4, atol=1e-9, err_msg=name)
 
 
 def _check_matches_single_process(comm, cfg, placement, size=BATCH):
@@ -193,6 +208,39 @@ def _trains_like_one_process(comm, **options) -> None:
         assert_same_model(sd, expected["model"].state_dict())
         for key in ("auc", "logloss", "accuracy"):
             assert np.isclose(result[key], expected[key], rtol=1e-5), key
+
+
+@case
+def adagrad_matches_single_process(comm, workdir):
+    """Adagrad and row-wise Adagrad: R ranks (a row-split table, replicated tables, an
+    uneven batch of 13) train the same parameters and state as one process."""
+    cfg = tiny_config("dot", "7-400-5-30-3")
+    placement = plan_placement(cfg.embedding_sizes, 4, comm.size, replicate_max_rows=5)
+    if comm.size > 1:
+        assert len(placement.shards_of(1)) > 1 and placement.replicated == (2, 4)
+    for name in ("adagrad", "rwsadagrad"):
+        setting = optimizer_setting(name)
+        model = DistributedDLRM(cfg, comm, placement, seed=3, gemm="numba", optimizer=setting)
+        reference = DLRM(cfg, seed=3, gemm="numba", optimizer=setting)
+        for batch in batches(cfg, STEPS, size=13):
+            loss = model.train_step(batch, 0.05)
+            assert np.isclose(loss, reference.train_step(batch, 0.05), rtol=1e-5)
+        sd, state = model.state_dict(), model.optimizer_state_dict()
+        assert model.optimizer.steps == STEPS
+        if comm.rank == 0:
+            assert_same_model(sd, reference.state_dict())
+            assert_same_state(state, reference.optimizer_state_dict())
+
+
+@case
+def training_loop_with_adagrad_matches_single_process(comm, workdir):
+    """Row-wise Adagrad, the LR policy and the wbce loss through the training loops."""
+    _trains_like_one_process(
+        comm, arch_embedding_size="20-300-8-50", num_batches=8, print_freq=4, test_freq=4,
+        test_num_batches=2, num_indices_per_lookup=3, gemm="numba", seed=5,
+        optimizer="rwsadagrad", weight_decay=0.01, learning_rate=0.05, lr_num_warmup_steps=2,
+        lr_decay_start_step=4, lr_num_decay_steps=3, loss_function="wbce", loss_weights="0.5-2",
+    )  # fmt: skip
 
 
 @case
@@ -347,6 +395,47 @@ def checkpoint_save(comm, workdir):
     for batch in batches(cfg, STEPS):
         model.train_step(batch, LR)
     save_distributed_checkpoint(Path(workdir) / "ckpt.npz", model, step=STEPS)
+
+
+@case
+def optimizer_checkpoint_save(comm, workdir):
+    """Train STEPS steps with each Adagrad and save (the 2-rank run): the optimizer state
+    gathered from the shards; the 3- and 1-rank runs resume it."""
+    if comm.size != 2:
+        return
+    cfg = tiny_config("dot", "7-400-5-30-3")
+    placement = plan_placement(cfg.embedding_sizes, 4, 2, replicate_max_rows=5)
+    for name in ("adagrad", "rwsadagrad"):
+        model = DistributedDLRM(
+            cfg, comm, placement, seed=3, gemm="numba", optimizer=optimizer_setting(name)
+        )
+        for batch in batches(cfg, STEPS):
+            model.train_step(batch, 0.05)
+        save_distributed_checkpoint(Path(workdir) / f"ckpt_{name}.npz", model, step=STEPS)
+
+
+@case
+def optimizer_checkpoint_resume(comm, workdir):
+    """Resume each 2-rank Adagrad checkpoint here (re-sharded: other placements, other
+    row splits); equal to 2 * STEPS steps on one process, parameters and state."""
+    if comm.size == 2 or not (Path(workdir) / "ckpt_adagrad.npz").exists():
+        return
+    cfg = tiny_config("dot", "7-400-5-30-3")
+    placement = plan_placement(cfg.embedding_sizes, 4, comm.size, replicate_max_rows=3)
+    for name in ("adagrad", "rwsadagrad"):
+        setting = optimizer_setting(name)
+        model = DistributedDLRM(cfg, comm, placement, seed=99, gemm="numba", optimizer=setting)
+        position = load_distributed_checkpoint(Path(workdir) / f"ckpt_{name}.npz", model)
+        assert position.step == STEPS and model.optimizer.steps == STEPS
+        for batch in batches(cfg, 2 * STEPS)[position.step :]:
+            model.train_step(batch, 0.05)
+        sd, state = model.state_dict(), model.optimizer_state_dict()
+        if comm.rank == 0:
+            reference = DLRM(cfg, seed=3, gemm="numba", optimizer=setting)
+            for batch in batches(cfg, 2 * STEPS):
+                reference.train_step(batch, 0.05)
+            assert_same_model(sd, reference.state_dict())
+            assert_same_state(state, reference.optimizer_state_dict())
 
 
 @case

@@ -82,6 +82,27 @@ def test_single_process_dlrm_resumes_the_two_rank_checkpoint(results, workdir):
     assert np.array_equal(ckpt.config.embedding_sizes, cfg.embedding_sizes)
 
 
+@pytest.mark.parametrize("name", ["adagrad", "rwsadagrad"])
+def test_single_process_dlrm_resumes_a_two_rank_optimizer_checkpoint(results, workdir, name):
+    """The 2-rank Adagrad checkpoint, state gathered from the shards, resumed by DLRM
+    through the training loop's loader: equal to 2 * STEPS steps on one process."""
+    from numbadlrm.train import load_into
+
+    cfg = mpi_cases.tiny_config("dot", "7-400-5-30-3")
+    setting = mpi_cases.optimizer_setting(name)
+    model = DLRM(cfg, seed=99, gemm="numba", optimizer=setting)
+    notes = []
+    step, _, _ = load_into(model, str(workdir / f"ckpt_{name}.npz"), cfg, notes.append)
+    assert step == mpi_cases.STEPS and model.optimizer.steps == step and notes == []
+    reference = DLRM(cfg, seed=3, gemm="numba", optimizer=setting)
+    for k, batch in enumerate(mpi_cases.batches(cfg, 2 * mpi_cases.STEPS)):
+        if k >= step:
+            model.train_step(batch, 0.05)
+        reference.train_step(batch, 0.05)
+    mpi_cases.assert_same_model(model.state_dict(), reference.state_dict())
+    mpi_cases.assert_same_state(model.optimizer_state_dict(), reference.optimizer_state_dict())
+
+
 def test_an_error_on_one_rank_aborts_the_job():
     try:
         proc = launch(2, "fail", timeout=60)

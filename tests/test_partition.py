@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from numbadlrm.kernels.embedding import embedding_bags_forward
-from numbadlrm.parallel.partition import plan_placement, sample_ranges, shard_lookups
+from numbadlrm.parallel.partition import plan_placement, sample_ranges, shard_lookups, shard_major
 
 from ._helpers import random_batch, small_config
 
@@ -153,3 +153,35 @@ def test_sample_ranges_split_like_the_reference():
             assert max(counts) - min(counts) <= 1 and counts == sorted(counts, reverse=True)
     with pytest.raises(ValueError, match="num_ranks"):
         sample_ranges(4, 0)
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_shard_major_gives_each_shard_one_table_of_all_its_lookups(ranks):
+    """A row's gradient summed over the regrouped lookups equals the sum over the R
+    routes (the alltoall's layout), for whole and row-split shards and a batch the ranks
+    do not divide: Adagrad then updates each row once, from every sample's gradient."""
+    from numbadlrm.reference import embedding_bag_backward
+
+    cfg = small_config(tables="7-300-5-30")
+    batch = random_batch(np.random.default_rng(4), cfg, 13)
+    p = plan_placement(cfg.embedding_sizes, 4, ranks)
+    width = max(b - a for a, b in sample_ranges(13, ranks))
+    for rank in range(ranks):
+        shards = p.shards_on(rank)
+        routed = shard_lookups(shards, cfg.embedding_sizes, batch.offsets, batch.indices, ranks)
+        dpooled = np.random.default_rng(rank).normal(size=(ranks * len(shards), width, 4))
+        row_start, offsets, grouped = shard_major(routed, dpooled, ranks)
+        assert (
+            offsets.shape == (len(shards), ranks * width + 1) and grouped.shape[1] == ranks * width
+        )
+        assert (np.diff(offsets, axis=1) >= 0).all()
+        for s, shard in enumerate(shards):
+            rows = shard.num_rows
+            routes = [q * len(shards) + s for q in range(ranks)]
+            want = sum(
+                embedding_bag_backward(dpooled[r], routed.offsets[r], routed.indices, rows)
+                for r in routes
+            )
+            got = embedding_bag_backward(grouped[s], offsets[s], routed.indices, rows)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+            assert row_start[s + 1] - row_start[s] == rows

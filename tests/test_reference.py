@@ -71,6 +71,30 @@ def test_sigmoid_bce_backward_and_stability():
     assert np.isclose(big, 800.0)
 
 
+@pytest.mark.parametrize("loss", ["wbce", "mse"])
+def test_other_losses_backward_and_stability(loss):
+    """wbce and mse (--loss-function): ds against float64 finite differences of the loss,
+    and both stay finite and exact at saturated logits."""
+    rng = np.random.default_rng(5)
+    s, y = rng.normal(size=9) * 3, rng.integers(0, 2, 9).astype(np.float64)
+    w = (0.4, 3.0) if loss == "wbce" else ()
+    forward = getattr(ref, f"sigmoid_{loss}_forward")
+    _, p = forward(s, y, *w)
+    ds = getattr(ref, f"sigmoid_{loss}_backward")(p, y, *w)
+    assert_grad_close(ds, numeric_grad(lambda: forward(s, y, *w)[0], s))
+    big, p_big = forward(np.array([800.0, -800.0]), np.array([0.0, 1.0]), *w)
+    want = 0.5 * (0.4 * 800 + 3.0 * 800) if loss == "wbce" else 1.0
+    assert np.isclose(big, want) and np.array_equal(p_big, [1.0, 0.0])
+
+
+def test_wbce_weights_each_label():
+    """wbce with weights (1, 1) is bce; a label-0 sample's loss scales with w0 only."""
+    s, y = np.array([0.3, -1.2]), np.array([0.0, 1.0])
+    assert np.isclose(ref.sigmoid_wbce_forward(s, y, 1.0, 1.0)[0], ref.sigmoid_bce_forward(s, y)[0])
+    one = ref.sigmoid_bce_forward(s[:1], y[:1])[0]
+    assert np.isclose(ref.sigmoid_wbce_forward(s[:1], y[:1], 5.0, 0.0)[0], 5.0 * one)
+
+
 @pytest.mark.parametrize("op,itself", [("dot", False), ("dot", True), ("cat", False)])
 def test_whole_model_backward(op, itself):
     """Every parameter's gradient of the full reference model, by finite differences."""

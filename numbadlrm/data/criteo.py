@@ -13,6 +13,9 @@ Transform (as the reference DLRM):
     raw id    = int(C_j, 16) as int64 (ids >= 2**31 are fine; at most 15 hex digits)
     --max-ind-range N (hashing, one pass):   id = raw % N,  empty -> 0 (as the reference)
         table size N for every table.
+    --data-sub-sample-rate r (the reference's): each label-0 line is dropped with
+        probability r, from one uniform draw per line in file order, seeded by the part
+        (so both passes and any rerun drop the same lines); 0 keeps every line
     --min-count K (vocabulary, two passes: count, then map):
         id 0 = empty (missing), id 1 = rare (seen < K times), ids 2.. = frequent raw
         values in ascending order; table size 2 + (number of frequent values).
@@ -111,6 +114,7 @@ class PreprocessOptions:
     min_count: int = 0  # vocabulary mode threshold; 0 means 1 (keep every seen value)
     skip_bad_lines: bool = False
     chunk_bytes: int = 8 << 20
+    sub_sample_rate: float = 0.0  # drop each label-0 line with this probability
 
     def __post_init__(self) -> None:
         if self.split not in SPLIT_MODES:
@@ -129,6 +133,8 @@ class PreprocessOptions:
             raise ValueError("choose one of max_ind_range (hashing) and min_count (vocabulary)")
         if self.chunk_bytes < 1:
             raise ValueError(f"chunk_bytes: must be >= 1, got {self.chunk_bytes}")
+        if not 0.0 <= self.sub_sample_rate < 1.0:
+            raise ValueError(f"sub_sample_rate: must be in [0, 1), got {self.sub_sample_rate}")
 
     @property
     def hashing(self) -> bool:
@@ -136,12 +142,15 @@ class PreprocessOptions:
 
     def output_key(self) -> dict:
         """The options that change the output arrays (part markers must match them)."""
-        return {
+        key = {
             "format_version": FORMAT_VERSION,
             "max_ind_range": self.max_ind_range,
             "min_count": 0 if self.hashing else max(self.min_count, 1),
             "skip_bad_lines": self.skip_bad_lines,
         }
+        if self.sub_sample_rate:  # absent when 0: earlier outputs stay valid
+            key["sub_sample_rate"] = self.sub_sample_rate
+        return key
 
 
 def field_name(field: int) -> str:
@@ -264,11 +273,30 @@ def _bad_line_message(path: Path, first_line: int, i: int, errors: np.ndarray, b
     )
 
 
-def parsed_chunks(path: Path, options: PreprocessOptions, info: dict) -> Iterator[ParsedChunk]:
-    """Every chunk of ``path`` parsed; fills info with sha256, lines and bad_lines_skipped."""
+def parsed_chunks(
+    path: Path, options: PreprocessOptions, info: dict, part: str = ""
+) -> Iterator[ParsedChunk]:
+    """Every chunk of ``path`` parsed; fills info with sha256, lines and bad_lines_skipped.
+
+    With options.sub_sample_rate, label-0 rows are dropped (see the module docstring),
+    from a stream seeded by the part's name.
+    """
     chunks = prefetch(read_chunks(path, options.chunk_bytes), depth=1)
+    rng = np.random.default_rng(list(part.encode()) or 0)
     with contextlib.closing(chunks):  # stops the reader thread at once on an error
-        yield from _parse_all(chunks, path, options, info)
+        for parsed in _parse_all(chunks, path, options, info):
+            yield sub_sample(parsed, options.sub_sample_rate, rng)
+
+
+def sub_sample(parsed: ParsedChunk, rate: float, rng: np.random.Generator) -> ParsedChunk:
+    """Drop each label-0 row when its uniform draw is below rate (the reference: "if target
+    == 0 and rand_u < sub_sample_rate: continue"); one draw per row, in order."""
+    if rate == 0:
+        return parsed
+    keep = (parsed.labels != 0) | (rng.random(parsed.labels.size) >= rate)
+    return ParsedChunk(
+        parsed.dense[keep], parsed.raw[keep], parsed.labels[keep], parsed.skipped, parsed.consumed
+    )
 
 
 def _parse_all(chunks, path: Path, options: PreprocessOptions, info: dict):
@@ -328,7 +356,7 @@ def write_part(
     progress = _FileProgress(bar, path)
     with contextlib.ExitStack() as stack:
         files = {k: stack.enter_context(ArrayWriter(part_path(out, name, k))) for k in PART_FILES}
-        chunks = stack.enter_context(contextlib.closing(parsed_chunks(path, options, info)))
+        chunks = stack.enter_context(contextlib.closing(parsed_chunks(path, options, info, name)))
         for parsed in chunks:
             cat = np.empty(parsed.raw.shape, np.int32)
             if options.hashing:
@@ -385,7 +413,7 @@ def count_part(out: Path, name: str, path: Path, options: PreprocessOptions, bar
     rows = 0
     bar.set_description(f"count {path.name}")
     progress = _FileProgress(bar, path)
-    for parsed in parsed_chunks(path, options, info):
+    for parsed in parsed_chunks(path, options, info, name):
         for t in range(NUM_CATEGORICAL):
             col = parsed.raw[:, t]
             u, c = np.unique(col[col >= 0], return_counts=True)
@@ -601,6 +629,7 @@ def preprocess_for_training(
     min_count: int = 0,
     skip_bad_lines: bool = False,
     progress: bool = True,
+    sub_sample_rate: float = 0.0,
 ) -> Path:
     """The reference's ``--data-set kaggle|terabyte --raw-data-file`` path.
 
@@ -619,6 +648,7 @@ def preprocess_for_training(
         max_ind_range=max_ind_range,
         min_count=min_count,
         skip_bad_lines=skip_bad_lines,
+        sub_sample_rate=sub_sample_rate,
     )
     out = Path(out_dir)
     if _finished_matches(out, sources, options):
@@ -638,6 +668,8 @@ def _finished_matches(out: Path, sources: list[Path], options: PreprocessOptions
     if any(used.get(k) != v for k, v in options.output_key().items()):
         return False
     if used.get("split") != options.split:
+        return False
+    if used.get("sub_sample_rate", 0.0) != options.sub_sample_rate:
         return False
     for part, src in zip(meta["parts"], sources, strict=True):
         if not src.is_file() or any(part.get(k) != v for k, v in _source_identity(src).items()):

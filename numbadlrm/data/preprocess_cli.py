@@ -42,6 +42,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-ind-range", type=int, default=0, help="hash ids: id mod N (one pass)")
     p.add_argument("--min-count", type=int, default=0, help="vocabulary: rarer ids share one id")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip and count bad lines")
+    p.add_argument(
+        "--data-sub-sample-rate", type=float, default=0.0,
+        help="drop each label-0 line with this probability (the reference's), in [0, 1)",
+    )  # fmt: skip
     p.add_argument("--chunk-mb", type=int, default=8, help="raw bytes parsed per chunk")
     p.add_argument("--threads", type=int, help="Numba threads (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -77,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             min_count=args.min_count,
             skip_bad_lines=args.skip_bad_lines,
             chunk_bytes=args.chunk_mb << 20,
+            sub_sample_rate=args.data_sub_sample_rate,
         )
         if args.threads is not None:
             from numbadlrm.threads import set_num_threads

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import reference as ref
 from ..config import pair_indices
+from .checks_optimizers import optimizer_checks
 from .registry import Version, get
 
 EPS = float(np.finfo(np.float32).eps)
@@ -325,6 +326,33 @@ def _sigmoid_bce_cases(rng, version, kernel):
         yield (n,), check
 
 
+def _sigmoid_loss_cases(name):
+    """Cases of the other losses: the same logits, each against its reference pair."""
+    forward = getattr(ref, f"sigmoid_{name}_forward")
+    backward = getattr(ref, f"sigmoid_{name}_backward")
+    weights = (0.3, 1.7) if name == "wbce" else ()
+
+    def cases(rng, version, kernel):
+        for n in (1, 50):
+            s = (rng.normal(size=n) * 10).astype(np.float32)
+            s[:2] = [90.0, -90.0][:n]
+            y = rng.integers(0, 2, n).astype(np.float32)
+
+            def check(s=s, y=y):
+                p, ds = np.full_like(s, np.nan), np.full_like(s, np.nan)
+                loss = kernel(p, ds, s, y, *weights)
+                s64, y64 = s.astype(np.float64), y.astype(np.float64)
+                want_loss, want_p = forward(s64, y64, *weights)
+                np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg="loss")
+                np.testing.assert_allclose(p, want_p, rtol=1e-6, atol=1e-7, err_msg="p")
+                want_ds = backward(want_p, y64, *weights)
+                np.testing.assert_allclose(ds, want_ds, rtol=1e-5, atol=1e-8, err_msg="ds")
+
+            yield (n,), check
+
+    return cases
+
+
 def _dense_update_cases(rng, version, kernel):
     for n in (1, 1001):
         params = rng.normal(size=n).astype(np.float32)
@@ -351,5 +379,8 @@ _CHECKS: dict[str, Callable] = {
     "cat_interaction_forward": _cat_forward_cases,
     "cat_interaction_backward": _cat_backward_cases,
     "sigmoid_bce": _sigmoid_bce_cases,
+    "sigmoid_mse": _sigmoid_loss_cases("mse"),
+    "sigmoid_wbce": _sigmoid_loss_cases("wbce"),
     "dense_update": _dense_update_cases,
+    **optimizer_checks(EMBEDDING_CASES, bags),
 }

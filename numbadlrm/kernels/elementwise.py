@@ -1,7 +1,13 @@
-"""Small elementwise kernels: fused sigmoid + BCE, and the dense SGD update.
+"""Small elementwise kernels: the fused sigmoid + loss passes, and the dense SGD update.
 
-sigmoid + BCE over logits s and labels y (numerically stable for any s):
-    loss = mean_b [max(s, 0) - y s + log1p(exp(-|s|))],   p = sigmoid(s),   ds = (p - y) / B
+Each loss pass takes the logits s and labels y (B,) and writes p = sigmoid(s) and
+ds = dloss/ds in one pass, numerically stable for any s (with e = exp(-|s|), p is
+1 / (1 + e) or e / (1 + e), and p (1 - p) = e / (1 + e)^2), in float64 scalars:
+
+    bce:   loss = mean_b [max(s, 0) - y s + log1p(e)]           ds = (p - y) / B
+    wbce:  w = w1 if y else w0 (the reference's --loss-weights w0-w1)
+           loss = mean_b w [max(s, 0) - y s + log1p(e)]         ds = w (p - y) / B
+    mse:   loss = mean_b (p - y)^2                              ds = 2 (p - y) p (1 - p) / B
 """
 
 from __future__ import annotations
@@ -27,6 +33,40 @@ def sigmoid_bce_forward_backward(p, ds, s, labels):
         prob = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
         p[b] = prob
         ds[b] = (prob - y) / batch
+    return total / batch
+
+
+@jit_serial
+def sigmoid_wbce_forward_backward(p, ds, s, labels, w0, w1):
+    """As sigmoid_bce_forward_backward, each sample's loss and ds weighted by w0 or w1."""
+    batch = s.shape[0]
+    total = 0.0
+    for b in range(batch):
+        z = float(s[b])
+        y = float(labels[b])
+        w = w1 if y > 0.5 else w0
+        e = math.exp(-abs(z))
+        total += w * (max(z, 0.0) - y * z + math.log1p(e))
+        prob = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+        p[b] = prob
+        ds[b] = w * (prob - y) / batch
+    return total / batch
+
+
+@jit_serial
+def sigmoid_mse_forward_backward(p, ds, s, labels):
+    """p (B,), ds (B,) out; returns the mean squared error of p against the labels."""
+    batch = s.shape[0]
+    total = 0.0
+    for b in range(batch):
+        z = float(s[b])
+        y = float(labels[b])
+        e = math.exp(-abs(z))
+        prob = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+        slope = e / ((1.0 + e) * (1.0 + e))  # p (1 - p), exact for any z
+        total += (prob - y) * (prob - y)
+        p[b] = prob
+        ds[b] = 2.0 * (prob - y) * slope / batch
     return total / batch
 
 
@@ -58,6 +98,20 @@ register(
     "v1",
     sigmoid_bce_forward_backward,
     description="one pass: loss, p and ds per sample (stable for any logit)",
+    default=True,
+)
+register(
+    "sigmoid_wbce",
+    "v1",
+    sigmoid_wbce_forward_backward,
+    description="one pass: weighted loss, p and ds per sample",
+    default=True,
+)
+register(
+    "sigmoid_mse",
+    "v1",
+    sigmoid_mse_forward_backward,
+    description="one pass: squared error, p and ds per sample",
     default=True,
 )
 register(

@@ -52,6 +52,14 @@ owner's lists, its rows and their state, so each row's lines are prefetched exac
 
 Each parallel kernel has a ``*_serial`` twin that runs the same loops on the calling
 thread (one owner), for work too small to pay for a parallel launch.
+
+    rowwise from a dense gradient (the MPI model's replicated tables, allreduced):
+                       per row r of grads (R, D): the row-wise line above, G = grads[r]
+
+Registered (bottom of this module) as the ops dense_update_adagrad,
+embedding_update_adagrad, embedding_update_rowwise_adagrad and
+dense_update_rowwise_adagrad, each with a "naive" version that runs
+numbadlrm.reference_optim; the model calls them through numbadlrm/optimizers.py.
 """
 
 from __future__ import annotations
@@ -59,10 +67,12 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from .. import reference_optim
 from .cache_prefetch import prefetch_l2
 from .embedding import PREFETCH_AHEAD, _owner
 from .jit import jit_parallel_ieee as jit_parallel
 from .jit import jit_serial_ieee as jit_serial
+from .registry import register
 
 # ------------------------------------------------------------------ dense flat buffer
 
@@ -292,3 +302,118 @@ def embedding_bags_rowwise_adagrad_update_serial(
         weights, state.reshape((state.shape[0], 1)), marks, lists[0], grads, row_start, offsets,
         indices, dpooled, lr, eps, True, 0, 1,
     )  # fmt: skip
+
+
+# ------------------------------------------------------- row-wise from a dense gradient
+
+
+@jit_serial
+def _rowwise_dense_rows(weights, state, grads, lr, eps, lo, hi):
+    """Rows lo..hi-1: the same per-row arithmetic as _apply_rows' row-wise branch."""
+    dim = weights.shape[1]
+    for r in range(lo, hi):
+        total = 0.0
+        for d in range(dim):
+            total += grads[r, d] * grads[r, d]
+        state[r] += total / dim
+        step = lr / (np.sqrt(state[r]) + eps)
+        for d in range(dim):
+            weights[r, d] -= step * grads[r, d]
+
+
+@jit_parallel
+def rowwise_adagrad_dense_update(weights, state, grads, lr, eps):
+    """weights (R, D), state (R,) updated in place from a dense gradient grads (R, D).
+
+    For the MPI model's replicated tables, whose gradient is dense (allreduced): a row
+    nobody looked up has G = 0 and keeps its weights and state, as in the sparse update.
+    """
+    n = weights.shape[0]
+    chunks = min(n, 256)
+    # Chunk c reads and writes only rows [c n / chunks, (c + 1) n / chunks): race-free.
+    for c in prange(chunks):
+        _rowwise_dense_rows(weights, state, grads, lr, eps, c * n // chunks, (c + 1) * n // chunks)
+
+
+@jit_serial
+def rowwise_adagrad_dense_update_serial(weights, state, grads, lr, eps):
+    """rowwise_adagrad_dense_update on the calling thread."""
+    _rowwise_dense_rows(weights, state, grads, lr, eps, 0, weights.shape[0])
+
+
+# ----------------------------------------------------------------- registry
+# The ops' calling conventions (numbadlrm.kernels.registry). The table ops take their
+# owner count from the scratch: lists (owners, 4, L), one owner per thread (the layer
+# allocates it so), read outside the kernels so that they cache.
+
+
+def _sparse_adagrad(weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps):
+    embedding_bags_adagrad_update(
+        weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps, lists.shape[0]
+    )
+
+
+def _sparse_rowwise(weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps):
+    embedding_bags_rowwise_adagrad_update(
+        weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps, lists.shape[0]
+    )
+
+
+def _naive_sparse(reference):
+    def run(weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps):
+        reference(weights, state, row_start, offsets, indices, dpooled, lr, eps)
+
+    return run
+
+
+def _naive_dense(params, state, grads, lr, eps, weight_decay):
+    reference_optim.adagrad(params, state, grads, lr, eps, weight_decay)
+
+
+def _naive_rowwise_dense(weights, state, grads, lr, eps):
+    reference_optim.rowwise_adagrad(weights, state, grads, lr, eps)
+
+
+_NAIVE = "numbadlrm.reference_optim in NumPy (the specification)"
+register("dense_update_adagrad", "naive", _naive_dense, description=_NAIVE)
+register(
+    "dense_update_adagrad",
+    "v1",
+    adagrad_update,
+    adagrad_update_serial,
+    "256 chunks of the buffer, one pass each",
+    default=True,
+)
+register("embedding_update_adagrad", "naive", _naive_sparse(reference_optim.embedding_adagrad),
+         description=_NAIVE)  # fmt: skip
+register(
+    "embedding_update_adagrad",
+    "v1",
+    _sparse_adagrad,
+    embedding_bags_adagrad_update_serial,
+    "row ownership by hash; select, link, apply passes per table (no gradient copy)",
+    default=True,
+)
+register(
+    "embedding_update_rowwise_adagrad",
+    "naive",
+    _naive_sparse(reference_optim.embedding_rowwise_adagrad),
+    description=_NAIVE,
+)
+register(
+    "embedding_update_rowwise_adagrad",
+    "v1",
+    _sparse_rowwise,
+    embedding_bags_rowwise_adagrad_update_serial,
+    "row ownership by hash; select, link, apply passes per table (no gradient copy)",
+    default=True,
+)
+register("dense_update_rowwise_adagrad", "naive", _naive_rowwise_dense, description=_NAIVE)
+register(
+    "dense_update_rowwise_adagrad",
+    "v1",
+    rowwise_adagrad_dense_update,
+    rowwise_adagrad_dense_update_serial,
+    "256 chunks of rows, one pass each",
+    default=True,
+)

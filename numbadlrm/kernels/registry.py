@@ -71,7 +71,32 @@ OPS: dict[str, tuple[str, str]] = {
         "(p, ds, s, labels) -> loss",
         "p = sigmoid(s), ds = (p - y) / B, returns mean BCE",
     ),
+    "sigmoid_mse": (
+        "(p, ds, s, labels) -> loss",
+        "p = sigmoid(s), ds = 2 (p - y) p (1 - p) / B, returns mean (p - y)^2",
+    ),
+    "sigmoid_wbce": (
+        "(p, ds, s, labels, w0, w1) -> loss",
+        "p = sigmoid(s), w = w1 if y else w0, ds = w (p - y) / B, returns mean w BCE",
+    ),
     "dense_update": ("(params, grads, lr)", "SGD over the flat dense buffer: params -= lr grads"),
+    "dense_update_adagrad": (
+        "(params, state, grads, lr, eps, weight_decay)",
+        "g' = g + weight_decay p; state += g'^2; params -= lr g' / (sqrt(state) + eps)",
+    ),
+    "embedding_update_adagrad": (
+        "(weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps)",
+        "per looked-up row r, G = sum of its bags' dpooled: S[r] += G^2; "
+        "E[r] -= lr G / (sqrt(S[r]) + eps); marks, lists (owners, 4, L): scratch",
+    ),
+    "embedding_update_rowwise_adagrad": (
+        "(weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps)",
+        "per looked-up row r: s[r] += mean_d G^2; E[r] -= lr G / (sqrt(s[r]) + eps); state (R,)",
+    ),
+    "dense_update_rowwise_adagrad": (
+        "(weights, state, grads, lr, eps)",
+        "row-wise Adagrad from a dense table gradient grads (R, D), state (R,)",
+    ),
 }
 
 # built-in kernel modules, imported by load_all (each registers its versions)
@@ -82,6 +107,7 @@ BUILTIN_MODULES = (
     "numbadlrm.kernels.embedding",
     "numbadlrm.kernels.interaction",
     "numbadlrm.kernels.elementwise",
+    "numbadlrm.kernels.optimizers",
 )
 LAB_PACKAGE = "numbadlrm.kernels.lab"
 

@@ -20,6 +20,8 @@ first B mod R ranks one more, as the reference's distributed code); W = ceil(B /
                  bottom MLP backward; start allreduce(rest)|..............+   |
                  wait; fused sparse update of own shards <-+              |   |
                  wait allreduces; one SGD call over the flat buffer <-----+---+
+                 (Adagrad: one dense Adagrad call over the MLPs, one over the
+                 replicated tables, whose state is per row with row-wise Adagrad)
 
 Scaling: the loss of the global batch is mean_B = sum_q (Bl_q / B) mean_Bl(q).
 Multiplying the local ds by Bl / B makes every gradient that flows from it (dense grads,
@@ -32,6 +34,13 @@ with no samples, when B < R, adds zeros.)
 Dense state: one flat float32 buffer [top MLP | bottom MLP | replicated tables], its
 gradients in another of the same layout plus one trailing slot that carries the local
 loss times Bl / B through the same allreduce (the global mean loss, for free).
+
+Optimizer state (numbadlrm/optimizers.py) lives with what it updates: the MLPs' and the
+replicated tables' on every rank (each rank applies the same update to the same
+allreduced gradient), a row-split table's rows' state on the rank holding those rows.
+Adagrad updates a row once from the sum of every sample's gradient, so a shard's R
+routes (one per destination rank) are regrouped into one table first
+(partition.shard_major); SGD, being linear, applies them one after the other.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from ..batch import Batch
 from ..config import DLRMConfig
 from ..kernels.registry import KernelChoice
 from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward, embedding_gradient
-from ..layers.loss import sigmoid, sigmoid_bce
+from ..layers.loss import LossConfig, sigmoid, sigmoid_loss
 from ..memory import (
     MemoryNeed,
     OutOfMemoryError,
@@ -60,13 +69,15 @@ from ..model import (
     check_state_dict,
     dense_layout,
     kernel_choice,
+    optimizer_state_shapes,
     state_dict_shapes,
 )
 from ..optim import check_learning_rate, sgd_step
+from ..optimizers import Optimizer, OptimizerConfig, TableState
 from ..params import init_mlp, init_table_rows, slot_views
 from ..profiling import OpTimes, timed
 from .exchange import EmbeddingExchange, GradientAllreduce, poke
-from .partition import Placement, plan_placement, sample_ranges, shard_lookups
+from .partition import Placement, plan_placement, sample_ranges, shard_lookups, shard_major
 
 
 class DistributedDLRM:
@@ -84,9 +95,13 @@ class DistributedDLRM:
         seed: int = 0,
         gemm: str = "auto",
         kernels: KernelChoice | dict[str, str] | str | None = None,
+        optimizer: OptimizerConfig | str | None = None,
+        loss: LossConfig | str | None = None,
     ):
         self.config, self.comm, self.seed, self.gemm = config, comm, seed, gemm
         self.kernels = kernel_choice(gemm, kernels)
+        self.loss_config = LossConfig.of(loss)
+        optimizer_config = OptimizerConfig.of(optimizer)
         dim = config.sparse_feature_size
         if placement is None:
             placement = plan_placement(config.embedding_sizes, dim, comm.size)
@@ -99,13 +114,19 @@ class DistributedDLRM:
         tower_n = dense_layout(config, top_first=True)[2]
         n = tower_n + int(self.rep_row_start[-1]) * dim
         self.shards = placement.shards_on(comm.rank)  # S of them
-        need = rank_memory(config, placement, comm.rank)
+        need = rank_memory(config, placement, comm.rank, optimizer=optimizer_config.name)
         check_node_memory(comm, need)  # before allocating, the same verdict on every rank
         with allocation_errors(need):
             self.params = np.empty(n, np.float32)  # [top MLP | bottom MLP | replicated tables]
             self._grad_buffer = np.zeros(n + 1, np.float32)  # + the loss slot
             self.row_start = np.cumsum([0] + [s.num_rows for s in self.shards]).astype(np.int64)
             self.weights = np.empty((int(self.row_start[-1]), dim), np.float32)
+            # the MLPs' and own shards' state; the replicated tables' in rep_state
+            self.optimizer = Optimizer(optimizer_config, tower_n, self.weights.shape[0], dim)
+            self.rep_state = None
+            if optimizer_config.stateful:
+                self.rep_state = TableState(optimizer_config, int(self.rep_row_start[-1]), dim)
+        self.tower_size = tower_n
         self.grads = self._grad_buffer[:n]
         self.tower = DenseTower(
             config, self.params[:tower_n], self.grads[:tower_n], self.kernels, top_first=True
@@ -241,46 +262,64 @@ class DistributedDLRM:
         dpooled = state.plan.dpooled_in.reshape(-1, width, dim)  # (R*S, W, D)
         lookups = state.lookups
         with timed(self.op_times, "embedding update"):
-            embedding_backward_sgd(
-                self.weights,
-                lookups.row_start,
-                lookups.offsets,
-                lookups.indices,
-                dpooled,
-                lr,
-                self.kernels,
-            )
+            if not self.optimizer.config.stateful:
+                embedding_backward_sgd(
+                    self.weights,
+                    lookups.row_start,
+                    lookups.offsets,
+                    lookups.indices,
+                    dpooled,
+                    lr,
+                    self.kernels,
+                )
+            elif self.shards:
+                row_start, offsets, grouped = shard_major(lookups, dpooled, self.comm.size)
+                self.optimizer.tables.update(
+                    self.weights, row_start, offsets, lookups.indices, grouped, lr, self.kernels
+                )
         self._mpi("wait", self.allreduce.wait)
         with timed(self.op_times, "dense update"):
+            self._dense_update(lr)
+
+    def _dense_update(self, lr: float) -> None:
+        """The allreduced gradients applied: SGD over the whole flat buffer, or Adagrad over
+        the MLPs (with weight decay) and over the replicated tables (without)."""
+        if not self.optimizer.config.stateful:
             sgd_step(self.params, self.grads, lr, self.kernels)
+            return
+        self.optimizer.layer_update(self.params, self.grads, lr, self.kernels)(0, self.tower_size)
+        if self.replicated:
+            self.rep_state.update_dense(self.rep_weights, self.rep_grads, lr, self.kernels)
 
     # ----------------------------------------------------------------- public API
 
     def train_step(self, batch: Batch, lr: float) -> float:
-        """One SGD step on a global batch; returns its mean BCE loss before the update.
+        """One optimizer step on a global batch; returns its mean loss before the update.
 
         A NaN, infinite or negative ``lr`` is refused on every rank before any collective.
         """
         lr = check_learning_rate(lr)
         ws, state = self.forward(batch)
+        self.optimizer.check_batch(batch.offsets)  # the same verdict on every rank
         share = np.float32(state.labels.shape[0] / batch.batch_size)  # Bl / B
         loss = self._local_loss(ws, state.labels)
         ws.dtop[-1] *= share
         self._grad_buffer[-1] = loss * share
-        self._backward_and_update(ws, state, lr)
+        self._backward_and_update(ws, state, self.optimizer.begin_step(lr))
         return float(self._grad_buffer[-1])
 
     def loss(self, batch: Batch) -> float:
-        """Mean BCE over the global batch (no update)."""
+        """Mean loss over the global batch (no update)."""
         ws, state = self.forward(batch)
         local = self._local_loss(ws, state.labels) * state.labels.shape[0] / batch.batch_size
         return self.comm.allreduce(local, MPI.SUM)
 
     def _local_loss(self, ws: Workspace, labels: np.ndarray) -> float:
-        """Mean BCE of the local samples (0 without any), p and ds = (p - y) / Bl into ws."""
+        """Mean loss of the local samples (0 without any), p and its ds (over Bl) into ws."""
         if labels.shape[0] == 0:
             return 0.0
-        return sigmoid_bce(ws.p, ws.dtop[-1][:, 0], ws.top[-1][:, 0], labels, self.kernels)
+        s, ds = ws.top[-1][:, 0], ws.dtop[-1][:, 0]
+        return sigmoid_loss(ws.p, ds, s, labels, self.loss_config, self.kernels)
 
     def predict(self, batch: Batch) -> np.ndarray:
         """(B,) float32 probabilities of the whole global batch, on every rank."""
@@ -339,12 +378,73 @@ class DistributedDLRM:
             full = sd[f"embeddings.{shard.table}.weight"] if root else None
             self._move_shard(shard, full, to_root=False)
 
-    def _move_shard(self, shard, full: np.ndarray | None, to_root: bool) -> None:
-        """Copy one shard between its owner and rows of the full table on rank 0."""
+    def optimizer_state_dict(self) -> dict[str, np.ndarray] | None:
+        """The single-process DLRM.optimizer_state_dict() on rank 0 (shards' state
+        gathered); None elsewhere. A collective, like :meth:`state_dict`."""
+        opt, root = self.optimizer, self.comm.rank == 0
+        shapes = optimizer_state_shapes(self.config, opt.config)
+        if not shapes:
+            return {} if root else None
+        out = {}
+        for slot in self.tower.bottom_slots + self.tower.top_slots:
+            w, b = slot_views(opt.dense, slot)
+            out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = w.copy(), b.copy()
+        for t in range(self.config.num_tables):
+            name = f"embeddings.{t}.weight"
+            if t in self.replicated:
+                out[name] = self._rep_rows(self.rep_state.state, t).copy()
+                continue
+            full = np.empty(shapes[name], np.float32) if root else None
+            for shard in self.placement.shards_of(t):
+                self._move_shard(shard, full, to_root=True, buffer=opt.tables.state)
+            out[name] = full
+        return {name: out[name] for name in shapes} if root else None
+
+    def load_optimizer_state_dict(self, sd: dict[str, np.ndarray] | None, steps: int) -> None:
+        """Scatter a single-process optimizer state dict read on rank 0 (others may pass
+        None), and set the step count; checked on rank 0, the same ValueError everywhere."""
+        opt, root = self.optimizer, self.comm.rank == 0
+        shapes = optimizer_state_shapes(self.config, opt.config)
+        error = None
+        if root:
+            try:
+                check_state_dict(sd, shapes, "optimizer state")
+            except ValueError as exc:
+                error = str(exc)
+        error = self.comm.bcast(error, root=0)
+        if error is not None:
+            raise ValueError(error)
+        opt.steps = self.comm.bcast(steps if root else None, root=0)
+        if not shapes:
+            return
+        for slot in self.tower.bottom_slots + self.tower.top_slots:
+            w, b = slot_views(opt.dense, slot)
+            if root:
+                w[...], b[...] = sd[f"{slot.name}.weight"], sd[f"{slot.name}.bias"]
+        for t in self.replicated:
+            if root:
+                self._rep_rows(self.rep_state.state, t)[...] = sd[f"embeddings.{t}.weight"]
+        self.comm.Bcast(opt.dense, root=0)
+        if self.replicated:
+            self.comm.Bcast(self.rep_state.state, root=0)
+        for shard in self.placement.shards:
+            full = sd[f"embeddings.{shard.table}.weight"] if root else None
+            self._move_shard(shard, full, to_root=False, buffer=opt.tables.state)
+
+    def _rep_rows(self, buffer: np.ndarray, t: int) -> np.ndarray:
+        """Replicated table t's rows of a per-row buffer (its state)."""
+        i = self.replicated.index(t)
+        return buffer[self.rep_row_start[i] : self.rep_row_start[i + 1]]
+
+    def _move_shard(
+        self, shard, full: np.ndarray | None, to_root: bool, buffer: np.ndarray | None = None
+    ) -> None:
+        """Copy one shard between its owner and rows of the full table on rank 0: rows
+        of the weights, or of ``buffer`` (an optimizer state laid out by row as they are)."""
         rank = self.comm.rank
         rows = slice(shard.row_begin, shard.row_end)
         if shard.rank == rank:
-            local = self._shard_rows(shard)
+            local = self._shard_rows(shard, self.weights if buffer is None else buffer)
             if rank == 0:
                 if to_root:
                     full[rows] = local
@@ -360,9 +460,9 @@ class DistributedDLRM:
             else:
                 self.comm.Send(np.ascontiguousarray(full[rows]), dest=shard.rank, tag=shard.table)
 
-    def _shard_rows(self, shard) -> np.ndarray:
+    def _shard_rows(self, shard, buffer: np.ndarray) -> np.ndarray:
         s = self.shards.index(shard)
-        return self.weights[self.row_start[s] : self.row_start[s + 1]]
+        return buffer[self.row_start[s] : self.row_start[s + 1]]
 
 
 class _StepState:
@@ -390,11 +490,16 @@ def rank_memory(
     rank: int,
     batch_sizes: tuple[int, ...] = (),
     data: tuple[str, int] | None = None,
+    optimizer: str = "sgd",
 ) -> MemoryNeed:
     """What ``rank`` holds: its shards, the replicated tables (with their gradients), the
-    dense tower; with batch_sizes (local) and data, the rest of a training run too."""
+    dense tower, each with its optimizer state; with batch_sizes (local) and data, the
+    rest of a training run too."""
     shards = [(s.table, s.num_rows) for s in placement.shards_on(rank)]
-    return estimate(config, batch_sizes, data, tables=shards, replicated=placement.replicated)
+    return estimate(
+        config, batch_sizes, data, tables=shards, replicated=placement.replicated,
+        optimizer=optimizer,
+    )  # fmt: skip
 
 
 def check_node_memory(comm: MPI.Comm, need: MemoryNeed) -> None:

@@ -248,3 +248,28 @@ def shard_lookups(
         indices=parts[0] if len(parts) == 1 else np.concatenate(parts),
         row_start=np.append(np.tile(starts[:-1], num_ranks), starts[-1]).astype(np.int64),
     )
+
+
+def shard_major(
+    lookups: ShardLookups, dpooled: np.ndarray, num_ranks: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The routed lookups regrouped per shard: (row_start (S+1,), offsets (S, R*W+1),
+    dpooled (S, R*W, D)), bag q W + i of shard s being bag i of (q, s).
+
+    The SGD update may apply the R routes of a shard one after the other (it is linear),
+    but Adagrad must update a row once from the sum over every sample that looked it
+    up, so the kernels need each shard's lookups as one table. The routes of a shard are
+    consecutive in ``indices``, so its offsets are the R routes' offsets, each without
+    its end (the next route's start), then the last route's end. dpooled (R*S, W, D) is
+    copied shard-major (the padded bags are empty: their gradients are never read).
+    """
+    routes, width = lookups.offsets.shape[0], lookups.offsets.shape[1] - 1
+    shards = routes // num_ranks
+    routed = lookups.offsets.reshape(num_ranks, shards, width + 1)
+    offsets = np.empty((shards, num_ranks * width + 1), np.int64)
+    offsets[:, :-1] = routed[:, :, :width].transpose(1, 0, 2).reshape(shards, -1)
+    offsets[:, -1] = routed[-1, :, width]
+    dim = dpooled.shape[-1]
+    grouped = dpooled.reshape(num_ranks, shards, width, dim).transpose(1, 0, 2, 3)
+    row_start = np.append(lookups.row_start[:shards], lookups.row_start[-1])
+    return row_start, offsets, np.ascontiguousarray(grouped).reshape(shards, -1, dim)

@@ -33,6 +33,7 @@ from ..checkpoint import (
     CheckpointError,
     check_compatible,
     load_checkpoint,
+    optimizer_to_resume,
     save_model_checkpoint,
 )
 from ..config import DLRMConfig
@@ -40,6 +41,10 @@ from ..threads import set_num_threads
 from ..train import TrainConfig, TrainLoop, open_data, run_header
 from .distributed import DistributedDLRM, check_node_memory, rank_memory
 from .partition import plan_placement, sample_ranges
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass
 
 
 @contextmanager
@@ -103,14 +108,17 @@ def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
         mcfg.embedding_sizes, mcfg.sparse_feature_size, ranks, lookups, replicate_max_rows=replicate
     )
     local_batches = tuple(-(-b // ranks) for b in (cfg.mini_batch_size, cfg.test_mini_batch_size))
-    need = rank_memory(mcfg, placement, comm.rank, local_batches, source.memory_need())
+    need = rank_memory(
+        mcfg, placement, comm.rank, local_batches, source.memory_need(), cfg.optimizer
+    )
     check_node_memory(comm, need)
     model = DistributedDLRM(
-        mcfg, comm, placement, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels
-    )
+        mcfg, comm, placement, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels,
+        optimizer=cfg.optimizer_config(), loss=cfg.loss_config(),
+    )  # fmt: skip
     position = (0, 0, 0)
     if cfg.load_model:
-        ckpt = load_distributed_checkpoint(cfg.load_model, model)
+        ckpt = load_distributed_checkpoint(cfg.load_model, model, log)
         position = (ckpt.step, ckpt.epoch, ckpt.batch_in_epoch)
     log(run_header(cfg, mcfg))
     if cfg.kernels:
@@ -141,28 +149,33 @@ def save_distributed_checkpoint(
     save_model_checkpoint(path, model, step, epoch, batch_in_epoch, extra)
 
 
-def load_distributed_checkpoint(path, model: DistributedDLRM) -> Checkpoint:
-    """Collective: rank 0 reads and checks the file, the tables are re-sharded to fit.
+def load_distributed_checkpoint(path, model: DistributedDLRM, log=_quiet) -> Checkpoint:
+    """Collective: rank 0 reads and checks the file, the tables are re-sharded to fit,
+    and so is the optimizer state when the run uses the checkpoint's optimizer.
 
     Returns the checkpoint's position and extras on every rank (its ``state`` is empty).
     """
-    ckpt, error = None, None
+    ckpt, error, resume = None, None, None
     if model.comm.rank == 0:
         try:
             ckpt = load_checkpoint(path)
             check_compatible(ckpt, model.config, path)
+            resume = optimizer_to_resume(ckpt, model.optimizer.config, path)
         except (OSError, ValueError) as exc:
             error = str(exc)
     error = model.comm.bcast(error, root=0)
     if error is not None:
         raise CheckpointError(error)
     model.load_state_dict(ckpt.state if ckpt is not None else None)
+    load_state, note = model.comm.bcast(resume, root=0)
+    if load_state:
+        state = ckpt.optimizer_state if ckpt is not None else None
+        steps = ckpt.optimizer_steps if ckpt is not None else 0
+        model.load_optimizer_state_dict(state, steps)
+    if note:
+        log(note)
     position = None
     if ckpt is not None:
         position = (ckpt.step, ckpt.epoch, ckpt.batch_in_epoch, ckpt.extra)
     step, epoch, batch_in_epoch, extra = model.comm.bcast(position, root=0)
     return Checkpoint(model.config, {}, step, epoch, batch_in_epoch, extra)
-
-
-def _quiet(*args, **kwargs) -> None:
-    pass
