@@ -353,3 +353,8 @@ _CHECKS: dict[str, Callable] = {
     "sigmoid_bce": _sigmoid_bce_cases,
     "dense_update": _dense_update_cases,
 }
+
+# --precision bf16's ops (a module of their own; it uses the helpers above)
+from .checks_bf16 import CHECKS as _BF16_CHECKS  # noqa: E402
+
+_CHECKS.update(_BF16_CHECKS)

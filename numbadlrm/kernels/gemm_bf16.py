@@ -49,6 +49,7 @@ as an empty (0, 0) array (``NONE_F32``, ``NONE_U16``).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -64,6 +65,7 @@ from .pack_bf16 import (
     _pairs_width,
     _reduce_parts,
 )
+from .registry import register
 
 NONE_F32 = np.empty((0, 0), np.float32)
 NONE_U16 = np.empty((0, 0), np.uint16)
@@ -476,3 +478,67 @@ def linear_backward_weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, task
 @jit_serial
 def linear_backward_weight_split_sgd_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks):
     _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, True)
+
+
+# ----------------------------------------------------------------- registry
+# The ops' entries take W as a numbadlrm.bf16.PackedWeight (w16 (O, I), forward =
+# pack_rows(w16), data = pack_cols(w16)); an O = 1 layer runs the logit loops on w16.
+
+
+def _forward_entry(serial: bool):
+    def forward(y, y16, x16, W, b, relu):
+        if W.w16.shape[0] == 1:
+            (logit_forward_serial if serial else logit_forward)(y, y16, x16, W.w16, b, relu, TASKS)
+        else:
+            fn = linear_forward_serial if serial else linear_forward
+            fn(y, y16, x16, W.forward, b, relu, TASKS)
+
+    return forward
+
+
+def _data_entry(serial: bool):
+    def backward_data(dx, dx16, dz16, W, x16, mask_dx):
+        if W.w16.shape[0] == 1:
+            fn = logit_backward_data_serial if serial else logit_backward_data
+            fn(dx, dx16, dz16, W.w16, x16, mask_dx, TASKS)
+        else:
+            fn = linear_backward_data_serial if serial else linear_backward_data
+            fn(dx, dx16, dz16, W.data, x16, mask_dx, TASKS)
+
+    return backward_data
+
+
+def _weight_entry(dW, db, dz16, x16):
+    linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads())
+
+
+def _weight_entry_serial(dW, db, dz16, x16):
+    linear_backward_weight_serial(dW, db, dz16, x16, 1)
+
+
+def _split_sgd_entry(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr):
+    threads = numba.get_num_threads()
+    linear_backward_weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, threads)
+
+
+def _split_sgd_entry_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr):
+    linear_backward_weight_split_sgd_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, 1)
+
+
+_WHAT = "6x64 vdpbf16ps tile, whole-K, epilogue on an L1 scratch tile; O = 1: plain loops"
+register(
+    "bf16_linear_forward", "v1", _forward_entry(False), _forward_entry(True), _WHAT, default=True
+)
+register(
+    "bf16_linear_backward_data", "v1", _data_entry(False), _data_entry(True), _WHAT, default=True
+)
+register(
+    "bf16_linear_backward_weight",
+    "v1",
+    _weight_entry,
+    _weight_entry_serial,
+    "pairs dz's rows and packs x (one region), then the tiles; split_sgd: each tile applied "
+    "from L1",
+    default=True,
+    extras={"split_sgd": _split_sgd_entry, "split_sgd_serial": _split_sgd_entry_serial},
+)
