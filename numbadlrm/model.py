@@ -200,6 +200,15 @@ def kernel_choice(gemm: str = "auto", kernels=None) -> KernelChoice:
     return KernelChoice(kernels).with_defaults(gemm_choice(gemm))
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 class DLRM:
     """A DLRM model.
 
@@ -207,7 +216,16 @@ class DLRM:
     ``{"embedding_update": "v1"}`` (``numbadlrm kernels`` lists them); ``gemm`` is the
     shorthand for the linear passes: "auto", "numba" (GEMM v4) or "blas". Set
     ``op_times`` to a :class:`numbadlrm.profiling.OpTimes` to time every op.
+    ``precision="bf16"`` builds a :class:`numbadlrm.model_bf16.Bf16DLRM` (split-SGD-BF16
+    mixed precision; the same methods, state_dict in fp32).
     """
+
+    def __new__(cls, config, seed=0, gemm="auto", kernels=None, precision: str = "fp32"):
+        if cls is DLRM and check_precision(precision) == "bf16":
+            from .model_bf16 import Bf16DLRM
+
+            return super().__new__(Bf16DLRM)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -215,7 +233,9 @@ class DLRM:
         seed: int = 0,
         gemm: str = "auto",
         kernels: KernelChoice | dict[str, str] | str | None = None,
+        precision: str = "fp32",
     ):
+        self.precision = check_precision(precision)
         self.config = config
         self.seed = seed
         self.gemm = gemm
@@ -237,7 +257,9 @@ class DLRM:
         init_mlp(self.params, self.bottom_slots + self.top_slots, seed)
         self.row_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (T+1,)
         for t, rows in enumerate(config.embedding_sizes):
-            init_table_rows(self.table(t), seed, t, rows, 0)
+            init_table_rows(
+                self.weights[self.row_start[t] : self.row_start[t + 1]], seed, t, rows, 0
+            )
 
     def table(self, t: int) -> np.ndarray:
         """Table t (rows, D), a view into the shared embedding buffer."""
@@ -265,11 +287,14 @@ class DLRM:
         ws = self.workspace(batch.batch_size)
         self.tower.bottom_forward(ws, batch.dense)
         with timed(self.op_times, "embedding fwd"):
-            embedding_forward(
-                ws.emb, self.weights, self.row_start, batch.offsets, batch.indices, self.kernels
-            )
+            self._embedding_forward(ws, batch)
         self.tower.top_forward(ws)
         return ws
+
+    def _embedding_forward(self, ws: Workspace, batch: Batch) -> None:
+        embedding_forward(
+            ws.emb, self.weights, self.row_start, batch.offsets, batch.indices, self.kernels
+        )
 
     def _backward_and_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
         """The forward in reverse, each parameter updated by SGD as soon as its gradient exists.
@@ -285,16 +310,13 @@ class DLRM:
         self.tower.top_backward(ws, lr)
         self.tower.interaction_backward(ws)
         with timed(self.op_times, "embedding update"):
-            embedding_backward_sgd(
-                self.weights,
-                self.row_start,
-                batch.offsets,
-                batch.indices,
-                ws.demb,
-                lr,
-                self.kernels,
-            )
+            self._embedding_update(batch, ws, lr)
         self.tower.bottom_backward(ws, batch.dense, lr=lr)
+
+    def _embedding_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
+        embedding_backward_sgd(
+            self.weights, self.row_start, batch.offsets, batch.indices, ws.demb, lr, self.kernels
+        )
 
     # ----------------------------------------------------------------- public API
 
