@@ -242,7 +242,7 @@ class DLRM:
         self.kernels = kernel_choice(gemm, kernels)
         _, _, n = dense_layout(config)
         sizes = np.asarray(config.embedding_sizes, dtype=np.int64)
-        need = estimate(config)
+        need = estimate(config, precision=self.precision)
         check_memory(need)  # before allocating: a clear message, not a MemoryError
         with allocation_errors(need):
             self.params = np.empty(n, np.float32)  # every dense parameter, one buffer

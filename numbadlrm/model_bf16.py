@@ -66,8 +66,7 @@ class Bf16DLRM(DLRM):
         precision: str = "bf16",
     ):
         check_bf16_cpu()  # before allocating anything
-        super().__init__(config, seed, gemm, kernels)  # fp32 buffers, initialised as fp32
-        self.precision = "bf16"
+        super().__init__(config, seed, gemm, kernels, "bf16")  # fp32 buffers and values
         self.hi, self.lo = split_in_place(self.params)
         self.tables = split_tables(self.weights, in_place=True)
         self.params = self.weights = None

@@ -37,7 +37,7 @@ from .data.synthetic import Teacher, batch_stream
 from .kernels.jit import announce_compilation
 from .memory import check_memory, estimate
 from .metrics import evaluate_predictions
-from .model import DLRM, kernel_choice
+from .model import DLRM, PRECISIONS, check_precision, kernel_choice
 from .threads import set_num_threads
 
 DATA_GENERATIONS = ("synthetic", "random", "dataset")
@@ -113,6 +113,14 @@ class TrainConfig:
         default="",
         metadata=_opt("kernel versions, op=version,... (`numbadlrm kernels` lists them)"),
     )
+    precision: str = field(
+        default="fp32",
+        metadata=_opt(
+            "bf16: split-SGD-BF16 mixed precision (bf16 compute, exact fp32 SGD on split "
+            "master weights; needs AVX512-BF16)",
+            choices=PRECISIONS,
+        ),
+    )
     metrics_file: str = field(default="", metadata=_opt("write JSON lines of metrics here"))
     save_model: str = field(default="", metadata=_opt("write a checkpoint here (atomically)"))
     save_freq: int = field(default=0, metadata=_opt("also checkpoint every N steps"))
@@ -158,6 +166,7 @@ class TrainConfig:
             raise ValueError("inference_only: needs --load-model CHECKPOINT")
         self.model_config()  # validates the architecture strings
         kernel_choice(self.gemm, self.kernels)  # validates the op and version names
+        check_precision(self.precision)
 
     @property
     def uses_dataset(self) -> bool:
@@ -370,18 +379,27 @@ def open_data(cfg: TrainConfig, log=print, dense_rows: tuple[int, int] | None = 
 
 def run_training(cfg: TrainConfig, log=print) -> dict:
     """Train (or only evaluate) as configured; returns the final test metrics and the model."""
+    check_cpu(cfg)
     if cfg.threads:
         set_num_threads(cfg.threads)
     source, mcfg = open_data(cfg, log)
     batch_sizes = (cfg.mini_batch_size, cfg.test_mini_batch_size)
-    check_memory(estimate(mcfg, batch_sizes, source.memory_need()))
-    model = DLRM(mcfg, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels)
+    check_memory(estimate(mcfg, batch_sizes, source.memory_need(), precision=cfg.precision))
+    model = DLRM(mcfg, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels, precision=cfg.precision)
     position = load_into(model, cfg.load_model, mcfg) if cfg.load_model else (0, 0, 0)
     log(run_header(cfg, mcfg))
     if cfg.kernels:
         log(f"kernels: {model.kernels.describe()}")
     loop = TrainLoop(cfg, model, source, mcfg, log)
     return loop.run(*position)
+
+
+def check_cpu(cfg: TrainConfig) -> None:
+    """Refuse --precision bf16 on a CPU without AVX512-BF16 before any work is done."""
+    if cfg.precision == "bf16":
+        from .model_bf16 import check_bf16_cpu
+
+        check_bf16_cpu()
 
 
 def load_into(model, path: str, mcfg: DLRMConfig) -> tuple[int, int, int]:
@@ -562,7 +580,11 @@ def _format_eval(split: str, step: int, m: dict) -> str:
 
 def run_header(cfg: TrainConfig, mcfg: DLRMConfig) -> str:
     """The run's first line: the model, the data and the batch size."""
-    return f"numbadlrm: {describe(mcfg)}; data {cfg.data_source}, batch {cfg.mini_batch_size}"
+    precision = ", precision bf16" if cfg.precision == "bf16" else ""
+    return (
+        f"numbadlrm: {describe(mcfg)}; data {cfg.data_source}, batch {cfg.mini_batch_size}"
+        + precision
+    )
 
 
 def describe(mcfg: DLRMConfig) -> str:
