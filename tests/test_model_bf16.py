@@ -136,9 +136,11 @@ def test_bf16_step_within_derived_tolerance_of_the_exact_step(itself):
 def test_loss_trajectory_stays_within_a_band_of_fp32():
     """200 steps on the learnable synthetic data (the default run's model at batch 64):
     the bf16 loss follows fp32's. Band: the mean loss over every window of 20 steps
-    within 2% of fp32's (bf16 rounds each activation by up to 2^-8 = 0.4%, so single
-    steps differ by ~1e-3; over 200 steps the two runs drift apart only as far as two
-    fp32 runs from slightly different weights would), and the loss falls as much."""
+    within 0.5% of fp32's, and every step's loss within 0.02. bf16 rounds each
+    activation by up to 2^-8 (0.4%), unbiased, so single steps differ by ~1e-3 and
+    window means by less (measured: at most 0.11% and 0.0055); a systematic error (a
+    scale, a lost gradient, a biased rounding) moves the loss by far more over 200
+    steps. And the loss falls as much as fp32's."""
     cfg = DLRMConfig.from_arch(16, "-".join(["1000"] * 8), "13-512-256-64-16", "512-256-1")
     batches = list(batch_stream(cfg, "synthetic", 200, 64, seed=3))
     losses = {}
@@ -147,7 +149,8 @@ def test_loss_trajectory_stays_within_a_band_of_fp32():
         losses[precision] = np.array([model.train_step(b, 0.1) for b in batches])
     windows = {p: v.reshape(10, 20).mean(1) for p, v in losses.items()}
     rel = np.abs(windows["bf16"] - windows["fp32"]) / windows["fp32"]
-    assert rel.max() < 0.02, rel
+    assert rel.max() < 0.005, rel
+    assert np.abs(losses["bf16"] - losses["fp32"]).max() < 0.02
     assert windows["bf16"][-1] < windows["bf16"][0] - 0.05  # it learns
     assert not np.array_equal(losses["bf16"], losses["fp32"])
 
