@@ -426,8 +426,8 @@ def _check_bf16_matches_single_process(comm, cfg, placement, size=BATCH):
     runs' parameters may differ by a few % of how far the parameters moved: normwise,
     ||w_R - w_1|| <= 2^-4 ||sum over steps |w_1 step change|||; losses and
     probabilities, through logits that sum many products of such values, by 2^-6
-    relative (measured: 1e-3 at B = 2, 4e-6 at B = 13). A wrong scaling, a lost partial sum or a misrouted
-    sample gives errors of the size of the changes or of the values.
+    relative (measured: 1e-3 at B = 2, 4e-6 at B = 13). A wrong scaling, a lost partial
+    sum or a misrouted sample gives errors of the size of the changes or of the values.
 
     On one rank the arithmetic is the single process's for every whole (unreplicated)
     table and every MLP weight: those must be equal bit for bit."""
