@@ -55,7 +55,7 @@ from numba import prange
 
 from .bf16 import bf16_value, hi_half, lo_half, merge_value, round_bf16, sgd_fma
 from .jit import jit_parallel, jit_serial
-from .microkernel_bf16 import MR, NR, tile
+from .microkernel_bf16 import MR, NR, tile, tile_out
 from .pack_bf16 import (
     PACK_BLOCK,
     ROW_PAIRS,
@@ -69,6 +69,7 @@ from .registry import register
 
 NONE_F32 = np.empty((0, 0), np.float32)
 NONE_U16 = np.empty((0, 0), np.uint16)
+NONE_F32_1D = np.empty(0, np.float32)  # no bias
 TASKS = 16  # blocks of C per call (a constant, so results and caching ignore threads)
 MIN_ROW_TILES = 2 * TASKS  # fewer row tiles than this: share columns instead
 
@@ -112,27 +113,6 @@ def _store_tile(y, y16, s, i, m, j, n):
 
 
 @jit_serial
-def _bias_relu(s, b, m, j, n, relu):
-    """s[:m, :n] += b[j:j+n], then ReLU: the forward's epilogue on a finished tile."""
-    bb = b[j : j + n]
-    for r in range(m):
-        row = s[r]
-        for c in range(n):
-            v = row[c] + bb[c]
-            row[c] = max(v, np.float32(0.0)) if relu else v
-
-
-@jit_serial
-def _relu_mask(s, x16, i, m, j, n):
-    """s[:m, :n] *= [x16[i:i+m, j:j+n] > 0]: the ReLU backward of the layer below."""
-    for r in range(m):
-        row = s[r]
-        xr = x16[i + r, j : j + n]
-        for c in range(n):
-            row[c] = row[c] if bf16_value(xr[c]) > 0 else np.float32(0.0)
-
-
-@jit_serial
 def _split_sgd_rows(w_hi, w_lo, s, lr, i, m, j, n):
     """Split-SGD of W[i:i+m, j:j+n] with the gradient tile s (kernels/bf16.py)."""
     for r in range(m):
@@ -148,8 +128,9 @@ def _split_sgd_rows(w_hi, w_lo, s, lr, i, m, j, n):
 
 
 @jit_serial
-def _forward_task(y, y16, x16, Wf, b, relu, s, t, tasks):
-    """Task t's block of y = x W^T + b (ReLU), Wf = pack_rows(W)."""
+def _forward_task(y, y16, x16, Wf, b, relu, t, tasks):
+    """Task t's block of y = x W^T + b (ReLU), Wf = pack_rows(W); each tile's epilogue
+    runs on its accumulators (microkernel_bf16.tile_out)."""
     B, K = x16.shape
     i0, i1, j0, j1 = _block(t, tasks, B, b.shape[0])
     panel = Wf.shape[1] * NR
@@ -157,25 +138,40 @@ def _forward_task(y, y16, x16, Wf, b, relu, s, t, tasks):
         n = min(NR, j1 - jj)
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
-            tile(K, x16, 2 * ii * K, 2 * K, 4, Wf, (jj // NR) * panel, s, 0, NR, m, n, False)
-            _bias_relu(s, b, m, jj, n, relu)
-            _store_tile(y, y16, s, ii, m, jj, n)
+            p_off = (jj // NR) * panel
+            tile_out(
+                K,
+                x16,
+                2 * ii * K,
+                2 * K,
+                4,
+                Wf,
+                p_off,
+                y,
+                y16,
+                ii,
+                jj,
+                b,
+                relu,
+                NONE_U16,
+                False,
+                m,
+                n,
+            )
 
 
 @jit_parallel
 def linear_forward(y, y16, x16, Wf, b, relu, tasks):
     """y (B, O) fp32 and/or y16 (B, O) bf16 = x16 (B, I) W^T + b, ReLU if relu; Wf =
     pack_rows(W16) (panels_shape(O, I)); b (O,) fp32."""
-    scratch = np.empty((tasks, MR, NR), np.float32)
     for t in prange(tasks):  # task t writes only its block of y and y16
-        _forward_task(y, y16, x16, Wf, b, relu, scratch[t], t, tasks)
+        _forward_task(y, y16, x16, Wf, b, relu, t, tasks)
 
 
 @jit_serial
 def linear_forward_serial(y, y16, x16, Wf, b, relu, tasks):
-    scratch = np.empty((1, MR, NR), np.float32)
     for t in range(tasks):
-        _forward_task(y, y16, x16, Wf, b, relu, scratch[0], t, tasks)
+        _forward_task(y, y16, x16, Wf, b, relu, t, tasks)
 
 
 @jit_serial
@@ -246,7 +242,7 @@ def logit_backward_data_serial(dx, dx16, dz16, w16, x16, mask_dx, tasks):
 
 
 @jit_serial
-def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, s, t, tasks):
+def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks):
     """Task t's block of dx = dz W (masked by [x > 0]), Wd = pack_cols(W)."""
     B, K = dz16.shape
     i0, i1, j0, j1 = _block(t, tasks, B, max(dx.shape[1], dx16.shape[1]))
@@ -255,10 +251,26 @@ def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, s, t, tasks):
         n = min(NR, j1 - jj)
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
-            tile(K, dz16, 2 * ii * K, 2 * K, 4, Wd, (jj // NR) * panel, s, 0, NR, m, n, False)
-            if mask_dx:
-                _relu_mask(s, x16, ii, m, jj, n)
-            _store_tile(dx, dx16, s, ii, m, jj, n)
+            p_off = (jj // NR) * panel
+            tile_out(
+                K,
+                dz16,
+                2 * ii * K,
+                2 * K,
+                4,
+                Wd,
+                p_off,
+                dx,
+                dx16,
+                ii,
+                jj,
+                NONE_F32_1D,
+                False,
+                x16,
+                mask_dx,
+                m,
+                n,
+            )
 
 
 @jit_parallel
@@ -266,16 +278,14 @@ def linear_backward_data(dx, dx16, dz16, Wd, x16, mask_dx, tasks):
     """dx (B, I) fp32 and/or dx16 (B, I) bf16 = dz16 (B, O) W, times [x16 > 0] if mask_dx
     (the ReLU backward of the layer below, whose output x16 is); Wd = pack_cols(W16)
     (panels_shape(I, O))."""
-    scratch = np.empty((tasks, MR, NR), np.float32)
     for t in prange(tasks):  # task t writes only its block of dx and dx16
-        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, scratch[t], t, tasks)
+        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks)
 
 
 @jit_serial
 def linear_backward_data_serial(dx, dx16, dz16, Wd, x16, mask_dx, tasks):
-    scratch = np.empty((1, MR, NR), np.float32)
     for t in range(tasks):
-        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, scratch[0], t, tasks)
+        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks)
 
 
 # ----------------------------------------------------------------- weight pass

@@ -143,47 +143,159 @@ def _store_tile(builder, sums, cp, ldc, m, n, accumulate, mr):
                 builder.call(mstore, [value, ptr, align, masks[q]])
 
 
+def _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, mr):
+    """The MR x 4 accumulators of C[:m, :] = A[:m, :kc] B[:kc, :] (see ``tile``)."""
+    dp = _dpbf16(context, builder)
+    ap = builder.inttoptr(a, ir.IntType(8).as_pointer())
+    bp = builder.inttoptr(b, _i32.as_pointer())
+    one = ir.Constant(_i64, 1)
+    rows = []  # rows past m re-read row m - 1 (their results are not stored)
+    for r in range(mr):
+        valid = builder.icmp_signed("<", ir.Constant(_i64, r), m)
+        row = builder.select(valid, ir.Constant(_i64, r), builder.sub(m, one))
+        rows.append(builder.gep(ap, [builder.mul(row, sa_r)]))
+    pairs = builder.ashr(kc, one)
+
+    def pair_ptr(row, kk, ty):
+        return builder.bitcast(builder.gep(row, [builder.mul(kk, sa_k)]), ty.as_pointer())
+
+    def body(kk, accs):
+        a_pairs = [builder.load(pair_ptr(p, kk, _i32), align=2) for p in rows]
+        return _step(builder, dp, bp, kk, accs, a_pairs)
+
+    sums = _accumulate(builder, pairs, 1, mr * _Q, body, "bf16tile")
+    before = builder.block
+    odd = builder.icmp_signed("!=", builder.and_(kc, one), ir.Constant(_i64, 0))
+    with builder.if_then(odd):  # the last k alone (its pair's upper half is not read)
+        a_pairs = [
+            builder.zext(builder.load(pair_ptr(p, pairs, _i16), align=2), _i32) for p in rows
+        ]
+        tail = _step(builder, dp, bp, pairs, sums, a_pairs)
+        tail_end = builder.block
+    final = []
+    for value, tail_value in zip(sums, tail, strict=True):
+        phi = builder.phi(_vf)
+        phi.add_incoming(value, before)
+        phi.add_incoming(tail_value, tail_end)
+        final.append(phi)
+    return final
+
+
 def _tile_codegen(mr: int):
     def codegen(context, builder, signature, args):
         kc, a, sa_r, sa_k, b, c, ldc, m, n, accumulate = args
-        dp = _dpbf16(context, builder)
-        ap = builder.inttoptr(a, ir.IntType(8).as_pointer())
-        bp = builder.inttoptr(b, _i32.as_pointer())
+        sums = _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, mr)
         cp = builder.inttoptr(c, _f32.as_pointer())
-        one = ir.Constant(_i64, 1)
-        rows = []  # rows past m re-read row m - 1 (their results are not stored)
-        for r in range(mr):
-            valid = builder.icmp_signed("<", ir.Constant(_i64, r), m)
-            row = builder.select(valid, ir.Constant(_i64, r), builder.sub(m, one))
-            rows.append(builder.gep(ap, [builder.mul(row, sa_r)]))
-        pairs = builder.ashr(kc, one)
-
-        def pair_ptr(row, kk, ty):
-            return builder.bitcast(builder.gep(row, [builder.mul(kk, sa_k)]), ty.as_pointer())
-
-        def body(kk, accs):
-            a_pairs = [builder.load(pair_ptr(p, kk, _i32), align=2) for p in rows]
-            return _step(builder, dp, bp, kk, accs, a_pairs)
-
-        sums = _accumulate(builder, pairs, 1, mr * _Q, body, "bf16tile")
-        before = builder.block
-        odd = builder.icmp_signed("!=", builder.and_(kc, one), ir.Constant(_i64, 0))
-        with builder.if_then(odd):  # the last k alone (its pair's upper half is not read)
-            a_pairs = [
-                builder.zext(builder.load(pair_ptr(p, pairs, _i16), align=2), _i32) for p in rows
-            ]
-            tail = _step(builder, dp, bp, pairs, sums, a_pairs)
-            tail_end = builder.block
-        final = []
-        for value, tail_value in zip(sums, tail, strict=True):
-            phi = builder.phi(_vf)
-            phi.add_incoming(value, before)
-            phi.add_incoming(tail_value, tail_end)
-            final.append(phi)
-        _store_tile(builder, final, cp, ldc, m, n, accumulate, mr)
+        _store_tile(builder, sums, cp, ldc, m, n, accumulate, mr)
         return context.get_dummy_value()
 
     return codegen
+
+
+# ------------------------------------------------------------------ tile epilogue
+_vh16 = ir.VectorType(_i16, _LANES)
+
+
+def _c32v(value: int) -> ir.Constant:
+    return ir.Constant(_vi, [value] * _LANES)
+
+
+def _round_bf16_vec(builder, v):
+    """<16 x i16> bf16 bits of <16 x float> v: round to nearest even, NaN kept NaN (the
+    arithmetic of kernels/bf16.py's round_bf16, on 16 lanes)."""
+    bits = builder.bitcast(v, _vi)
+    top = builder.lshr(bits, _c32v(16))
+    lsb = builder.and_(top, _c32v(1))
+    rounded = builder.lshr(builder.add(builder.add(bits, _c32v(0x7FFF)), lsb), _c32v(16))
+    nan = builder.icmp_unsigned(">", builder.and_(bits, _c32v(0x7FFFFFFF)), _c32v(0x7F800000))
+    quiet = builder.or_(top, _c32v(0x40))
+    return builder.trunc(builder.select(nan, quiet, rounded), _vh16)
+
+
+def _h16_intrinsics(module):
+    hptr = _i16.as_pointer()
+    mload = _declare(
+        module, "llvm.masked.load.v16i16.p0", ir.FunctionType(_vh16, [hptr, _i32, _vmask, _vh16])
+    )
+    mstore = _declare(
+        module,
+        "llvm.masked.store.v16i16.p0",
+        ir.FunctionType(ir.VoidType(), [_vh16, hptr, _i32, _vmask]),
+    )
+    return mload, mstore
+
+
+def _epilogue(builder, sums, m, n, mr, out):
+    """Row r < m, columns < n of the tile: v = sums (+ bias) (ReLU) (* [x16 > 0]), then
+    stored as fp32 and/or rounded to bf16; ``out`` holds the epilogue's intp arguments
+    (addresses 0 when absent)."""
+    c, ldc, c16, ldc16, bias, relu, mask, ldmask = out
+    mload, mstore, _ = _vector_intrinsics(builder.module)
+    hload, hstore = _h16_intrinsics(builder.module)
+    zero, hzero = ir.Constant(_vf, [0.0] * _LANES), ir.Constant(_vh16, [0] * _LANES)
+    a4, a2 = ir.Constant(_i32, 4), ir.Constant(_i32, 2)
+    nil = ir.Constant(_i64, 0)
+    n_vec = _splat(builder, n, _vi64)
+    lanes = [
+        builder.icmp_signed("<", ir.Constant(_vi64, [_LANES * q + i for i in range(_LANES)]), n_vec)
+        for q in range(_Q)
+    ]
+    has = {
+        k: builder.icmp_signed("!=", v, nil) for k, v in (("c", c), ("c16", c16), ("mask", mask))
+    }
+    biases = []
+    bias_p = builder.inttoptr(
+        builder.select(builder.icmp_signed("!=", bias, nil), bias, c), _f32.as_pointer()
+    )
+    for q in range(_Q):  # zero when there is no bias (its pointer is then never read)
+        ptr = builder.gep(bias_p, [ir.Constant(_i64, _LANES * q)])
+        use = builder.and_(lanes[q], _splat(builder, builder.icmp_signed("!=", bias, nil), _vmask))
+        biases.append(builder.call(mload, [ptr, a4, use, zero]))
+    relu_on = builder.icmp_signed("!=", relu, nil)
+    cp, hp = builder.inttoptr(c, _f32.as_pointer()), builder.inttoptr(c16, _i16.as_pointer())
+    xp = builder.inttoptr(mask, _i16.as_pointer())
+    for r in range(mr):
+        with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), m)):
+            row = ir.Constant(_i64, r)
+            for q in range(_Q):
+                col = ir.Constant(_i64, _LANES * q)
+                v = builder.fadd(sums[r * _Q + q], biases[q])
+                positive = builder.fcmp_ordered(">", v, zero)
+                v = builder.select(relu_on, builder.select(positive, v, zero), v)
+                x_ptr = builder.gep(xp, [builder.add(builder.mul(row, ldmask), col)])
+                use = builder.and_(lanes[q], _splat(builder, has["mask"], _vmask))
+                x = builder.call(hload, [x_ptr, a2, use, hzero])
+                keep = builder.and_(
+                    builder.icmp_signed(">", x, hzero),
+                    builder.icmp_signed("<", x, ir.Constant(_vh16, [0x7F81] * _LANES)),
+                )
+                v = builder.select(has["mask"], builder.select(keep, v, zero), v)
+                with builder.if_then(has["c"]):
+                    ptr = builder.gep(cp, [builder.add(builder.mul(row, ldc), col)])
+                    builder.call(mstore, [v, ptr, a4, lanes[q]])
+                with builder.if_then(has["c16"]):
+                    ptr = builder.gep(hp, [builder.add(builder.mul(row, ldc16), col)])
+                    builder.call(hstore, [_round_bf16_vec(builder, v), ptr, a2, lanes[q]])
+
+
+def _tile_out_codegen(mr: int):
+    def codegen(context, builder, signature, args):
+        kc, a, sa_r, sa_k, b, m, n = args[:7]
+        sums = _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, mr)
+        _epilogue(builder, sums, m, n, mr, args[7:])
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def _tile_out_mr(
+    typingctx, kc, a, sa_r, sa_k, b, m, n, c, ldc, c16, ldc16, bias, relu, mask, ldmask
+):
+    """The tile with its epilogue in registers: C = A B (+ bias) (ReLU) (* [x16 > 0]) to an
+    fp32 C and/or a bf16 C16 (addresses, 0 when absent; lds in elements); bias: fp32
+    address or 0; relu 0 or 1; mask: bf16 x16 address or 0 (all intp)."""
+    return types.void(*([types.intp] * 15)), _tile_out_codegen(MR)
 
 
 def _make_tile(mr: int):
@@ -201,6 +313,23 @@ _tile_mr = _make_tile(MR)
 
 
 if numba.config.DISABLE_JIT:
+
+    def tile_out(kc, A, a_off, sa_r, sa_k, P, p_off, Y, Y16, i, j, bias, relu, X16, mask, m, n):
+        """NumPy version of tile_out below, for NUMBA_DISABLE_JIT runs."""
+        s = np.empty((MR, NR), np.float32)
+        tile(kc, A, a_off, sa_r, sa_k, P, p_off, s, 0, NR, m, n, False)
+        v = s[:m, :n] + (bias[j : j + n] if bias.shape[0] > 0 else np.float32(0))
+        v = np.where(v > 0, v, np.float32(0)) if relu else v
+        if mask:
+            x = X16[i : i + m, j : j + n].astype(np.int16)
+            v = np.where((x > 0) & (x < 0x7F81), v, np.float32(0))
+        if Y.shape[0] > 0:
+            Y[i : i + m, j : j + n] = v
+        if Y16.shape[0] > 0:
+            bits = np.ascontiguousarray(v, np.float32).view(np.uint32).astype(np.uint64)
+            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+            nan = (bits & 0x7FFFFFFF) > 0x7F800000
+            Y16[i : i + m, j : j + n] = np.where(nan, (bits >> 16) | 0x40, rounded)
 
     def _a_values(A, a_off, sa_r, sa_k, m, kc):
         """A[:m, :kc] as float64, read through the byte strides (NumPy)."""
@@ -223,6 +352,36 @@ if numba.config.DISABLE_JIT:
         c[...] = c + product if accumulate else product
 
 else:
+
+    @jit_serial
+    def _address(a, i, j):
+        """The address of a[i, j] of a 2-D array, or 0 for an empty (absent) one."""
+        return a.ctypes.data + a.itemsize * (i * a.shape[1] + j) if a.shape[0] > 0 else 0
+
+    @jit_serial
+    def tile_out(kc, A, a_off, sa_r, sa_k, P, p_off, Y, Y16, i, j, bias, relu, X16, mask, m, n):
+        """Y[i:i+m, j:j+n] (fp32, if Y is not empty) and/or Y16 (bf16, rounded) = the tile
+        of A B (A, P as ``tile``), + bias[j:j+n] if bias is not empty, ReLU if relu,
+        times [X16[i:i+m, j:j+n] > 0] if mask: the whole epilogue on the accumulators
+        in registers, one store per output vector."""
+        b_addr = bias.ctypes.data + 4 * j if bias.shape[0] > 0 else 0
+        _tile_out_mr(
+            kc,
+            A.ctypes.data + a_off,
+            sa_r,
+            sa_k,
+            P.ctypes.data + 4 * p_off,
+            m,
+            n,
+            _address(Y, i, j),
+            Y.shape[1],
+            _address(Y16, i, j),
+            Y16.shape[1],
+            b_addr,
+            1 if relu else 0,
+            _address(X16, i, j) if mask else 0,
+            X16.shape[1],
+        )
 
     @jit_serial
     def tile(kc, A, a_off, sa_r, sa_k, P, p_off, C, c_off, ldc, m, n, accumulate):

@@ -21,14 +21,23 @@ its serial entry for small work.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .. import bf16
 from ..kernels import bf16 as kb
 from ..kernels.gemm_bf16 import NONE_F32, NONE_U16
-from ..kernels.jit import run_serial
 from ..kernels.registry import KernelChoice
 from ._checks import array_shape, check_array
+
+# Passes of fewer flops run on the calling thread (a parallel launch costs more than
+# the work); measured in whole steps of config a (bench/RESULTS.md, bf16).
+SERIAL_BELOW_FLOPS = 1 << 20
+
+
+def _small(batch: int, in_features: int, out_features: int) -> bool:
+    flops = 2 * batch * in_features * out_features
+    return numba.get_num_threads() == 1 or flops < SERIAL_BELOW_FLOPS
 
 
 class SplitLinear:
@@ -68,7 +77,7 @@ class SplitLinear:
     def forward(self, y, y16, x16, relu: bool, kernels: KernelChoice) -> None:
         """y (B, O) fp32 and/or y16 (B, O) bf16 (the other NONE_*) <- x16 W16^T + b (ReLU)."""
         batch = self._check(x16, y=y, y16=y16)
-        small = run_serial(x16.nbytes + self.packed.forward.nbytes + 4 * batch * self.shape[0])
+        small = _small(batch, *self.shape[::-1])
         kernels.get("bf16_linear_forward").entry(small)(y, y16, x16, self.packed, self.b32, relu)
 
     # ------------------------------------------------------------------- backward
@@ -82,11 +91,11 @@ class SplitLinear:
             return
         O, I = self.shape
         if dx16 is not None:
-            small = run_serial(dz16.nbytes + self.packed.data.nbytes + 4 * batch * I)
+            small = _small(batch, I, O)
             kernel = kernels.get("bf16_linear_backward_data").entry(small)
             kernel(NONE_F32, dx16, dz16, self.packed, x16 if mask_dx else NONE_U16, mask_dx)
         weight = kernels.get("bf16_linear_backward_weight")
-        small = run_serial(2 * (dz16.nbytes + x16.nbytes) + 4 * O * I)
+        small = _small(batch, I, O)
         if lr is None:
             weight.entry(small)(self.dW, self.db, dz16, x16)
             return
