@@ -55,7 +55,7 @@ from numba import prange
 
 from .bf16 import bf16_value, hi_half, lo_half, merge_value, round_bf16, sgd_fma
 from .jit import jit_parallel, jit_serial
-from .microkernel_bf16 import MR, NR, tile, tile_out
+from .microkernel_bf16 import MR, NR, tile, tile_out, tile_sgd
 from .pack_bf16 import (
     PACK_BLOCK,
     ROW_PAIRS,
@@ -80,18 +80,30 @@ def _cdiv(a, b):
 
 
 @jit_serial
+def _part(t, tasks, parts):
+    """The part task t computes, or -1: part p goes to task p tasks // parts, so that when
+    there are fewer parts than tasks, the parts spread over the whole task range (prange
+    gives each thread a contiguous run of tasks: parts 0..3 of 16 tasks on tasks 0-3 put
+    all the work on the first thread)."""
+    p = (t * parts + tasks - 1) // tasks
+    return p if p < parts and (p * tasks) // parts == t else -1
+
+
+@jit_serial
 def _block(t, tasks, M, N):
     """(i0, i1, j0, j1): task t's block of C, whole tiles of rows or of columns."""
     row_tiles, col_tiles = _cdiv(M, MR), _cdiv(N, NR)
     if row_tiles >= MIN_ROW_TILES or col_tiles < 2:
         parts = max(1, min(tasks, row_tiles))
-        if t >= parts:
+        p = _part(t, tasks, parts)
+        if p < 0:
             return 0, 0, 0, 0
-        return (t * row_tiles // parts) * MR, min(M, ((t + 1) * row_tiles // parts) * MR), 0, N
+        return (p * row_tiles // parts) * MR, min(M, ((p + 1) * row_tiles // parts) * MR), 0, N
     parts = max(1, min(tasks, col_tiles))
-    if t >= parts:
+    p = _part(t, tasks, parts)
+    if p < 0:
         return 0, 0, 0, 0
-    return 0, M, (t * col_tiles // parts) * NR, min(N, ((t + 1) * col_tiles // parts) * NR)
+    return 0, M, (p * col_tiles // parts) * NR, min(N, ((p + 1) * col_tiles // parts) * NR)
 
 
 # ------------------------------------------------------------------ epilogues
@@ -307,8 +319,8 @@ def _weight_task(C, A, K, P, t, tasks):
 
 
 @jit_serial
-def _weight_sgd_task(w_hi, w_lo, A, K, P, lr, s, t, tasks):
-    """Task t's block of W (hi, lo) -= lr A Bm: each gradient tile applied from scratch."""
+def _weight_sgd_task(w_hi, w_lo, A, K, P, lr, t, tasks):
+    """Task t's block of W (hi, lo) -= lr A Bm: each gradient tile applied from registers."""
     i0, i1, j0, j1 = _block(t, tasks, w_hi.shape[0], w_hi.shape[1])
     panel = P.shape[1] * NR
     for jj in range(j0, j1, NR):
@@ -316,8 +328,7 @@ def _weight_sgd_task(w_hi, w_lo, A, K, P, lr, s, t, tasks):
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
             p_off = (jj // NR) * panel
-            tile(K, A, 4 * ii, 4, 4 * A.shape[1], P, p_off, s, 0, NR, m, n, False)
-            _split_sgd_rows(w_hi, w_lo, s, lr, ii, m, jj, n)
+            tile_sgd(K, A, 4 * ii, 4, 4 * A.shape[1], P, p_off, w_hi, w_lo, ii, jj, lr, m, n)
 
 
 @jit_parallel
@@ -334,16 +345,14 @@ def _weight_tiles_serial(C, A, K, P, tasks):
 
 @jit_parallel
 def _weight_sgd_tiles(w_hi, w_lo, A, K, P, lr, tasks):
-    scratch = np.empty((tasks, MR, NR), np.float32)
     for t in prange(tasks):  # task t reads and writes only its block of W
-        _weight_sgd_task(w_hi, w_lo, A, K, P, lr, scratch[t], t, tasks)
+        _weight_sgd_task(w_hi, w_lo, A, K, P, lr, t, tasks)
 
 
 @jit_serial
 def _weight_sgd_tiles_serial(w_hi, w_lo, A, K, P, lr, tasks):
-    scratch = np.empty((1, MR, NR), np.float32)
     for t in range(tasks):
-        _weight_sgd_task(w_hi, w_lo, A, K, P, lr, scratch[0], t, tasks)
+        _weight_sgd_task(w_hi, w_lo, A, K, P, lr, t, tasks)
 
 
 @jit_serial

@@ -278,6 +278,51 @@ def _epilogue(builder, sums, m, n, mr, out):
                     builder.call(hstore, [_round_bf16_vec(builder, v), ptr, a2, lanes[q]])
 
 
+def _sgd_epilogue(builder, sums, m, n, mr, w_hi, w_lo, ldw, lr):
+    """Rows r < m, columns < n: split-SGD of W (w_hi, w_lo halves) with the gradient tile
+    sums: w = (hi << 16) | lo;  w = fma(-lr, g, w);  hi, lo = w >> 16, w & 0xFFFF, the
+    arithmetic of kernels/bf16.py's split_sgd_update on 16 lanes (bit for bit)."""
+    _, _, fma = _vector_intrinsics(builder.module)
+    hload, hstore = _h16_intrinsics(builder.module)
+    hzero = ir.Constant(_vh16, [0] * _LANES)
+    a2 = ir.Constant(_i32, 2)
+    n_vec = _splat(builder, n, _vi64)
+    lanes = [
+        builder.icmp_signed("<", ir.Constant(_vi64, [_LANES * q + i for i in range(_LANES)]), n_vec)
+        for q in range(_Q)
+    ]
+    neg_lr = _splat(builder, builder.fneg(lr), _vf)
+    hp, lp = builder.inttoptr(w_hi, _i16.as_pointer()), builder.inttoptr(w_lo, _i16.as_pointer())
+    for r in range(mr):
+        with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), m)):
+            for q in range(_Q):
+                at = builder.add(
+                    builder.mul(ir.Constant(_i64, r), ldw), ir.Constant(_i64, _LANES * q)
+                )
+                hi_ptr, lo_ptr = builder.gep(hp, [at]), builder.gep(lp, [at])
+                hi = builder.zext(builder.call(hload, [hi_ptr, a2, lanes[q], hzero]), _vi)
+                lo = builder.zext(builder.call(hload, [lo_ptr, a2, lanes[q], hzero]), _vi)
+                w = builder.bitcast(builder.or_(builder.shl(hi, _c32v(16)), lo), _vf)
+                bits = builder.bitcast(builder.call(fma, [neg_lr, sums[r * _Q + q], w]), _vi)
+                new_hi = builder.trunc(builder.lshr(bits, _c32v(16)), _vh16)
+                builder.call(hstore, [new_hi, hi_ptr, a2, lanes[q]])
+                builder.call(hstore, [builder.trunc(bits, _vh16), lo_ptr, a2, lanes[q]])
+
+
+@intrinsic
+def _tile_sgd_mr(typingctx, kc, a, sa_r, sa_k, b, m, n, w_hi, w_lo, ldw, lr):
+    """The tile's product G = A B applied at once as split-SGD: W (w_hi, w_lo: uint16
+    addresses, row stride ldw elements) -= lr G, exactly (all intp but lr float32)."""
+
+    def codegen(context, builder, signature, args):
+        kc, a, sa_r, sa_k, b, m, n, w_hi, w_lo, ldw, lr = args
+        sums = _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, MR)
+        _sgd_epilogue(builder, sums, m, n, MR, w_hi, w_lo, ldw, lr)
+        return context.get_dummy_value()
+
+    return types.void(*([types.intp] * 10), types.float32), codegen
+
+
 def _tile_out_codegen(mr: int):
     def codegen(context, builder, signature, args):
         kc, a, sa_r, sa_k, b, m, n = args[:7]
@@ -331,6 +376,17 @@ if numba.config.DISABLE_JIT:
             nan = (bits & 0x7FFFFFFF) > 0x7F800000
             Y16[i : i + m, j : j + n] = np.where(nan, (bits >> 16) | 0x40, rounded)
 
+    def tile_sgd(kc, A, a_off, sa_r, sa_k, P, p_off, w_hi, w_lo, i, j, lr, m, n):
+        """NumPy version of tile_sgd below, for NUMBA_DISABLE_JIT runs."""
+        from .bf16 import hi_half, lo_half, merge_value, sgd_fma
+
+        s = np.empty((MR, NR), np.float32)
+        tile(kc, A, a_off, sa_r, sa_k, P, p_off, s, 0, NR, m, n, False)
+        for r in range(m):
+            for c in range(n):
+                w = sgd_fma(merge_value(w_hi[i + r, j + c], w_lo[i + r, j + c]), s[r, c], lr)
+                w_hi[i + r, j + c], w_lo[i + r, j + c] = hi_half(w), lo_half(w)
+
     def _a_values(A, a_off, sa_r, sa_k, m, kc):
         """A[:m, :kc] as float64, read through the byte strides (NumPy)."""
         buf = A.reshape(-1).view(np.uint8)
@@ -381,6 +437,27 @@ else:
             1 if relu else 0,
             _address(X16, i, j) if mask else 0,
             X16.shape[1],
+        )
+
+    @jit_serial
+    def tile_sgd(kc, A, a_off, sa_r, sa_k, P, p_off, w_hi, w_lo, i, j, lr, m, n):
+        """W[i:i+m, j:j+n] (split: w_hi, w_lo (O, I) uint16) -= lr (the tile of A B), exact
+        fp32 SGD (kernels/bf16.py) on the accumulators in registers: one load and one
+        store of each half, no fp32 gradient tile stored anywhere."""
+        ldw = w_hi.shape[1]
+        at = 2 * (i * ldw + j)
+        _tile_sgd_mr(
+            kc,
+            A.ctypes.data + a_off,
+            sa_r,
+            sa_k,
+            P.ctypes.data + 4 * p_off,
+            m,
+            n,
+            w_hi.ctypes.data + at,
+            w_lo.ctypes.data + at,
+            ldw,
+            np.float32(lr),
         )
 
     @jit_serial
