@@ -141,11 +141,15 @@ def _linear_weight_cases(rng, version, kernel):
             dW, db = np.empty((O, I), np.float32), np.empty(O, np.float32)
             kernel(dW, db, dz16, x16)
             (w_hi, w_lo), (b_hi, b_lo) = ref.split_f32(w), ref.split_f32(b)
+            W = _packed(w_hi)  # its packings of the old weights, to be refreshed
             lr = np.float32(0.05)
-            sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr)
+            sgd(W, w_lo, b_hi, b_lo, dz16, x16, lr)
             want_w, want_b = ref.sgd_fma_f32(w, dW, lr), ref.sgd_fma_f32(b, db, lr)
             np.testing.assert_array_equal(ref.merge_f32(w_hi, w_lo), want_w, "split-SGD of W")
             np.testing.assert_array_equal(ref.merge_f32(b_hi, b_lo), want_b, "split-SGD of b")
+            fresh = _packed(w_hi.copy())
+            np.testing.assert_array_equal(W.forward, fresh.forward, "forward packing refreshed")
+            np.testing.assert_array_equal(W.data, fresh.data, "data packing refreshed")
 
         yield (B, I, O, "split_sgd"), check_sgd
 

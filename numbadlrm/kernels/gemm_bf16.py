@@ -64,6 +64,10 @@ from .pack_bf16 import (
     _pair_rows_range,
     _pairs_width,
     _reduce_parts,
+    pack_cols,
+    pack_cols_serial,
+    pack_rows,
+    pack_rows_serial,
 )
 from .registry import register
 
@@ -319,8 +323,9 @@ def _weight_task(C, A, K, P, t, tasks):
 
 
 @jit_serial
-def _weight_sgd_task(w_hi, w_lo, A, K, P, lr, t, tasks):
-    """Task t's block of W (hi, lo) -= lr A Bm: each gradient tile applied from registers."""
+def _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks):
+    """Task t's block of W (hi, lo) -= lr A Bm: each gradient tile applied from registers,
+    its new bf16 weights written into the packings Wf, Wd (if not empty)."""
     i0, i1, j0, j1 = _block(t, tasks, w_hi.shape[0], w_hi.shape[1])
     panel = P.shape[1] * NR
     for jj in range(j0, j1, NR):
@@ -328,7 +333,8 @@ def _weight_sgd_task(w_hi, w_lo, A, K, P, lr, t, tasks):
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
             p_off = (jj // NR) * panel
-            tile_sgd(K, A, 4 * ii, 4, 4 * A.shape[1], P, p_off, w_hi, w_lo, ii, jj, lr, m, n)
+            a_row = 4 * A.shape[1]
+            tile_sgd(K, A, 4 * ii, 4, a_row, P, p_off, w_hi, w_lo, ii, jj, lr, m, n, Wd, Wf)
 
 
 @jit_parallel
@@ -344,15 +350,17 @@ def _weight_tiles_serial(C, A, K, P, tasks):
 
 
 @jit_parallel
-def _weight_sgd_tiles(w_hi, w_lo, A, K, P, lr, tasks):
-    for t in prange(tasks):  # task t reads and writes only its block of W
-        _weight_sgd_task(w_hi, w_lo, A, K, P, lr, t, tasks)
+def _weight_sgd_tiles(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks):
+    # task t reads and writes only its block of W and that block's entries in Wf and Wd
+    # (a data-packing uint32 pairs rows 2s, 2s + 1 of one tile: blocks are whole tiles)
+    for t in prange(tasks):
+        _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks)
 
 
 @jit_serial
-def _weight_sgd_tiles_serial(w_hi, w_lo, A, K, P, lr, tasks):
+def _weight_sgd_tiles_serial(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks):
     for t in range(tasks):
-        _weight_sgd_task(w_hi, w_lo, A, K, P, lr, t, tasks)
+        _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks)
 
 
 @jit_serial
@@ -461,13 +469,27 @@ def linear_backward_weight_serial(dW, db, dz16, x16, tasks):
 
 
 @jit_serial
-def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, serial):
+def _repack(Wf, Wd, w16, serial):
+    """Wf = pack_rows(w16), Wd = pack_cols(w16), unless they are empty."""
+    if Wf.size == 0:
+        return
+    if serial:
+        pack_rows_serial(Wf, w16)
+        pack_cols_serial(Wd, w16)
+    else:
+        pack_rows(Wf, w16)
+        pack_cols(Wd, w16)
+
+
+@jit_serial
+def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, serial):
     db = np.empty((1, b_hi.shape[0]), np.float32)
     if w_hi.shape[0] == 1:
         g = np.empty((1, w_hi.shape[1]), np.float32)
         _logit_grads(g, db[0], dz16, x16, tasks, serial)
         _split_sgd_rows(w_hi, w_lo, g, lr, 0, 1, 0, g.shape[1])
         _split_sgd_rows(b_hi.reshape((1, 1)), b_lo.reshape((1, 1)), db, lr, 0, 1, 0, 1)
+        _repack(Wf, Wd, w_hi, serial)
         return
     A, P, transposed = _operands(db[0], dz16, x16, serial)
     K = dz16.shape[0]
@@ -478,10 +500,11 @@ def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, serial):
         else:
             _weight_tiles(C, A, K, P, tasks)
         _split_sgd_rows(w_hi, w_lo, C.T, lr, 0, w_hi.shape[0], 0, w_hi.shape[1])
-    elif serial:
-        _weight_sgd_tiles_serial(w_hi, w_lo, A, K, P, lr, tasks)
+        _repack(Wf, Wd, w_hi, serial)
+    elif serial:  # the tiles also refresh the packings
+        _weight_sgd_tiles_serial(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks)
     else:
-        _weight_sgd_tiles(w_hi, w_lo, A, K, P, lr, tasks)
+        _weight_sgd_tiles(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks)
     _split_sgd_rows(b_hi.reshape((1, -1)), b_lo.reshape((1, -1)), db, lr, 0, 1, 0, db.shape[1])
 
 
@@ -490,13 +513,30 @@ def linear_backward_weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, task
     """Split-SGD of the layer's master weights, fused with the weight pass: W (w_hi, w_lo
     (O, I) uint16) -= lr dz16^T x16 and b (b_hi, b_lo (O,)) -= lr sum_b dz16, each fp32
     value exactly as split_sgd_update would give from linear_backward_weight's dW, db (lr
-    float32). No dW is stored: each gradient tile is applied from L1."""
-    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, False)
+    float32). No dW is stored: each gradient tile is applied from registers."""
+    none = np.empty((0, 0, NR), np.uint32)  # no packings to refresh
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, none, none, dz16, x16, lr, tasks, False)
 
 
 @jit_serial
 def linear_backward_weight_split_sgd_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks):
-    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, True)
+    none = np.empty((0, 0, NR), np.uint32)
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, none, none, dz16, x16, lr, tasks, True)
+
+
+@jit_serial
+def linear_backward_weight_split_sgd_packed(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks):
+    """linear_backward_weight_split_sgd, and W's packings Wf = pack_rows(w_hi), Wd =
+    pack_cols(w_hi) refreshed with it: the tiles write their new bf16 weights into them
+    (microkernel_bf16.tile_sgd), so no repacking pass reads W again."""
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, False)
+
+
+@jit_serial
+def linear_backward_weight_split_sgd_packed_serial(
+    w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks
+):
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, True)
 
 
 # ----------------------------------------------------------------- registry
@@ -535,13 +575,17 @@ def _weight_entry_serial(dW, db, dz16, x16):
     linear_backward_weight_serial(dW, db, dz16, x16, 1)
 
 
-def _split_sgd_entry(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr):
+def _split_sgd_entry(W, w_lo, b_hi, b_lo, dz16, x16, lr):
     threads = numba.get_num_threads()
-    linear_backward_weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, threads)
+    linear_backward_weight_split_sgd_packed(
+        W.w16, w_lo, b_hi, b_lo, W.forward, W.data, dz16, x16, lr, threads
+    )
 
 
-def _split_sgd_entry_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr):
-    linear_backward_weight_split_sgd_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, 1)
+def _split_sgd_entry_serial(W, w_lo, b_hi, b_lo, dz16, x16, lr):
+    linear_backward_weight_split_sgd_packed_serial(
+        W.w16, w_lo, b_hi, b_lo, W.forward, W.data, dz16, x16, lr, 1
+    )
 
 
 _WHAT = "6x64 vdpbf16ps tile, whole-K, epilogue on an L1 scratch tile; O = 1: plain loops"

@@ -278,10 +278,11 @@ def _epilogue(builder, sums, m, n, mr, out):
                     builder.call(hstore, [_round_bf16_vec(builder, v), ptr, a2, lanes[q]])
 
 
-def _sgd_epilogue(builder, sums, m, n, mr, w_hi, w_lo, ldw, lr):
+def _sgd_epilogue(builder, sums, m, n, mr, w_hi, w_lo, ldw, lr, packs):
     """Rows r < m, columns < n: split-SGD of W (w_hi, w_lo halves) with the gradient tile
     sums: w = (hi << 16) | lo;  w = fma(-lr, g, w);  hi, lo = w >> 16, w & 0xFFFF, the
-    arithmetic of kernels/bf16.py's split_sgd_update on 16 lanes (bit for bit)."""
+    arithmetic of kernels/bf16.py's split_sgd_update on 16 lanes (bit for bit); then the
+    new bf16 weights into W's packings (``_repack_tile``) when ``packs`` name them."""
     _, _, fma = _vector_intrinsics(builder.module)
     hload, hstore = _h16_intrinsics(builder.module)
     hzero = ir.Constant(_vh16, [0] * _LANES)
@@ -293,34 +294,108 @@ def _sgd_epilogue(builder, sums, m, n, mr, w_hi, w_lo, ldw, lr):
     ]
     neg_lr = _splat(builder, builder.fneg(lr), _vf)
     hp, lp = builder.inttoptr(w_hi, _i16.as_pointer()), builder.inttoptr(w_lo, _i16.as_pointer())
-    for r in range(mr):
-        with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), m)):
-            for q in range(_Q):
-                at = builder.add(
-                    builder.mul(ir.Constant(_i64, r), ldw), ir.Constant(_i64, _LANES * q)
+    new_his = {}
+    for r in range(mr):  # masked per lane and row (no branch: the values feed the packing)
+        row_ok = _splat(builder, builder.icmp_signed("<", ir.Constant(_i64, r), m), _vmask)
+        for q in range(_Q):
+            use = builder.and_(lanes[q], row_ok)
+            at = builder.add(builder.mul(ir.Constant(_i64, r), ldw), ir.Constant(_i64, _LANES * q))
+            hi_ptr, lo_ptr = builder.gep(hp, [at]), builder.gep(lp, [at])
+            hi = builder.zext(builder.call(hload, [hi_ptr, a2, use, hzero]), _vi)
+            lo = builder.zext(builder.call(hload, [lo_ptr, a2, use, hzero]), _vi)
+            w = builder.bitcast(builder.or_(builder.shl(hi, _c32v(16)), lo), _vf)
+            bits = builder.bitcast(builder.call(fma, [neg_lr, sums[r * _Q + q], w]), _vi)
+            new_hi = builder.trunc(builder.lshr(bits, _c32v(16)), _vh16)
+            builder.call(hstore, [new_hi, hi_ptr, a2, use])
+            builder.call(hstore, [builder.trunc(bits, _vh16), lo_ptr, a2, use])
+            new_his[r, q] = builder.select(use, new_hi, hzero)  # zero past n and m
+    _repack_tile(builder, new_his, m, n, mr, packs)
+
+
+def _repack_tile(builder, his, m, n, mr, packs):
+    """Write the tile's new bf16 weights (rows ii + r < ii + m, columns jj + c < jj + n
+    of W (O, I)) into W's two packings (pack_bf16.py), so no repacking pass is needed.
+
+    data (pack_cols(W), pairs of W's rows): rows 2s and 2s + 1 of the tile (ii is even)
+        are one uint32 vector per 16 columns at ``wd + 4 (s 64 + 16 q)``: a contiguous
+        store (a last row without a partner, O odd, pairs with zero)
+    forward (pack_rows(W), pairs of W's columns): row o = ii + r is lane o % 64 of panel
+        o // 64; each pair of columns (jj + 2t, jj + 2t + 1) is one uint32 at
+        ``wf + 4 ((o // 64) pairs_f 64 + (jj / 2 + t) 64 + o % 64)``: stored one by one
+    ``packs`` = (wd, wf, pairs_f, ii, jj): addresses (0: that packing is not written)."""
+    wd, wf, pairs_f, ii, jj = packs
+    nil, one = ir.Constant(_i64, 0), ir.Constant(_i64, 1)
+    i32p = _i32.as_pointer()
+    _, mstore32 = _i32_vector_store(builder.module)
+    n_vec = _splat(builder, n, _vi64)
+    lanes = [
+        builder.icmp_signed("<", ir.Constant(_vi64, [_LANES * q + i for i in range(_LANES)]), n_vec)
+        for q in range(_Q)
+    ]
+    with builder.if_then(builder.icmp_signed("!=", wd, nil)):
+        dp = builder.inttoptr(wd, i32p)
+        for s in range(0, mr, 2):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, s), m)):
+                pair = builder.icmp_signed("<", ir.Constant(_i64, s + 1), m)
+                for q in range(_Q):
+                    low = builder.zext(his[s, q], _vi)
+                    high = builder.zext(his[s + 1, q], _vi) if s + 1 < mr else None
+                    value = (
+                        low
+                        if high is None
+                        else builder.select(
+                            pair, builder.or_(low, builder.shl(high, _c32v(16))), low
+                        )
+                    )
+                    ptr = builder.gep(dp, [ir.Constant(_i64, (s // 2) * NR + _LANES * q)])
+                    builder.call(mstore32, [value, ptr, ir.Constant(_i32, 4), lanes[q]])
+    with builder.if_then(builder.icmp_signed("!=", wf, nil)):
+        fp = builder.inttoptr(wf, i32p)
+        half_j = builder.ashr(jj, one)
+        for r in range(mr):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), m)):
+                o = builder.add(ii, ir.Constant(_i64, r))
+                panel = builder.mul(builder.ashr(o, ir.Constant(_i64, 6)), pairs_f)
+                lane = builder.and_(o, ir.Constant(_i64, NR - 1))
+                base = builder.add(
+                    builder.mul(builder.add(panel, half_j), ir.Constant(_i64, NR)), lane
                 )
-                hi_ptr, lo_ptr = builder.gep(hp, [at]), builder.gep(lp, [at])
-                hi = builder.zext(builder.call(hload, [hi_ptr, a2, lanes[q], hzero]), _vi)
-                lo = builder.zext(builder.call(hload, [lo_ptr, a2, lanes[q], hzero]), _vi)
-                w = builder.bitcast(builder.or_(builder.shl(hi, _c32v(16)), lo), _vf)
-                bits = builder.bitcast(builder.call(fma, [neg_lr, sums[r * _Q + q], w]), _vi)
-                new_hi = builder.trunc(builder.lshr(bits, _c32v(16)), _vh16)
-                builder.call(hstore, [new_hi, hi_ptr, a2, lanes[q]])
-                builder.call(hstore, [builder.trunc(bits, _vh16), lo_ptr, a2, lanes[q]])
+                for q in range(_Q):
+                    words = builder.bitcast(his[r, q], ir.VectorType(_i32, _LANES // 2))
+                    for t in range(_LANES // 2):
+                        col = ir.Constant(_i64, _LANES * q + 2 * t)
+                        with builder.if_then(builder.icmp_signed("<", col, n)):
+                            at = builder.add(base, ir.Constant(_i64, (8 * q + t) * NR))
+                            word = builder.extract_element(words, ir.Constant(_i32, t))
+                            builder.store(word, builder.gep(fp, [at]), align=4)
+
+
+def _i32_vector_store(module):
+    ip = _i32.as_pointer()
+    mload = _declare(
+        module, "llvm.masked.load.v16i32.p0", ir.FunctionType(_vi, [ip, _i32, _vmask, _vi])
+    )
+    mstore = _declare(
+        module,
+        "llvm.masked.store.v16i32.p0",
+        ir.FunctionType(ir.VoidType(), [_vi, ip, _i32, _vmask]),
+    )
+    return mload, mstore
 
 
 @intrinsic
-def _tile_sgd_mr(typingctx, kc, a, sa_r, sa_k, b, m, n, w_hi, w_lo, ldw, lr):
+def _tile_sgd_mr(typingctx, kc, a, sa_r, sa_k, b, m, n, w_hi, w_lo, ldw, lr, wd, wf, pf, ii, jj):
     """The tile's product G = A B applied at once as split-SGD: W (w_hi, w_lo: uint16
-    addresses, row stride ldw elements) -= lr G, exactly (all intp but lr float32)."""
+    addresses, row stride ldw elements) -= lr G, exactly; then the new bf16 weights into
+    W's packings (_repack_tile; wd, wf 0: not written). All intp but lr (float32)."""
 
     def codegen(context, builder, signature, args):
-        kc, a, sa_r, sa_k, b, m, n, w_hi, w_lo, ldw, lr = args
+        kc, a, sa_r, sa_k, b, m, n, w_hi, w_lo, ldw, lr = args[:11]
         sums = _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, MR)
-        _sgd_epilogue(builder, sums, m, n, MR, w_hi, w_lo, ldw, lr)
+        _sgd_epilogue(builder, sums, m, n, MR, w_hi, w_lo, ldw, lr, args[11:])
         return context.get_dummy_value()
 
-    return types.void(*([types.intp] * 10), types.float32), codegen
+    return types.void(*([types.intp] * 10), types.float32, *([types.intp] * 5)), codegen
 
 
 def _tile_out_codegen(mr: int):
@@ -376,8 +451,9 @@ if numba.config.DISABLE_JIT:
             nan = (bits & 0x7FFFFFFF) > 0x7F800000
             Y16[i : i + m, j : j + n] = np.where(nan, (bits >> 16) | 0x40, rounded)
 
-    def tile_sgd(kc, A, a_off, sa_r, sa_k, P, p_off, w_hi, w_lo, i, j, lr, m, n):
-        """NumPy version of tile_sgd below, for NUMBA_DISABLE_JIT runs."""
+    def tile_sgd(kc, A, a_off, sa_r, sa_k, P, p_off, w_hi, w_lo, i, j, lr, m, n, Wd, Wf):
+        """NumPy version of tile_sgd below, for NUMBA_DISABLE_JIT runs (the packings are
+        left to the caller's repacking)."""
         from .bf16 import hi_half, lo_half, merge_value, sgd_fma
 
         s = np.empty((MR, NR), np.float32)
@@ -440,12 +516,16 @@ else:
         )
 
     @jit_serial
-    def tile_sgd(kc, A, a_off, sa_r, sa_k, P, p_off, w_hi, w_lo, i, j, lr, m, n):
+    def tile_sgd(kc, A, a_off, sa_r, sa_k, P, p_off, w_hi, w_lo, i, j, lr, m, n, Wd, Wf):
         """W[i:i+m, j:j+n] (split: w_hi, w_lo (O, I) uint16) -= lr (the tile of A B), exact
         fp32 SGD (kernels/bf16.py) on the accumulators in registers: one load and one
-        store of each half, no fp32 gradient tile stored anywhere."""
+        store of each half, no fp32 gradient tile stored anywhere; then the new bf16
+        weights into Wd = pack_cols(w_hi) and Wf = pack_rows(w_hi) (panel arrays, uint32;
+        empty ones are not written). i must be even (a multiple of MR), j of NR."""
         ldw = w_hi.shape[1]
         at = 2 * (i * ldw + j)
+        wd = Wd.ctypes.data + 4 * (((j // NR) * Wd.shape[1] + i // 2) * NR) if Wd.size else 0
+        wf = Wf.ctypes.data if Wf.size else 0
         _tile_sgd_mr(
             kc,
             A.ctypes.data + a_off,
@@ -458,6 +538,11 @@ else:
             w_lo.ctypes.data + at,
             ldw,
             np.float32(lr),
+            wd,
+            wf,
+            Wf.shape[1],
+            i,
+            j,
         )
 
     @jit_serial

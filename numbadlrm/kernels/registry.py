@@ -85,8 +85,9 @@ OPS: dict[str, tuple[str, str]] = {
     ),
     "bf16_linear_backward_weight": (
         "(dW, db, dz16, x16)",
-        "dW = dz16^T x16, db = sum_b dz16 (fp32); extra 'split_sgd' (w_hi, w_lo, b_hi, "
-        "b_lo, dz16, x16, lr): exact fp32 SGD of the split master weights",
+        "dW = dz16^T x16, db = sum_b dz16 (fp32); extra 'split_sgd' (W, w_lo, b_hi, b_lo, "
+        "dz16, x16, lr): exact fp32 SGD of the split master weights (W.w16 = w_hi), "
+        "W's packings refreshed",
     ),
     "bf16_embedding_forward": (
         "(pooled16, tables, row_start, offsets, indices)",

@@ -11,7 +11,7 @@ every GEMM reads, and w_lo, the bits below; b likewise, with its fp32 value merg
                dW = dz16^T x16,  db = sum_b dz16           fp32, into the grads buffer
     backward + split-SGD (lr given): dx16 from the old W16, then W (w_hi, w_lo) -= lr dW
                and b -= lr db, exactly in fp32, fused into the weight pass (no dW stored);
-               then W16's packings and b32 are refreshed
+               W16's packings refreshed by the same tiles, then b32
 
 dz16 is the gradient of the layer's output after its own ReLU mask: the layer above
 applied it (mask_dx), or, for the bottom MLP's last layer, the interaction backward did.
@@ -101,12 +101,14 @@ class SplitLinear:
             return
         fused = (small and weight.extras.get("split_sgd_serial")) or weight.extras.get("split_sgd")
         lr32 = np.float32(lr)
-        if fused is not None:
-            fused(self.w_hi, self.w_lo, self.b_hi, self.b_lo, dz16, x16, lr32)
-        else:  # a version without the fused form: its gradients, then split-SGD
-            weight.entry(small)(self.dW, self.db, dz16, x16)
-            kb.split_sgd_update_serial(
-                self.w_hi.reshape(-1), self.w_lo.reshape(-1), self.dW.reshape(-1), lr32
-            )
-            kb.split_sgd_update_serial(self.b_hi, self.b_lo, self.db, lr32)
+        if fused is not None:  # it refreshes the packings too
+            fused(self.packed, self.w_lo, self.b_hi, self.b_lo, dz16, x16, lr32)
+            kb.merge_serial(self.b32, self.b_hi, self.b_lo)
+            return
+        # a version without the fused form: its gradients, then split-SGD, then repacking
+        weight.entry(small)(self.dW, self.db, dz16, x16)
+        kb.split_sgd_update_serial(
+            self.w_hi.reshape(-1), self.w_lo.reshape(-1), self.dW.reshape(-1), lr32
+        )
+        kb.split_sgd_update_serial(self.b_hi, self.b_lo, self.db, lr32)
         self.refresh()
