@@ -8,12 +8,16 @@ split master weights):
                 deepctr_200.tsv + paddlerec_train_100.txt to train (300 rows),
                 paddlerec_test_100.txt to test (100 rows), as bench/compare_criteo_torch.py,
                 over --seeds seeds; with 100 test rows one pair of samples swapped in the
-                ranking moves the AUC by 1 / (positives x negatives) = 1 / 2304 = 0.0004
+                ranking moves the AUC by 1 / (positives x negatives) = 1 / 2304 = 0.0004.
+                A control measures how far a run moves when perturbed as much as one bf16
+                rounding perturbs a value: fp32 from initial weights multiplied by
+                (1 + 2^-8 u), u uniform in [-1, 1] (fp32's own rounding does not do: two
+                fp32 runs on different GEMM backends end 1e-7 apart in every prediction)
     synthetic   the default `numbadlrm train` run (15,000 steps of batch 128 on the
                 built-in learnable data; ~1 minute per precision at 2 cores), test AUC on
                 its 16 x 4096 held-out samples
 
-    python bench/compare_precision.py                 # both, 5 seeds of the real rows
+    python bench/compare_precision.py                 # both, 10 seeds of the real rows
     python bench/compare_precision.py --no-synthetic  # the real rows only
     python bench/compare_precision.py --quick         # 1 seed, 1 epoch; 300 steps (CI)
 """
@@ -40,10 +44,22 @@ from numbadlrm.metrics import evaluate_predictions
 from numbadlrm.train import TrainConfig, run_training
 
 PRECISIONS = ("fp32", "bf16")
+RUNS = ("fp32", "bf16", "control")  # control: fp32 from weights perturbed by ~one bf16 rounding
 
 
-def real_rows(args) -> list[tuple[float, float]]:
-    """[(fp32 AUC, bf16 AUC)] per seed on the real Criteo rows."""
+def _model(cfg, seed: int, run: str) -> DLRM:
+    model = DLRM(cfg, seed=seed, precision="bf16" if run == "bf16" else "fp32")
+    if run == "control":
+        rng = np.random.default_rng(1000 + seed)
+        state = model.state_dict()
+        for value in state.values():
+            value *= 1 + np.float32(2.0**-8) * rng.uniform(-1, 1, value.shape).astype(np.float32)
+        model.load_state_dict(state)
+    return model
+
+
+def real_rows(args) -> list[tuple[float, float, float]]:
+    """[(fp32 AUC, bf16 AUC, control AUC)] per seed on the real Criteo rows."""
     train_files = [args.data_dir / "deepctr_200.tsv", args.data_dir / "paddlerec_train_100.txt"]
     test_files = [args.data_dir / "paddlerec_test_100.txt"]
     if not all(f.is_file() for f in train_files + test_files):
@@ -56,29 +72,39 @@ def real_rows(args) -> list[tuple[float, float]]:
         sizes = "-".join([str(args.max_ind_range)] * 26)
         cfg = DLRMConfig.from_arch(16, sizes, "13-64-16", "64-1")
         print(f"\nreal rows: train {len(train)}, test {len(test)}; model {cfg.arch_strings()}")
-        print(f"{'seed':>4} {'fp32 auc':>9} {'bf16 auc':>9} {'difference':>11} {'max |dp|':>9}")
+        print(
+            f"{'seed':>4} {'fp32 auc':>9} {'bf16 auc':>9} {'bf16-fp32':>10} {'max |dp|':>9}"
+            f" {'control':>8} {'ctrl-fp32':>10} {'max |dp|':>9}"
+        )
         for seed in range(args.seeds):
-            models = {p: DLRM(cfg, seed=seed, precision=p) for p in PRECISIONS}
+            models = {run: _model(cfg, seed, run) for run in RUNS}
             for epoch in range(args.epochs):
                 for batch in train.batches(args.batch_size, shuffle=True, seed=seed, epoch=epoch):
                     for model in models.values():
                         model.train_step(batch, args.learning_rate)
-            labels, probs = [], {p: [] for p in PRECISIONS}
+            labels, probs = [], {k: [] for k in RUNS}
             for batch in test.batches(256, shuffle=False):
                 labels.append(batch.labels)
                 for p, model in models.items():
                     probs[p].append(model.predict(batch))
             y = np.concatenate(labels)
-            auc = {p: evaluate_predictions(y, np.concatenate(v))["auc"] for p, v in probs.items()}
-            gap = float(np.abs(np.concatenate(probs["fp32"]) - np.concatenate(probs["bf16"])).max())
-            rows.append((auc["fp32"], auc["bf16"]))
-            diff = auc["bf16"] - auc["fp32"]
-            print(f"{seed:>4} {auc['fp32']:>9.4f} {auc['bf16']:>9.4f} {diff:>+11.4f} {gap:>9.2e}")
+            p = {k: np.concatenate(v) for k, v in probs.items()}
+            auc = {k: evaluate_predictions(y, v)["auc"] for k, v in p.items()}
+            gap = {k: float(np.abs(p[k] - p["fp32"]).max()) for k in ("bf16", "control")}
+            rows.append((auc["fp32"], auc["bf16"], auc["control"]))
+            print(
+                f"{seed:>4} {auc['fp32']:>9.4f} {auc['bf16']:>9.4f} "
+                f"{auc['bf16'] - auc['fp32']:>+10.4f} {gap['bf16']:>9.2e} {auc['control']:>8.4f} "
+                f"{auc['control'] - auc['fp32']:>+10.4f} {gap['control']:>9.2e}"
+            )
     a = np.array(rows)
-    print(
-        f"mean AUC: fp32 {a[:, 0].mean():.4f}, bf16 {a[:, 1].mean():.4f}; mean |difference| "
-        f"{np.abs(a[:, 1] - a[:, 0]).mean():.4f}, max {np.abs(a[:, 1] - a[:, 0]).max():.4f}"
-    )
+    for k, name in ((1, "bf16"), (2, "control")):
+        d = np.abs(a[:, k] - a[:, 0])
+        print(
+            f"mean AUC: fp32 {a[:, 0].mean():.4f}, {name} {a[:, k].mean():.4f} (difference of "
+            f"the means {a[:, k].mean() - a[:, 0].mean():+.4f}); per seed |difference| mean "
+            f"{d.mean():.4f}, max {d.max():.4f}"
+        )
     return rows
 
 
@@ -108,7 +134,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--max-ind-range", type=int, default=1000)
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-synthetic", action="store_true", help="the real rows only")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 300 steps (CI)")
