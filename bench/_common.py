@@ -136,3 +136,33 @@ def versions_of(text: str, ops: tuple[str, ...]) -> list[str]:
     if not names:
         sys.exit("--versions: give at least one version")
     return names
+
+
+def bf16_gemm_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """bf16 n x n x n GEMM throughput (GFLOP/s, fp32 accumulation) at the current thread
+    count: the faster of numbadlrm's vdpbf16ps kernel (kernels/gemm_bf16.linear_forward,
+    fp32 output) and PyTorch's bf16 matmul (oneDNN) where torch is installed, timed side by
+    side: the bf16 analogue of :func:`blas_sgemm_gflops`."""
+    from numbadlrm import bf16
+    from numbadlrm.kernels import gemm_bf16
+
+    rng = np.random.default_rng(0)
+    a16 = bf16.to_bf16(rng.standard_normal((n, n), dtype=np.float32))
+    w = bf16.pack_weight(bf16.to_bf16(rng.standard_normal((n, n), dtype=np.float32)))
+    c = np.empty((n, n), np.float32)
+    bias = np.zeros(n, np.float32)
+    fns = {
+        "numbadlrm": lambda: gemm_bf16.linear_forward(
+            c, gemm_bf16.NONE_U16, a16, w.forward, bias, False, gemm_bf16.TASKS
+        )
+    }
+    try:
+        import torch
+
+        ta = torch.randn(n, n, dtype=torch.bfloat16)
+        tb = torch.randn(n, n, dtype=torch.bfloat16)
+        fns["torch"] = lambda: torch.matmul(ta, tb)
+    except ImportError:
+        pass
+    times = median_times(fns, repeat=repeat)
+    return 2 * n**3 / min(times.values()) / 1e9

@@ -20,7 +20,7 @@ from numbadlrm.model import DLRM
 try:
     import torch
 
-    from numbadlrm.torch_dlrm import TorchDLRM, torch_train_step
+    from numbadlrm.torch_dlrm import TorchDLRM, batch_to_torch, torch_train_step
 except ImportError:
     torch = None
 
@@ -72,10 +72,40 @@ def numbadlrm_stepper(cfg: DLRMConfig, kernels: str = ""):
     return lambda b: model.train_step(b, LR)
 
 
+def numbadlrm_bf16_stepper(cfg: DLRMConfig, kernels: str = ""):
+    model = DLRM(cfg, seed=0, kernels=kernels, precision="bf16")
+    return lambda b: model.train_step(b, LR)
+
+
 def torch_stepper(cfg: DLRMConfig, kernels: str = ""):
     oracle = TorchDLRM(cfg, np.random.default_rng(0))
     opt = torch.optim.SGD(oracle.parameters(), lr=LR)
     return lambda b: torch_train_step(oracle, opt, b)
 
 
-STEPPERS = {"numbadlrm": numbadlrm_stepper, "torch": torch_stepper}
+def torch_autocast_stepper(cfg: DLRMConfig, kernels: str = ""):
+    """The same PyTorch step under CPU bf16 autocast (``torch.autocast("cpu",
+    torch.bfloat16)`` around forward and loss, as PyTorch recommends): its GEMMs (Linear,
+    bmm) run in bf16 on oneDNN, the loss in fp32, fp32 weights and SGD."""
+    oracle = TorchDLRM(cfg, np.random.default_rng(0))
+    opt = torch.optim.SGD(oracle.parameters(), lr=LR)
+
+    def step(b):
+        b.check_against(cfg.num_dense, cfg.embedding_sizes)
+        dense, offsets, indices, labels = batch_to_torch(b)
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = oracle.loss(oracle(dense, offsets, indices), labels)
+        loss.backward()  # outside the autocast region, as torch.amp's docs ask
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+STEPPERS = {
+    "numbadlrm": numbadlrm_stepper,
+    "numbadlrm-bf16": numbadlrm_bf16_stepper,
+    "torch": torch_stepper,
+    "torch-autocast": torch_autocast_stepper,
+}

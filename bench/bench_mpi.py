@@ -56,12 +56,13 @@ def worker(args) -> None:
         cfg = DLRMConfig.from_arch(dim, "-".join([str(rows)] * tables), bottom, top)
         rng = np.random.default_rng(0)  # the same global batches on every rank
         batches = [random_batch(rng, cfg, args.batch, lookups, False) for _ in range(4)]
-        model = DistributedDLRM(cfg, comm, seed=0)
+        model = DistributedDLRM(cfg, comm, seed=0, precision=args.precision)
         losses = [model.train_step(b, 0.01) for b in batches[:2]]
-        if comm.rank == 0:
-            reference = DLRM(cfg, seed=0)
+        if comm.rank == 0:  # tolerances: tests/mpi_cases.py (fp32, and bf16's derivation)
+            reference = DLRM(cfg, seed=0, precision=args.precision)
             expected = [reference.train_step(b, 0.01) for b in batches[:2]]
-            np.testing.assert_allclose(losses, expected, rtol=1e-5)
+            rtol = 2.0**-6 if args.precision == "bf16" else 1e-5
+            np.testing.assert_allclose(losses, expected, rtol=rtol)
             del reference
         for b in batches:  # warm-up past JIT and first touch
             model.train_step(b, 0.01)
@@ -100,7 +101,7 @@ def _comm_alone(model, batch: int, comm, repeat: int = 5) -> float:
     return float(np.median(times))
 
 
-def launch(config: str, ranks: int, batch: int, threads: int) -> dict:
+def launch(config: str, ranks: int, batch: int, threads: int, precision: str = "fp32") -> dict:
     mpiexec = Path(sys.executable).with_name("mpiexec")
     command = [
         str(mpiexec),
@@ -115,6 +116,8 @@ def launch(config: str, ranks: int, batch: int, threads: int) -> dict:
         str(batch),
         "--threads",
         str(threads),
+        "--precision",
+        precision,
     ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
@@ -130,11 +133,16 @@ def main(argv=None) -> None:
     p.add_argument("--config", default="reduced", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16"), help="the model's precision"
+    )
     args = p.parse_args(argv)
     if args.worker:
         worker(args)
         return
     from _common import header
+
+    from numbadlrm.kernels.microkernel_bf16 import has_avx512_bf16
 
     config = "quick" if args.quick else "reduced"
     tables, rows, dim, lookups, bottom, top, batch0, steps = CONFIGS[config]
@@ -150,11 +158,12 @@ def main(argv=None) -> None:
         f" {'wait':>7} {'comm':>7} {'samples/s':>10} {'vs 1x1':>7}"
     )
     runs = [(1, cores), (1, 1), (2, 1)] if args.quick else [(1, cores), (1, 1), (2, 1), (4, 1)]
+    print(f"precision {args.precision}")
     for scaling in ("strong", "weak"):
         base = None
         for ranks, threads in runs:
             batch = batch0 * ranks if scaling == "weak" else batch0
-            r = launch(config, ranks, batch, threads)
+            r = launch(config, ranks, batch, threads, args.precision)
             rate = batch / r["step"]
             if (ranks, threads) == (1, 1):
                 base = rate
@@ -165,6 +174,9 @@ def main(argv=None) -> None:
                 f"{r['compute'] * 1e3:>8.2f} {r['mpi'] * 1e3:>7.2f} {r['wait'] * 1e3:>7.2f} "
                 f"{r['comm'] * 1e3:>7.2f} {rate:>10,.0f} {vs}{flag}"
             )
+    if args.quick and args.precision == "fp32" and has_avx512_bf16():  # CI covers bf16 too
+        r = launch(config, 2, batch0, 1, "bf16")
+        print(f"bf16 2 ranks x 1 thread, B {batch0}: step {r['step'] * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

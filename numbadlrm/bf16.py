@@ -11,7 +11,7 @@ ValueErrors), allocate the outputs, and run small work on the calling thread
     split_tables / merge_tables  (R, D) fp32 tables <-> (R, 2, D) split tables
     embedding_forward_split      pooled sums of bf16 rows, fp32
     embedding_update_split       the fused sparse split-SGD update
-    pack_weight                  W16 (O, I) -> PackedWeight for the forward and data passes
+    pack_weight, repack          W16 (O, I) -> PackedWeight for the forward and data passes
     linear_forward / linear_backward_data / linear_backward_weight(_split_sgd)
 
 The GEMMs need AVX512-BF16 (vdpbf16ps): on a CPU without it they raise RuntimeError
@@ -206,6 +206,13 @@ def pack_weight(w16: np.ndarray) -> PackedWeight:
     (kp.pack_rows_serial if serial else kp.pack_rows)(forward, w16)
     (kp.pack_cols_serial if serial else kp.pack_cols)(data, w16)
     return PackedWeight(w16, forward, data)
+
+
+def repack(packed: PackedWeight) -> None:
+    """Refill packed's packings from its w16, in place (after w16 was updated)."""
+    serial = run_serial(packed.w16.nbytes * 2)
+    (kp.pack_rows_serial if serial else kp.pack_rows)(packed.forward, packed.w16)
+    (kp.pack_cols_serial if serial else kp.pack_cols)(packed.data, packed.w16)
 
 
 def _outputs(out: str, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:

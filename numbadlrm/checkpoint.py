@@ -2,9 +2,10 @@
 
 Layout (NumPy's uncompressed .npz, readable with ``np.load``):
     __meta__            a JSON string: format version, model config, training position
-                        (step, epoch, batch within the epoch), seeds, options used
+                        (step, epoch, batch within the epoch), seeds, options used and
+                        the precision trained in (extra.precision, informational)
     <param name>        one array per state_dict entry (bottom_mlp.0.weight, ...,
-                        embeddings.{t}.weight), float32
+                        embeddings.{t}.weight), float32 (a bf16 model's master weights, merged)
     __vocab__.C1 ..     trained on a --min-count dataset: its vocabulary (each table's
                         frequent raw ids, int64), so predict maps raw ids as training did;
                         __meta__'s "preprocessing" holds max_ind_range / min_count
@@ -137,13 +138,14 @@ def save_model_checkpoint(
     failed write raises the same CheckpointError on every rank, so none is left waiting
     in a later collective.
     """
-    state = model.state_dict()  # a collective under MPI
+    state = model.state_dict()  # a collective under MPI (fp32 values in any precision)
     optimizer_state = model.optimizer_state_dict()  # a collective too
+    extra = {**(extra or {}), "precision": getattr(model, "precision", "fp32")}
     comm = getattr(model, "comm", None)
     error = None
     if comm is None or comm.rank == 0:
         ckpt = Checkpoint(
-            model.config, state, step, epoch, batch_in_epoch, extra or {}, preprocessing,
+            model.config, state, step, epoch, batch_in_epoch, extra, preprocessing,
             vocabulary, model.optimizer.config, model.optimizer.steps, optimizer_state,
         )  # fmt: skip
         try:

@@ -7,8 +7,9 @@ Bytes needed (float32 = 4 bytes; one estimate, used by DLRM, DistributedDLRM and
                  + rows x (D x 4 + 4) (state, scratch marks), row-wise + rows x 8
     dense        2 x 4 x (MLP parameters): the flat parameter buffer and its gradients,
                  3 x with Adagrad or row-wise Adagrad (their state)
+                 (bf16: + 4 x (MLP parameters), each weight's two bf16 packings)
     activations  per batch size B: 4 x B x (2 x (bottom widths + top widths) + 2 x T x D + 1),
-                 the workspace (every activation and its gradient)
+                 the workspace (every activation and its gradient); bf16: 2 bytes a value
     data         what the data source holds (the synthetic generator's hidden model, a
                  dataset loader's shuffle window); given by the caller
 
@@ -58,12 +59,15 @@ def estimate(
     tables: list[tuple[int, int]] | None = None,
     replicated: tuple[int, ...] = (),
     optimizer: str = "sgd",
+    precision: str = "fp32",
 ) -> MemoryNeed:
     """Bytes one process needs for ``config`` (see the module docstring).
 
     tables: the (table, rows) this process holds (default: every whole table);
     replicated: tables held whole with their gradients (MPI); data: (what, bytes);
-    optimizer: "sgd", "adagrad" or "rwsadagrad" (--optimizer).
+    optimizer: "sgd", "adagrad" or "rwsadagrad" (--optimizer);
+    precision "bf16": the same tables and master weights (split in fp32's bytes), plus
+    two bf16 packings of every MLP weight, and bf16 activations.
     """
     dim = config.sparse_feature_size
     held = list(enumerate(config.embedding_sizes)) if tables is None else list(tables)
@@ -79,9 +83,13 @@ def estimate(
         others = [("dense parameters and gradients", 2 * 4 * n)]
     else:
         others = [("dense parameters, gradients and optimizer state", 3 * 4 * n)]
+    bf16 = precision == "bf16"
+    if bf16:
+        others.append(("dense bf16 weight packings", 4 * n))
     if batch_sizes:
         widths = sum(config.bottom_sizes[1:]) + sum(config.top_sizes)
-        per_row = 4 * (2 * widths + 2 * config.num_tables * dim + 1)
+        per_row = (2 if bf16 else 4) * (2 * widths + 2 * config.num_tables * dim + 1)
+        per_row += 2 * config.num_dense + 12 if bf16 else 0  # dense16; fp32 logits, ds, p
         sizes = ", ".join(str(b) for b in batch_sizes)
         others.append((f"activations for batches of {sizes}", per_row * sum(batch_sizes)))
     if data is not None:

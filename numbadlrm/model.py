@@ -21,6 +21,8 @@ its own table shards and the embedding exchange.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from .batch import Batch
@@ -231,6 +233,38 @@ def kernel_choice(gemm: str = "auto", kernels=None) -> KernelChoice:
     return KernelChoice(kernels).with_defaults(gemm_choice(gemm))
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+# The subclass each precision other than fp32 builds, by (module, class) name: the
+# subclasses build on this module, so it names them instead of importing them (imported
+# on first use, as the kernel registry loads its modules).
+PRECISION_MODELS = {"bf16": ("numbadlrm.model_bf16", "Bf16DLRM")}
+PRECISION_DISTRIBUTED = {"bf16": ("numbadlrm.parallel.distributed_bf16", "DistributedBf16DLRM")}
+
+
+def precision_class(table: dict[str, tuple[str, str]], precision: str) -> type:
+    """The class ``table`` names for ``precision`` (its module imported now)."""
+    module, name = table[precision]
+    return getattr(importlib.import_module(module), name)
+
+
+def check_bf16_optimizer(optimizer: OptimizerConfig | str | None) -> None:
+    """ValueError (one line) for an optimizer other than SGD: split-SGD is an SGD method."""
+    name = OptimizerConfig.of(optimizer).name
+    if name != "sgd":
+        raise ValueError(
+            f"--optimizer {name}: --precision bf16 trains with split-SGD only (the paper's "
+            f"method); use --optimizer sgd, or --precision fp32 for {name}"
+        )
+
+
 class DLRM:
     """A DLRM model.
 
@@ -240,7 +274,17 @@ class DLRM:
     ``op_times`` to a :class:`numbadlrm.profiling.OpTimes` to time every op.
     ``optimizer`` ("sgd", "adagrad", "rwsadagrad" or an OptimizerConfig) and ``loss``
     ("bce", "wbce", "mse" or a LossConfig) choose how train_step learns.
+    ``precision="bf16"`` builds a :class:`numbadlrm.model_bf16.Bf16DLRM` (split-SGD-BF16
+    mixed precision, SGD only; the same methods, state_dict in fp32).
     """
+
+    def __new__(
+        cls, config, seed=0, gemm="auto", kernels=None, optimizer=None, loss=None,
+        precision: str = "fp32",
+    ):  # fmt: skip
+        if cls is DLRM and check_precision(precision) != "fp32":
+            return super().__new__(precision_class(PRECISION_MODELS, precision))
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -250,7 +294,9 @@ class DLRM:
         kernels: KernelChoice | dict[str, str] | str | None = None,
         optimizer: OptimizerConfig | str | None = None,
         loss: LossConfig | str | None = None,
+        precision: str = "fp32",
     ):
+        self.precision = check_precision(precision)
         self.config = config
         self.seed = seed
         self.gemm = gemm
@@ -259,7 +305,7 @@ class DLRM:
         optimizer_config = OptimizerConfig.of(optimizer)
         _, _, n = dense_layout(config)
         sizes = np.asarray(config.embedding_sizes, dtype=np.int64)
-        need = estimate(config, optimizer=optimizer_config.name)
+        need = estimate(config, optimizer=optimizer_config.name, precision=self.precision)
         check_memory(need)  # before allocating: a clear message, not a MemoryError
         with allocation_errors(need):
             self.params = np.empty(n, np.float32)  # every dense parameter, one buffer
@@ -276,7 +322,9 @@ class DLRM:
         init_mlp(self.params, self.bottom_slots + self.top_slots, seed)
         self.row_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (T+1,)
         for t, rows in enumerate(config.embedding_sizes):
-            init_table_rows(self.table(t), seed, t, rows, 0)
+            init_table_rows(
+                self.weights[self.row_start[t] : self.row_start[t + 1]], seed, t, rows, 0
+            )
 
     def table(self, t: int) -> np.ndarray:
         """Table t (rows, D), a view into the shared embedding buffer."""
@@ -304,11 +352,14 @@ class DLRM:
         ws = self.workspace(batch.batch_size)
         self.tower.bottom_forward(ws, batch.dense)
         with timed(self.op_times, "embedding fwd"):
-            embedding_forward(
-                ws.emb, self.weights, self.row_start, batch.offsets, batch.indices, self.kernels
-            )
+            self._embedding_forward(ws, batch)
         self.tower.top_forward(ws)
         return ws
+
+    def _embedding_forward(self, ws: Workspace, batch: Batch) -> None:
+        embedding_forward(
+            ws.emb, self.weights, self.row_start, batch.offsets, batch.indices, self.kernels
+        )
 
     def _backward_and_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
         """The forward in reverse, each parameter updated as soon as its gradient exists.
@@ -328,12 +379,17 @@ class DLRM:
         self.tower.top_backward(ws, sgd_lr, update)
         self.tower.interaction_backward(ws)
         with timed(self.op_times, "embedding update"):
-            lookups = (self.row_start, batch.offsets, batch.indices, ws.demb)
             if update is None:
-                embedding_backward_sgd(self.weights, *lookups, lr, self.kernels)
+                self._embedding_update(batch, ws, lr)
             else:
+                lookups = (self.row_start, batch.offsets, batch.indices, ws.demb)
                 self.optimizer.tables.update(self.weights, *lookups, lr, self.kernels)
         self.tower.bottom_backward(ws, batch.dense, lr=sgd_lr, update=update)
+
+    def _embedding_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
+        embedding_backward_sgd(
+            self.weights, self.row_start, batch.offsets, batch.indices, ws.demb, lr, self.kernels
+        )
 
     # ----------------------------------------------------------------- public API
 

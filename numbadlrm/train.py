@@ -44,7 +44,7 @@ from .lr_policy import LRPolicy
 from .memory import check_memory, estimate
 from .metrics import evaluate_predictions
 from .mlperf_log import MLPerfLog
-from .model import DLRM, kernel_choice
+from .model import DLRM, PRECISIONS, check_bf16_optimizer, check_precision, kernel_choice
 from .optimizers import OPTIMIZERS, OptimizerConfig
 from .profiling import OpTimes
 from .threads import set_num_threads
@@ -182,6 +182,14 @@ class TrainConfig:
         default="",
         metadata=_opt("kernel versions, op=version,... (`numbadlrm kernels` lists them)"),
     )
+    precision: str = field(
+        default="fp32",
+        metadata=_opt(
+            "bf16: split-SGD-BF16 mixed precision (bf16 compute, exact fp32 SGD on split "
+            "master weights; needs AVX512-BF16)",
+            choices=PRECISIONS,
+        ),
+    )
     metrics_file: str = field(default="", metadata=_opt("write JSON lines of metrics here"))
     save_model: str = field(default="", metadata=_opt("write a checkpoint here (atomically)"))
     save_freq: int = field(default=0, metadata=_opt("also checkpoint every N steps"))
@@ -245,6 +253,9 @@ class TrainConfig:
             raise ValueError("inference_only: needs --load-model CHECKPOINT")
         self.model_config()  # validates the architecture strings
         kernel_choice(self.gemm, self.kernels)  # validates the op and version names
+        check_precision(self.precision)
+        if self.precision == "bf16":
+            check_bf16_optimizer(self.optimizer)
 
     def optimizer_config(self) -> OptimizerConfig:
         """--optimizer and its settings (ValueError names a bad flag; Adagrad's settings
@@ -487,14 +498,18 @@ def open_data(cfg: TrainConfig, log=print, dense_rows: tuple[int, int] | None = 
 
 def run_training(cfg: TrainConfig, log=print) -> dict:
     """Train (or only evaluate) as configured; returns the final test metrics and the model."""
+    check_cpu(cfg)
     if cfg.threads:
         set_num_threads(cfg.threads)
     source, mcfg = open_data(cfg, log)
     batch_sizes = (cfg.mini_batch_size, cfg.test_mini_batch_size)
-    check_memory(estimate(mcfg, batch_sizes, source.memory_need(), optimizer=cfg.optimizer))
+    need = estimate(
+        mcfg, batch_sizes, source.memory_need(), optimizer=cfg.optimizer, precision=cfg.precision
+    )
+    check_memory(need)
     model = DLRM(
         mcfg, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels,
-        optimizer=cfg.optimizer_config(), loss=cfg.loss_config(),
+        optimizer=cfg.optimizer_config(), loss=cfg.loss_config(), precision=cfg.precision,
     )  # fmt: skip
     position = load_into(model, cfg.load_model, mcfg, log) if cfg.load_model else (0, 0, 0)
     log(run_header(cfg, mcfg))
@@ -502,6 +517,14 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
         log(f"kernels: {model.kernels.describe()}")
     loop = TrainLoop(cfg, model, source, mcfg, log)
     return loop.run(*position)
+
+
+def check_cpu(cfg: TrainConfig) -> None:
+    """Refuse --precision bf16 on a CPU without AVX512-BF16 before any work is done."""
+    if cfg.precision == "bf16":
+        from .model_bf16 import check_bf16_cpu
+
+        check_bf16_cpu()
 
 
 def load_into(model, path: str, mcfg: DLRMConfig, log=print) -> tuple[int, int, int]:
@@ -739,7 +762,11 @@ def _format_eval(split: str, step: int, m: dict) -> str:
 
 def run_header(cfg: TrainConfig, mcfg: DLRMConfig) -> str:
     """The run's first line: the model, the data and the batch size."""
-    return f"numbadlrm: {describe(mcfg)}; data {cfg.data_source}, batch {cfg.mini_batch_size}"
+    precision = ", precision bf16" if cfg.precision == "bf16" else ""
+    return (
+        f"numbadlrm: {describe(mcfg)}; data {cfg.data_source}, batch {cfg.mini_batch_size}"
+        + precision
+    )
 
 
 def describe(mcfg: DLRMConfig) -> str:

@@ -476,6 +476,110 @@ def checkpoint_resume(comm, workdir):
         assert load_checkpoint(path).step == STEPS
 
 
+# ------------------------------------------------------------------- --precision bf16
+
+BF16_UPDATE_RTOL = 2.0**-4
+
+
+def _bf16_runs(comm, cfg, placement, size, steps=STEPS):
+    """The R-rank and the single-process bf16 runs on the same global batches, with each
+    parameter's summed absolute change over the single-process run's steps."""
+    model = DistributedDLRM(cfg, comm, placement, seed=3, gemm="numba", precision="bf16")
+    reference = DLRM(cfg, seed=3, precision="bf16")
+    moved = {k: np.zeros_like(v) for k, v in reference.state_dict().items()}
+    losses, ref_losses = [], []
+    for batch in batches(cfg, steps, size=size):
+        before = reference.state_dict()
+        losses.append(model.train_step(batch, LR))
+        ref_losses.append(reference.train_step(batch, LR))
+        for k, v in reference.state_dict().items():
+            moved[k] += np.abs(v - before[k])
+    probs = model.predict(batch)
+    return model, model.state_dict(), reference, moved, losses, ref_losses, probs, batch
+
+
+def _check_bf16_matches_single_process(comm, cfg, placement, size=BATCH):
+    """R ranks in bf16 against one bf16 process. Differences, and the tolerance each gives:
+
+    - a row-split table's pooled vector is the sum of its shards' bf16-rounded partial
+      sums, rounded again, where one process rounds the whole sum once: the emb entry
+      differs by at most one or two bf16 roundings (2^-8 of its size);
+    - the MLP and replicated tables' gradients are summed in another fp32 order (the
+      allreduce; ds is scaled by Bl / B): their masters differ by fp32 roundings, which
+      move a truncated bf16 weight by one bf16 ulp only where the master sits at the
+      edge of one (about 2^-16 of the weights per fp32 ulp of difference);
+    - replicated tables: one update from a dense gradient, against one FMA per lookup.
+    Each step's update is then formed from activations that differ by single bf16
+    roundings, a small part of the roundings the bf16 step makes anyway; the whole of
+    those moves a step's update by 2-10% of it (test_model_bf16's one-step test). So the
+    runs' parameters may differ by a few % of how far the parameters moved: normwise,
+    ||w_R - w_1|| <= 2^-4 ||sum over steps |w_1 step change|||; losses and
+    probabilities, through logits that sum many products of such values, by 2^-6
+    relative (measured: 1e-3 at B = 2, 4e-6 at B = 13). A wrong scaling, a lost partial
+    sum or a misrouted sample gives errors of the size of the changes or of the values.
+
+    On one rank the arithmetic is the single process's for every whole (unreplicated)
+    table and every MLP weight: those must be equal bit for bit."""
+    model, sd, reference, moved, losses, ref_losses, probs, batch = _bf16_runs(
+        comm, cfg, placement, size
+    )
+    np.testing.assert_allclose(losses, ref_losses, rtol=2.0**-6)
+    np.testing.assert_allclose(probs, reference.predict(batch), rtol=2.0**-6, atol=1e-6)
+    assert model.exchange(size).pooled_out.dtype == np.uint16  # bf16 on the wire
+    if comm.rank != 0:
+        assert sd is None
+        return
+    expected = reference.state_dict()
+    for name, value in expected.items():
+        limit = BF16_UPDATE_RTOL * np.linalg.norm(moved[name]) + 1e-6 * np.linalg.norm(value)
+        assert np.linalg.norm(sd[name] - value) <= limit, name
+        exact = not name.startswith("embeddings") or int(name.split(".")[1]) not in (
+            model.replicated
+        )
+        if comm.size == 1 and exact:
+            np.testing.assert_array_equal(sd[name], value, err_msg=name)
+
+
+@case
+def bf16_matches_single_process(comm, workdir):
+    """Row-split and replicated tables, B = 13 (uneven slices, padded bags)."""
+    cfg = tiny_config("dot", "7-400-5-30-3")
+    placement = plan_placement(cfg.embedding_sizes, 4, comm.size, replicate_max_rows=5)
+    _check_bf16_matches_single_process(comm, cfg, placement, size=13)
+
+
+@case
+def bf16_matches_single_process_cat_fewer_samples_than_ranks(comm, workdir):
+    """B = 2 on 3 ranks: a rank with no sample; the cat interaction."""
+    cfg = tiny_config("cat", "7-400-5-30-3")
+    placement = plan_placement(cfg.embedding_sizes, 4, comm.size)
+    _check_bf16_matches_single_process(comm, cfg, placement, size=2)
+
+
+@case
+def bf16_checkpoint_holds_fp32_masters(comm, workdir):
+    """A bf16 R-rank checkpoint holds the merged fp32 masters and the precision; it
+    resumes on any number of ranks in bf16 (split back exactly) and loads into fp32."""
+    cfg = tiny_config("dot", "7-400-5-30-3")
+    placement = plan_placement(cfg.embedding_sizes, 4, comm.size, replicate_max_rows=5)
+    model = DistributedDLRM(cfg, comm, placement, seed=3, gemm="numba", precision="bf16")
+    for batch in batches(cfg, 2):
+        model.train_step(batch, LR)
+    path = Path(workdir) / f"bf16_{comm.size}.npz"
+    save_distributed_checkpoint(path, model, step=2)
+    sd = model.state_dict()
+    other = DistributedDLRM(cfg, comm, seed=8, gemm="numba", precision="bf16")
+    load_distributed_checkpoint(path, other)
+    again = other.state_dict()
+    if comm.rank == 0:
+        saved = load_checkpoint(path)
+        assert saved.extra["precision"] == "bf16"
+        for name, value in sd.items():
+            np.testing.assert_array_equal(saved.state[name], value, err_msg=name)
+            np.testing.assert_array_equal(again[name], value, err_msg=name)
+        DLRM(cfg).load_state_dict(saved.state)
+
+
 # ------------------------------------------------------------------------ the runner
 
 

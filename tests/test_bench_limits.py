@@ -51,3 +51,25 @@ def test_limits_take_the_slower_of_flops_and_bytes(bench_e2e):
     # the embedding update is memory-bound, the top MLP compute-bound
     assert limits["embedding update"] == costs["embedding update"][1] / 40e9
     assert limits["top fwd"] == costs["top fwd"][0] / 200e9
+
+
+def test_config_b_bf16_bytes_by_hand(bench_e2e):
+    """bf16: the forward reads a row's bf16 half and writes bf16 pooled vectors; the exact
+    update reads and writes both halves (fp32's bytes) and reads bf16 gradients; the
+    interaction moves bf16 values; the MLPs' flops are fp32's (charged at the bf16 rate)."""
+    setup = bench_e2e.CONFIGS["b"]
+    cfg = setup.config()
+    costs = bench_e2e.op_costs(setup, cfg, "bf16")
+    fp32 = bench_e2e.op_costs(setup, cfg)
+    B, T, D, L = 2048, 8, 64, 100
+    F, P = T + 1, (T + 1) * T // 2
+    assert costs["embedding fwd"] == (0, B * T * L * (2 * D + 8) + B * T * 2 * D)
+    assert costs["embedding update"] == (0, B * T * 2 * D + B * T * L * (2 * 4 * D + 8))
+    assert costs["interaction fwd"] == (2 * B * P * D, B * F * 2 * D + B * (D + P) * 2)
+    assert costs["interaction bwd"] == (4 * B * P * D, B * (D + P) * 2 + 2 * B * F * 2 * D)
+    for op in ("bottom fwd", "top fwd", "top bwd", "bottom bwd", "loss"):
+        assert costs[op] == fp32[op]
+    # the bytes bound of forward + update at fp32's bandwidth (RESULTS: about 1.2x)
+    f32 = fp32["embedding fwd"][1] + fp32["embedding update"][1]
+    b16 = costs["embedding fwd"][1] + costs["embedding update"][1]
+    assert 1.15 < f32 / b16 < 1.3

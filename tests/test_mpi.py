@@ -138,3 +138,17 @@ def test_cli_under_mpiexec_trains_batches_the_ranks_do_not_divide():
     assert "MPI: 3 ranks" in proc.stdout and "33-34 samples per rank per step" in proc.stdout
     assert "test at step 2: auc" in proc.stdout
     assert "(4096 samples)" in proc.stdout
+
+
+def test_cli_under_mpiexec_trains_in_bf16():
+    """`mpiexec -n 2 numbadlrm train --precision bf16`: the header says so, it evaluates."""
+    from numbadlrm.kernels.microkernel_bf16 import has_avx512_bf16
+
+    if not MPIEXEC.exists() or not has_avx512_bf16():
+        pytest.skip("needs mpiexec and a CPU with AVX512-BF16")
+    command = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "numbadlrm.cli", "train"]
+    command += ["--precision", "bf16", "--mini-batch-size", "64", "--num-batches", "3"]
+    command += ["--test-num-batches", "1", "--no-progress"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "precision bf16" in proc.stdout and "test at step 3: auc" in proc.stdout

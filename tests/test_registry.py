@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from numbadlrm import DLRM
-from numbadlrm.kernels import checks, registry
+from numbadlrm.kernels import checks, checks_bf16, registry
+from numbadlrm.kernels.microkernel_bf16 import has_avx512_bf16
 
 from ._helpers import random_batch, small_config
 
@@ -23,6 +24,8 @@ VERSIONS = [
 
 @pytest.mark.parametrize(("op", "name", "serial"), VERSIONS)
 def test_version_matches_reference(threads, op, name, serial):
+    if op in checks_bf16.NEEDS_AVX512_BF16 and not has_avx512_bf16():
+        pytest.skip("this CPU has no AVX512-BF16 (vdpbf16ps)")
     checks.validate(op, name, serial)
 
 

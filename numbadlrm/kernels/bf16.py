@@ -37,9 +37,10 @@ import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .jit import jit_parallel, jit_serial
+from .registry import register
 
 CHUNK = 1 << 14  # elements per parallel task: 32-64 KiB of each array
 
@@ -190,6 +191,25 @@ else:
         return _sgd_fma(np.float32(w), np.float32(g), np.float32(lr))
 
 
+def as_f32(v):
+    """The float32 value of v: a float32 as it is, bf16 bits (uint16) converted (exact).
+
+    Lets one kernel body read an fp32 or a bf16 array (Numba picks the conversion by
+    the element type when it compiles the caller)."""
+    if isinstance(v, np.uint16):
+        return bf16_value(v)
+    return np.float32(v)
+
+
+@overload(as_f32, inline="always")
+def _as_f32_jit(v):
+    if isinstance(v, types.Integer) and v.bitwidth == 16 and not v.signed:
+        return lambda v: bf16_value(v)
+    if isinstance(v, types.Float):
+        return lambda v: np.float32(v)
+    return None
+
+
 # ------------------------------------------------------------- loop bodies
 
 
@@ -298,3 +318,13 @@ def split_sgd_update(hi, lo, grads, lr):
 @jit_serial
 def split_sgd_update_serial(hi, lo, grads, lr):
     _split_sgd_range(hi, lo, grads, lr, 0, hi.shape[0])
+
+
+register(
+    "bf16_dense_update",
+    "v1",
+    split_sgd_update,
+    split_sgd_update_serial,
+    "chunks of the flat buffer; merge, fp32 FMA, split per element",
+    default=True,
+)

@@ -32,13 +32,15 @@ lookup order, so merge(tables) afterwards equals that kernel's fp32 table bit fo
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
-from .bf16 import bf16_value, hi_half, lo_half, merge_value, sgd_fma
+from .bf16 import as_f32, bf16_value, hi_half, lo_half, merge_value, round_bf16, sgd_fma
 from .cache_prefetch import prefetch_l2
 from .embedding import CHUNKS, PREFETCH_AHEAD, _owner
 from .jit import jit_parallel, jit_serial
+from .registry import register
 
 _LINE = 32  # uint16 elements per 64-byte cache line
 # Forward prefetch distance in lookups: a bf16 row is half the lines of an fp32 one, so
@@ -89,8 +91,55 @@ def embedding_bags_forward_split_serial(pooled, tables, row_start, offsets, indi
 
 
 @jit_serial
+def _forward_bags_bf16(pooled16, tables, row_start, offsets, indices, acc, lo, hi):
+    """pooled16[t, b] = bf16 of the fp32 sum of bag (t, b)'s bf16 rows, for the flat bag
+    numbers t * B + b in [lo, hi); acc (D,) float32 scratch."""
+    batch, dim = pooled16.shape[1], pooled16.shape[2]
+    rows2d = tables.reshape((tables.shape[0], 2 * dim))
+    for tb in range(lo, hi):
+        t = tb // batch
+        b = tb - t * batch
+        base = row_start[t]
+        end = offsets[t, batch]
+        for d in range(dim):
+            acc[d] = 0.0
+        for j in range(offsets[t, b], offsets[t, b + 1]):
+            if j + SPLIT_PREFETCH_AHEAD < end:
+                ahead = base + indices[j + SPLIT_PREFETCH_AHEAD]
+                for d in range(0, dim, _LINE):  # the hi block's lines only
+                    prefetch_l2(rows2d, ahead, d)
+            r = base + indices[j]
+            for d in range(dim):
+                acc[d] += bf16_value(rows2d[r, d])
+        out = pooled16[t, b]
+        for d in range(dim):
+            out[d] = round_bf16(acc[d])
+
+
+@jit_parallel
+def embedding_bags_forward_split_bf16(pooled16, tables, row_start, offsets, indices):
+    """As embedding_bags_forward_split, the pooled sums rounded to bf16: pooled16 (T, B, D)
+    uint16 (the interaction's input; under MPI, what travels)."""
+    bags = pooled16.shape[0] * pooled16.shape[1]
+    chunks = min(bags, CHUNKS)
+    acc = np.empty((chunks, pooled16.shape[2]), np.float32)
+    for c in prange(chunks):  # chunk c writes only its own bags and acc[c]: race-free
+        lo, hi = c * bags // chunks, (c + 1) * bags // chunks
+        _forward_bags_bf16(pooled16, tables, row_start, offsets, indices, acc[c], lo, hi)
+
+
+@jit_serial
+def embedding_bags_forward_split_bf16_serial(pooled16, tables, row_start, offsets, indices):
+    """As embedding_bags_forward_split_bf16 on the calling thread alone (small batches)."""
+    acc = np.empty(pooled16.shape[2], np.float32)
+    bags = pooled16.shape[0] * pooled16.shape[1]
+    _forward_bags_bf16(pooled16, tables, row_start, offsets, indices, acc, 0, bags)
+
+
+@jit_serial
 def _update_owned_rows(tables, row_start, offsets, indices, dpooled, lr, owner, num_owners):
-    """Apply, in lookup order, every lookup's split-SGD update whose row ``owner`` owns."""
+    """Apply, in lookup order, every lookup's split-SGD update whose row ``owner`` owns;
+    dpooled float32 or bf16 (as_f32 reads either)."""
     num_tables, batch, dim = dpooled.shape
     rows2d = tables.reshape((tables.shape[0], 2 * dim))
     window = PREFETCH_AHEAD * num_owners  # about PREFETCH_AHEAD of this owner's rows
@@ -108,7 +157,9 @@ def _update_owned_rows(tables, row_start, offsets, indices, dpooled, lr, owner, 
                 if _owner(np.uint64(r), num_owners) == owner:
                     for d in range(dim):
                         w = sgd_fma(
-                            merge_value(rows2d[r, d], rows2d[r, dim + d]), dpooled[t, b, d], lr
+                            merge_value(rows2d[r, d], rows2d[r, dim + d]),
+                            as_f32(dpooled[t, b, d]),
+                            lr,
                         )
                         rows2d[r, d] = hi_half(w)
                         rows2d[r, dim + d] = lo_half(w)
@@ -182,3 +233,63 @@ def merge_rows(weights, tables):
     for c in prange(chunks):  # chunk c reads and writes only its own rows
         r0 = c * ROW_CHUNK
         _merge_row_range(weights, tables, scratch[c], r0, min(rows, r0 + ROW_CHUNK))
+
+
+@jit_serial
+def _table_sgd_rows(tables, grads, lr, r0, r1):
+    dim = grads.shape[1]
+    for r in range(r0, r1):
+        for d in range(dim):
+            w = sgd_fma(merge_value(tables[r, 0, d], tables[r, 1, d]), grads[r, d], lr)
+            tables[r, 0, d] = hi_half(w)
+            tables[r, 1, d] = lo_half(w)
+
+
+@jit_parallel
+def split_table_sgd_update(tables, grads, lr):
+    """tables (R, 2, D) -= lr grads (R, D) float32 in fp32, exactly (split-SGD of whole
+    tables by a dense gradient: the MPI model's replicated tables)."""
+    rows = tables.shape[0]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(chunks):  # chunk c reads and writes only its own rows
+        _table_sgd_rows(tables, grads, lr, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+
+
+@jit_serial
+def split_table_sgd_update_serial(tables, grads, lr):
+    _table_sgd_rows(tables, grads, lr, 0, tables.shape[0])
+
+
+# ----------------------------------------------------------------- registry
+
+
+def _update(tables, row_start, offsets, indices, dpooled16, lr):
+    """The update with one row owner per Numba thread."""
+    owners = numba.get_num_threads()
+    embedding_bags_sgd_update_split(tables, row_start, offsets, indices, dpooled16, lr, owners)
+
+
+register(
+    "bf16_embedding_forward",
+    "v1",
+    embedding_bags_forward_split_bf16,
+    embedding_bags_forward_split_bf16_serial,
+    "chunks of bags, the hi halves only, prefetch 24 lookups ahead into L2",
+    default=True,
+)
+register(
+    "bf16_embedding_update",
+    "v1",
+    _update,
+    embedding_bags_sgd_update_split_serial,
+    "row owners as fp32's v2; merge, fp32 FMA, split per element",
+    default=True,
+)
+register(
+    "bf16_table_update",
+    "v1",
+    split_table_sgd_update,
+    split_table_sgd_update_serial,
+    "chunks of rows; merge, fp32 FMA, split per element",
+    default=True,
+)

@@ -49,12 +49,13 @@ as an empty (0, 0) array (``NONE_F32``, ``NONE_U16``).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
 from .bf16 import bf16_value, hi_half, lo_half, merge_value, round_bf16, sgd_fma
 from .jit import jit_parallel, jit_serial
-from .microkernel_bf16 import MR, NR, tile
+from .microkernel_bf16 import MR, NR, tile, tile_out, tile_sgd
 from .pack_bf16 import (
     PACK_BLOCK,
     ROW_PAIRS,
@@ -63,10 +64,16 @@ from .pack_bf16 import (
     _pair_rows_range,
     _pairs_width,
     _reduce_parts,
+    pack_cols,
+    pack_cols_serial,
+    pack_rows,
+    pack_rows_serial,
 )
+from .registry import register
 
 NONE_F32 = np.empty((0, 0), np.float32)
 NONE_U16 = np.empty((0, 0), np.uint16)
+NONE_F32_1D = np.empty(0, np.float32)  # no bias
 TASKS = 16  # blocks of C per call (a constant, so results and caching ignore threads)
 MIN_ROW_TILES = 2 * TASKS  # fewer row tiles than this: share columns instead
 
@@ -77,18 +84,30 @@ def _cdiv(a, b):
 
 
 @jit_serial
+def _part(t, tasks, parts):
+    """The part task t computes, or -1: part p goes to task p tasks // parts, so that when
+    there are fewer parts than tasks, the parts spread over the whole task range (prange
+    gives each thread a contiguous run of tasks: parts 0..3 of 16 tasks on tasks 0-3 put
+    all the work on the first thread)."""
+    p = (t * parts + tasks - 1) // tasks
+    return p if p < parts and (p * tasks) // parts == t else -1
+
+
+@jit_serial
 def _block(t, tasks, M, N):
     """(i0, i1, j0, j1): task t's block of C, whole tiles of rows or of columns."""
     row_tiles, col_tiles = _cdiv(M, MR), _cdiv(N, NR)
     if row_tiles >= MIN_ROW_TILES or col_tiles < 2:
         parts = max(1, min(tasks, row_tiles))
-        if t >= parts:
+        p = _part(t, tasks, parts)
+        if p < 0:
             return 0, 0, 0, 0
-        return (t * row_tiles // parts) * MR, min(M, ((t + 1) * row_tiles // parts) * MR), 0, N
+        return (p * row_tiles // parts) * MR, min(M, ((p + 1) * row_tiles // parts) * MR), 0, N
     parts = max(1, min(tasks, col_tiles))
-    if t >= parts:
+    p = _part(t, tasks, parts)
+    if p < 0:
         return 0, 0, 0, 0
-    return 0, M, (t * col_tiles // parts) * NR, min(N, ((t + 1) * col_tiles // parts) * NR)
+    return 0, M, (p * col_tiles // parts) * NR, min(N, ((p + 1) * col_tiles // parts) * NR)
 
 
 # ------------------------------------------------------------------ epilogues
@@ -110,27 +129,6 @@ def _store_tile(y, y16, s, i, m, j, n):
 
 
 @jit_serial
-def _bias_relu(s, b, m, j, n, relu):
-    """s[:m, :n] += b[j:j+n], then ReLU: the forward's epilogue on a finished tile."""
-    bb = b[j : j + n]
-    for r in range(m):
-        row = s[r]
-        for c in range(n):
-            v = row[c] + bb[c]
-            row[c] = max(v, np.float32(0.0)) if relu else v
-
-
-@jit_serial
-def _relu_mask(s, x16, i, m, j, n):
-    """s[:m, :n] *= [x16[i:i+m, j:j+n] > 0]: the ReLU backward of the layer below."""
-    for r in range(m):
-        row = s[r]
-        xr = x16[i + r, j : j + n]
-        for c in range(n):
-            row[c] = row[c] if bf16_value(xr[c]) > 0 else np.float32(0.0)
-
-
-@jit_serial
 def _split_sgd_rows(w_hi, w_lo, s, lr, i, m, j, n):
     """Split-SGD of W[i:i+m, j:j+n] with the gradient tile s (kernels/bf16.py)."""
     for r in range(m):
@@ -146,8 +144,9 @@ def _split_sgd_rows(w_hi, w_lo, s, lr, i, m, j, n):
 
 
 @jit_serial
-def _forward_task(y, y16, x16, Wf, b, relu, s, t, tasks):
-    """Task t's block of y = x W^T + b (ReLU), Wf = pack_rows(W)."""
+def _forward_task(y, y16, x16, Wf, b, relu, t, tasks):
+    """Task t's block of y = x W^T + b (ReLU), Wf = pack_rows(W); each tile's epilogue
+    runs on its accumulators (microkernel_bf16.tile_out)."""
     B, K = x16.shape
     i0, i1, j0, j1 = _block(t, tasks, B, b.shape[0])
     panel = Wf.shape[1] * NR
@@ -155,25 +154,40 @@ def _forward_task(y, y16, x16, Wf, b, relu, s, t, tasks):
         n = min(NR, j1 - jj)
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
-            tile(K, x16, 2 * ii * K, 2 * K, 4, Wf, (jj // NR) * panel, s, 0, NR, m, n, False)
-            _bias_relu(s, b, m, jj, n, relu)
-            _store_tile(y, y16, s, ii, m, jj, n)
+            p_off = (jj // NR) * panel
+            tile_out(
+                K,
+                x16,
+                2 * ii * K,
+                2 * K,
+                4,
+                Wf,
+                p_off,
+                y,
+                y16,
+                ii,
+                jj,
+                b,
+                relu,
+                NONE_U16,
+                False,
+                m,
+                n,
+            )
 
 
 @jit_parallel
 def linear_forward(y, y16, x16, Wf, b, relu, tasks):
     """y (B, O) fp32 and/or y16 (B, O) bf16 = x16 (B, I) W^T + b, ReLU if relu; Wf =
     pack_rows(W16) (panels_shape(O, I)); b (O,) fp32."""
-    scratch = np.empty((tasks, MR, NR), np.float32)
     for t in prange(tasks):  # task t writes only its block of y and y16
-        _forward_task(y, y16, x16, Wf, b, relu, scratch[t], t, tasks)
+        _forward_task(y, y16, x16, Wf, b, relu, t, tasks)
 
 
 @jit_serial
 def linear_forward_serial(y, y16, x16, Wf, b, relu, tasks):
-    scratch = np.empty((1, MR, NR), np.float32)
     for t in range(tasks):
-        _forward_task(y, y16, x16, Wf, b, relu, scratch[0], t, tasks)
+        _forward_task(y, y16, x16, Wf, b, relu, t, tasks)
 
 
 @jit_serial
@@ -244,7 +258,7 @@ def logit_backward_data_serial(dx, dx16, dz16, w16, x16, mask_dx, tasks):
 
 
 @jit_serial
-def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, s, t, tasks):
+def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks):
     """Task t's block of dx = dz W (masked by [x > 0]), Wd = pack_cols(W)."""
     B, K = dz16.shape
     i0, i1, j0, j1 = _block(t, tasks, B, max(dx.shape[1], dx16.shape[1]))
@@ -253,10 +267,26 @@ def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, s, t, tasks):
         n = min(NR, j1 - jj)
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
-            tile(K, dz16, 2 * ii * K, 2 * K, 4, Wd, (jj // NR) * panel, s, 0, NR, m, n, False)
-            if mask_dx:
-                _relu_mask(s, x16, ii, m, jj, n)
-            _store_tile(dx, dx16, s, ii, m, jj, n)
+            p_off = (jj // NR) * panel
+            tile_out(
+                K,
+                dz16,
+                2 * ii * K,
+                2 * K,
+                4,
+                Wd,
+                p_off,
+                dx,
+                dx16,
+                ii,
+                jj,
+                NONE_F32_1D,
+                False,
+                x16,
+                mask_dx,
+                m,
+                n,
+            )
 
 
 @jit_parallel
@@ -264,16 +294,14 @@ def linear_backward_data(dx, dx16, dz16, Wd, x16, mask_dx, tasks):
     """dx (B, I) fp32 and/or dx16 (B, I) bf16 = dz16 (B, O) W, times [x16 > 0] if mask_dx
     (the ReLU backward of the layer below, whose output x16 is); Wd = pack_cols(W16)
     (panels_shape(I, O))."""
-    scratch = np.empty((tasks, MR, NR), np.float32)
     for t in prange(tasks):  # task t writes only its block of dx and dx16
-        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, scratch[t], t, tasks)
+        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks)
 
 
 @jit_serial
 def linear_backward_data_serial(dx, dx16, dz16, Wd, x16, mask_dx, tasks):
-    scratch = np.empty((1, MR, NR), np.float32)
     for t in range(tasks):
-        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, scratch[0], t, tasks)
+        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks)
 
 
 # ----------------------------------------------------------------- weight pass
@@ -295,8 +323,9 @@ def _weight_task(C, A, K, P, t, tasks):
 
 
 @jit_serial
-def _weight_sgd_task(w_hi, w_lo, A, K, P, lr, s, t, tasks):
-    """Task t's block of W (hi, lo) -= lr A Bm: each gradient tile applied from scratch."""
+def _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks):
+    """Task t's block of W (hi, lo) -= lr A Bm: each gradient tile applied from registers,
+    its new bf16 weights written into the packings Wf, Wd (if not empty)."""
     i0, i1, j0, j1 = _block(t, tasks, w_hi.shape[0], w_hi.shape[1])
     panel = P.shape[1] * NR
     for jj in range(j0, j1, NR):
@@ -304,8 +333,8 @@ def _weight_sgd_task(w_hi, w_lo, A, K, P, lr, s, t, tasks):
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
             p_off = (jj // NR) * panel
-            tile(K, A, 4 * ii, 4, 4 * A.shape[1], P, p_off, s, 0, NR, m, n, False)
-            _split_sgd_rows(w_hi, w_lo, s, lr, ii, m, jj, n)
+            a_row = 4 * A.shape[1]
+            tile_sgd(K, A, 4 * ii, 4, a_row, P, p_off, w_hi, w_lo, ii, jj, lr, m, n, Wd, Wf)
 
 
 @jit_parallel
@@ -321,17 +350,17 @@ def _weight_tiles_serial(C, A, K, P, tasks):
 
 
 @jit_parallel
-def _weight_sgd_tiles(w_hi, w_lo, A, K, P, lr, tasks):
-    scratch = np.empty((tasks, MR, NR), np.float32)
-    for t in prange(tasks):  # task t reads and writes only its block of W
-        _weight_sgd_task(w_hi, w_lo, A, K, P, lr, scratch[t], t, tasks)
+def _weight_sgd_tiles(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks):
+    # task t reads and writes only its block of W and that block's entries in Wf and Wd
+    # (a data-packing uint32 pairs rows 2s, 2s + 1 of one tile: blocks are whole tiles)
+    for t in prange(tasks):
+        _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks)
 
 
 @jit_serial
-def _weight_sgd_tiles_serial(w_hi, w_lo, A, K, P, lr, tasks):
-    scratch = np.empty((1, MR, NR), np.float32)
+def _weight_sgd_tiles_serial(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks):
     for t in range(tasks):
-        _weight_sgd_task(w_hi, w_lo, A, K, P, lr, scratch[0], t, tasks)
+        _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks)
 
 
 @jit_serial
@@ -440,13 +469,27 @@ def linear_backward_weight_serial(dW, db, dz16, x16, tasks):
 
 
 @jit_serial
-def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, serial):
+def _repack(Wf, Wd, w16, serial):
+    """Wf = pack_rows(w16), Wd = pack_cols(w16), unless they are empty."""
+    if Wf.size == 0:
+        return
+    if serial:
+        pack_rows_serial(Wf, w16)
+        pack_cols_serial(Wd, w16)
+    else:
+        pack_rows(Wf, w16)
+        pack_cols(Wd, w16)
+
+
+@jit_serial
+def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, serial):
     db = np.empty((1, b_hi.shape[0]), np.float32)
     if w_hi.shape[0] == 1:
         g = np.empty((1, w_hi.shape[1]), np.float32)
         _logit_grads(g, db[0], dz16, x16, tasks, serial)
         _split_sgd_rows(w_hi, w_lo, g, lr, 0, 1, 0, g.shape[1])
         _split_sgd_rows(b_hi.reshape((1, 1)), b_lo.reshape((1, 1)), db, lr, 0, 1, 0, 1)
+        _repack(Wf, Wd, w_hi, serial)
         return
     A, P, transposed = _operands(db[0], dz16, x16, serial)
     K = dz16.shape[0]
@@ -457,10 +500,11 @@ def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, serial):
         else:
             _weight_tiles(C, A, K, P, tasks)
         _split_sgd_rows(w_hi, w_lo, C.T, lr, 0, w_hi.shape[0], 0, w_hi.shape[1])
-    elif serial:
-        _weight_sgd_tiles_serial(w_hi, w_lo, A, K, P, lr, tasks)
+        _repack(Wf, Wd, w_hi, serial)
+    elif serial:  # the tiles also refresh the packings
+        _weight_sgd_tiles_serial(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks)
     else:
-        _weight_sgd_tiles(w_hi, w_lo, A, K, P, lr, tasks)
+        _weight_sgd_tiles(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks)
     _split_sgd_rows(b_hi.reshape((1, -1)), b_lo.reshape((1, -1)), db, lr, 0, 1, 0, db.shape[1])
 
 
@@ -469,10 +513,95 @@ def linear_backward_weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, task
     """Split-SGD of the layer's master weights, fused with the weight pass: W (w_hi, w_lo
     (O, I) uint16) -= lr dz16^T x16 and b (b_hi, b_lo (O,)) -= lr sum_b dz16, each fp32
     value exactly as split_sgd_update would give from linear_backward_weight's dW, db (lr
-    float32). No dW is stored: each gradient tile is applied from L1."""
-    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, False)
+    float32). No dW is stored: each gradient tile is applied from registers."""
+    none = np.empty((0, 0, NR), np.uint32)  # no packings to refresh
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, none, none, dz16, x16, lr, tasks, False)
 
 
 @jit_serial
 def linear_backward_weight_split_sgd_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks):
-    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, True)
+    none = np.empty((0, 0, NR), np.uint32)
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, none, none, dz16, x16, lr, tasks, True)
+
+
+@jit_serial
+def linear_backward_weight_split_sgd_packed(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks):
+    """linear_backward_weight_split_sgd, and W's packings Wf = pack_rows(w_hi), Wd =
+    pack_cols(w_hi) refreshed with it: the tiles write their new bf16 weights into them
+    (microkernel_bf16.tile_sgd), so no repacking pass reads W again."""
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, False)
+
+
+@jit_serial
+def linear_backward_weight_split_sgd_packed_serial(
+    w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks
+):
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, True)
+
+
+# ----------------------------------------------------------------- registry
+# The ops' entries take W as a numbadlrm.bf16.PackedWeight (w16 (O, I), forward =
+# pack_rows(w16), data = pack_cols(w16)); an O = 1 layer runs the logit loops on w16.
+
+
+def _forward_entry(serial: bool):
+    def forward(y, y16, x16, W, b, relu):
+        if W.w16.shape[0] == 1:
+            (logit_forward_serial if serial else logit_forward)(y, y16, x16, W.w16, b, relu, TASKS)
+        else:
+            fn = linear_forward_serial if serial else linear_forward
+            fn(y, y16, x16, W.forward, b, relu, TASKS)
+
+    return forward
+
+
+def _data_entry(serial: bool):
+    def backward_data(dx, dx16, dz16, W, x16, mask_dx):
+        if W.w16.shape[0] == 1:
+            fn = logit_backward_data_serial if serial else logit_backward_data
+            fn(dx, dx16, dz16, W.w16, x16, mask_dx, TASKS)
+        else:
+            fn = linear_backward_data_serial if serial else linear_backward_data
+            fn(dx, dx16, dz16, W.data, x16, mask_dx, TASKS)
+
+    return backward_data
+
+
+def _weight_entry(dW, db, dz16, x16):
+    linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads())
+
+
+def _weight_entry_serial(dW, db, dz16, x16):
+    linear_backward_weight_serial(dW, db, dz16, x16, 1)
+
+
+def _split_sgd_entry(W, w_lo, b_hi, b_lo, dz16, x16, lr):
+    threads = numba.get_num_threads()
+    linear_backward_weight_split_sgd_packed(
+        W.w16, w_lo, b_hi, b_lo, W.forward, W.data, dz16, x16, lr, threads
+    )
+
+
+def _split_sgd_entry_serial(W, w_lo, b_hi, b_lo, dz16, x16, lr):
+    linear_backward_weight_split_sgd_packed_serial(
+        W.w16, w_lo, b_hi, b_lo, W.forward, W.data, dz16, x16, lr, 1
+    )
+
+
+_WHAT = "6x64 vdpbf16ps tile, whole-K, epilogue on an L1 scratch tile; O = 1: plain loops"
+register(
+    "bf16_linear_forward", "v1", _forward_entry(False), _forward_entry(True), _WHAT, default=True
+)
+register(
+    "bf16_linear_backward_data", "v1", _data_entry(False), _data_entry(True), _WHAT, default=True
+)
+register(
+    "bf16_linear_backward_weight",
+    "v1",
+    _weight_entry,
+    _weight_entry_serial,
+    "pairs dz's rows and packs x (one region), then the tiles; split_sgd: each tile applied "
+    "from L1",
+    default=True,
+    extras={"split_sgd": _split_sgd_entry, "split_sgd_serial": _split_sgd_entry_serial},
+)

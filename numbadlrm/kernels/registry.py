@@ -97,6 +97,52 @@ OPS: dict[str, tuple[str, str]] = {
         "(weights, state, grads, lr, eps)",
         "row-wise Adagrad from a dense table gradient grads (R, D), state (R,)",
     ),
+    # --precision bf16 (issue 12): bf16 arrays are uint16 bits; y / y16 pairs are fp32 and
+    # bf16 outputs, either one an empty (0, 0) array when not wanted (gemm_bf16.NONE_*);
+    # W is a numbadlrm.bf16.PackedWeight (its bf16 w16 and packings, made per update)
+    "bf16_linear_forward": (
+        "(y, y16, x16, W, b, relu)",
+        "y / y16 = x16 W^T + b (fp32 b), then ReLU if relu; fp32 accumulation",
+    ),
+    "bf16_linear_backward_data": (
+        "(dx, dx16, dz16, W, x16, mask_dx)",
+        "dx / dx16 = dz16 W, then times [x16 > 0] if mask_dx; fp32 accumulation",
+    ),
+    "bf16_linear_backward_weight": (
+        "(dW, db, dz16, x16)",
+        "dW = dz16^T x16, db = sum_b dz16 (fp32); extra 'split_sgd' (W, w_lo, b_hi, b_lo, "
+        "dz16, x16, lr): exact fp32 SGD of the split master weights (W.w16 = w_hi), "
+        "W's packings refreshed",
+    ),
+    "bf16_embedding_forward": (
+        "(pooled16, tables, row_start, offsets, indices)",
+        "pooled16[t, b] = bf16 of the fp32 sum of bag (t, b)'s bf16 rows; tables (R, 2, D)",
+    ),
+    "bf16_embedding_update": (
+        "(tables, row_start, offsets, indices, dpooled16, lr)",
+        "fused split-SGD: each looked-up row's fp32 value -= lr dpooled16[t, b], exactly",
+    ),
+    "bf16_table_update": (
+        "(tables, grads, lr)",
+        "split-SGD of whole split tables by a dense fp32 gradient (replicated tables)",
+    ),
+    "bf16_dot_interaction_forward": (
+        "(out16, x16, emb16, li, lj)",
+        "out16[b] = [x16[b], bf16(<f_li[p], f_lj[p]>) for each pair p]; fp32 dots",
+    ),
+    "bf16_dot_interaction_backward": (
+        "(dx16, demb16, dout16, x16, emb16, li, lj, mask_dx)",
+        "dx16, demb16 from dout16 in fp32, rounded once; dx16 times [x16 > 0] if mask_dx",
+    ),
+    "bf16_cat_interaction_forward": ("(out16, x16, emb16)", "out16[b] = [x16[b], emb16[:, b]]"),
+    "bf16_cat_interaction_backward": (
+        "(dx16, demb16, dout16, x16, mask_dx)",
+        "split dout16 into dx16 (times [x16 > 0] if mask_dx) and demb16",
+    ),
+    "bf16_dense_update": (
+        "(hi, lo, grads, lr)",
+        "split-SGD over the flat dense buffer's halves: merge(hi, lo) -= lr grads, exactly",
+    ),
 }
 
 # built-in kernel modules, imported by load_all (each registers its versions)
@@ -108,6 +154,10 @@ BUILTIN_MODULES = (
     "numbadlrm.kernels.interaction",
     "numbadlrm.kernels.elementwise",
     "numbadlrm.kernels.optimizers",
+    "numbadlrm.kernels.bf16",
+    "numbadlrm.kernels.gemm_bf16",
+    "numbadlrm.kernels.embedding_bf16",
+    "numbadlrm.kernels.interaction_bf16",
 )
 LAB_PACKAGE = "numbadlrm.kernels.lab"
 

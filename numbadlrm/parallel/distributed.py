@@ -64,12 +64,15 @@ from ..memory import (
     estimate,
 )
 from ..model import (
+    PRECISION_DISTRIBUTED,
     DenseTower,
     Workspace,
+    check_precision,
     check_state_dict,
     dense_layout,
     kernel_choice,
     optimizer_state_shapes,
+    precision_class,
     state_dict_shapes,
 )
 from ..optim import check_learning_rate, sgd_step
@@ -85,7 +88,17 @@ class DistributedDLRM:
 
     Batches passed in are global batches (the same on every rank); each rank reads the
     dense features and labels of its own slice and the sparse ids of its own shards.
+    ``precision="bf16"`` builds a DistributedBf16DLRM (parallel/distributed_bf16.py).
     """
+
+    precision = "fp32"
+    exchange_dtype = np.float32  # what the embedding alltoall carries
+
+    def __new__(cls, config, comm, placement=None, seed=0, gemm="auto", kernels=None,
+                optimizer=None, loss=None, precision: str = "fp32"):  # fmt: skip
+        if cls is DistributedDLRM and check_precision(precision) != "fp32":
+            return super().__new__(precision_class(PRECISION_DISTRIBUTED, precision))
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -97,6 +110,7 @@ class DistributedDLRM:
         kernels: KernelChoice | dict[str, str] | str | None = None,
         optimizer: OptimizerConfig | str | None = None,
         loss: LossConfig | str | None = None,
+        precision: str = "fp32",
     ):
         self.config, self.comm, self.seed, self.gemm = config, comm, seed, gemm
         self.kernels = kernel_choice(gemm, kernels)
@@ -114,7 +128,9 @@ class DistributedDLRM:
         tower_n = dense_layout(config, top_first=True)[2]
         n = tower_n + int(self.rep_row_start[-1]) * dim
         self.shards = placement.shards_on(comm.rank)  # S of them
-        need = rank_memory(config, placement, comm.rank, optimizer=optimizer_config.name)
+        need = rank_memory(
+            config, placement, comm.rank, optimizer=optimizer_config.name, precision=precision
+        )
         check_node_memory(comm, need)  # before allocating, the same verdict on every rank
         with allocation_errors(need):
             self.params = np.empty(n, np.float32)  # [top MLP | bottom MLP | replicated tables]
@@ -178,7 +194,7 @@ class DistributedDLRM:
         if plan is None:
             if len(self._exchanges) >= 4:
                 self._exchanges.clear()
-            plan = EmbeddingExchange(self.comm, self.placement, batch_size)
+            plan = EmbeddingExchange(self.comm, self.placement, batch_size, self.exchange_dtype)
             self._exchanges[batch_size] = plan
         return plan
 
@@ -196,14 +212,7 @@ class DistributedDLRM:
         )
         pooled = plan.pooled_out.reshape(-1, plan.width, self.config.sparse_feature_size)
         with timed(self.op_times, "embedding fwd"):
-            embedding_forward(
-                pooled,
-                self.weights,
-                lookups.row_start,
-                lookups.offsets,
-                lookups.indices,
-                self.kernels,
-            )
+            self._pool_shards(pooled, lookups)
         request = self._mpi("start", plan.start_forward)
         ws = self.tower.workspace(local)
         dense = batch.dense[mine]
@@ -214,15 +223,8 @@ class DistributedDLRM:
             batch.offsets[list(self.replicated), mine.start : mine.stop + 1]
         )
         if self.replicated:  # pooled for the local samples only
-            rep_emb = np.empty((len(self.replicated), *ws.emb.shape[1:]), np.float32)
-            embedding_forward(
-                rep_emb,
-                self.rep_weights,
-                self.rep_row_start,
-                rep_offsets,
-                batch.indices,
-                self.kernels,
-            )
+            rep_emb = np.empty((len(self.replicated), *ws.emb.shape[1:]), ws.emb.dtype)
+            self._pool_replicated(rep_emb, rep_offsets, batch.indices)
         self._mpi("wait", request.Wait)
         plan.assemble(ws.emb)
         for i, t in enumerate(self.replicated):
@@ -245,15 +247,7 @@ class DistributedDLRM:
         exchange = self._mpi("start", state.plan.start_backward)
         open_requests = [exchange, *self.allreduce.requests]
         if self.replicated:  # dense gradients of the small tables, allreduced below
-            demb = np.ascontiguousarray(ws.demb[list(self.replicated)])
-            embedding_gradient(
-                self.rep_grads,
-                self.rep_row_start,
-                state.rep_offsets,
-                state.indices,
-                demb,
-                self.kernels,
-            )
+            self._replicated_gradients(ws.demb[list(self.replicated)], state)
         poke_all = lambda: self._mpi("start", poke, open_requests)  # noqa: E731
         self.tower.bottom_backward(ws, state.dense, after_layer=poke_all)
         self._mpi("start", self.allreduce.start, 1)  # bottom MLP, replicated tables, loss
@@ -262,24 +256,41 @@ class DistributedDLRM:
         dpooled = state.plan.dpooled_in.reshape(-1, width, dim)  # (R*S, W, D)
         lookups = state.lookups
         with timed(self.op_times, "embedding update"):
-            if not self.optimizer.config.stateful:
-                embedding_backward_sgd(
-                    self.weights,
-                    lookups.row_start,
-                    lookups.offsets,
-                    lookups.indices,
-                    dpooled,
-                    lr,
-                    self.kernels,
-                )
-            elif self.shards:
-                row_start, offsets, grouped = shard_major(lookups, dpooled, self.comm.size)
-                self.optimizer.tables.update(
-                    self.weights, row_start, offsets, lookups.indices, grouped, lr, self.kernels
-                )
+            self._update_shards(dpooled, lookups, lr)
         self._mpi("wait", self.allreduce.wait)
         with timed(self.op_times, "dense update"):
             self._dense_update(lr)
+
+    # ------------------------------------------- what the precision changes (bf16 overrides)
+
+    def _pool_shards(self, pooled: np.ndarray, lookups) -> None:
+        """pooled (R S, W, D): this rank's shards pooled for the whole global batch."""
+        w = self.weights
+        embedding_forward(
+            pooled, w, lookups.row_start, lookups.offsets, lookups.indices, self.kernels
+        )
+
+    def _pool_replicated(self, out: np.ndarray, offsets: np.ndarray, indices: np.ndarray) -> None:
+        """out (n_rep, Bl, D): the replicated tables pooled for the local samples."""
+        embedding_forward(out, self.rep_weights, self.rep_row_start, offsets, indices, self.kernels)
+
+    def _replicated_gradients(self, demb: np.ndarray, state) -> None:
+        """The replicated tables' dense gradients into rep_grads, from demb (n_rep, Bl, D)."""
+        demb = np.ascontiguousarray(demb)
+        rs, offsets, indices = self.rep_row_start, state.rep_offsets, state.indices
+        embedding_gradient(self.rep_grads, rs, offsets, indices, demb, self.kernels)
+
+    def _update_shards(self, dpooled: np.ndarray, lookups, lr: float) -> None:
+        """The fused sparse update of this rank's shards from dpooled (R S, W, D): SGD, or
+        the optimizer's state-keeping update on the gradients grouped shard-major."""
+        rs, offsets, indices = lookups.row_start, lookups.offsets, lookups.indices
+        if not self.optimizer.config.stateful:
+            embedding_backward_sgd(self.weights, rs, offsets, indices, dpooled, lr, self.kernels)
+        elif self.shards:
+            row_start, offsets, grouped = shard_major(lookups, dpooled, self.comm.size)
+            self.optimizer.tables.update(
+                self.weights, row_start, offsets, indices, grouped, lr, self.kernels
+            )
 
     def _dense_update(self, lr: float) -> None:
         """The allreduced gradients applied: SGD over the whole flat buffer, or Adagrad over
@@ -335,15 +346,11 @@ class DistributedDLRM:
     def state_dict(self) -> dict[str, np.ndarray] | None:
         """The single-process DLRM.state_dict() on rank 0 (tables gathered); None elsewhere."""
         root = self.comm.rank == 0
-        out = {}
-        for slot in self.tower.bottom_slots + self.tower.top_slots:
-            w, b = slot_views(self.params, slot)
-            out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = w.copy(), b.copy()
+        out = self._local_state()
         shapes = state_dict_shapes(self.config)
         for t in range(self.config.num_tables):
             name = f"embeddings.{t}.weight"
             if t in self.replicated:
-                out[name] = self._rep_table(self.replicated.index(t)).copy()
                 continue
             full = np.empty(shapes[name], np.float32) if root else None
             for shard in self.placement.shards_of(t):
@@ -365,18 +372,34 @@ class DistributedDLRM:
         error = self.comm.bcast(error, root=0)
         if error is not None:
             raise ValueError(error)
-        root = self.comm.rank == 0
+        if self.comm.rank == 0:
+            self._load_local_state(sd)
+        self.comm.Bcast(self.params, root=0)  # MLPs and replicated tables: their bytes
+        self._after_load()
+        for shard in self.placement.shards:
+            full = sd[f"embeddings.{shard.table}.weight"] if self.comm.rank == 0 else None
+            self._move_shard(shard, full, to_root=False)
+
+    def _local_state(self) -> dict[str, np.ndarray]:
+        """fp32 copies of what every rank holds: the MLPs and the replicated tables."""
+        out = {}
         for slot in self.tower.bottom_slots + self.tower.top_slots:
             w, b = slot_views(self.params, slot)
-            if root:
-                w[...], b[...] = sd[f"{slot.name}.weight"], sd[f"{slot.name}.bias"]
+            out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = w.copy(), b.copy()
         for i, t in enumerate(self.replicated):
-            if root:
-                self._rep_table(i)[...] = sd[f"embeddings.{t}.weight"]
-        self.comm.Bcast(self.params, root=0)  # MLPs and replicated tables
-        for shard in self.placement.shards:
-            full = sd[f"embeddings.{shard.table}.weight"] if root else None
-            self._move_shard(shard, full, to_root=False)
+            out[f"embeddings.{t}.weight"] = self._rep_table(i).copy()
+        return out
+
+    def _load_local_state(self, sd: dict[str, np.ndarray]) -> None:
+        """Rank 0: the MLPs and replicated tables from a checked state dict."""
+        for slot in self.tower.bottom_slots + self.tower.top_slots:
+            w, b = slot_views(self.params, slot)
+            w[...], b[...] = sd[f"{slot.name}.weight"], sd[f"{slot.name}.bias"]
+        for i, t in enumerate(self.replicated):
+            self._rep_table(i)[...] = sd[f"embeddings.{t}.weight"]
+
+    def _after_load(self) -> None:
+        """Anything derived from the broadcast parameters (bf16: the packed weights)."""
 
     def optimizer_state_dict(self) -> dict[str, np.ndarray] | None:
         """The single-process DLRM.optimizer_state_dict() on rank 0 (shards' state
@@ -444,7 +467,7 @@ class DistributedDLRM:
         rank = self.comm.rank
         rows = slice(shard.row_begin, shard.row_end)
         if shard.rank == rank:
-            local = self._shard_rows(shard, self.weights if buffer is None else buffer)
+            local = self._shard_values(shard) if buffer is None else self._shard_rows(shard, buffer)
             if rank == 0:
                 if to_root:
                     full[rows] = local
@@ -454,6 +477,8 @@ class DistributedDLRM:
                 self.comm.Send(local, dest=0, tag=shard.table)
             else:
                 self.comm.Recv(local, source=0, tag=shard.table)
+            if not to_root and buffer is None:
+                self._store_shard(shard, local)
         elif rank == 0:
             if to_root:
                 self.comm.Recv(full[rows], source=shard.rank, tag=shard.table)
@@ -463,6 +488,13 @@ class DistributedDLRM:
     def _shard_rows(self, shard, buffer: np.ndarray) -> np.ndarray:
         s = self.shards.index(shard)
         return buffer[self.row_start[s] : self.row_start[s + 1]]
+
+    def _shard_values(self, shard) -> np.ndarray:
+        """The shard's fp32 rows to send or receive into (here: the rows themselves)."""
+        return self._shard_rows(shard, self.weights)
+
+    def _store_shard(self, shard, values: np.ndarray) -> None:
+        """After values were received into _shard_values' array (here: nothing to do)."""
 
 
 class _StepState:
@@ -491,6 +523,7 @@ def rank_memory(
     batch_sizes: tuple[int, ...] = (),
     data: tuple[str, int] | None = None,
     optimizer: str = "sgd",
+    precision: str = "fp32",
 ) -> MemoryNeed:
     """What ``rank`` holds: its shards, the replicated tables (with their gradients), the
     dense tower, each with its optimizer state; with batch_sizes (local) and data, the
@@ -498,7 +531,7 @@ def rank_memory(
     shards = [(s.table, s.num_rows) for s in placement.shards_on(rank)]
     return estimate(
         config, batch_sizes, data, tables=shards, replicated=placement.replicated,
-        optimizer=optimizer,
+        optimizer=optimizer, precision=precision,
     )  # fmt: skip
 
 

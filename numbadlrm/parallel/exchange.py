@@ -23,6 +23,10 @@ is copied to each of its shards, since d(sum)/d(part) = 1).
 
 MPICH progresses non-blocking collectives only inside MPI calls, so the caller ``poke``s
 the open requests between layers (a cheap MPI_Test).
+
+In a --precision bf16 run the buffers are bf16 (uint16, ``dtype``): the pooled vectors
+and their gradients travel in half the bytes. ``assemble`` then adds a row-split
+table's partial sums in fp32 and rounds once; a whole table's block is copied as it came.
 """
 
 from __future__ import annotations
@@ -30,14 +34,20 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from ..bf16 import from_bf16, to_bf16
 from .partition import Placement, sample_ranges
+
+_MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.uint16): MPI.UINT16_T}
 
 
 class EmbeddingExchange:
     """The forward and backward alltoallv of pooled embeddings for one global batch size."""
 
-    def __init__(self, comm: MPI.Comm, placement: Placement, batch: int):
+    def __init__(self, comm: MPI.Comm, placement: Placement, batch: int, dtype=np.float32):
         ranks, rank, dim = comm.size, comm.rank, placement.dim
+        if np.dtype(dtype) not in _MPI_TYPES:
+            raise ValueError(f"dtype: float32 or uint16 (bf16), got {np.dtype(dtype)}")
+        self.mpi_type = _MPI_TYPES[np.dtype(dtype)]
         if placement.num_ranks != ranks:
             raise ValueError(
                 f"placement is for {placement.num_ranks} ranks, the communicator has {ranks}"
@@ -49,9 +59,9 @@ class EmbeddingExchange:
         held = [len(placement.shards_on(r)) for r in range(ranks)]  # S_r
         block = self.width * dim  # floats per (shard, destination)
         self.num_own = held[rank]
-        self.pooled_out = np.zeros((ranks, held[rank], self.width, dim), np.float32)
+        self.pooled_out = np.zeros((ranks, held[rank], self.width, dim), dtype)
         self.dpooled_in = np.zeros_like(self.pooled_out)
-        self.pooled_in = np.zeros((sum(held), self.width, dim), np.float32)
+        self.pooled_in = np.zeros((sum(held), self.width, dim), dtype)
         self.dpooled_out = np.zeros_like(self.pooled_in)  # rows past Bl stay zero
         send_counts = np.full(ranks, held[rank] * block, dtype=np.int64)
         recv_counts = np.asarray(held, dtype=np.int64) * block
@@ -65,20 +75,26 @@ class EmbeddingExchange:
 
     def start_forward(self) -> MPI.Request:
         """Send pooled_out to the samples' owners, receive pooled_in (non-blocking)."""
+        kind = self.mpi_type
         return self.comm.Ialltoallv(
-            [self.pooled_out, self._send, MPI.FLOAT], [self.pooled_in, self._recv, MPI.FLOAT]
+            [self.pooled_out, self._send, kind], [self.pooled_in, self._recv, kind]
         )
 
     def start_backward(self) -> MPI.Request:
         """Send dpooled_out back to the shard owners, receive dpooled_in (non-blocking)."""
+        kind = self.mpi_type
         return self.comm.Ialltoallv(
-            [self.dpooled_out, self._recv, MPI.FLOAT], [self.dpooled_in, self._send, MPI.FLOAT]
+            [self.dpooled_out, self._recv, kind], [self.dpooled_in, self._send, kind]
         )
 
     def assemble(self, emb: np.ndarray) -> None:
         """emb[t] (Bl, D) <- sum of table t's slots of pooled_in (replicated tables untouched)."""
         mine = self.local_batch
         for t, slots in self.slots_of_table.items():
+            if len(slots) > 1 and emb.dtype == np.uint16:  # bf16 partial sums: fp32, once
+                total = from_bf16(np.ascontiguousarray(self.pooled_in[slots, :mine])).sum(0)
+                np.copyto(emb[t], to_bf16(total))
+                continue
             np.copyto(emb[t], self.pooled_in[slots[0], :mine])
             for j in slots[1:]:
                 emb[t] += self.pooled_in[j, :mine]

@@ -38,7 +38,7 @@ from ..checkpoint import (
 )
 from ..config import DLRMConfig
 from ..threads import set_num_threads
-from ..train import TrainConfig, TrainLoop, open_data, run_header
+from ..train import TrainConfig, TrainLoop, check_cpu, open_data, run_header
 from .distributed import DistributedDLRM, check_node_memory, rank_memory
 from .partition import plan_placement, sample_ranges
 
@@ -93,6 +93,7 @@ def run_distributed_training(cfg: TrainConfig, comm: MPI.Comm, log=print) -> dic
 
 def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
     ranks = comm.size
+    check_cpu(cfg)  # --precision bf16 needs AVX512-BF16: refused before any work
     threads = cfg.threads or default_threads(comm)
     set_num_threads(threads)
     if cfg.data_set and comm.rank == 0:
@@ -109,12 +110,13 @@ def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
     )
     local_batches = tuple(-(-b // ranks) for b in (cfg.mini_batch_size, cfg.test_mini_batch_size))
     need = rank_memory(
-        mcfg, placement, comm.rank, local_batches, source.memory_need(), cfg.optimizer
-    )
+        mcfg, placement, comm.rank, local_batches, source.memory_need(), cfg.optimizer,
+        cfg.precision,
+    )  # fmt: skip
     check_node_memory(comm, need)
     model = DistributedDLRM(
         mcfg, comm, placement, seed=cfg.seed, gemm=cfg.gemm, kernels=cfg.kernels,
-        optimizer=cfg.optimizer_config(), loss=cfg.loss_config(),
+        optimizer=cfg.optimizer_config(), loss=cfg.loss_config(), precision=cfg.precision,
     )  # fmt: skip
     position = (0, 0, 0)
     if cfg.load_model:
