@@ -151,8 +151,8 @@ def test_sparse_adagrad_independent_of_owners_and_scratch(name):
     compile context (a kernel compiled while its helpers came from Numba's cache, written
     by another process, ends a few ulps from one that compiled them fresh; CI saw 2.4e-7
     on weights of 0.2). So across the two entries the check is a tolerance of ~100 ulps
-    (1e-5 relative, 1e-6 absolute; a wrong row, bag or step is off by O(1e-2) here), and bitwise within
-    each entry, where the code is one and the same.
+    (1e-5 relative, 1e-6 absolute; a wrong row, bag or step is off by O(1e-2) here),
+    and bitwise within each entry, where the code is one and the same.
     """
     rng = np.random.default_rng(2)
     problem = _problem(rng, tables="4-9-300", batch_size=40)
