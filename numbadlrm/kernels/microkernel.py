@@ -233,6 +233,22 @@ def _tree_levels() -> list[tuple[list[int], int]]:
     ]
 
 
+def _fold_and_store(builder, vecs, outp) -> None:
+    """Fold 16 vectors of 16 partial sums into one vector of their 16 totals (the
+    transpose-and-add tree of _tree_levels) and store it at float pointer outp."""
+    for first, shift in _tree_levels():
+        lo = ir.Constant(ir.VectorType(_i32, _LANES), first)
+        hi = ir.Constant(ir.VectorType(_i32, _LANES), [i + shift for i in first])
+        vecs = [
+            builder.fadd(
+                builder.shuffle_vector(vecs[2 * p], vecs[2 * p + 1], lo),
+                builder.shuffle_vector(vecs[2 * p], vecs[2 * p + 1], hi),
+            )
+            for p in range(len(vecs) // 2)
+        ]
+    builder.store(vecs[0], builder.bitcast(outp, _vf.as_pointer()), align=4)
+
+
 @intrinsic
 def _dots_4x4(typingctx, K, a0, a1, a2, a3, b0, b1, b2, b3, out):
     """out[4 r + c] = sum_k a_r[k] b_c[k], k < K, for r, c < 4: each a_r, b_c is the
@@ -268,17 +284,7 @@ def _dots_4x4(typingctx, K, a0, a1, a2, a3, b0, b1, b2, b3, out):
             ]
 
         vecs = _accumulate(builder, K, _LANES, _DR * _DR, body, "dots")
-        for first, shift in _tree_levels():
-            lo = ir.Constant(ir.VectorType(_i32, _LANES), first)
-            hi = ir.Constant(ir.VectorType(_i32, _LANES), [i + shift for i in first])
-            vecs = [
-                builder.fadd(
-                    builder.shuffle_vector(vecs[2 * p], vecs[2 * p + 1], lo),
-                    builder.shuffle_vector(vecs[2 * p], vecs[2 * p + 1], hi),
-                )
-                for p in range(len(vecs) // 2)
-            ]
-        builder.store(vecs[0], builder.bitcast(outp, _vf.as_pointer()), align=4)
+        _fold_and_store(builder, vecs, outp)
         return context.get_dummy_value()
 
     return sig, codegen

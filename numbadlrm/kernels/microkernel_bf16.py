@@ -48,7 +48,13 @@ from numba import types
 from numba.extending import intrinsic
 
 from .jit import jit_serial
-from .microkernel import _accumulate, _declare, _splat, _tree_levels, _vector_intrinsics
+from .microkernel import (
+    _accumulate,
+    _declare,
+    _fold_and_store,
+    _splat,
+    _vector_intrinsics,
+)
 
 MR = 6  # rows of C per tile: 24 accumulators + 4 B vectors + 1 broadcast of 32 zmm
 NR = 64  # columns of C per tile: 4 vectors of 16 floats
@@ -626,17 +632,7 @@ def _dots_4x4_bf16(typingctx, K, a0, a1, a2, a3, b0, b1, b2, b3, out):
             ]
 
         vecs = _accumulate(builder, K, _PAIRS, _DR * _DR, body, "bf16dots")
-        for first, shift in _tree_levels():
-            lo = ir.Constant(ir.VectorType(_i32, _LANES), first)
-            hi = ir.Constant(ir.VectorType(_i32, _LANES), [i + shift for i in first])
-            vecs = [
-                builder.fadd(
-                    builder.shuffle_vector(vecs[2 * p], vecs[2 * p + 1], lo),
-                    builder.shuffle_vector(vecs[2 * p], vecs[2 * p + 1], hi),
-                )
-                for p in range(len(vecs) // 2)
-            ]
-        builder.store(vecs[0], builder.bitcast(outp, _vf.as_pointer()), align=4)
+        _fold_and_store(builder, vecs, outp)
         return context.get_dummy_value()
 
     return sig, codegen
