@@ -58,27 +58,33 @@ def _c32(value: int) -> ir.Constant:
 # arithmetic on uint16/uint32 to 64 bits, which halves the lanes of the vectorised loops.
 
 
-def _round_bits(builder, x):
-    """i16 bf16 bits of float x: round to nearest even, NaN kept NaN (quiet bit set)."""
-    bits = builder.bitcast(x, _I32)
-    top = builder.lshr(bits, _c32(16))
-    lsb = builder.and_(top, _c32(1))
-    rounded = builder.lshr(builder.add(builder.add(bits, _c32(0x7FFF)), lsb), _c32(16))
-    nan = builder.icmp_unsigned(">", builder.and_(bits, _c32(0x7FFFFFFF)), _c32(0x7F800000))
-    quiet = builder.or_(top, _c32(0x40))
-    return builder.trunc(builder.select(nan, quiet, rounded), _I16)
+def round_bits(builder, x, i32=_I32, i16=_I16):
+    """i16 bf16 bits of float x: round to nearest even, NaN kept NaN (quiet bit set).
+    For vectors (microkernel_bf16.py's tiles) pass the matching i32 and i16 vector types."""
+
+    def c(value: int) -> ir.Constant:
+        return ir.Constant(i32, value)  # a splat for a vector type
+
+    bits = builder.bitcast(x, i32)
+    top = builder.lshr(bits, c(16))
+    lsb = builder.and_(top, c(1))
+    rounded = builder.lshr(builder.add(builder.add(bits, c(0x7FFF)), lsb), c(16))
+    nan = builder.icmp_unsigned(">", builder.and_(bits, c(0x7FFFFFFF)), c(0x7F800000))
+    quiet = builder.or_(top, c(0x40))
+    return builder.trunc(builder.select(nan, quiet, rounded), i16)
 
 
-def _merge_bits(builder, hi, lo):
-    """float (hi << 16) | lo of two i16 halves."""
-    top = builder.shl(builder.zext(hi, _I32), _c32(16))
-    return builder.bitcast(builder.or_(top, builder.zext(lo, _I32)), _F32)
+def merge_bits(builder, hi, lo, i32=_I32, f32=_F32):
+    """float (hi << 16) | lo of two i16 halves (or of two vectors of them, given the
+    matching i32 and float vector types)."""
+    top = builder.shl(builder.zext(hi, i32), ir.Constant(i32, 16))
+    return builder.bitcast(builder.or_(top, builder.zext(lo, i32)), f32)
 
 
 @intrinsic
 def _round_bf16(typingctx, x):
     def codegen(context, builder, signature, args):
-        return _round_bits(builder, args[0])
+        return round_bits(builder, args[0])
 
     return types.uint16(types.float32), codegen
 
@@ -86,7 +92,7 @@ def _round_bf16(typingctx, x):
 @intrinsic
 def _bf16_value(typingctx, h):
     def codegen(context, builder, signature, args):
-        return _merge_bits(builder, args[0], ir.Constant(_I16, 0))
+        return merge_bits(builder, args[0], ir.Constant(_I16, 0))
 
     return types.float32(types.uint16), codegen
 
@@ -94,7 +100,7 @@ def _bf16_value(typingctx, h):
 @intrinsic
 def _merge_value(typingctx, hi, lo):
     def codegen(context, builder, signature, args):
-        return _merge_bits(builder, args[0], args[1])
+        return merge_bits(builder, args[0], args[1])
 
     return types.float32(types.uint16, types.uint16), codegen
 

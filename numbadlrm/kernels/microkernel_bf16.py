@@ -47,6 +47,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from .bf16 import merge_bits, round_bits
 from .jit import jit_serial
 from .microkernel import (
     _accumulate,
@@ -207,15 +208,8 @@ def _c32v(value: int) -> ir.Constant:
 
 
 def _round_bf16_vec(builder, v):
-    """<16 x i16> bf16 bits of <16 x float> v: round to nearest even, NaN kept NaN (the
-    arithmetic of kernels/bf16.py's round_bf16, on 16 lanes)."""
-    bits = builder.bitcast(v, _vi)
-    top = builder.lshr(bits, _c32v(16))
-    lsb = builder.and_(top, _c32v(1))
-    rounded = builder.lshr(builder.add(builder.add(bits, _c32v(0x7FFF)), lsb), _c32v(16))
-    nan = builder.icmp_unsigned(">", builder.and_(bits, _c32v(0x7FFFFFFF)), _c32v(0x7F800000))
-    quiet = builder.or_(top, _c32v(0x40))
-    return builder.trunc(builder.select(nan, quiet, rounded), _vh16)
+    """<16 x i16> bf16 bits of <16 x float> v: kernels/bf16.py's rounding on 16 lanes."""
+    return round_bits(builder, v, _vi, _vh16)
 
 
 def _h16_intrinsics(module):
@@ -307,9 +301,9 @@ def _sgd_epilogue(builder, sums, m, n, mr, w_hi, w_lo, ldw, lr, packs):
             use = builder.and_(lanes[q], row_ok)
             at = builder.add(builder.mul(ir.Constant(_i64, r), ldw), ir.Constant(_i64, _LANES * q))
             hi_ptr, lo_ptr = builder.gep(hp, [at]), builder.gep(lp, [at])
-            hi = builder.zext(builder.call(hload, [hi_ptr, a2, use, hzero]), _vi)
-            lo = builder.zext(builder.call(hload, [lo_ptr, a2, use, hzero]), _vi)
-            w = builder.bitcast(builder.or_(builder.shl(hi, _c32v(16)), lo), _vf)
+            hi = builder.call(hload, [hi_ptr, a2, use, hzero])
+            lo = builder.call(hload, [lo_ptr, a2, use, hzero])
+            w = merge_bits(builder, hi, lo, _vi, _vf)
             bits = builder.bitcast(builder.call(fma, [neg_lr, sums[r * _Q + q], w]), _vi)
             new_hi = builder.trunc(builder.lshr(bits, _c32v(16)), _vh16)
             builder.call(hstore, [new_hi, hi_ptr, a2, use])
