@@ -38,7 +38,7 @@ import numpy as np
 
 from .kernels.jit import run_serial
 from .layers._checks import check_array
-from .layers.embedding_bag import _check as check_lookups
+from .layers.embedding_bag import check_embedding_args
 from .lr_policy import adagrad_decayed_lr
 from .optim import SERIAL_BELOW_PARAMS
 
@@ -158,7 +158,7 @@ class TableState:
 
         The arrays are those embedding_backward_sgd takes, checked as it checks them.
         """
-        check_lookups("dpooled", dpooled, weights, row_start, offsets, indices)
+        check_embedding_args("dpooled", dpooled, weights, row_start, offsets, indices)
         check_array("state", self.state, (weights.shape[0], *self.state.shape[1:]))
         batch = dpooled.shape[1]
         most = int((offsets[:, -1] - offsets[:, 0]).max()) if offsets.shape[0] else 0

@@ -32,7 +32,7 @@ def embedding_forward(
     kernels: KernelChoice = DEFAULT,
 ) -> None:
     """pooled (T, B, D) <- sum-pooled rows."""
-    _check("pooled", pooled, weights, row_start, offsets, indices)
+    check_embedding_args("pooled", pooled, weights, row_start, offsets, indices)
     small = run_serial(indices.shape[0] * weights.shape[1] * 4 + pooled.nbytes)
     kernel = kernels.get("embedding_forward").entry(small)
     kernel(pooled, weights, row_start, offsets, indices)
@@ -48,7 +48,7 @@ def embedding_backward_sgd(
     kernels: KernelChoice = DEFAULT,
 ) -> None:
     """weights -= lr * dL/dweights, in place, from dpooled (T, B, D) and the lookups."""
-    _check("dpooled", dpooled, weights, row_start, offsets, indices)
+    check_embedding_args("dpooled", dpooled, weights, row_start, offsets, indices)
     small = run_serial(2 * indices.shape[0] * weights.shape[1] * 4 + dpooled.nbytes)
     kernel = kernels.get("embedding_update").entry(small)
     kernel(weights, row_start, offsets, indices, dpooled, np.float32(lr))
@@ -63,25 +63,34 @@ def embedding_gradient(
     kernels: KernelChoice = DEFAULT,
 ) -> None:
     """dweights <- dL/dweights (zeroed first): a dense gradient, for small tables only."""
-    _check("dpooled", dpooled, dweights, row_start, offsets, indices, "dweights")
+    check_embedding_args("dpooled", dpooled, dweights, row_start, offsets, indices, "dweights")
     dweights[...] = 0.0
     small = run_serial(2 * indices.shape[0] * dweights.shape[1] * 4 + dpooled.nbytes)
     kernel = kernels.get("embedding_gradient").entry(small)
     kernel(dweights, row_start, offsets, indices, dpooled)
 
 
-def _check(name, pooled, weights, row_start, offsets, indices, weights_name="weights") -> None:
-    """pooled or dpooled (T, B, D), weights (rows, D) float32; row_start (T+1,), offsets
-    (T, B+1), indices (nnz,) int64; all C-contiguous; row_start within weights (it need
-    not rise: the MPI model's shard lookups repeat each shard's start once per rank)."""
+def check_embedding_args(
+    name, pooled, weights, row_start, offsets, indices, weights_name="weights"
+) -> None:
+    """pooled or dpooled (T, B, D), weights (rows, D) float32, and the lookups
+    (check_lookup_arrays)."""
     num_tables, batch, dim = array_shape(name, pooled, 3)
     check_array(name, pooled, (num_tables, batch, dim))
     check_array(weights_name, weights, (array_shape(weights_name, weights, 2)[0], dim))
+    rows = weights.shape[0]
+    check_lookup_arrays(num_tables, batch, rows, weights_name, row_start, offsets, indices)
+
+
+def check_lookup_arrays(num_tables, batch, rows, rows_name, row_start, offsets, indices):
+    """row_start (T+1,), offsets (T, B+1), indices (nnz,) int64, C-contiguous; row_start
+    within the ``rows`` rows of ``rows_name`` (it need not rise: the MPI model's shard
+    lookups repeat each shard's start once per rank). Any precision's tables use it."""
     check_array("row_start", row_start, (num_tables + 1,), np.int64)
     check_array("offsets", offsets, (num_tables, batch + 1), np.int64)
     check_array("indices", indices, array_shape("indices", indices, 1), np.int64)
-    if row_start.min() < 0 or row_start.max() > weights.shape[0]:
+    if row_start.min() < 0 or row_start.max() > rows:
         raise ValueError(
-            f"row_start: every table must start in [0, {weights.shape[0]}] (the rows of "
-            f"{weights_name}), got {row_start.tolist()}"
+            f"row_start: every table must start in [0, {rows}] (the rows of "
+            f"{rows_name}), got {row_start.tolist()}"
         )

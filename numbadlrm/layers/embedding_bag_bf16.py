@@ -18,6 +18,7 @@ import numpy as np
 from ..kernels.jit import run_serial
 from ..kernels.registry import DEFAULT, KernelChoice
 from ._checks import array_shape, check_array
+from .embedding_bag import check_lookup_arrays
 
 
 def embedding_forward_bf16(pooled16, tables, row_start, offsets, indices, kernels=DEFAULT):
@@ -44,11 +45,4 @@ def _check(name, pooled16, tables, row_start, offsets, indices) -> None:
     num_tables, batch, dim = array_shape(name, pooled16, 3)
     check_array(name, pooled16, (num_tables, batch, dim), np.uint16)
     check_array("tables", tables, (array_shape("tables", tables, 3)[0], 2, dim), np.uint16)
-    check_array("row_start", row_start, (num_tables + 1,), np.int64)
-    check_array("offsets", offsets, (num_tables, batch + 1), np.int64)
-    check_array("indices", indices, array_shape("indices", indices, 1), np.int64)
-    if row_start.min() < 0 or row_start.max() > tables.shape[0]:
-        raise ValueError(
-            f"row_start: every table must start in [0, {tables.shape[0]}] (the rows of "
-            f"tables), got {row_start.tolist()}"
-        )
+    check_lookup_arrays(num_tables, batch, tables.shape[0], "tables", row_start, offsets, indices)
