@@ -71,6 +71,23 @@ def dense_layout(
     return bottom_slots, top_slots, n
 
 
+class WorkspaceCache:
+    """A tower's workspaces by batch size, made by ``make(batch)`` on first use; at most
+    four kept (training and evaluation sizes), all dropped when a fifth size comes."""
+
+    def __init__(self, make):
+        self._make = make
+        self._by_batch: dict[int, object] = {}
+
+    def get(self, batch: int):
+        ws = self._by_batch.get(batch)
+        if ws is None:
+            if len(self._by_batch) >= 4:
+                self._by_batch.clear()
+            ws = self._by_batch[batch] = self._make(batch)
+        return ws
+
+
 class DenseTower:
     """Bottom MLP, interaction and top MLP: everything but the embedding tables.
 
@@ -102,15 +119,10 @@ class DenseTower:
         self.interaction = Interaction(
             config.interaction_op, config.interaction_itself, config.num_tables, kernels
         )
-        self._workspaces: dict[int, Workspace] = {}
+        self._workspaces = WorkspaceCache(lambda batch: Workspace(config, batch))
 
     def workspace(self, batch: int) -> Workspace:
-        ws = self._workspaces.get(batch)
-        if ws is None:
-            if len(self._workspaces) >= 4:  # training + eval sizes; drop stale ones
-                self._workspaces.clear()
-            ws = self._workspaces[batch] = Workspace(self.config, batch)
-        return ws
+        return self._workspaces.get(batch)
 
     # ------------------------------------------------------------------- forward
 

@@ -35,6 +35,7 @@ from .kernels.registry import KernelChoice
 from .layers._checks import check_array
 from .layers.interaction_bf16 import InteractionBf16
 from .layers.linear_bf16 import SplitLinear
+from .model import WorkspaceCache
 from .params import LinearSlot, slot_views
 from .profiling import OpTimes, timed
 
@@ -98,7 +99,7 @@ class Bf16Tower:
         self.interaction = InteractionBf16(
             config.interaction_op, config.interaction_itself, config.num_tables, kernels
         )
-        self._workspaces: dict[int, Bf16Workspace] = {}
+        self._workspaces = WorkspaceCache(lambda batch: Bf16Workspace(config, batch))
 
     def refresh(self) -> None:
         """Re-derive every layer's packings and fp32 bias (after the weights changed)."""
@@ -106,12 +107,7 @@ class Bf16Tower:
             layer.refresh()
 
     def workspace(self, batch: int) -> Bf16Workspace:
-        ws = self._workspaces.get(batch)
-        if ws is None:
-            if len(self._workspaces) >= 4:  # training + eval sizes; drop stale ones
-                self._workspaces.clear()
-            ws = self._workspaces[batch] = Bf16Workspace(self.config, batch)
-        return ws
+        return self._workspaces.get(batch)
 
     # ------------------------------------------------------------------- forward
 
