@@ -21,6 +21,13 @@ from .registry import register
 
 
 @jit_serial
+def _sigmoid(z):
+    """(sigmoid(z), e = exp(-|z|)) in float64, without overflow for any z."""
+    e = math.exp(-abs(z))
+    return (1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)), e
+
+
+@jit_serial
 def sigmoid_bce_forward_backward(p, ds, s, labels):
     """p (B,), ds (B,) out; s (B,) logits; labels (B,). Returns the mean loss (float64)."""
     batch = s.shape[0]
@@ -28,9 +35,8 @@ def sigmoid_bce_forward_backward(p, ds, s, labels):
     for b in range(batch):
         z = float(s[b])
         y = float(labels[b])
-        e = math.exp(-abs(z))
+        prob, e = _sigmoid(z)
         total += max(z, 0.0) - y * z + math.log1p(e)
-        prob = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
         p[b] = prob
         ds[b] = (prob - y) / batch
     return total / batch
@@ -45,9 +51,8 @@ def sigmoid_wbce_forward_backward(p, ds, s, labels, w0, w1):
         z = float(s[b])
         y = float(labels[b])
         w = w1 if y > 0.5 else w0
-        e = math.exp(-abs(z))
+        prob, e = _sigmoid(z)
         total += w * (max(z, 0.0) - y * z + math.log1p(e))
-        prob = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
         p[b] = prob
         ds[b] = w * (prob - y) / batch
     return total / batch
@@ -61,8 +66,7 @@ def sigmoid_mse_forward_backward(p, ds, s, labels):
     for b in range(batch):
         z = float(s[b])
         y = float(labels[b])
-        e = math.exp(-abs(z))
-        prob = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+        prob, e = _sigmoid(z)
         slope = e / ((1.0 + e) * (1.0 + e))  # p (1 - p), exact for any z
         total += (prob - y) * (prob - y)
         p[b] = prob
@@ -73,8 +77,7 @@ def sigmoid_mse_forward_backward(p, ds, s, labels):
 @jit_serial
 def sigmoid(p, s):
     for b in range(s.shape[0]):
-        e = math.exp(-abs(float(s[b])))
-        p[b] = 1.0 / (1.0 + e) if s[b] >= 0 else e / (1.0 + e)
+        p[b] = _sigmoid(float(s[b]))[0]
 
 
 @jit_parallel
