@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from numbadlrm import Batch, DLRMConfig
@@ -61,3 +66,18 @@ def assert_grad_close(analytic: np.ndarray, numeric: np.ndarray, tol: float = 1e
     scale = max(1.0, float(np.abs(numeric).max()))
     assert err.max() / scale < tol, f"max error {err.max():.3e} (scale {scale:.3e})"
     assert err.mean() / scale < tol / 10, f"mean error {err.mean():.3e}"
+
+
+def run_child_cases(module: str) -> tuple[list[dict], str]:
+    """Run ``python -m module`` from the repository root (cases that may crash the
+    process run there, not in pytest's); returns its JSON lines and a description of how
+    it ended (exit status, stderr's tail) for assertion messages."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    return lines, f"child exit status {proc.returncode}; stderr: {proc.stderr[-2000:]}"

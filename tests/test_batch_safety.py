@@ -8,11 +8,6 @@ killing pytest.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -21,23 +16,14 @@ from numbadlrm.batch import lookup_problem
 from numbadlrm.kernels.lookups import check_lookups, check_lookups_serial
 
 from . import _unsafe_batches
-from ._helpers import random_batch, small_config
+from ._helpers import random_batch, run_child_cases, small_config
 
-ROOT = Path(__file__).resolve().parents[1]
 OPS = ("train_step", "loss", "predict")
 
 
 @pytest.fixture(scope="module")
 def child_results() -> tuple[dict, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests._unsafe_batches"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    where = f"child exit status {proc.returncode}; stderr: {proc.stderr[-2000:]}"
+    lines, where = run_child_cases("tests._unsafe_batches")
     return {x["case"]: x for x in lines}, where
 
 

@@ -6,11 +6,6 @@ them write outside their arrays, which could crash the interpreter.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -18,22 +13,14 @@ from numbadlrm.layers.embedding_bag import embedding_forward
 from numbadlrm.layers.interaction import Interaction
 
 from . import _bad_layer_args
+from ._helpers import run_child_cases
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES = {name: argument for name, argument, _ in _bad_layer_args.cases()}
 
 
 @pytest.fixture(scope="module")
 def child_results() -> tuple[dict, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests._bad_layer_args"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    where = f"child exit status {proc.returncode}; stderr: {proc.stderr[-2000:]}"
+    lines, where = run_child_cases("tests._bad_layer_args")
     return {x["case"]: x["error"] for x in lines}, where
 
 
