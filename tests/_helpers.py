@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from numbadlrm import Batch, DLRMConfig
 
@@ -81,3 +82,24 @@ def run_child_cases(module: str) -> tuple[list[dict], str]:
     )
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     return lines, f"child exit status {proc.returncode}; stderr: {proc.stderr[-2000:]}"
+
+
+def run_interrupted(monkeypatch, cfg, after: int) -> list[float]:
+    """run_training(cfg) stopped by a KeyboardInterrupt at its train_step number
+    ``after`` + 1, as a kill would stop it; returns the lr of each step that ran."""
+    from numbadlrm.model import DLRM
+    from numbadlrm.train import run_training
+
+    original, lrs = DLRM.train_step, []
+
+    def step(self, batch, lr):
+        if len(lrs) >= after:
+            raise KeyboardInterrupt
+        lrs.append(lr)
+        return original(self, batch, lr)
+
+    monkeypatch.setattr(DLRM, "train_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, log=lambda *_: None)
+    monkeypatch.setattr(DLRM, "train_step", original)
+    return lrs

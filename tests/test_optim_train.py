@@ -17,10 +17,10 @@ from numbadlrm.checkpoint import (
     save_checkpoint,
 )
 from numbadlrm.lr_policy import LRPolicy
-from numbadlrm.model import DLRM
 from numbadlrm.optimizers import OptimizerConfig
 from numbadlrm.train import TrainConfig, run_training
 
+from ._helpers import run_interrupted
 from .test_train import TINY, _records
 
 POLICY = {"lr_num_warmup_steps": 4, "lr_decay_start_step": 9, "lr_num_decay_steps": 8}
@@ -35,22 +35,6 @@ def quiet(*_):
     pass
 
 
-def _interrupted(monkeypatch, after: int, cfg: TrainConfig, lrs: list) -> None:
-    """Run cfg, recording each step's lr, until a KeyboardInterrupt after ``after`` steps."""
-    original = DLRM.train_step
-
-    def step(self, batch, lr):
-        if len(lrs) >= after:
-            raise KeyboardInterrupt
-        lrs.append(lr)
-        return original(self, batch, lr)
-
-    monkeypatch.setattr(DLRM, "train_step", step)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(cfg, log=quiet)
-    monkeypatch.setattr(DLRM, "train_step", original)
-
-
 @pytest.mark.parametrize("optimizer", list(SETTINGS))
 def test_resume_is_bit_identical_with_each_optimizer(tmp_path, monkeypatch, optimizer):
     """Interrupted after a mid-epoch checkpoint and resumed: the same losses, weights and
@@ -59,8 +43,8 @@ def test_resume_is_bit_identical_with_each_optimizer(tmp_path, monkeypatch, opti
             "learning_rate": 0.05, **POLICY, **SETTINGS[optimizer]}  # fmt: skip
     full = tmp_path / "full.jsonl"
     whole = run_training(TrainConfig(**base, metrics_file=str(full)), log=quiet)
-    ckpt, lrs = tmp_path / "m.npz", []
-    _interrupted(monkeypatch, 14, TrainConfig(**base, save_model=str(ckpt), save_freq=12), lrs)
+    ckpt = tmp_path / "m.npz"
+    lrs = run_interrupted(monkeypatch, TrainConfig(**base, save_model=str(ckpt), save_freq=12), 14)
     policy = LRPolicy(0.05, 4, 9, 8)
     assert lrs == [policy.lr_at(k) for k in range(14)]  # warmup, flat, decay
     saved = load_checkpoint(ckpt)

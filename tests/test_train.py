@@ -16,6 +16,7 @@ from numbadlrm.model import DLRM
 from numbadlrm.train import TrainConfig, TrainLoop, open_data, run_training
 
 from ._criteo_files import quirky_lines, write_raw
+from ._helpers import run_interrupted
 
 TINY = {
     "arch_sparse_feature_size": 4,
@@ -120,19 +121,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     whole = run_training(TrainConfig(**base, metrics_file=str(full)), log=lambda *_: None)
 
     ckpt = tmp_path / "m.npz"
-    original = DLRM.train_step
-    calls = {"n": 0}
-
-    def interrupt_after_27(self, batch, lr):
-        calls["n"] += 1
-        if calls["n"] > 27:
-            raise KeyboardInterrupt
-        return original(self, batch, lr)
-
-    monkeypatch.setattr(DLRM, "train_step", interrupt_after_27)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(TrainConfig(**base, save_model=str(ckpt), save_freq=25), log=lambda *_: None)
-    monkeypatch.setattr(DLRM, "train_step", original)
+    run_interrupted(monkeypatch, TrainConfig(**base, save_model=str(ckpt), save_freq=25), 27)
     saved = load_checkpoint(ckpt)
     assert (saved.step, saved.epoch, saved.batch_in_epoch) == (25, 1, 5)
 

@@ -13,6 +13,8 @@ from numbadlrm.kernels import microkernel_bf16
 from numbadlrm.model import DLRM
 from numbadlrm.train import TrainConfig, run_training
 
+from ._helpers import run_interrupted
+
 pytestmark = pytest.mark.skipif(
     not microkernel_bf16.has_avx512_bf16(), reason="this CPU has no AVX512-BF16 (vdpbf16ps)"
 )
@@ -44,18 +46,7 @@ def test_bf16_resume_continues_bit_for_bit(tmp_path, monkeypatch):
     )
     assert whole["model"].precision == "bf16"
     ckpt = tmp_path / "m.npz"
-    original, calls = DLRM.train_step, {"n": 0}
-
-    def interrupt_after_27(self, batch, lr):
-        calls["n"] += 1
-        if calls["n"] > 27:
-            raise KeyboardInterrupt
-        return original(self, batch, lr)
-
-    monkeypatch.setattr(DLRM, "train_step", interrupt_after_27)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(TrainConfig(**base, save_model=str(ckpt), save_freq=25), log=lambda *_: None)
-    monkeypatch.setattr(DLRM, "train_step", original)
+    run_interrupted(monkeypatch, TrainConfig(**base, save_model=str(ckpt), save_freq=25), 27)
     saved = load_checkpoint(ckpt)
     assert (saved.step, saved.extra["precision"]) == (25, "bf16")
     assert all(v.dtype == np.float32 for v in saved.state.values())
