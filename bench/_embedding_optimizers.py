@@ -6,7 +6,7 @@ Adagrad and row-wise Adagrad updates from dpooled (T, B, D), and PyTorch's spars
 from the same dpooled: the EmbeddingBags' sparse backward (kept graphs of the forward)
 then torch.optim.Adagrad, or the reference's RWSAdagrad (numbadlrm/torch_optim.py).
 Every candidate alternates between two batches of the same distribution, as training
-would: the kernels' scratch then always holds the other batch's lists, never this one's.
+would: the kernels' scratch then always holds the other batch's keys, never this one's.
 """
 
 from __future__ import annotations
@@ -46,11 +46,10 @@ def _torch():
     return torch, torch_optim
 
 
-def scratch(num_rows, offsets, owners):
-    """The fused kernels' scratch: marks (R,) int32, lists (owners, 4, L) int64."""
+def scratch(offsets, owners):
+    """The fused kernels' scratch: lists (owners, 2, L) int64."""
     most = max(int(np.diff(offsets[:, [0, -1]], axis=1).max()), 1)  # lookups of one table
-    marks = table_buffer(num_rows, 1).view(np.int32).reshape(-1)  # 64-byte aligned
-    return marks, np.zeros((owners, 4, most), np.int64)
+    return np.zeros((owners, 2, most), np.int64)
 
 
 def validate_optimizers(rng, dim, make_problem) -> None:
@@ -66,7 +65,7 @@ def validate_optimizers(rng, dim, make_problem) -> None:
         s0 = np.full(w0.shape if name == "adagrad" else w0.shape[:1], 0.5, np.float32)
         expect_w, expect_s = w0.astype(np.float64), s0.astype(np.float64)
         ref(expect_w, expect_s, row_start, offsets, indices, dpooled.astype(np.float64), 0.1)
-        args = (*scratch(w0.shape[0], offsets, owners), row_start, offsets, indices, dpooled)
+        args = (scratch(offsets, owners), row_start, offsets, indices, dpooled)
         results = {}
         for kind in ("parallel", "serial", "torch"):
             w, s = w0.copy(), s0.copy()
@@ -160,7 +159,7 @@ def candidates(weights, state, rowwise_state, row_start, batches, dpooled) -> di
     """name -> a call of one update (numbadlrm's fused kernels, torch's steps), each taking
     the batches in turn."""
     owners = numba.get_num_threads()
-    marks, lists = scratch(weights.shape[0], batches[0][0], owners)
+    lists = scratch(batches[0][0], owners)
     lr, eps = np.float32(LR), np.float32(EPS)
     turn = {"sgd": 0, "adagrad": 0, "rowwise": 0}
 
@@ -173,7 +172,7 @@ def candidates(weights, state, rowwise_state, row_start, batches, dpooled) -> di
             )
         else:
             s = state if name == "adagrad" else rowwise_state
-            args = (marks, lists, row_start, offsets, indices, dpooled, lr, eps, owners)
+            args = (lists, row_start, offsets, indices, dpooled, lr, eps, owners)
             FUSED[name][0](weights, s, *args)
 
     fns = {f"{name} fused": (lambda name=name: fused(name)) for name in turn}

@@ -4,7 +4,7 @@ Bytes needed (float32 = 4 bytes; one estimate, used by DLRM, DistributedDLRM and
 
     tables       sum over the tables held of rows x D x 4; a table replicated on every
                  MPI rank x 2 (its gradient lives in the allreduced buffer); with Adagrad
-                 + rows x (D x 4 + 4) (state, scratch marks), row-wise + rows x 8
+                 + rows x D x 4 (state), row-wise + rows x 4
     dense        2 x 4 x (MLP parameters): the flat parameter buffer and its gradients,
                  3 x with Adagrad or row-wise Adagrad (their state)
                  (bf16: + 4 x (MLP parameters), each weight's two bf16 packings)
@@ -73,7 +73,7 @@ def estimate(
     held = list(enumerate(config.embedding_sizes)) if tables is None else list(tables)
     held += [(t, config.embedding_sizes[t]) for t in replicated]
     copies = {t: 2 for t in replicated}
-    state = {"sgd": 0, "adagrad": dim * 4 + 4, "rwsadagrad": 8}[optimizer]  # bytes per row
+    state = {"sgd": 0, "adagrad": dim * 4, "rwsadagrad": 4}[optimizer]  # bytes per row
     table_list = tuple(sorted(((t, r, r * (dim * 4 * copies.get(t, 1) + state)) for t, r in held),
                               key=lambda x: -x[2]))  # fmt: skip
     bottom, n = mlp_slots("bottom_mlp", config.bottom_sizes, 0)

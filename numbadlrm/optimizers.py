@@ -43,10 +43,10 @@ from .lr_policy import adagrad_decayed_lr
 from .optim import SERIAL_BELOW_PARAMS
 
 OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")
-# The fused table kernels pack a lookup's place in 31 bits and its bag in 30
-# (kernels/optimizers.py): the limits a batch must stay under.
-MAX_TABLE_LOOKUPS = 2**31 - 1
+# The fused table kernels sort keys row << bag bits | bag of 63 bits
+# (kernels/optimizers.py): a batch has fewer than 2^30 samples, a table fewer than 2^33 rows.
 MAX_BATCH = 2**30 - 1
+MAX_TABLE_ROWS = 2**33 - 1
 _FLAGS = {
     "eps": "--adagrad-eps",
     "initial_accumulator_value": "--adagrad-initial-accumulator-value",
@@ -135,18 +135,19 @@ class TableState:
     """The optimizer state of one (R, D) table buffer, and the fused kernels' scratch.
 
     state (R, D) for Adagrad, (R,) for row-wise Adagrad, starting at the initial
-    accumulator value. The scratch (marks (R,) int32, lists (owners, 4, L) int64) may
-    hold anything between calls: it is neither state nor checkpointed (see
-    kernels/optimizers.py); lists grows with the largest table's lookups.
+    accumulator value. The scratch (lists (owners, 2, L) int64) may hold anything
+    between calls: it is neither state nor checkpointed (see kernels/optimizers.py); it
+    grows with the largest table's lookups.
     """
 
     def __init__(self, config: OptimizerConfig, rows: int, dim: int):
         self.config = config
+        if rows > MAX_TABLE_ROWS:  # the rows of every table together: each is below
+            raise ValueError(f"{config.name}: tables must have fewer than 2^33 rows, got {rows:,}")
         shape = (rows,) if config.rowwise_tables else (rows, dim)
         self.state = aligned_empty(shape, np.float32)
         self.state[...] = config.initial_accumulator_value
-        self.marks = aligned_empty((rows,), np.int32)
-        self.lists = aligned_empty((1, 4, 0), np.int64)
+        self.lists = aligned_empty((1, 2, 0), np.int64)
 
     @property
     def op(self) -> str:
@@ -161,20 +162,19 @@ class TableState:
         check_embedding_args("dpooled", dpooled, weights, row_start, offsets, indices)
         check_array("state", self.state, (weights.shape[0], *self.state.shape[1:]))
         batch = dpooled.shape[1]
-        most = int((offsets[:, -1] - offsets[:, 0]).max()) if offsets.shape[0] else 0
-        if batch > MAX_BATCH or most > MAX_TABLE_LOOKUPS:
+        if batch > MAX_BATCH:
             raise ValueError(
-                f"{self.config.name}: a batch must have fewer than 2^30 samples and 2^31 "
-                f"lookups per table, got {batch} samples and {most} lookups"
+                f"{self.config.name}: a batch must have fewer than 2^30 samples, got {batch}"
             )
+        most = int((offsets[:, -1] - offsets[:, 0]).max()) if offsets.shape[0] else 0
         small = run_serial(3 * indices.shape[0] * weights.shape[1] * 4 + dpooled.nbytes)
         owners = 1 if small else numba.get_num_threads()
         if self.lists.shape[0] != owners or self.lists.shape[2] < most:
-            self.lists = aligned_empty((owners, 4, max(most, self.lists.shape[2]) * 3 // 2 + 16),
+            self.lists = aligned_empty((owners, 2, max(most, self.lists.shape[2]) * 3 // 2 + 16),
                                        np.int64)  # fmt: skip
         kernel = kernels.get(self.op).entry(small)
         kernel(
-            weights, self.state, self.marks, self.lists, row_start, offsets, indices, dpooled,
+            weights, self.state, self.lists, row_start, offsets, indices, dpooled,
             np.float32(lr), np.float32(self.config.eps),
         )  # fmt: skip
 
@@ -212,15 +212,13 @@ class Optimizer:
 
     def check_batch(self, offsets: np.ndarray) -> None:
         """ValueError, before any update, for a batch the fused table kernels cannot
-        index (2^30 samples, 2^31 lookups of one table: far beyond any memory today)."""
+        index (2^30 samples: far beyond any memory today)."""
         if not self.config.stateful:
             return
         batch = offsets.shape[1] - 1
-        most = int((offsets[:, -1] - offsets[:, 0]).max()) if offsets.shape[0] else 0
-        if batch > MAX_BATCH or most > MAX_TABLE_LOOKUPS:
+        if batch > MAX_BATCH:
             raise ValueError(
-                f"{self.config.name}: a batch must have fewer than 2^30 samples and 2^31 "
-                f"lookups per table, got {batch} samples and {most} lookups"
+                f"{self.config.name}: a batch must have fewer than 2^30 samples, got {batch}"
             )
 
     def begin_step(self, lr: float) -> float:

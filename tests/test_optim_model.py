@@ -192,12 +192,12 @@ def test_load_optimizer_state_dict_checks_before_changing_anything():
 
 
 def test_a_batch_the_table_kernels_cannot_index_is_refused_before_any_update(monkeypatch):
-    """The fused table kernels pack a lookup in 31 bits and a bag in 30: a batch beyond
-    that is refused after the forward, before any parameter or state changes (here with
-    the limits lowered, as no test machine holds 2^31 lookups)."""
+    """The fused table kernels pack a bag in 30 bits: a batch beyond that is refused after
+    the forward, before any parameter or state changes (here with the limit lowered to 8
+    samples, as no test machine holds 2^30)."""
     from numbadlrm import optimizers
 
-    monkeypatch.setattr(optimizers, "MAX_TABLE_LOOKUPS", 3)
+    monkeypatch.setattr(optimizers, "MAX_BATCH", 8)
     cfg = small_config()
     model = DLRM(cfg, seed=0, optimizer="adagrad")
     batch = random_batch(np.random.default_rng(8), cfg, 9)
@@ -210,3 +210,16 @@ def test_a_batch_the_table_kernels_cannot_index_is_refused_before_any_update(mon
     for name, value in model.optimizer_state_dict().items():
         np.testing.assert_array_equal(value, state[name])
     assert DLRM(cfg, seed=0).train_step(batch, 0.1) > 0  # SGD has no such limit
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "rwsadagrad"])
+def test_tables_the_table_kernels_cannot_index_are_refused_at_construction(monkeypatch, optimizer):
+    """The table kernels' keys hold rows below 2^33 (limit lowered here to the test's rows)."""
+    from numbadlrm import optimizers
+
+    cfg = small_config()
+    monkeypatch.setattr(optimizers, "MAX_TABLE_ROWS", sum(cfg.embedding_sizes) - 1)
+    with pytest.raises(ValueError, match=rf"{optimizer}: tables must have fewer than 2\^33 rows"):
+        DLRM(cfg, seed=0, optimizer=optimizer)
+    monkeypatch.setattr(optimizers, "MAX_TABLE_ROWS", sum(cfg.embedding_sizes))
+    assert DLRM(cfg, seed=0, optimizer=optimizer).optimizer.steps == 0

@@ -76,11 +76,9 @@ def _problem(rng, tables="3-50-2-300", dim=20, batch_size=30, max_bag=40, dtype=
     return weights, row_start, batch.offsets, batch.indices
 
 
-def _garbage_scratch(rng, num_rows, num_lookups, owners=7):
-    """marks and lists of arbitrary contents: the kernels must not depend on them."""
-    marks = rng.integers(-(2**31), 2**31 - 1, num_rows, dtype=np.int32)
-    lists = rng.integers(-(2**63), 2**63 - 1, (owners, 4, num_lookups))
-    return marks, lists
+def _garbage_scratch(rng, num_lookups, owners=7):
+    """lists of arbitrary contents: the kernels must not depend on them."""
+    return (rng.integers(-(2**63), 2**63 - 1, (owners, 2, num_lookups)),)
 
 
 def _run(kind, name, weights, state, scratch, problem, dpooled, lr, eps, owners=2):
@@ -103,7 +101,7 @@ def test_sparse_adagrad_matches_reference(threads, name, kind, dtype):
     weights, row_start, offsets, indices = problem
     state = np.full(SPARSE[name][3](weights.shape), 0.1, dtype)
     expect_w, expect_s = weights.astype(np.float64), state.astype(np.float64)
-    scratch = _garbage_scratch(rng, weights.shape[0], indices.shape[0])
+    scratch = _garbage_scratch(rng, indices.shape[0])
     for _ in range(3):
         dpooled = rng.normal(size=(offsets.shape[0], offsets.shape[1] - 1, 20)).astype(dtype)
         SPARSE[name][2](expect_w, expect_s, row_start, offsets, indices, dpooled, LR, EPS)
@@ -122,8 +120,9 @@ def test_sparse_adagrad_coalesces_repeats(name):
     indices = np.array([1, 1, 2, 1])
     dpooled = np.array([[[1.0, 2.0], [9.0, 9.0], [1.0, -4.0]]], np.float32)
     problem = (weights, row_start, offsets, indices)
-    _run("serial", name, weights, state, (np.zeros(4, np.int32), np.zeros((1, 4, 4), np.int64)),
-         problem, dpooled, np.float32(1.0), np.float32(EPS))  # fmt: skip
+    scratch = (np.zeros((1, 2, 4), np.int64),)
+    _run("serial", name, weights, state, scratch, problem, dpooled, np.float32(1.0),
+         np.float32(EPS))  # fmt: skip
     g1 = np.array([3.0, 0.0])  # 2 * [1, 2] + [1, -4], one update
     if name == "adagrad":
         np.testing.assert_allclose(state[1], g1**2)
@@ -144,7 +143,7 @@ def test_dense_adagrad_zero_gradient_with_zero_eps_is_nan_as_torch():
 @pytest.mark.parametrize("name", list(SPARSE))
 def test_sparse_adagrad_independent_of_owners_and_scratch(name):
     """Bit-identical for any owner count and any scratch contents (garbage, the previous
-    batch's, or marks pointing at later lookups of the same row), for each entry.
+    batch's sorted keys), for each entry.
 
     The serial and the parallel entry are two compiled functions, and fast-math lets LLVM
     shape the row-wise mean of G^2 (a reduction) differently in each: how depends on the
@@ -162,11 +161,11 @@ def test_sparse_adagrad_independent_of_owners_and_scratch(name):
     adversarial = _adversarial_scratch(problem)
     results = {"serial": [], "parallel": []}
     for kind, owners, scratch in [
-        ("serial", 1, _garbage_scratch(rng, w0.shape[0], indices.shape[0])),
+        ("serial", 1, _garbage_scratch(rng, indices.shape[0])),
         ("serial", 1, _adversarial_scratch(problem)),
         ("parallel", 1, adversarial),
-        ("parallel", 2, _garbage_scratch(rng, w0.shape[0], indices.shape[0])),
-        ("parallel", 3, (np.zeros(w0.shape[0], np.int32), np.zeros((3, 4, indices.size), int))),
+        ("parallel", 2, _garbage_scratch(rng, indices.shape[0])),
+        ("parallel", 3, (np.zeros((3, 2, indices.size), int),)),
         ("parallel", 7, adversarial),
     ]:
         w, s = w0.copy(), s0.copy()
@@ -183,17 +182,14 @@ def test_sparse_adagrad_independent_of_owners_and_scratch(name):
 
 
 def _adversarial_scratch(problem, owners=7):
-    """marks and lists as a previous batch over the same lookups in reverse order leaves
-    them (every row's k valid for that batch, lists full of its links): values that a test
-    without "rows[k] == r" or "k < count" would take for this batch's."""
+    """lists as if a batch had just been sorted there: both buffers full of well-formed
+    keys (row << bag bits | bag, sorted by row) of other bags, which a sort that skipped a
+    pass (a digit all keys share) and then read the wrong buffer would apply."""
     weights, _, offsets, indices = problem
-    num_lookups = int(np.diff(offsets[:, [0, -1]], axis=1).max())
-    marks = np.arange(weights.shape[0], dtype=np.int32)[::-1].copy() % max(num_lookups, 1)
-    lists = np.zeros((owners, 4, indices.shape[0]), np.int64)
-    lists[:, 0] = np.arange(indices.shape[0])[::-1] % weights.shape[0]  # other rows listed
-    lists[:, 1] = (np.arange(indices.shape[0]) // 2) | (1 << 32) | k.REPEATED
-    lists[:, 2] = (np.arange(indices.shape[0]) // 3) | (2 << 32) | k.REPEATED
-    return marks, lists
+    bag_bits = int(offsets.shape[1] - 2).bit_length()
+    rows = np.sort(np.arange(indices.shape[0]) % weights.shape[0])
+    keys = (rows << bag_bits) | (np.arange(indices.shape[0]) % (offsets.shape[1] - 1))
+    return (np.broadcast_to(keys, (owners, 2, keys.shape[0])).copy(),)
 
 
 def test_sparse_adagrad_empty_batch_changes_nothing():
@@ -204,7 +200,7 @@ def test_sparse_adagrad_empty_batch_changes_nothing():
     offsets = np.zeros((2, 4), np.int64)  # 2 tables x 3 empty bags
     for owners in (1, 2):
         k.embedding_bags_adagrad_update(
-            weights, state, np.zeros(10, np.int32), np.zeros((owners, 4, 0), np.int64),
+            weights, state, np.zeros((owners, 2, 0), np.int64),
             np.array([0, 5, 10]), offsets, np.zeros(0, np.int64),
             np.ones((2, 3, 4), np.float32), np.float32(1.0), np.float32(EPS), owners,
         )  # fmt: skip

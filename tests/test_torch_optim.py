@@ -101,15 +101,14 @@ def run_all(name, dtype, rng, threads):
         ),
     }[name]
     reference = {"adagrad": ref.embedding_adagrad, "rowwise": ref.embedding_rowwise_adagrad}[name]
-    marks = np.zeros(w0.shape[0], np.int32)
     for step in range(STEPS):
         offsets, indices = random_lookups(rng)
         dpooled = rng.normal(0, 1, (len(SIZES), BATCH, DIM)).astype(dtype)
         torch_step(bags, opt, offsets, indices, dpooled, step)
         lr = step_lr(step)
         reference(ref_w, ref_s, row_start, offsets, indices, dpooled.astype(np.float64), lr, EPS)
-        lists = np.empty((threads, 4, indices.shape[0]), np.int64)  # any contents
-        args = (marks, lists, row_start, offsets, indices, dpooled, dtype(lr), dtype(EPS))
+        lists = np.empty((threads, 2, indices.shape[0]), np.int64)  # any contents
+        args = (lists, row_start, offsets, indices, dpooled, dtype(lr), dtype(EPS))
         parallel(*ker["par"], *args, threads)
         serial(*ker["ser"], *args)
     torch_w = np.concatenate([p.detach().numpy() for p in params])

@@ -65,10 +65,9 @@ def _sparse_cases(rowwise: bool, embedding_cases, bags):
                     got_w, got_s = weights.copy(), np.full(shape, 0.5, np.float32)
                     want_w, want_s = weights.astype(np.float64), np.full(shape, 0.5)
                     most = max(int((o[:, -1] - o[:, 0]).max()) for o, _ in steps)
-                    marks = rng.integers(-(2**31), 2**31 - 1, rows, dtype=np.int32)
-                    lists = rng.integers(-(2**62), 2**62, (3, 4, max(most, 1)))
+                    lists = rng.integers(-(2**62), 2**62, (3, 2, max(most, 1)))
                     for (offsets, indices), dp in zip(steps, dpooled, strict=True):
-                        kernel(got_w, got_s, marks, lists, row_start, offsets, indices, dp,
+                        kernel(got_w, got_s, lists, row_start, offsets, indices, dp,
                                np.float32(LR), np.float32(EPS))  # fmt: skip
                         dp64 = dp.astype(np.float64)
                         reference(want_w, want_s, row_start, offsets, indices, dp64, LR, EPS)

@@ -20,35 +20,27 @@ rows whose block of 16 rows hashes to c, and no other owner touches them or thei
 
 Adagrad is non-linear, so a row looked up n times must be updated once, from the sum of
 its n bag gradients (torch coalesces its sparse gradient first). Neither a dense (R, D)
-gradient nor a (lookups, D) gradient copy is built: scratch owned by the caller links
-each row's lookups instead. Per table, owner c keeps in ``lists[c]`` (4, L) int64:
+gradient nor a (lookups, D) gradient copy is built: each owner sorts its lookups by row
+instead, in scratch owned by the caller, ``lists[c]`` (2, L) int64 (L at least the most
+lookups of one table). Per table, three passes run:
 
-    owned[i]     its i-th lookup j: rel | bag << 32 (rel = j - offsets[t, 0])
-    rows[k]      its k-th distinct row (in first-lookup order)
-    last[k]      that row's last lookup so far: i | bag << 32 | REPEATED (if not the first)
-    chain[i]     for a repeated lookup i, the ``last`` value of the row's previous lookup
-    marks[r]     (R,) int32, shared: k, row r's place in its owner's list
+    1. select: keys[:n] = row << bag_bits | bag of the owner's lookups, in lookup order
+               (branch-free: with several owners "is it mine?" is a coin toss a branch
+               would mispredict); bag_bits = bits of B - 1
+    2. sort:   a stable least-significant-digit radix sort of keys[:n] by row (digits of
+               at most 11 bits, ping-ponging between lists[c, 0] and lists[c, 1]; a
+               digit every key shares is skipped)
+    3. apply:  for each run of equal rows: G = dpooled[t, bag] summed over the run in
+               lookup order; one update of the row and its state from G
 
-and three passes run per table:
-
-    0. select: owned[:n] = the owner's lookups, in order (branch-free: with several
-               owners "is it mine?" is a coin toss a branch would mispredict)
-    1. link:   for each owned lookup i (bag b, row r): if k = marks[r] is a listed place
-               (0 <= k < count and rows[k] == r), chain[i] = last[k] and
-               last[k] = i | b << 32 | REPEATED; else list r: rows[count] = r,
-               last[count] = i | b << 32, marks[r] = count, count += 1
-    2. apply:  for each listed row: G = dpooled[t, bag of last[k]], plus dpooled[t, bag]
-               of each earlier lookup down the chain while REPEATED; one update from G
-               (read from the owner's copy of dpooled[t], (B+1, D), whose row B holds
-               the G of a repeated row: one array for both, no copy of a row used once)
-
-The test "0 <= marks[r] < count and rows[marks[r]] == r" is exact whatever marks held
-before: a stale k that passed it would name a place where r was listed in this pass, and
-listing r set marks[r] to that k. So the scratch needs no initialisation, no reset pass
-and no generation stamp, is not optimizer state (not checkpointed), and may be shared by
-every call. Each row's G is summed in the same order (last lookup first) by whichever
-owner holds it, so results do not depend on the thread count. Pass 2 touches only the
-owner's lists, its rows and their state, so each row's lines are prefetched exactly.
+Sorting makes the runs (no per-row marks over the table, no links to chase) and walks
+the rows in address order, so neighbouring rows share DRAM pages and row-wise state
+lines; the rows' lines are prefetched 16 keys ahead. Every pass writes the scratch before
+reading it, so its contents between calls do not matter: it needs no initialisation, is
+not optimizer state (not checkpointed), and may be shared by every call. Each row's G is
+summed in the same order by whichever owner holds it, so results do not depend on the
+thread count. Rows are numbered within their table, so keys hold rows below
+2^(63 - bag_bits): 2^52 at B = 2048.
 
 Each parallel kernel has a ``*_serial`` twin that runs the same loops on the calling
 thread (one owner), for work too small to pay for a parallel launch.
@@ -113,22 +105,12 @@ def adagrad_update_serial(params, state, grads, lr, eps, weight_decay):
 
 # ------------------------------------------------------------------ embedding tables
 
-# owned, last and chain entries: rel or i in bits 0-31, bag in bits 32-61, REPEATED (bit 62).
-# So a table holds fewer than 2^31 lookups (marks is int32) in fewer than 2^30 bags.
-LOW32 = 0xFFFFFFFF
-BAG_MASK = (1 << 30) - 1
-REPEATED = 1 << 62
-# Rows are owned in blocks of 16 (a 64-byte line of marks, of row-wise state), so no two
-# owners ever write to one cache line of them (given 64-byte aligned arrays).
+# Rows are owned in blocks of 16 (a 64-byte line of row-wise state), so no two owners
+# ever write to one cache line of state (given 64-byte aligned arrays).
 ROW_BLOCK_SHIFT = 4
-# Prefetch distances. Pass 1 does little per lookup, so it looks further ahead: marks
-# 64 lookups ahead, then the listed place marks names 16 ahead. Pass 2 prefetches each
-# row's lines 16 rows ahead and, for a repeated row, its first chain entry 32 rows ahead,
-# then that entry's bag gradient 16 ahead. Measured (config b, uniform ids, row-wise):
-# the link window 16 -> 64 lookups, pass 1 2.8 -> 2.0 ms (one table, 1 thread); the chain
-# prefetch, pass 2 8.1 -> 6.0 ms (same); the listed-place prefetch, the whole update
-# 46.7 -> 42.7 ms (8 tables, 2 threads, one process, alternating batches).
-LINK_AHEAD = 64
+# The sort's digits: at most 11 bits (a 16 KiB count table per pass, in L1), so a table
+# of 2^22 rows sorts in 2 passes and one of 2^33 in 3.
+DIGIT_BITS = 11
 
 # Each pass is one function whose loops call no function taking arrays: such a call costs
 # atomic reference-count updates, which wait for the rows' pending misses (200 ns a row).
@@ -141,165 +123,180 @@ def _row_owner(r, num_owners):
 
 
 @jit_serial
-def _select_lookups(owned, offsets, indices, base, t, owner, num_owners):
-    """Pass 0 over table t: owned[:n] = rel | bag << 32 of the owner's lookups. Returns n."""
-    lo, n = offsets[t, 0], 0
+def _bit_length(n):
+    """Bits needed to write every value below n (0 for n <= 1)."""
+    bits = 0
+    while (1 << bits) < n:
+        bits += 1
+    return bits
+
+
+@jit_serial
+def _select_keys(keys, offsets, indices, base, t, bag_bits, owner, num_owners):
+    """Pass 1 over table t: keys[:n] = row << bag_bits | bag of the owner's lookups, in
+    lookup order. Returns n."""
+    n = 0
     for b in range(offsets.shape[1] - 1):
         for j in range(offsets[t, b], offsets[t, b + 1]):
-            owned[n] = (j - lo) | (b << 32)  # kept only if mine: no branch
+            keys[n] = (indices[j] << bag_bits) | b  # kept only if mine: no branch
             n += _row_owner(base + indices[j], num_owners) == owner
     return n
 
 
 @jit_serial
-def _link_lookups(marks, rows, last, chain, owned, n, base, lo, indices):
-    """Pass 1 over owned[:n]: list the owner's rows, chain their lookups. Returns the count."""
-    marks_rows, rows_rows = marks.reshape((marks.shape[0], 1)), rows.reshape((rows.shape[0], 1))
-    top = rows.shape[0] - 1
-    count = 0
+def _sort_keys(keys, spare, n, bag_bits, row_bits):
+    """Pass 2: keys[:n] sorted by row, stably (a least-significant-digit radix sort over
+    the row bits), ending in keys or spare. Returns 0 if in keys, 1 if in spare."""
+    passes = (row_bits + DIGIT_BITS - 1) // DIGIT_BITS
+    if passes == 0 or n < 2:
+        return 0
+    width = (row_bits + passes - 1) // passes
+    mask = (1 << width) - 1
+    counts = np.zeros((passes, 1 << width), np.int64)
     for i in range(n):
-        if i + LINK_AHEAD < n:
-            prefetch_l2(marks_rows, base + indices[lo + (owned[i + LINK_AHEAD] & LOW32)], 0)
-        if i + PREFETCH_AHEAD < n:  # the place marks names (its line arrived by now)
-            ahead = marks[base + indices[lo + (owned[i + PREFETCH_AHEAD] & LOW32)]]
-            prefetch_l2(rows_rows, min(max(ahead, 0), top), 0)
-        rel = owned[i] & LOW32
-        r = base + indices[lo + rel]
-        k = marks[r]
-        here = (owned[i] & ~LOW32) | i  # bag | i: this lookup by its place in owned
-        if (k >= 0) & (k < count) & (rows[min(max(k, 0), top)] == r):  # r is listed
-            chain[i] = last[k]
-            last[k] = here | REPEATED
-        else:
-            rows[count] = r
-            last[count] = here
-            marks[r] = count
-            count += 1
-    return count
+        row = keys[i] >> bag_bits
+        for p in range(passes):
+            counts[p, (row >> (p * width)) & mask] += 1
+    flipped = 0
+    for p in range(passes):
+        shift = bag_bits + p * width
+        total = 0
+        for d in range(1 << width):  # counts -> first place of each digit
+            c = counts[p, d]
+            counts[p, d] = total
+            total += c
+            if c == n:  # every key has this digit: the pass would not move one
+                total = -1
+                break
+        if total < 0:
+            continue
+        src, dst = (keys, spare) if flipped == 0 else (spare, keys)
+        for i in range(n):
+            k = src[i]
+            d = (k >> shift) & mask
+            dst[counts[p, d]] = k
+            counts[p, d] += 1
+        flipped = 1 - flipped
+    return flipped
 
 
 @jit_serial
-def _apply_rows(weights, state, rows, last, chain, count, grads, lr, eps, rowwise):
-    """Pass 2: one update of each listed row from its G. grads (B+1, D): the table's
-    dpooled, then a row for the G of a repeated row."""
-    dim, batch = weights.shape[1], grads.shape[0] - 1
-    chain_rows = chain.reshape((chain.shape[0], 1))  # a 2-D view for prefetch
-    for k in range(count):
-        if k + 2 * PREFETCH_AHEAD < count and last[k + 2 * PREFETCH_AHEAD] & REPEATED:
-            prefetch_l2(chain_rows, last[k + 2 * PREFETCH_AHEAD] & LOW32, 0)
-        if k + PREFETCH_AHEAD < count:
-            ahead = rows[k + PREFETCH_AHEAD]
+def _apply_rows(weights, state, keys, n, base, bag_bits, grads, acc, lr, eps, rowwise):
+    """Pass 3 over keys[:n] (sorted by row): one update of each row from its G, the sum of
+    grads[bag] over its run of keys. grads (B, D): the table's dpooled; acc (D,) scratch."""
+    dim, bag_mask = weights.shape[1], (1 << bag_bits) - 1
+    ahead = 0  # keys below it are prefetched
+    i = 0
+    while i < n:
+        row = keys[i] >> bag_bits
+        stop = i + 1
+        while stop < n and keys[stop] >> bag_bits == row:
+            stop += 1
+        while ahead < min(stop + PREFETCH_AHEAD, n):  # this row's run and 16 lookups on
+            r_ahead = base + (keys[ahead] >> bag_bits)
             for d in range(0, dim, 16):  # one prefetch per 64-byte line
-                prefetch_l2(weights, ahead, d)
+                prefetch_l2(weights, r_ahead, d)
             for d in range(0, state.shape[1], 16):
-                prefetch_l2(state, ahead, d)
-            if last[k + PREFETCH_AHEAD] & REPEATED:  # its chain entry arrived by now
-                link = chain[last[k + PREFETCH_AHEAD] & LOW32]
-                for d in range(0, dim, 16):
-                    prefetch_l2(grads, (link >> 32) & BAG_MASK, d)
-                prefetch_l2(chain_rows, link & LOW32, 0)
-        r, link = rows[k], last[k]
-        gi = (link >> 32) & BAG_MASK  # G = grads[gi]: its bag's gradient if looked up once,
-        if link & REPEATED:  # else the sum over its lookups, gathered into grads[B]
+                prefetch_l2(state, r_ahead, d)
+            ahead += 1
+        r, first = base + row, keys[i] & bag_mask
+        if stop - i > 1:  # looked up more than once: G summed in lookup order
             for d in range(dim):
-                grads[batch, d] = grads[gi, d]
-            while link & REPEATED:
-                link = chain[link & LOW32]
+                acc[d] = grads[first, d]
+            for m in range(i + 1, stop):
                 for d in range(dim):
-                    grads[batch, d] += grads[(link >> 32) & BAG_MASK, d]
-            gi = batch
+                    acc[d] += grads[keys[m] & bag_mask, d]
+            g = acc
+        else:  # a view, not a copy: copying each row's G costs ~10% (measured, config b)
+            g = grads[first]
         if rowwise:
             total = 0.0
             for d in range(dim):
-                total += grads[gi, d] * grads[gi, d]
+                total += g[d] * g[d]
             state[r, 0] += total / dim
             step = lr / (np.sqrt(state[r, 0]) + eps)
             for d in range(dim):
-                weights[r, d] -= step * grads[gi, d]
+                weights[r, d] -= step * g[d]
         else:
             for d in range(dim):
-                s = state[r, d] + grads[gi, d] * grads[gi, d]
+                s = state[r, d] + g[d] * g[d]
                 state[r, d] = s
-                weights[r, d] -= lr * grads[gi, d] / (np.sqrt(s) + eps)
+                weights[r, d] -= lr * g[d] / (np.sqrt(s) + eps)
+        i = stop
 
 
 @jit_serial
 def _update_owned_rows(
-    weights, state, marks, lists, grads, row_start, offsets, indices, dpooled, lr, eps,
-    rowwise, owner, num_owners,
+    weights, state, lists, acc, row_start, offsets, indices, dpooled, lr, eps, rowwise,
+    owner, num_owners,
 ):  # fmt: skip
-    """The three passes over every table, for one owner: lists (4, L), grads (B+1, D) its own."""
-    rows, last, chain, owned = lists[0], lists[1], lists[2], lists[3]
-    batch, dim = dpooled.shape[1], dpooled.shape[2]
+    """The three passes over every table, for one owner: lists (2, L), acc (D,) its own."""
+    bag_bits = _bit_length(dpooled.shape[1])
     for t in range(dpooled.shape[0]):
-        base, lo = row_start[t], offsets[t, 0]
-        n = _select_lookups(owned, offsets, indices, base, t, owner, num_owners)
-        count = _link_lookups(marks, rows, last, chain, owned, n, base, lo, indices)
-        for b in range(batch):  # the owner's copy: G of a repeated row goes in row B
-            for d in range(dim):
-                grads[b, d] = dpooled[t, b, d]
-        _apply_rows(weights, state, rows, last, chain, count, grads, lr, eps, rowwise)
+        base = row_start[t]
+        row_bits = _bit_length(row_start[t + 1] - base)
+        n = _select_keys(lists[0], offsets, indices, base, t, bag_bits, owner, num_owners)
+        keys = lists[_sort_keys(lists[0], lists[1], n, bag_bits, row_bits)]
+        _apply_rows(weights, state, keys, n, base, bag_bits, dpooled[t], acc, lr, eps, rowwise)
 
 
 @jit_parallel
 def embedding_bags_adagrad_update(
-    weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps, num_owners
+    weights, state, lists, row_start, offsets, indices, dpooled, lr, eps, num_owners
 ):
     """weights, state (R, D) updated in place: one Adagrad step per looked-up row.
 
-    marks (R,) int32 and lists (num_owners, 4, L) int64 are scratch of any contents, L at
-    least the most lookups of one table (offsets[t, B] - offsets[t, 0]).
+    lists (num_owners, 2, L) int64 is scratch of any contents, L at least the most lookups
+    of one table (offsets[t, B] - offsets[t, 0]).
     """
-    # Each owner's copy of a table's dpooled (B, D) and a row for a repeated row's G.
-    grads = np.empty((num_owners, dpooled.shape[1] + 1, weights.shape[1]), weights.dtype)
+    acc = np.empty((num_owners, weights.shape[1]), weights.dtype)
     # Owner c reads and writes only the rows r whose block hashes to c (weights[r],
-    # state[r], marks[r]) and its own lists[c], grads[c]; the rest is read-only: race-free.
+    # state[r]) and its own lists[c], acc[c]; the rest is read-only: race-free.
     for c in prange(num_owners):
         _update_owned_rows(
-            weights, state, marks, lists[c], grads[c], row_start, offsets, indices, dpooled,
-            lr, eps, False, c, num_owners,
+            weights, state, lists[c], acc[c], row_start, offsets, indices, dpooled, lr, eps,
+            False, c, num_owners,
         )  # fmt: skip
 
 
 @jit_serial
 def embedding_bags_adagrad_update_serial(
-    weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps
+    weights, state, lists, row_start, offsets, indices, dpooled, lr, eps
 ):
     """As embedding_bags_adagrad_update with one owner (lists[0]), on the calling thread."""
-    grads = np.empty((dpooled.shape[1] + 1, weights.shape[1]), weights.dtype)
+    acc = np.empty(weights.shape[1], weights.dtype)
     _update_owned_rows(
-        weights, state, marks, lists[0], grads, row_start, offsets, indices, dpooled, lr, eps,
-        False, 0, 1,
-    )  # fmt: skip
+        weights, state, lists[0], acc, row_start, offsets, indices, dpooled, lr, eps, False, 0, 1
+    )
 
 
 @jit_parallel
 def embedding_bags_rowwise_adagrad_update(
-    weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps, num_owners
+    weights, state, lists, row_start, offsets, indices, dpooled, lr, eps, num_owners
 ):
     """weights (R, D), state (R,) updated in place: one row-wise Adagrad step per looked-up row.
 
-    marks (R,) int32 and lists (num_owners, 4, L) int64 are scratch of any contents, L at
-    least the most lookups of one table (offsets[t, B] - offsets[t, 0]).
+    lists (num_owners, 2, L) int64 is scratch of any contents, L at least the most lookups
+    of one table (offsets[t, B] - offsets[t, 0]).
     """
     state_rows = state.reshape((state.shape[0], 1))  # (R, 1): the per-element code's shape
-    grads = np.empty((num_owners, dpooled.shape[1] + 1, weights.shape[1]), weights.dtype)
+    acc = np.empty((num_owners, weights.shape[1]), weights.dtype)
     # Race-free by row ownership, as embedding_bags_adagrad_update.
     for c in prange(num_owners):
         _update_owned_rows(
-            weights, state_rows, marks, lists[c], grads[c], row_start, offsets, indices,
-            dpooled, lr, eps, True, c, num_owners,
+            weights, state_rows, lists[c], acc[c], row_start, offsets, indices, dpooled, lr,
+            eps, True, c, num_owners,
         )  # fmt: skip
 
 
 @jit_serial
 def embedding_bags_rowwise_adagrad_update_serial(
-    weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps
+    weights, state, lists, row_start, offsets, indices, dpooled, lr, eps
 ):
     """As embedding_bags_rowwise_adagrad_update with one owner, on the calling thread."""
-    grads = np.empty((dpooled.shape[1] + 1, weights.shape[1]), weights.dtype)
+    acc = np.empty(weights.shape[1], weights.dtype)
     _update_owned_rows(
-        weights, state.reshape((state.shape[0], 1)), marks, lists[0], grads, row_start, offsets,
+        weights, state.reshape((state.shape[0], 1)), lists[0], acc, row_start, offsets,
         indices, dpooled, lr, eps, True, 0, 1,
     )  # fmt: skip
 
@@ -343,24 +340,24 @@ def rowwise_adagrad_dense_update_serial(weights, state, grads, lr, eps):
 
 # ----------------------------------------------------------------- registry
 # The ops' calling conventions (numbadlrm.kernels.registry). The table ops take their
-# owner count from the scratch: lists (owners, 4, L), one owner per thread (the layer
+# owner count from the scratch: lists (owners, 2, L), one owner per thread (the layer
 # allocates it so), read outside the kernels so that they cache.
 
 
-def _sparse_adagrad(weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps):
+def _sparse_adagrad(weights, state, lists, row_start, offsets, indices, dpooled, lr, eps):
     embedding_bags_adagrad_update(
-        weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps, lists.shape[0]
+        weights, state, lists, row_start, offsets, indices, dpooled, lr, eps, lists.shape[0]
     )
 
 
-def _sparse_rowwise(weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps):
+def _sparse_rowwise(weights, state, lists, row_start, offsets, indices, dpooled, lr, eps):
     embedding_bags_rowwise_adagrad_update(
-        weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps, lists.shape[0]
+        weights, state, lists, row_start, offsets, indices, dpooled, lr, eps, lists.shape[0]
     )
 
 
 def _naive_sparse(reference):
-    def run(weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps):
+    def run(weights, state, lists, row_start, offsets, indices, dpooled, lr, eps):
         reference(weights, state, row_start, offsets, indices, dpooled, lr, eps)
 
     return run
@@ -388,10 +385,10 @@ register("embedding_update_adagrad", "naive", _naive_sparse(reference_optim.embe
          description=_NAIVE)  # fmt: skip
 register(
     "embedding_update_adagrad",
-    "v1",
+    "v2",
     _sparse_adagrad,
     embedding_bags_adagrad_update_serial,
-    "row ownership by hash; select, link, apply passes per table (no gradient copy)",
+    "row ownership by hash; select, radix-sort by row, apply passes per table",
     default=True,
 )
 register(
@@ -402,10 +399,10 @@ register(
 )
 register(
     "embedding_update_rowwise_adagrad",
-    "v1",
+    "v2",
     _sparse_rowwise,
     embedding_bags_rowwise_adagrad_update_serial,
-    "row ownership by hash; select, link, apply passes per table (no gradient copy)",
+    "row ownership by hash; select, radix-sort by row, apply passes per table",
     default=True,
 )
 register("dense_update_rowwise_adagrad", "naive", _naive_rowwise_dense, description=_NAIVE)

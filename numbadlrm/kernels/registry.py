@@ -85,12 +85,12 @@ OPS: dict[str, tuple[str, str]] = {
         "g' = g + weight_decay p; state += g'^2; params -= lr g' / (sqrt(state) + eps)",
     ),
     "embedding_update_adagrad": (
-        "(weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps)",
+        "(weights, state, lists, row_start, offsets, indices, dpooled, lr, eps)",
         "per looked-up row r, G = sum of its bags' dpooled: S[r] += G^2; "
-        "E[r] -= lr G / (sqrt(S[r]) + eps); marks, lists (owners, 4, L): scratch",
+        "E[r] -= lr G / (sqrt(S[r]) + eps); lists (owners, 2, L): scratch",
     ),
     "embedding_update_rowwise_adagrad": (
-        "(weights, state, marks, lists, row_start, offsets, indices, dpooled, lr, eps)",
+        "(weights, state, lists, row_start, offsets, indices, dpooled, lr, eps)",
         "per looked-up row r: s[r] += mean_d G^2; E[r] -= lr G / (sqrt(s[r]) + eps); state (R,)",
     ),
     "dense_update_rowwise_adagrad": (
