@@ -192,6 +192,27 @@ def _adversarial_scratch(problem, owners=7):
     return (np.broadcast_to(keys, (owners, 2, keys.shape[0])).copy(),)
 
 
+@pytest.mark.parametrize("row_bits", [0, 1, 10, 11, 12, 22, 23, 33])
+@pytest.mark.parametrize("n", [0, 1, 2, 500])
+def test_sort_keys_is_a_stable_sort_by_row(row_bits, n):
+    """The table kernels' radix sort against NumPy's stable argsort, for 1, 2 and 3 digit
+    passes, and keys whose rows share their high digits (a pass the sort skips) or all
+    of their digits; the scratch half it does not end in may hold anything."""
+    rng = np.random.default_rng(row_bits * 1000 + n)
+    bag_bits = 9
+    bags = rng.integers(0, 1 << bag_bits, n)
+    for rows in (
+        rng.integers(0, 1 << row_bits, n),  # every digit varies
+        rng.integers(0, min(1 << row_bits, 50), n),  # high digits all zero: passes skipped
+        np.full(n, (1 << row_bits) - 1),  # one row: every pass skipped
+    ):
+        keys = (rows.astype(np.int64) << bag_bits) | bags
+        lists = rng.integers(-(2**62), 2**62, (2, n + 3))
+        lists[0, :n] = keys
+        out = lists[k._sort_keys(lists[0], lists[1], n, bag_bits, row_bits)][:n]
+        np.testing.assert_array_equal(out, keys[np.argsort(rows, kind="stable")])
+
+
 def test_sparse_adagrad_empty_batch_changes_nothing():
     rng = np.random.default_rng(3)
     weights = rng.normal(size=(10, 4)).astype(np.float32)
