@@ -131,6 +131,12 @@ def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return raw[start : start + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
+def check_batch_size(name: str, batch: int) -> None:
+    """ValueError for a batch of more samples than the fused table kernels' keys hold."""
+    if batch > MAX_BATCH:
+        raise ValueError(f"{name}: a batch must have fewer than 2^30 samples, got {batch}")
+
+
 class TableState:
     """The optimizer state of one (R, D) table buffer, and the fused kernels' scratch.
 
@@ -161,11 +167,7 @@ class TableState:
         """
         check_embedding_args("dpooled", dpooled, weights, row_start, offsets, indices)
         check_array("state", self.state, (weights.shape[0], *self.state.shape[1:]))
-        batch = dpooled.shape[1]
-        if batch > MAX_BATCH:
-            raise ValueError(
-                f"{self.config.name}: a batch must have fewer than 2^30 samples, got {batch}"
-            )
+        check_batch_size(self.config.name, dpooled.shape[1])
         most = int((offsets[:, -1] - offsets[:, 0]).max()) if offsets.shape[0] else 0
         small = run_serial(3 * indices.shape[0] * weights.shape[1] * 4 + dpooled.nbytes)
         owners = 1 if small else numba.get_num_threads()
@@ -215,11 +217,7 @@ class Optimizer:
         index (2^30 samples: far beyond any memory today)."""
         if not self.config.stateful:
             return
-        batch = offsets.shape[1] - 1
-        if batch > MAX_BATCH:
-            raise ValueError(
-                f"{self.config.name}: a batch must have fewer than 2^30 samples, got {batch}"
-            )
+        check_batch_size(self.config.name, offsets.shape[1] - 1)
 
     def begin_step(self, lr: float) -> float:
         """Count one step; its rate: lr for SGD, lr / (1 + (t - 1) lr_decay) for Adagrad."""
