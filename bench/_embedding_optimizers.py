@@ -7,6 +7,13 @@ from the same dpooled: the EmbeddingBags' sparse backward (kept graphs of the fo
 then torch.optim.Adagrad, or the reference's RWSAdagrad (numbadlrm/torch_optim.py).
 Every candidate alternates between two batches of the same distribution, as training
 would: the kernels' scratch then always holds the other batch's keys, never this one's.
+
+"rowwise floor" is the least any row-wise update must do, timed beside them: read and
+write each distinct looked-up row and its state float once, in address order, every
+owner a range of rows, rows prefetched as the kernels do; the distinct rows are found
+before the timing, and no lookup, sort or gradient is read. Its % of STREAM copy, by the
+row-wise byte model, is the ceiling for the row-wise kernel's % on this machine, and the
+kernel's time over the floor's is what its select, sort and gradient gathers cost.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from _common import median_times, stream_copy
 
 from numbadlrm import reference_optim
 from numbadlrm.kernels import embedding, optimizers
+from numbadlrm.kernels.cache_prefetch import prefetch_l2
+from numbadlrm.kernels.embedding import PREFETCH_AHEAD
+from numbadlrm.kernels.jit import jit_parallel, jit_serial
 from numbadlrm.params import table_buffer
 
 LR, EPS = 1e-9, 1e-10  # a tiny lr: the tables barely move over hundreds of timed steps
@@ -83,6 +93,14 @@ def validate_optimizers(rng, dim, make_problem) -> None:
             ok = np.allclose(w, expect_w, rtol=1e-4, atol=1e-5)
             if not (ok and np.allclose(s, expect_s, rtol=1e-4, atol=1e-5)):
                 sys.exit(f"validation failed: {name} {kind}")
+    rows, bounds = floor_rows(row_start, offsets, indices, owners)
+    state = np.zeros(w0.shape[0], np.float32)
+    rowwise_floor(w0, state, rows, bounds, np.float32(1.0))
+    looked_up = np.zeros(w0.shape[0], bool)
+    for t in range(tables):
+        looked_up[row_start[t] + indices[offsets[t, 0] : offsets[t, -1]]] = True
+    if not np.array_equal(state, looked_up.astype(np.float32)):
+        sys.exit("validation failed: rowwise floor must touch each looked-up row once")
 
 
 class TorchStep:
@@ -131,7 +149,7 @@ def run_optimizers(rng, T, R, D, B, L, quick, repeat, make_problem) -> None:
     validate_optimizers(rng, D, make_problem)
     torch, _ = _torch()
     checked = "fused adagrad and rowwise (parallel, serial)" + (" and torch" if torch else "")
-    print(f"validation: {checked} match numbadlrm.reference_optim")
+    print(f"validation: {checked} match numbadlrm.reference_optim; the floor touches each row")
     if torch is None:
         print("torch not installed: its rows are left out")
     else:
@@ -176,6 +194,15 @@ def candidates(weights, state, rowwise_state, row_start, batches, dpooled) -> di
             FUSED[name][0](weights, s, *args)
 
     fns = {f"{name} fused": (lambda name=name: fused(name)) for name in turn}
+    floors = [floor_rows(row_start, *batch, owners) for batch in batches]
+    turn["floor"] = 0
+
+    def floor():
+        rows, bounds = floors[turn["floor"] % 2]
+        turn["floor"] += 1
+        rowwise_floor(weights, rowwise_state, rows, bounds, lr)
+
+    fns["rowwise floor"] = floor
     torch, torch_optim = _torch()
     if torch is not None:
         for name, s in (("adagrad", state), ("rowwise", rowwise_state)):
@@ -183,6 +210,48 @@ def candidates(weights, state, rowwise_state, row_start, batches, dpooled) -> di
                 torch, torch_optim, name, weights, s, row_start, batches, dpooled, LR
             )
     return fns
+
+
+@jit_serial
+def _floor_rows(weights, state, rows, lo, hi, step):
+    """rows[lo:hi] (distinct, ascending): state[r] += step; weights[r] -= s weights[r]."""
+    dim = weights.shape[1]
+    ahead = lo  # rows below it are prefetched
+    for i in range(lo, hi):
+        while ahead < min(i + PREFETCH_AHEAD, hi):
+            for d in range(0, dim, 16):  # one prefetch per 64-byte line
+                prefetch_l2(weights, rows[ahead], d)
+            prefetch_l2(state, rows[ahead], 0)
+            ahead += 1
+        r = rows[i]
+        state[r, 0] += step
+        scale = step / (np.sqrt(state[r, 0]) + np.float32(EPS))
+        for d in range(dim):
+            weights[r, d] -= scale * weights[r, d]
+
+
+@jit_parallel
+def rowwise_floor(weights, state, rows, bounds, step):
+    """Owner c updates rows[bounds[c]:bounds[c + 1]] (its own rows): race-free."""
+    state_rows = state.reshape((state.shape[0], 1))
+    for c in numba.prange(bounds.shape[0] - 1):
+        _floor_rows(weights, state_rows, rows, bounds[c], bounds[c + 1], step)
+
+
+def floor_rows(row_start, offsets, indices, owners):
+    """(rows, bounds): each table's distinct looked-up rows (global ids) split into
+    owners' ranges of rows (multiples of 16 rows: no two owners write one line of
+    state); owner c's, table after table in address order, are rows[bounds[c]:bounds[c+1]]."""
+    parts = [[] for _ in range(owners)]
+    for t in range(offsets.shape[0]):
+        size = row_start[t + 1] - row_start[t]
+        rows = np.unique(indices[offsets[t, 0] : offsets[t, -1]])
+        cuts = [(size * c // owners) // 16 * 16 for c in range(owners)] + [size]
+        for c, piece in enumerate(np.split(rows, np.searchsorted(rows, cuts[1:-1]))):
+            parts[c].append(row_start[t] + piece)
+    owned = [np.concatenate(p) if p else np.zeros(0, np.int64) for p in parts]
+    bounds = np.concatenate([[0], np.cumsum([len(p) for p in owned])]).astype(np.int64)
+    return np.concatenate(owned).astype(np.int64), bounds
 
 
 def unique_rows(row_start, offsets, indices) -> int:
@@ -208,7 +277,12 @@ def report(dist, times, stream_bytes, unique, T, B, D, L) -> None:
             continue
         gbs = model[name.split()[0]] / t / 1e9
         vs = ""
-        if name.endswith("fused") and name.replace("fused", "torch") in times:
+        if name == "rowwise floor":
+            vs = "(ceiling)"
+        elif name.endswith("fused") and name.replace("fused", "torch") in times:
             vs = f"{times[name.replace('fused', 'torch')] / t:8.2f}x"
         print(f"{dist:8} {name:14} {t * 1e3:8.2f} {gbs:6.1f} {100 * gbs / stream:8.0f}% {vs:>9}")
     print(f"{dist:8} unique rows U = {unique:,.0f} of N = {n:,} lookups (mean of the 2 batches)")
+    if "rowwise floor" in times:
+        ratio = times["rowwise fused"] / times["rowwise floor"]
+        print(f"{dist:8} rowwise fused takes {ratio:.2f}x the floor's time (select, sort, gathers)")

@@ -35,6 +35,9 @@ read and write each of the U distinct looked-up rows once:
     adagrad   4 U D 4 (rows and state read and written) + N 8 + T B D 4
     rowwise   2 U D 4 + 2 U 4 (rows, one state float each) + N 8 + T B D 4
 
+and a "rowwise floor" (each distinct row and its state read and written once, in address
+order, nothing else; by the row-wise model: the ceiling of the row-wise kernel's %).
+
     python bench/bench_embedding.py --threads 2                   # v1 and v2 of both
     python bench/bench_embedding.py --forward-versions '' --update-versions v2,mine
     python bench/bench_embedding.py --threads 2 --precision bf16
