@@ -167,15 +167,16 @@ def run_optimizers(rng, T, R, D, B, L, quick, repeat, make_problem) -> None:
         batches = [(offsets, indices), (offsets, other)]
         dpooled = (1e-3 * rng.standard_normal((T, B, D))).astype(np.float32)
         fns = {"stream copy": lambda: stream_copy(dst, src)}
-        fns.update(candidates(weights, state, rowwise_state, row_start, batches, dpooled))
+        floors = [floor_rows(row_start, *batch, numba.get_num_threads()) for batch in batches]
+        fns.update(candidates(weights, state, rowwise_state, row_start, batches, dpooled, floors))
         times = median_times(fns, repeat=repeat)
-        unique = np.mean([unique_rows(row_start, *batch) for batch in batches])
+        unique = np.mean([rows.shape[0] for rows, _ in floors])  # the distinct rows
         report(dist, times, 2 * src.nbytes, unique, T, B, D, L)
 
 
-def candidates(weights, state, rowwise_state, row_start, batches, dpooled) -> dict:
-    """name -> a call of one update (numbadlrm's fused kernels, torch's steps), each taking
-    the batches in turn."""
+def candidates(weights, state, rowwise_state, row_start, batches, dpooled, floors) -> dict:
+    """name -> a call of one update (numbadlrm's fused kernels, the floor over each batch's
+    floor_rows in floors, torch's steps), each taking the batches in turn."""
     owners = numba.get_num_threads()
     lists = scratch(batches[0][0], owners)
     lr, eps = np.float32(LR), np.float32(EPS)
@@ -194,7 +195,6 @@ def candidates(weights, state, rowwise_state, row_start, batches, dpooled) -> di
             FUSED[name][0](weights, s, *args)
 
     fns = {f"{name} fused": (lambda name=name: fused(name)) for name in turn}
-    floors = [floor_rows(row_start, *batch, owners) for batch in batches]
     turn["floor"] = 0
 
     def floor():
@@ -252,14 +252,6 @@ def floor_rows(row_start, offsets, indices, owners):
     owned = [np.concatenate(p) if p else np.zeros(0, np.int64) for p in parts]
     bounds = np.concatenate([[0], np.cumsum([len(p) for p in owned])]).astype(np.int64)
     return np.concatenate(owned).astype(np.int64), bounds
-
-
-def unique_rows(row_start, offsets, indices) -> int:
-    batch = offsets.shape[1] - 1
-    return sum(
-        np.unique(indices[offsets[t, 0] : offsets[t, batch]]).shape[0]
-        for t in range(offsets.shape[0])
-    )
 
 
 def report(dist, times, stream_bytes, unique, T, B, D, L) -> None:
