@@ -19,7 +19,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_info
 
-from numbadlrm.threads import set_num_threads
+from numbadlrm.runtime.threads import set_num_threads
 
 
 def set_threads(n: int) -> None:
@@ -40,7 +40,7 @@ def cpu_model() -> str:
 
 def header(title: str) -> str:
     """Machine, versions and thread counts, one per line."""
-    from numbadlrm.kernels.blas import LIBRARY
+    from numbadlrm.kernels.gemm.blas import LIBRARY
 
     own = os.path.realpath(LIBRARY)
     blas = [
@@ -102,7 +102,7 @@ def blas_sgemm_gflops(n: int = 2048, repeat: int = 5) -> float:
     """float32 n x n x n GEMM throughput (GFLOP/s) at the current thread count: the faster of
     np.matmul (NumPy's OpenBLAS, its own threads) and the blas backend's forward (one
     single-threaded OpenBLAS sgemm per Numba thread on its rows), timed side by side."""
-    from numbadlrm.kernels import blas
+    from numbadlrm.kernels.gemm import blas
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
@@ -143,8 +143,8 @@ def bf16_gemm_gflops(n: int = 2048, repeat: int = 5) -> float:
     count: the faster of numbadlrm's vdpbf16ps kernel (kernels/gemm_bf16.linear_forward,
     fp32 output) and PyTorch's bf16 matmul (oneDNN) where torch is installed, timed side by
     side: the bf16 analogue of :func:`blas_sgemm_gflops`."""
-    from numbadlrm import bf16
-    from numbadlrm.kernels import gemm_bf16
+    from numbadlrm.kernels.gemm import bf16 as gemm_bf16
+    from numbadlrm.layers import bf16
 
     rng = np.random.default_rng(0)
     a16 = bf16.to_bf16(rng.standard_normal((n, n), dtype=np.float32))

@@ -15,12 +15,12 @@ import numpy as np
 
 from numbadlrm import DLRMConfig
 from numbadlrm.data.synthetic import batch_stream
-from numbadlrm.model import DLRM
+from numbadlrm.model.dlrm import DLRM
 
 try:
     import torch
 
-    from numbadlrm.torch_dlrm import TorchDLRM, batch_to_torch, torch_train_step
+    from numbadlrm.interop.torch_dlrm import TorchDLRM, batch_to_torch, torch_train_step
 except ImportError:
     torch = None
 

@@ -4,7 +4,7 @@ Candidates, timed round-robin in one run on the same tables (and the same state 
 torch's optimizers are handed numbadlrm's state as theirs): numbadlrm's fused SGD,
 Adagrad and row-wise Adagrad updates from dpooled (T, B, D), and PyTorch's sparse step
 from the same dpooled: the EmbeddingBags' sparse backward (kept graphs of the forward)
-then torch.optim.Adagrad, or the reference's RWSAdagrad (numbadlrm/torch_optim.py).
+then torch.optim.Adagrad, or the reference's RWSAdagrad (numbadlrm/interop/torch_optim.py).
 Every candidate alternates between two batches of the same distribution, as training
 would: the kernels' scratch then always holds the other batch's keys, never this one's.
 
@@ -24,12 +24,13 @@ import numba
 import numpy as np
 from _common import median_times, stream_copy
 
-from numbadlrm import reference_optim
-from numbadlrm.kernels import embedding, optimizers
-from numbadlrm.kernels.cache_prefetch import prefetch_l2
-from numbadlrm.kernels.embedding import PREFETCH_AHEAD
+from numbadlrm.kernels.embedding import bags as embedding
+from numbadlrm.kernels.embedding import optimizers
+from numbadlrm.kernels.embedding.bags import PREFETCH_AHEAD
 from numbadlrm.kernels.jit import jit_parallel, jit_serial
-from numbadlrm.params import table_buffer
+from numbadlrm.kernels.prefetch import prefetch_l2
+from numbadlrm.model.params import table_buffer
+from numbadlrm.optim import reference as reference_optim
 
 LR, EPS = 1e-9, 1e-10  # a tiny lr: the tables barely move over hundreds of timed steps
 FUSED = {  # name -> (parallel kernel, serial kernel, reference)
@@ -50,7 +51,7 @@ def _torch():
     try:
         import torch
 
-        from numbadlrm import torch_optim
+        from numbadlrm.interop import torch_optim
     except ImportError:
         return None, None
     return torch, torch_optim
@@ -149,7 +150,7 @@ def run_optimizers(rng, T, R, D, B, L, quick, repeat, make_problem) -> None:
     validate_optimizers(rng, D, make_problem)
     torch, _ = _torch()
     checked = "fused adagrad and rowwise (parallel, serial)" + (" and torch" if torch else "")
-    print(f"validation: {checked} match numbadlrm.reference_optim; the floor touches each row")
+    print(f"validation: {checked} match numbadlrm.optim.reference; the floor touches each row")
     if torch is None:
         print("torch not installed: its rows are left out")
     else:

@@ -21,7 +21,7 @@ that the kernel flags exactly the tables the NumPy wording finds at fault.
 from __future__ import annotations
 
 # isort: off
-from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+from numbadlrm.runtime import pools as _pools  # first: the thread pools' environment, before numpy
 # isort: on
 
 import argparse
@@ -34,10 +34,10 @@ from _common import header, median_times, set_threads
 from _e2e import CONFIGS, QUICK, batches
 
 from numbadlrm.batch import lookup_problem
+from numbadlrm.kernels.embedding.lookups import check_lookups, check_lookups_serial
 from numbadlrm.kernels.jit import run_serial
-from numbadlrm.kernels.lookups import check_lookups, check_lookups_serial
 from numbadlrm.layers.embedding_bag import embedding_backward_sgd, embedding_forward
-from numbadlrm.model import DLRM
+from numbadlrm.model.dlrm import DLRM
 
 LR = 0.01
 

@@ -5,7 +5,7 @@ torch.optim.SGD (the reference's semantics: EmbeddingBag sum with sparse gradien
 on the same batches (random data, fixed bag sizes), each in its own subprocess (so one's
 idle thread pool cannot slow the other), alternating for --rounds rounds; the median
 step over all rounds gives samples/s and their ratio. Then numbadlrm's step is split per
-op by the model's own timing hook (DLRM.op_times, numbadlrm.profiling), each op beside its
+op by the model's own timing hook (DLRM.op_times, numbadlrm.runtime.profiling), each op beside its
 limit (its flops at the sgemm rate or its bytes, by op_costs' byte model, at the
 STREAM-copy rate, both measured in that process); torch's step over the summed limits is
 the best ratio an implementation of the same fp32 semantics could reach. Peak memory is
@@ -32,7 +32,7 @@ PyTorch is optional: without it numbadlrm runs alone.
 from __future__ import annotations
 
 # isort: off
-from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+from numbadlrm.runtime import pools as _pools  # first: the thread pools' environment, before numpy
 # isort: on
 
 import argparse
@@ -48,12 +48,12 @@ from _common import bf16_gemm_gflops, blas_sgemm_gflops, header, set_threads, st
 from _e2e import CONFIGS, LR, QUICK, STEPPERS, Cycle, Setup, batches, torch
 
 from numbadlrm import DLRMConfig, reference
-from numbadlrm.kernels.microkernel_bf16 import has_avx512_bf16
-from numbadlrm.model import DLRM
-from numbadlrm.profiling import OPS, OpTimes
+from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
+from numbadlrm.model.dlrm import DLRM
+from numbadlrm.runtime.profiling import OPS, OpTimes
 
 if torch is not None:
-    from numbadlrm.torch_dlrm import TorchDLRM, torch_train_step
+    from numbadlrm.interop.torch_dlrm import TorchDLRM, torch_train_step
 
 
 # a bf16 step's loss is within a few bf16 roundings (2^-8) of the exact one

@@ -4,7 +4,7 @@ Config b by default: T=8 tables x 1,000,000 rows, D=64, B=2048 bags of 100 looku
 (N = T B L = 1,638,400 lookups, tables 2 GB in huge pages). The chosen versions of the
 ops embedding_forward and embedding_update (any registered version, yours in
 numbadlrm/kernels/lab/ too; each list may be empty) are first validated against
-numbadlrm.reference (numbadlrm.kernels.checks), then they and a STREAM
+numbadlrm.reference (numbadlrm.kernels.checks.ops), then they and a STREAM
 copy (a 256 MB parallel copy on all threads, _common.stream_copy) are timed round-robin in one run,
 for uniform and for power-law row ids (id = floor(rows u^2.5), scrambled, as the
 synthetic data). GB/s follow an explicit byte model:
@@ -29,7 +29,7 @@ update moves as many bytes as fp32's, so with both kernels at fp32's GB/s it is
 sparse Adagrad and row-wise Adagrad updates (kernels/optimizers.py), and, on the same
 tables and state, PyTorch's sparse step (the EmbeddingBags' sparse backward from the same
 dpooled + torch.optim.Adagrad, or + the reference's RWSAdagrad transcribed in
-numbadlrm/torch_optim.py); see bench/_embedding_optimizers.py. The coalesced optimizers
+numbadlrm/interop/torch_optim.py); see bench/_embedding_optimizers.py. The coalesced optimizers
 read and write each of the U distinct looked-up rows once:
 
     adagrad   4 U D 4 (rows and state read and written) + N 8 + T B D 4
@@ -48,7 +48,7 @@ order, nothing else; by the row-wise model: the ceiling of the row-wise kernel's
 from __future__ import annotations
 
 # isort: off
-from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+from numbadlrm.runtime import pools as _pools  # first: the thread pools' environment, before numpy
 # isort: on
 
 import argparse
@@ -62,8 +62,11 @@ from _embedding_optimizers import run_optimizers
 
 from numbadlrm import reference
 from numbadlrm.data.synthetic import POWER_ALPHA
-from numbadlrm.kernels import checks, embedding, embedding_bf16, registry
-from numbadlrm.params import table_buffer
+from numbadlrm.kernels import registry
+from numbadlrm.kernels.checks import ops as checks
+from numbadlrm.kernels.embedding import bags as embedding
+from numbadlrm.kernels.embedding import bags_bf16 as embedding_bf16
+from numbadlrm.model.params import table_buffer
 
 
 def make_problem(rng, tables, rows, dim, batch, lookups, dist, weights=None):

@@ -4,7 +4,7 @@ For every layer of DLRM configs a, b, c and each pass (forward with bias + ReLU,
 backward_data dx = dz W, backward_weight dW = dz^T x with db), the chosen versions of
 the ops linear_forward, linear_backward_data and linear_backward_weight (any registered
 version, yours in numbadlrm/kernels/lab/ too) are validated against numbadlrm.reference
-(numbadlrm.kernels.checks), then timed round-robin with np.matmul into the output
+(numbadlrm.kernels.checks.ops), then timed round-robin with np.matmul into the output
 (OpenBLAS threading its own GEMM) + the epilogue, the path the "blas" version replaced.
 
 Prints median ms, GFLOP/s (2 B I O per pass) and the fraction of the machine's sgemm
@@ -17,7 +17,7 @@ rate (measured first, the limit) of each, and the first version's time over the 
 from __future__ import annotations
 
 # isort: off
-from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+from numbadlrm.runtime import pools as _pools  # first: the thread pools' environment, before numpy
 # isort: on
 
 import argparse
@@ -27,7 +27,9 @@ from functools import partial
 import numpy as np
 from _common import blas_sgemm_gflops, header, median_times, set_threads, versions_of
 
-from numbadlrm.kernels import checks, epilogue, registry
+from numbadlrm.kernels import registry
+from numbadlrm.kernels.checks import ops as checks
+from numbadlrm.kernels.gemm import epilogue
 
 # (name, batch, bottom widths incl. input, top widths incl. the computed input D + P)
 CONFIGS = {

@@ -1,11 +1,11 @@
 """bf16 linear-layer GEMMs (vdpbf16ps, fp32 accumulation) against fp32 BLAS and torch bf16.
 
 For every linear layer of DLRM configs b and c and each pass, the bf16 kernels
-(numbadlrm.kernels.gemm_bf16) are first validated against the float64 reference on the
+(numbadlrm.kernels.gemm.bf16) are first validated against the float64 reference on the
 same bf16 inputs (bound (K + 2) eps32 (|A| @ |B| + |b|), as tests/test_gemm_bf16.py),
 then timed round-robin with:
 
-    blas    the fp32 "blas" backend (numbadlrm.kernels.blas, ~OpenBLAS sgemm) on the
+    blas    the fp32 "blas" backend (numbadlrm.kernels.gemm.blas, ~OpenBLAS sgemm) on the
             fp32 layer of the same shape, epilogues included as in the model
     torch   PyTorch on bf16 tensors (oneDNN), torch.set_num_threads matched: forward
             F.linear(x, W, b) then relu_; data dz @ W; weight dz^T @ x and dz.sum(0)
@@ -28,7 +28,7 @@ threads, from a loop of 12 independent register-only accumulators per thread.
 from __future__ import annotations
 
 # isort: off
-from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+from numbadlrm.runtime import pools as _pools  # first: the thread pools' environment, before numpy
 # isort: on
 
 import argparse
@@ -43,10 +43,10 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from numbadlrm import reference
-from numbadlrm.kernels import blas
-from numbadlrm.kernels import gemm_bf16 as kg
-from numbadlrm.kernels import microkernel_bf16 as mk
-from numbadlrm.kernels import pack_bf16 as kp
+from numbadlrm.kernels.gemm import bf16 as kg
+from numbadlrm.kernels.gemm import blas
+from numbadlrm.kernels.gemm import pack_bf16 as kp
+from numbadlrm.kernels.gemm import tile_bf16 as mk
 
 EPS = 2.0**-24
 _SPIN_ACCUMULATORS = 12

@@ -3,9 +3,9 @@
 Configs a (B=128, F=9, D=16) and c (B=2048, F=27, D=128, P=351). The chosen versions of
 dot_interaction_forward and dot_interaction_backward (any registered version, yours in
 numbadlrm/kernels/lab/ too), with their serial entries where they have one, are first
-validated against numbadlrm.reference (numbadlrm.kernels.checks), then all are timed
+validated against numbadlrm.reference (numbadlrm.kernels.checks.ops), then all are timed
 round-robin in one run with
-PyTorch's formulation (as numbadlrm.torch_dlrm.TorchDLRM.interact: stack, bmm, pair
+PyTorch's formulation (as numbadlrm.interop.torch_dlrm.TorchDLRM.interact: stack, bmm, pair
 gather, cat; its backward by autograd) when torch is installed. Counts:
 
     dot forward   2 B P D flops;  bytes B F D 4 read + B (D + P) 4 written
@@ -24,7 +24,7 @@ fraction of the machine's limits, measured first: the sgemm rate and STREAM copy
 from __future__ import annotations
 
 # isort: off
-from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+from numbadlrm.runtime import pools as _pools  # first: the thread pools' environment, before numpy
 # isort: on
 
 import argparse
@@ -42,7 +42,8 @@ from _common import (
 )
 
 from numbadlrm.config import pair_indices
-from numbadlrm.kernels import checks, registry
+from numbadlrm.kernels import registry
+from numbadlrm.kernels.checks import ops as checks
 
 try:
     import torch

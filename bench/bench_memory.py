@@ -17,7 +17,7 @@ PyTorch is optional: without it numbadlrm runs alone.
 from __future__ import annotations
 
 # isort: off
-from numbadlrm import _pools  # first: the thread pools' environment, before numpy
+from numbadlrm.runtime import pools as _pools  # first: the thread pools' environment, before numpy
 # isort: on
 
 import argparse
@@ -30,10 +30,10 @@ import sys
 from _common import header, set_threads
 from _e2e import CONFIGS, LR, QUICK, STEPPERS, Cycle, batches, torch
 
-from numbadlrm.kernels.microkernel_bf16 import has_avx512_bf16
-from numbadlrm.memory import estimate
-from numbadlrm.model import DLRM, Workspace, dense_layout
-from numbadlrm.tower_bf16 import Bf16Workspace
+from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
+from numbadlrm.model.dlrm import DLRM, Workspace, dense_layout
+from numbadlrm.model.memory import estimate
+from numbadlrm.model.tower_bf16 import Bf16Workspace
 
 
 def _rss_kb(field: str) -> int:

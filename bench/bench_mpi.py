@@ -21,7 +21,7 @@ steps on pre-generated global batches:
 from __future__ import annotations
 
 # isort: off
-from numbadlrm import _pools  # noqa: F401  first: pool settings, inherited by the ranks
+from numbadlrm.runtime import pools as _pools  # noqa: F401  first: pool settings, inherited by the ranks
 # isort: on
 
 import argparse
@@ -47,7 +47,7 @@ def worker(args) -> None:
     from numbadlrm.data.synthetic import random_batch
     from numbadlrm.parallel.distributed import DistributedDLRM
     from numbadlrm.parallel.train_mpi import abort_on_error
-    from numbadlrm.threads import set_num_threads
+    from numbadlrm.runtime.threads import set_num_threads
 
     comm = MPI.COMM_WORLD
     with abort_on_error(comm):
@@ -142,7 +142,7 @@ def main(argv=None) -> None:
         return
     from _common import header
 
-    from numbadlrm.kernels.microkernel_bf16 import has_avx512_bf16
+    from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
 
     config = "quick" if args.quick else "reduced"
     tables, rows, dim, lookups, bottom, top, batch0, steps = CONFIGS[config]

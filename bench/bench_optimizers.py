@@ -27,7 +27,7 @@ Config b holds its 2 GB of tables once per candidate, plus Adagrad's 2 GB of sta
 from __future__ import annotations
 
 # isort: off
-from numbadlrm import _pools  # noqa: F401  first: the thread pools' environment
+from numbadlrm.runtime import pools as _pools  # noqa: F401  first: the thread pools' environment
 # isort: on
 
 import argparse
@@ -37,8 +37,8 @@ import numpy as np
 from _common import header, median_times, set_threads
 from _e2e import CONFIGS, LR, QUICK, batches, torch
 
-from numbadlrm.model import DLRM
-from numbadlrm.profiling import OpTimes, timed
+from numbadlrm.model.dlrm import DLRM
+from numbadlrm.runtime.profiling import OpTimes, timed
 
 CANDIDATES = ("sgd", "adagrad", "adagrad-end", "rwsadagrad")
 
@@ -80,8 +80,8 @@ def validate() -> None:
             sys.exit(f"validation failed: adagrad-end's {name} differs from adagrad's")
     if torch is None:
         return
-    from numbadlrm.torch_dlrm import TorchDLRM, torch_train_step
-    from numbadlrm.torch_optim import RowWiseSparseAdagrad
+    from numbadlrm.interop.torch_dlrm import TorchDLRM, torch_train_step
+    from numbadlrm.interop.torch_optim import RowWiseSparseAdagrad
 
     torch.sparse.check_sparse_tensor_invariants.disable()  # torch's default, no warning
 

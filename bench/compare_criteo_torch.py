@@ -22,7 +22,7 @@ import numpy as np
 from numbadlrm import DLRM, DLRMConfig
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
 from numbadlrm.data.dataset import ProcessedData
-from numbadlrm.metrics import evaluate_predictions
+from numbadlrm.train.metrics import evaluate_predictions
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo"
 
@@ -55,7 +55,7 @@ def main() -> int:
     try:
         import torch
 
-        from numbadlrm.torch_dlrm import TorchDLRM, torch_predict, torch_train_step
+        from numbadlrm.interop.torch_dlrm import TorchDLRM, torch_predict, torch_train_step
     except ImportError:
         print("PyTorch is not installed (pip install 'numbadlrm[torch]'); nothing to compare")
         return 0

@@ -25,7 +25,7 @@ split master weights):
 from __future__ import annotations
 
 # isort: off
-from numbadlrm import _pools  # noqa: F401  first: the thread pools' environment, before numpy
+from numbadlrm.runtime import pools as _pools  # noqa: F401  first: the thread pools' environment, before numpy
 # isort: on
 
 import argparse
@@ -39,9 +39,9 @@ from _common import header, set_threads
 from compare_criteo_torch import DEFAULT_DIR, load_split
 
 from numbadlrm import DLRM, DLRMConfig
-from numbadlrm.kernels.microkernel_bf16 import has_avx512_bf16
-from numbadlrm.metrics import evaluate_predictions
-from numbadlrm.train import TrainConfig, run_training
+from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
+from numbadlrm.train.metrics import evaluate_predictions
+from numbadlrm.train.run import TrainConfig, run_training
 
 PRECISIONS = ("fp32", "bf16")
 RUNS = ("fp32", "bf16", "control")  # control: fp32 from weights perturbed by ~one bf16 rounding

@@ -64,7 +64,7 @@ register(
 )
 
 if __name__ == "__main__":  # python examples/lab_embedding_update.py: check it here
-    from numbadlrm.kernels import checks
+    from numbadlrm.kernels.checks import ops as checks
 
     for serial in (False, True):
         checks.validate("embedding_update", "per_table", serial)

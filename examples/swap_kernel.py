@@ -11,7 +11,7 @@ examples/lab_embedding_update.py.)
 """
 
 # isort: off
-import numbadlrm._pools  # noqa: F401  before numpy: thread pools sleep between calls
+import numbadlrm.runtime.pools  # noqa: F401  before numpy: thread pools sleep between calls
 # isort: on
 
 import time
@@ -22,8 +22,9 @@ from numba import njit, prange
 from numbadlrm import DLRM
 from numbadlrm.config import pair_indices
 from numbadlrm.data.synthetic import batch_stream
-from numbadlrm.kernels import checks, registry
-from numbadlrm.train import TrainConfig
+from numbadlrm.kernels import registry
+from numbadlrm.kernels.checks import ops as checks
+from numbadlrm.train.run import TrainConfig
 
 
 @njit(parallel=True, cache=True)

@@ -4,14 +4,14 @@ python examples/train_python_api.py
 """
 
 # isort: off
-import numbadlrm._pools  # noqa: F401  before numpy: thread pools sleep between calls
+import numbadlrm.runtime.pools  # noqa: F401  before numpy: thread pools sleep between calls
 # isort: on
 
 import numpy as np
 
 from numbadlrm import DLRM, DLRMConfig
 from numbadlrm.data.synthetic import Teacher, batch_stream
-from numbadlrm.metrics import evaluate_predictions
+from numbadlrm.train.metrics import evaluate_predictions
 
 cfg = DLRMConfig.from_arch(
     sparse_feature_size=16,

@@ -2,8 +2,8 @@
 
     from numbadlrm import DLRMConfig, DLRM, Batch
 
-The names are loaded on first use, so ``import numbadlrm._pools`` can still set the
-thread pools' environment before numpy and numba load (see numbadlrm/cli.py).
+The names are loaded on first use, so ``import numbadlrm.runtime.pools`` can still set the
+thread pools' environment before numpy and numba load (see numbadlrm/cli/main.py).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 __all__ = ["DLRM", "Batch", "DLRMConfig"]
 __version__ = "0.1.0"
 
-_WHERE = {"DLRM": ".model", "Batch": ".batch", "DLRMConfig": ".config"}
+_WHERE = {"DLRM": ".model.dlrm", "Batch": ".batch", "DLRMConfig": ".config"}
 
 if TYPE_CHECKING:
     from .batch import Batch
     from .config import DLRMConfig
-    from .model import DLRM
+    from .model.dlrm import DLRM
 
 
 def __getattr__(name: str):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels.embedding.lookups import check_lookups, check_lookups_serial
 from .kernels.jit import run_serial
-from .kernels.lookups import check_lookups, check_lookups_serial
 
 
 @dataclass(eq=False)

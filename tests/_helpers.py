@@ -87,8 +87,8 @@ def run_child_cases(module: str) -> tuple[list[dict], str]:
 def run_interrupted(monkeypatch, cfg, after: int) -> list[float]:
     """run_training(cfg) stopped by a KeyboardInterrupt at its train_step number
     ``after`` + 1, as a kill would stop it; returns the lr of each step that ran."""
-    from numbadlrm.model import DLRM
-    from numbadlrm.train import run_training
+    from numbadlrm.model.dlrm import DLRM
+    from numbadlrm.train.run import run_training
 
     original, lrs = DLRM.train_step, []
 

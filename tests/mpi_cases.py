@@ -27,9 +27,10 @@ import numpy as np
 from mpi4py import MPI
 
 from numbadlrm import DLRM, DLRMConfig
-from numbadlrm.checkpoint import CheckpointError, load_checkpoint
-from numbadlrm.kernels.microkernel_bf16 import has_avx512_bf16
-from numbadlrm.optimizers import OptimizerConfig
+from numbadlrm.cli.tools import predict_to_file
+from numbadlrm.io.checkpoint import CheckpointError, load_checkpoint
+from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
+from numbadlrm.optim.optimizers import OptimizerConfig
 from numbadlrm.parallel.distributed import DistributedDLRM
 from numbadlrm.parallel.exchange import EmbeddingExchange
 from numbadlrm.parallel.partition import plan_placement, sample_ranges
@@ -39,8 +40,7 @@ from numbadlrm.parallel.train_mpi import (
     run_distributed_training,
     save_distributed_checkpoint,
 )
-from numbadlrm.tools import predict_to_file
-from numbadlrm.train import TrainConfig, run_training
+from numbadlrm.train.run import TrainConfig, run_training
 
 from ._criteo_files import quirky_lines, write_raw
 from ._helpers import random_batch

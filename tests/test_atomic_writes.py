@@ -1,7 +1,7 @@
 """Nothing lost, nothing half-written: a full disk gives a one-line error naming the
 path; a failed or killed write leaves no temporary file (or the next run removes it).
 
-A full disk is simulated by replacing numbadlrm.files._write (every array byte goes
+A full disk is simulated by replacing numbadlrm.io.files._write (every array byte goes
 through it) or np.savez, and made for real on a tiny tmpfs where mounting is permitted.
 """
 
@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numbadlrm import DLRMConfig, files
-from numbadlrm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from numbadlrm.cli import main
-from numbadlrm.data import preprocess_cli
+from numbadlrm import DLRMConfig
+from numbadlrm.cli import preprocess as preprocess_cli
+from numbadlrm.cli.main import main
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
-from numbadlrm.files import WriteError
-from numbadlrm.model import DLRM
-from numbadlrm.train import TrainConfig, run_training
+from numbadlrm.io import files
+from numbadlrm.io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from numbadlrm.io.files import WriteError
+from numbadlrm.model.dlrm import DLRM
+from numbadlrm.train.run import TrainConfig, run_training
 from tests._criteo_files import all_rows, quirky_lines, write_raw
 from tests._helpers import small_config
 

@@ -13,7 +13,7 @@ import pytest
 
 from numbadlrm import DLRM
 from numbadlrm.batch import lookup_problem
-from numbadlrm.kernels.lookups import check_lookups, check_lookups_serial
+from numbadlrm.kernels.embedding.lookups import check_lookups, check_lookups_serial
 
 from . import _unsafe_batches
 from ._helpers import random_batch, run_child_cases, small_config

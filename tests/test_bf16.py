@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from numbadlrm import reference
-from numbadlrm.kernels import bf16, embedding, embedding_bf16
+from numbadlrm.kernels import bf16
 from numbadlrm.kernels.elementwise import sgd_update, sgd_update_serial
+from numbadlrm.kernels.embedding import bags as embedding
+from numbadlrm.kernels.embedding import bags_bf16 as embedding_bf16
 
 SPECIAL = np.array(
     [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 3.4e38, -3.4e38, 1e-40, -1e-45, 1.0, -2.5],
@@ -226,9 +228,9 @@ def test_split_sgd_rounds_once_like_an_fma():
 
 
 def test_wrappers_match_the_kernels(threads):
-    """numbadlrm.bf16's wrappers: any shape, serial and parallel paths (sizes on both
+    """numbadlrm.layers.bf16's wrappers: any shape, serial and parallel paths (sizes on both
     sides of SERIAL_BELOW_BYTES), same bits as the reference."""
-    from numbadlrm import bf16 as wrap
+    from numbadlrm.layers import bf16 as wrap
 
     rng = np.random.default_rng(6)
     for shape in ((3, 5), (700, 800)):
@@ -249,7 +251,7 @@ def test_wrappers_match_the_kernels(threads):
 def test_embedding_wrappers(threads, batch):
     """split_tables / merge_tables and the split forward and update through the wrappers
     (batch 3: the serial kernels; 3000: the parallel ones)."""
-    from numbadlrm import bf16 as wrap
+    from numbadlrm.layers import bf16 as wrap
 
     rng = np.random.default_rng(batch)
     weights, _, row_start, offsets, indices = make_tables(rng, (40, 9), 64, batch, 3)
@@ -291,7 +293,7 @@ def test_embedding_wrappers(threads, batch):
     ],
 )
 def test_wrappers_reject_bad_arguments(call, match):
-    from numbadlrm import bf16 as wrap
+    from numbadlrm.layers import bf16 as wrap
 
     with pytest.raises(ValueError, match=match):
         call(wrap)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from numbadlrm import DLRM
-from numbadlrm.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from numbadlrm.cli import main
+from numbadlrm.cli.main import main
+from numbadlrm.io.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from tests._helpers import small_config
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from numbadlrm import DLRM, Batch
-from numbadlrm.checkpoint import load_checkpoint
+from numbadlrm.io.checkpoint import load_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
 NAMES = ["fp32_sgd", "fp32_adagrad", "fp32_rwsadagrad", "bf16_sgd"]

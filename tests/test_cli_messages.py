@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from numbadlrm.cli import main
+from numbadlrm.cli.main import main
 from numbadlrm.data import criteo
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
 from tests._criteo_files import quirky_lines, write_raw

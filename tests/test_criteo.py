@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numbadlrm.data import criteo, preprocess_cli
+from numbadlrm.cli import preprocess as preprocess_cli
+from numbadlrm.data import criteo
 from numbadlrm.data.criteo import (
     CriteoError,
     CriteoFormatError,

@@ -1,7 +1,7 @@
 """The linear layer (layers/linear.py) on its --gemm backends against numbadlrm.reference:
 masks, the first layer's missing dx, the fused SGD, thread counts, bad input, and the
 "auto" rule. Every kernel version of the three passes is checked by tests/test_registry.py
-(numbadlrm.kernels.checks, whose GEMM tolerance these tests share)."""
+(numbadlrm.kernels.checks.ops, whose GEMM tolerance these tests share)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from numbadlrm import reference
-from numbadlrm.kernels import blas, epilogue, linear_auto
-from numbadlrm.kernels.checks import assert_gemm_close, check_linear_forward, linear_inputs
+from numbadlrm.kernels.checks.ops import assert_gemm_close, check_linear_forward, linear_inputs
+from numbadlrm.kernels.gemm import auto as linear_auto
+from numbadlrm.kernels.gemm import blas, epilogue
 from numbadlrm.layers import linear
 
 EPS = float(np.finfo(np.float32).eps)
@@ -161,7 +162,7 @@ def test_blas_backend_library_stays_single_threaded():
     also after set_num_threads raises every BLAS's threads (threadpoolctl finds it too)."""
     from threadpoolctl import threadpool_info
 
-    from numbadlrm import threads as threads_module
+    from numbadlrm.runtime import threads as threads_module
 
     assert blas.single_thread_blas() == 1
     old = numba.get_num_threads()

@@ -21,10 +21,11 @@ import numba
 import numpy as np
 import pytest
 
-from numbadlrm import bf16, reference
-from numbadlrm.kernels import gemm_bf16 as kg
-from numbadlrm.kernels import microkernel_bf16 as mk
-from numbadlrm.kernels import pack_bf16 as kp
+from numbadlrm import reference
+from numbadlrm.kernels.gemm import bf16 as kg
+from numbadlrm.kernels.gemm import pack_bf16 as kp
+from numbadlrm.kernels.gemm import tile_bf16 as mk
+from numbadlrm.layers import bf16
 
 pytestmark = pytest.mark.skipif(
     not mk.has_avx512_bf16(), reason="this CPU has no AVX512-BF16 (vdpbf16ps)"

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from numbadlrm import reference as ref
-from numbadlrm.kernels import elementwise, embedding, interaction
+from numbadlrm.kernels import elementwise
+from numbadlrm.kernels.embedding import bags as embedding
+from numbadlrm.kernels.interaction import fp32 as interaction
 from numbadlrm.layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from numbadlrm.layers.interaction import Interaction
 from numbadlrm.layers.loss import sigmoid_bce

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from numbadlrm.lr_policy import LRPolicy, adagrad_decayed_lr
+from numbadlrm.optim.lr_policy import LRPolicy, adagrad_decayed_lr
 
 BASE = 0.3
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numbadlrm import DLRM, DLRMConfig, memory, model
-from numbadlrm.cli import main
+from numbadlrm import DLRM, DLRMConfig
+from numbadlrm.cli.main import main
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
-from numbadlrm.memory import OutOfMemoryError, available_memory, estimate
-from numbadlrm.model import Workspace
+from numbadlrm.model import dlrm as model
+from numbadlrm.model import memory
+from numbadlrm.model.dlrm import Workspace
+from numbadlrm.model.memory import OutOfMemoryError, available_memory, estimate
 from tests._criteo_files import quirky_lines, write_raw
 
 

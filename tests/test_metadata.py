@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numbadlrm.cli import main
+from numbadlrm.cli.main import main
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
 from numbadlrm.data.dataset import ProcessedData
 from tests._criteo_files import quirky_lines, write_raw

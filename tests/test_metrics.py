@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from numbadlrm.metrics import accuracy, evaluate_predictions, log_loss, roc_auc
+from numbadlrm.train.metrics import accuracy, evaluate_predictions, log_loss, roc_auc
 
 
 def brute_force_auc(labels, scores):

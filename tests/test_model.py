@@ -47,7 +47,7 @@ def test_ten_step_trajectory_matches_reference(threads, op, itself, gemm):
 @pytest.mark.parametrize("op,itself", VARIANTS)
 def test_ten_step_trajectory_matches_pytorch(op, itself):
     torch = pytest.importorskip("torch")
-    from numbadlrm.torch_dlrm import TorchDLRM, torch_train_step
+    from numbadlrm.interop.torch_dlrm import TorchDLRM, torch_train_step
 
     cfg = small_config(op, itself, tables="7-11-5-30")
     rng = np.random.default_rng(1)

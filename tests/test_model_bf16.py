@@ -13,13 +13,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numbadlrm import DLRM, DLRMConfig, bf16
+from numbadlrm import DLRM, DLRMConfig
 from numbadlrm import reference as ref
 from numbadlrm.data.synthetic import batch_stream
-from numbadlrm.kernels import elementwise, microkernel_bf16
-from numbadlrm.kernels import embedding as kemb
-from numbadlrm.model_bf16 import Bf16DLRM
-from numbadlrm.profiling import OPS, OpTimes
+from numbadlrm.kernels import elementwise
+from numbadlrm.kernels.embedding import bags as kemb
+from numbadlrm.kernels.gemm import tile_bf16 as microkernel_bf16
+from numbadlrm.layers import bf16
+from numbadlrm.model.dlrm_bf16 import Bf16DLRM
+from numbadlrm.runtime.profiling import OPS, OpTimes
 
 from ._bf16_bounds import LAMBDA, excess, step_bounds
 from ._helpers import random_batch, small_config
@@ -209,7 +211,8 @@ def test_op_times_and_kernel_choice_work_in_bf16():
 
 def test_a_bf16_check_fails_on_a_wrong_kernel():
     """The bf16 checks can fail: a pooled forward that drops one value is caught."""
-    from numbadlrm.kernels import checks, registry
+    from numbadlrm.kernels import registry
+    from numbadlrm.kernels.checks import ops as checks
 
     real = registry.get("bf16_embedding_forward")
 

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("mpi4py")
 
 from numbadlrm import DLRM
-from numbadlrm.checkpoint import load_checkpoint
+from numbadlrm.io.checkpoint import load_checkpoint
 
 from . import mpi_cases
 
@@ -90,7 +90,7 @@ def test_single_process_dlrm_resumes_the_two_rank_checkpoint(results, workdir):
 def test_single_process_dlrm_resumes_a_two_rank_optimizer_checkpoint(results, workdir, name):
     """The 2-rank Adagrad checkpoint, state gathered from the shards, resumed by DLRM
     through the training loop's loader: equal to 2 * STEPS steps on one process."""
-    from numbadlrm.train import load_into
+    from numbadlrm.train.run import load_into
 
     cfg = mpi_cases.tiny_config("dot", "7-400-5-30-3")
     setting = mpi_cases.optimizer_setting(name)
@@ -127,7 +127,7 @@ def test_cli_under_mpiexec_trains_batches_the_ranks_do_not_divide():
         "3",
         sys.executable,
         "-m",
-        "numbadlrm.cli",
+        "numbadlrm.cli.main",
         "train",
         "--mini-batch-size",
         "100",
@@ -146,11 +146,11 @@ def test_cli_under_mpiexec_trains_batches_the_ranks_do_not_divide():
 
 def test_cli_under_mpiexec_trains_in_bf16():
     """`mpiexec -n 2 numbadlrm train --precision bf16`: the header says so, it evaluates."""
-    from numbadlrm.kernels.microkernel_bf16 import has_avx512_bf16
+    from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
 
     if not MPIEXEC.exists() or not has_avx512_bf16():
         pytest.skip("needs mpiexec and a CPU with AVX512-BF16")
-    command = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "numbadlrm.cli", "train"]
+    command = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "numbadlrm.cli.main", "train"]
     command += ["--precision", "bf16", "--mini-batch-size", "64", "--num-batches", "3"]
     command += ["--test-num-batches", "1", "--no-progress"]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)

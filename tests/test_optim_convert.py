@@ -8,18 +8,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numbadlrm.checkpoint import load_checkpoint, save_model_checkpoint
-from numbadlrm.cli import main
-from numbadlrm.model import DLRM
-from numbadlrm.optimizers import OptimizerConfig
-from numbadlrm.train import load_into
+from numbadlrm.cli.main import main
+from numbadlrm.io.checkpoint import load_checkpoint, save_model_checkpoint
+from numbadlrm.model.dlrm import DLRM
+from numbadlrm.optim.optimizers import OptimizerConfig
+from numbadlrm.train.run import load_into
 
 from ._helpers import random_batch, small_config
 
 torch = pytest.importorskip("torch")
 
-from numbadlrm.torch_dlrm import TorchDLRM, torch_train_step  # noqa: E402
-from numbadlrm.torch_optim import RowWiseSparseAdagrad  # noqa: E402
+from numbadlrm.interop.torch_dlrm import TorchDLRM, torch_train_step  # noqa: E402
+from numbadlrm.interop.torch_optim import RowWiseSparseAdagrad  # noqa: E402
 
 torch.sparse.check_sparse_tensor_invariants.disable()  # torch's default, without its warning
 LR = 0.05

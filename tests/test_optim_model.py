@@ -1,7 +1,7 @@
 """Whole DLRM training with Adagrad, row-wise Adagrad and the other losses against PyTorch.
 
 The oracle is TorchDLRM (autograd) with torch.optim.Adagrad, or the transcription of the
-reference's RWSAdagrad (numbadlrm/torch_optim.py), over 10 steps of multi-hot batches
+reference's RWSAdagrad (numbadlrm/interop/torch_optim.py), over 10 steps of multi-hot batches
 with empty bags and repeated rows, the lr changing every step as the LR policy changes
 it. Tolerances are those of the SGD oracle (tests/test_model.py): losses rtol 1e-5,
 parameters rtol 1e-4 plus atol 1e-5; optimizer state (sums of squared gradients) rtol
@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 from numbadlrm import DLRM
-from numbadlrm.lr_policy import LRPolicy
-from numbadlrm.optimizers import OptimizerConfig
+from numbadlrm.optim.lr_policy import LRPolicy
+from numbadlrm.optim.optimizers import OptimizerConfig
 
 from ._helpers import random_batch, small_config
 
 torch = pytest.importorskip("torch")
 
-from numbadlrm.torch_dlrm import TorchDLRM, torch_train_step  # noqa: E402
-from numbadlrm.torch_optim import RowWiseSparseAdagrad  # noqa: E402
+from numbadlrm.interop.torch_dlrm import TorchDLRM, torch_train_step  # noqa: E402
+from numbadlrm.interop.torch_optim import RowWiseSparseAdagrad  # noqa: E402
 
 torch.sparse.check_sparse_tensor_invariants.disable()  # torch's default, without its warning
 
@@ -54,7 +54,7 @@ def torch_optimizer(oracle: TorchDLRM, cfg: OptimizerConfig, lr: float):
 
 def torch_state(oracle: TorchDLRM, optimizer) -> dict[str, np.ndarray]:
     """The torch optimizer's state under numbadlrm's names."""
-    from numbadlrm.torch_dlrm import reference_names
+    from numbadlrm.interop.torch_dlrm import reference_names
 
     by_ref = {ref: name for name, ref in reference_names(oracle.config).items()}
     out = {}
@@ -195,7 +195,7 @@ def test_a_batch_the_table_kernels_cannot_index_is_refused_before_any_update(mon
     """The fused table kernels pack a bag in 30 bits: a batch beyond that is refused after
     the forward, before any parameter or state changes (here with the limit lowered to 8
     samples, as no test machine holds 2^30)."""
-    from numbadlrm import optimizers
+    from numbadlrm.optim import optimizers
 
     monkeypatch.setattr(optimizers, "MAX_BATCH", 8)
     cfg = small_config()
@@ -215,7 +215,7 @@ def test_a_batch_the_table_kernels_cannot_index_is_refused_before_any_update(mon
 @pytest.mark.parametrize("optimizer", ["adagrad", "rwsadagrad"])
 def test_tables_the_table_kernels_cannot_index_are_refused_at_construction(monkeypatch, optimizer):
     """The table kernels' keys hold rows below 2^33 (limit lowered here to the test's rows)."""
-    from numbadlrm import optimizers
+    from numbadlrm.optim import optimizers
 
     cfg = small_config()
     monkeypatch.setattr(optimizers, "MAX_TABLE_ROWS", sum(cfg.embedding_sizes) - 1)

@@ -9,16 +9,16 @@ import json
 import numpy as np
 import pytest
 
-from numbadlrm.checkpoint import (
+from numbadlrm.io.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
     optimizer_to_resume,
     save_checkpoint,
 )
-from numbadlrm.lr_policy import LRPolicy
-from numbadlrm.optimizers import OptimizerConfig
-from numbadlrm.train import TrainConfig, run_training
+from numbadlrm.optim.lr_policy import LRPolicy
+from numbadlrm.optim.optimizers import OptimizerConfig
+from numbadlrm.train.run import TrainConfig, run_training
 
 from ._helpers import run_interrupted
 from .test_train import TINY, _records

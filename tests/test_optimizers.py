@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numbadlrm import reference_optim as ref
-from numbadlrm.kernels import optimizers as k
+from numbadlrm.kernels.embedding import optimizers as k
+from numbadlrm.optim import reference as ref
 
 from ._helpers import random_batch, small_config
 
@@ -250,7 +250,8 @@ def test_optimizer_kernels_run_as_plain_python_under_numba_disable_jit():
 def test_sgd_references_match_the_sgd_kernels():
     """reference_optim's SGD (dense, and coalesced for the tables) against the fused SGD
     kernels the model runs today: SGD is linear, so coalescing changes nothing."""
-    from numbadlrm.kernels import elementwise, embedding
+    from numbadlrm.kernels import elementwise
+    from numbadlrm.kernels.embedding import bags as embedding
 
     rng = np.random.default_rng(4)
     weights, row_start, offsets, indices = _problem(rng)

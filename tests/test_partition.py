@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 
-from numbadlrm.kernels.embedding import embedding_bags_forward
+from numbadlrm.kernels.embedding.bags import embedding_bags_forward
 from numbadlrm.parallel.partition import plan_placement, sample_ranges, shard_lookups, shard_major
 
 from ._helpers import random_batch, small_config

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numbadlrm.checkpoint import CheckpointError, load_checkpoint
-from numbadlrm.cli import main
+from numbadlrm.cli.main import main
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
 from numbadlrm.data.dataset import ProcessedData
-from numbadlrm.train import TrainConfig, run_training
+from numbadlrm.io.checkpoint import CheckpointError, load_checkpoint
+from numbadlrm.train.run import TrainConfig, run_training
 from tests._criteo_files import quirky_lines, write_raw
 from tests.test_checkpoint import _npy, _rewrite
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from numbadlrm import reference as ref
-from numbadlrm.model import DLRM
+from numbadlrm.model.dlrm import DLRM
 
 from ._helpers import assert_grad_close, numeric_grad, random_batch, small_config
 

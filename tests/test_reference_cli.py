@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numbadlrm.cli import build_parser, dataclass_from_args, main, parse_args
-from numbadlrm.reference_flags import NOTES, UNSUPPORTED, parse_bool_word
-from numbadlrm.train import TrainConfig
+from numbadlrm.cli.main import build_parser, dataclass_from_args, main, parse_args
+from numbadlrm.cli.reference_flags import NOTES, UNSUPPORTED, parse_bool_word
+from numbadlrm.train.run import TrainConfig
 
 from ._criteo_files import quirky_lines, write_raw
 from .reference_commands import COMMANDS

@@ -1,8 +1,8 @@
 """The optimizers against PyTorch over 10 steps: references, kernels and torch side by side.
 
 torch.optim.Adagrad (dense, and sparse through nn.EmbeddingBag(mode="sum", sparse=True))
-and RowWiseSparseAdagrad (the reference's RWSAdagrad, numbadlrm/torch_optim.py) against
-numbadlrm.reference_optim and the kernels, with the reference's LR policy setting each
+and RowWiseSparseAdagrad (the reference's RWSAdagrad, numbadlrm/interop/torch_optim.py) against
+numbadlrm.optim.reference and the kernels, with the reference's LR policy setting each
 step's lr as its scheduler does, Adagrad's lr_decay and a non-zero initial accumulator.
 Bags hold 0..4 lookups of tiny tables: bag 0 of every table is empty, bag 1 repeats one
 row 3 times, and rows repeat across bags. Tolerances as tests/test_torch_oracle.py's
@@ -19,14 +19,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from numbadlrm import reference_optim as ref  # noqa: E402
-from numbadlrm.kernels import optimizers as k  # noqa: E402
-from numbadlrm.lr_policy import LRPolicy, adagrad_decayed_lr  # noqa: E402
-from numbadlrm.torch_optim import (  # noqa: E402
+from numbadlrm.interop.torch_optim import (  # noqa: E402
     RowWiseSparseAdagrad,
     embedding_backward,
     embedding_pooled,
 )
+from numbadlrm.kernels.embedding import optimizers as k  # noqa: E402
+from numbadlrm.optim import reference as ref  # noqa: E402
+from numbadlrm.optim.lr_policy import LRPolicy, adagrad_decayed_lr  # noqa: E402
 
 TOL = {np.float64: dict(rtol=1e-11, atol=1e-13), np.float32: dict(rtol=1e-4, atol=1e-6)}
 STEPS, EPS, INITIAL, LR_DECAY = 10, 1e-10, 0.1, 0.05

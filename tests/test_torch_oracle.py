@@ -29,9 +29,7 @@ torch = pytest.importorskip("torch")
 
 from numbadlrm.batch import Batch  # noqa: E402
 from numbadlrm.config import DLRMConfig  # noqa: E402
-from numbadlrm.model import state_dict_shapes  # noqa: E402
-from numbadlrm.reference import ReferenceDLRM  # noqa: E402
-from numbadlrm.torch_dlrm import (  # noqa: E402
+from numbadlrm.interop.torch_dlrm import (  # noqa: E402
     TorchDLRM,
     batch_to_torch,
     from_reference_state_dict,
@@ -39,6 +37,8 @@ from numbadlrm.torch_dlrm import (  # noqa: E402
     torch_predict,
     torch_train_step,
 )
+from numbadlrm.model.dlrm import state_dict_shapes  # noqa: E402
+from numbadlrm.reference import ReferenceDLRM  # noqa: E402
 
 CONFIGS = {
     "dot": dict(interaction_op="dot", interaction_itself=False),
@@ -301,7 +301,7 @@ def test_batch_to_torch_offsets_are_per_table():
 def test_module_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import numbadlrm.torch_dlrm as m\n"
+        "import numbadlrm.interop.torch_dlrm as m\n"
         "from numbadlrm.config import DLRMConfig\n"
         "cfg = DLRMConfig.from_arch(4, '3-3', '2-4', '1')\n"
         "try:\n"

@@ -8,12 +8,12 @@ import numba
 import numpy as np
 import pytest
 
-from numbadlrm import train
-from numbadlrm.checkpoint import CheckpointError, load_checkpoint
-from numbadlrm.cli import main
+from numbadlrm.cli.main import main
+from numbadlrm.io.checkpoint import CheckpointError, load_checkpoint
 from numbadlrm.kernels.jit import announce_compilation
-from numbadlrm.model import DLRM
-from numbadlrm.train import TrainConfig, TrainLoop, open_data, run_training
+from numbadlrm.model.dlrm import DLRM
+from numbadlrm.train import run as train
+from numbadlrm.train.run import TrainConfig, TrainLoop, open_data, run_training
 
 from ._criteo_files import quirky_lines, write_raw
 from ._helpers import run_interrupted
@@ -277,7 +277,7 @@ def test_cli_train_and_errors(tmp_path, capsys):
 
 def test_cli_version_and_every_option_has_help(capsys):
     from numbadlrm import __version__
-    from numbadlrm.cli import build_parser
+    from numbadlrm.cli.main import build_parser
 
     with pytest.raises(SystemExit) as info:
         main(["--version"])

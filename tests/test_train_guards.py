@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numbadlrm.cli import main
+from numbadlrm.cli.main import main
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
-from numbadlrm.model import DLRM
-from numbadlrm.train import TrainConfig, evaluate, run_training
+from numbadlrm.model.dlrm import DLRM
+from numbadlrm.train.run import TrainConfig, evaluate, run_training
 from tests._criteo_files import quirky_lines, write_raw
 
 SMALL = {

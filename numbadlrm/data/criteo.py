@@ -74,7 +74,7 @@ from numbadlrm.data.dataset import (
 )
 from numbadlrm.data.metadata import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, read_metadata
 from numbadlrm.data.vocabulary import Vocabulary, build_vocabulary, merge_counts
-from numbadlrm.files import ArrayWriter, atomic_file, remove_stale, write_json_atomic
+from numbadlrm.io.files import ArrayWriter, atomic_file, remove_stale, write_json_atomic
 from numbadlrm.kernels.parse import (
     ERR_FIELDS,
     ERR_HEX,

@@ -5,7 +5,7 @@ least K times. Row ids: 0 = empty (missing), 1 = rare, 2 + i = the i-th frequent
     digest            sha256 of all keys and the table offsets (in metadata and markers)
 
 A model trained on a dataset carries its vocabulary in its checkpoint, so predicting on
-raw rows maps ids exactly as training did (numbadlrm.tools.predict_to_file).
+raw rows maps ids exactly as training did (numbadlrm.cli.tools.predict_to_file).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from numbadlrm.files import atomic_file
+from numbadlrm.io.files import atomic_file
 from numbadlrm.kernels.parse import NUM_CATEGORICAL
 
 VOCABULARY_FILE = "vocabulary.npz"

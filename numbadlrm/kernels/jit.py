@@ -7,7 +7,7 @@ NaN instead of silently producing garbage. ``cache=True`` writes compiled kernel
 
 Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, debuggable).
 Your own kernels (numbadlrm/kernels/lab/) use the same decorators. The thread count is
-set by :func:`numbadlrm.threads.set_num_threads`.
+set by :func:`numbadlrm.runtime.threads.set_num_threads`.
 """
 
 from __future__ import annotations

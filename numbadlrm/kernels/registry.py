@@ -99,7 +99,7 @@ OPS: dict[str, tuple[str, str]] = {
     ),
     # --precision bf16 (issue 12): bf16 arrays are uint16 bits; y / y16 pairs are fp32 and
     # bf16 outputs, either one an empty (0, 0) array when not wanted (gemm_bf16.NONE_*);
-    # W is a numbadlrm.bf16.PackedWeight (its bf16 w16 and packings, made per update)
+    # W is a numbadlrm.layers.bf16.PackedWeight (its bf16 w16 and packings, made per update)
     "bf16_linear_forward": (
         "(y, y16, x16, W, b, relu)",
         "y / y16 = x16 W^T + b (fp32 b), then ReLU if relu; fp32 accumulation",
@@ -147,17 +147,17 @@ OPS: dict[str, tuple[str, str]] = {
 
 # built-in kernel modules, imported by load_all (each registers its versions)
 BUILTIN_MODULES = (
-    "numbadlrm.kernels.gemm",
-    "numbadlrm.kernels.blas",
-    "numbadlrm.kernels.linear_auto",
-    "numbadlrm.kernels.embedding",
-    "numbadlrm.kernels.interaction",
+    "numbadlrm.kernels.gemm.fp32",
+    "numbadlrm.kernels.gemm.blas",
+    "numbadlrm.kernels.gemm.auto",
+    "numbadlrm.kernels.embedding.bags",
+    "numbadlrm.kernels.interaction.fp32",
     "numbadlrm.kernels.elementwise",
-    "numbadlrm.kernels.optimizers",
+    "numbadlrm.kernels.embedding.optimizers",
     "numbadlrm.kernels.bf16",
-    "numbadlrm.kernels.gemm_bf16",
-    "numbadlrm.kernels.embedding_bf16",
-    "numbadlrm.kernels.interaction_bf16",
+    "numbadlrm.kernels.gemm.bf16",
+    "numbadlrm.kernels.embedding.bags_bf16",
+    "numbadlrm.kernels.interaction.bf16",
 )
 LAB_PACKAGE = "numbadlrm.kernels.lab"
 

@@ -1,4 +1,4 @@
-"""Linear layer (+ReLU), forward and backward side by side.
+"""Linear layer (+ReLU), forward and backward side by side, in either precision.
 
 W is stored (O, I) like PyTorch, x is (B, I), y is (B, O):
 
@@ -10,22 +10,46 @@ W is stored (O, I) like PyTorch, x is (B, I), y is (B, O):
     backward + SGD (linear_backward_sgd): dx as above from the old W, then
                W -= lr dz^T x,  b -= lr sum_b dz   in place, no dW or db stored
 
-Each pass runs the version of its op (linear_forward, linear_backward_data,
+:class:`Linear` is one layer of a model: views of the model's flat buffers in its
+precision (fp32, or split bf16: see "bf16" below) with one forward and one backward.
+
+Each fp32 pass runs the version of its op (linear_forward, linear_backward_data,
 linear_backward_weight) that ``kernels`` selects in numbadlrm.kernels.registry, looked
 up on every call. ``kernels`` is a KernelChoice, or one of the ``--gemm`` shorthands
 "auto" (the default: GEMM v4 or the blas backend per shape, kernels/linear_auto.py),
 "numba" (v4 everywhere) or "blas". Every array is float32 and C-contiguous; outputs
 come first and are preallocated by the caller.
+
+bf16 (split-SGD-BF16, Kalamkar et al.): the fp32 master weights are split (kernels/bf16.py)
+into w (the hi halves: the bf16 weight W16 every GEMM reads) and w_lo (the bits below),
+b likewise, with b's fp32 value merged into ``b32`` for the forward's bias add.
+Activations and their gradients are bf16 (uint16), accumulation fp32:
+
+    forward:   y16 = bf16(relu(x16 W16^T + b32))           (fp32 y: the logit layer)
+    backward:  dx16 = bf16((dz16 W16) [x16 > 0])           the mask with mask_dx
+               dW = dz16^T x16,  db = sum_b dz16           fp32, into the grads buffer
+    + split-SGD (lr given): dx16 from the old W16, then W (w, w_lo) -= lr dW and
+               b -= lr db exactly in fp32, fused into the weight pass (no dW stored);
+               W16's packings refreshed by the same tiles, then b32
+
+In bf16, dz16 is the gradient after the layer's own ReLU mask: the layer above applied
+it (mask_dx), or, for the bottom MLP's last layer, the interaction backward did; so a
+split layer takes ``relu=False`` in its backward. Each bf16 pass runs the version of its
+op (bf16_linear_forward, ...), its serial entry for small work.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
+from ..kernels import bf16 as kb
 from ..kernels.elementwise import sgd_update_serial
+from ..kernels.gemm.bf16 import NONE_F32, NONE_U16
 from ..kernels.registry import KernelChoice
 from ._checks import array_shape
 from ._checks import check_array as _check
+from .bf16 import pack_weight, repack
 
 # --gemm: the version every linear pass runs
 BACKENDS = {"auto": "auto", "numba": "v4", "blas": "blas"}
@@ -154,3 +178,146 @@ def linear_backward_sgd(
     lr32 = np.float32(lr)
     sgd_update_serial(W.reshape(-1), dW.reshape(-1), lr32)
     sgd_update_serial(b, db, lr32)
+
+
+# ------------------------------------------------------------------ the layer
+
+# bf16 passes of fewer flops run on the calling thread (a parallel launch costs more than
+# the work); measured in whole steps of config a (bench/RESULTS.md, bf16).
+SERIAL_BELOW_FLOPS = 1 << 20
+
+
+def _small(batch: int, in_features: int, out_features: int) -> bool:
+    flops = 2 * batch * in_features * out_features
+    return numba.get_num_threads() == 1 or flops < SERIAL_BELOW_FLOPS
+
+
+class Linear:
+    """One linear layer: views ``w`` (O, I), ``b`` (O,) of the model's parameters and
+    ``dW``, ``db`` of its gradient buffer (fp32).
+
+    fp32: w and b are the float32 parameters. Split bf16 (``w_lo`` and ``b_lo`` given):
+    w and b are the uint16 hi halves of the fp32 master values (W16 = w), w_lo and b_lo
+    the bits below; the layer keeps W16's packings and b's merged fp32 value, refreshed
+    after every update (see the module docstring).
+    """
+
+    def __init__(self, w, b, dW, db, w_lo=None, b_lo=None):
+        self.w, self.b, self.dW, self.db = w, b, dW, db
+        self.w_lo, self.b_lo = w_lo, b_lo
+        self.split = w_lo is not None
+        if self.split:
+            self.packed = pack_weight(w)
+            self.b32 = np.empty(b.shape, np.float32)
+            self.refresh()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.w.shape
+
+    def refresh(self) -> None:
+        """Re-derive W16's packings and b32 from split master weights (after an update)."""
+        if self.split:
+            repack(self.packed)
+            kb.merge_serial(self.b32, self.b, self.b_lo)
+
+    def values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the fp32 (W, b) (split halves merged)."""
+        if not self.split:
+            return self.w.copy(), self.b.copy()
+        return _merged(self.w, self.w_lo), _merged(self.b, self.b_lo)
+
+    def load(self, W: np.ndarray, b: np.ndarray) -> None:
+        """Set the fp32 values (split exactly), then refresh."""
+        if not self.split:
+            self.w[...], self.b[...] = W, b
+            return
+        for hi, lo, values in ((self.w, self.w_lo, W), (self.b, self.b_lo, b)):
+            kb.split(hi.reshape(-1), lo.reshape(-1), np.ascontiguousarray(values).reshape(-1))
+        self.refresh()
+
+    # -------------------------------------------------------------------- forward
+
+    def forward(self, y: np.ndarray, x: np.ndarray, relu: bool, kernels: KernelChoice) -> None:
+        """y (B, O) <- x (B, I) W^T + b, then ReLU if relu. Split: x bf16; y bf16, or
+        fp32 for the logit layer."""
+        if not self.split:
+            linear_forward(y, x, self.w, self.b, relu, kernels)
+            return
+        y32, y16 = (y, NONE_U16) if y.dtype == np.float32 else (NONE_F32, y)
+        batch = self._check16(x, y=y32, y16=y16)
+        small = _small(batch, *self.shape[::-1])
+        kernels.get("bf16_linear_forward").entry(small)(y32, y16, x, self.packed, self.b32, relu)
+
+    # ------------------------------------------------------------------- backward
+
+    def backward(
+        self, dx, dy, x, y, relu: bool, mask_dx: bool, kernels: KernelChoice,
+        lr: float | None = None, update=None,
+    ) -> None:  # fmt: skip
+        """dx (B, I) (None: the first layer, no dx) from dy (B, O) and the old W; then the
+        gradients into dW, db and ``update()`` if given, or, given lr, the SGD update.
+
+        ``relu``: dy <- dy [y > 0] first (fp32 only); ``mask_dx``: dx <- dx [x > 0], the
+        ReLU backward of the layer below (layers.linear.linear_backward).
+        """
+        if self.split:
+            if relu or update is not None:
+                raise ValueError("precision bf16: a split layer takes its ReLU mask from the "
+                                 "layer above and trains with split-SGD only")  # fmt: skip
+            self._backward16(dx, dy, x, mask_dx, kernels, lr)
+        elif lr is None:
+            linear_backward(dx, self.dW, self.db, dy, x, y, self.w, relu, kernels, True, mask_dx)
+            if update is not None:
+                update()
+        else:
+            linear_backward_sgd(
+                dx, self.w, self.b, dy, x, y, relu, lr, self.dW, self.db, kernels, mask_dx
+            )
+
+    def _backward16(self, dx16, dz16, x16, mask_dx: bool, kernels: KernelChoice, lr) -> None:
+        batch = self._check16(x16, dz16=dz16, **({} if dx16 is None else {"dx16": dx16}))
+        if batch == 0:  # no samples (an MPI rank when B < R): zero gradients, no update
+            self.dW[...], self.db[...] = 0.0, 0.0
+            return
+        O, I = self.shape
+        small = _small(batch, I, O)
+        if dx16 is not None:
+            kernel = kernels.get("bf16_linear_backward_data").entry(small)
+            kernel(NONE_F32, dx16, dz16, self.packed, x16 if mask_dx else NONE_U16, mask_dx)
+        weight = kernels.get("bf16_linear_backward_weight")
+        if lr is None:
+            weight.entry(small)(self.dW, self.db, dz16, x16)
+            return
+        fused = (small and weight.extras.get("split_sgd_serial")) or weight.extras.get("split_sgd")
+        lr32 = np.float32(lr)
+        if fused is not None:  # it refreshes the packings too
+            fused(self.packed, self.w_lo, self.b, self.b_lo, dz16, x16, lr32)
+            kb.merge_serial(self.b32, self.b, self.b_lo)
+            return
+        # a version without the fused form: its gradients, then split-SGD, then repacking
+        weight.entry(small)(self.dW, self.db, dz16, x16)
+        kb.split_sgd_update_serial(self.w.reshape(-1), self.w_lo.reshape(-1),
+                                   self.dW.reshape(-1), lr32)  # fmt: skip
+        kb.split_sgd_update_serial(self.b, self.b_lo, self.db, lr32)
+        self.refresh()
+
+    def _check16(self, x16: np.ndarray, **arrays) -> int:
+        """x16 (B, I) uint16; arrays (B, O) or (B, I), uint16 or float32 by name."""
+        batch = array_shape("x16", x16, 2)[0]
+        out_features, in_features = self.shape
+        _check("x16", x16, (batch, in_features), np.uint16)
+        for name, a in arrays.items():
+            if a.size == 0 and a.shape == (0, 0):  # NONE_F32 / NONE_U16: not wanted
+                continue
+            width = in_features if name.startswith("dx") else out_features
+            dtype = np.uint16 if name.endswith("16") else np.float32
+            _check(name, a, (batch, width), dtype)
+        return batch
+
+
+def _merged(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """The float32 values of split halves (a new array)."""
+    out = np.empty(hi.shape, np.float32)
+    kb.merge(out.reshape(-1), hi.reshape(-1), lo.reshape(-1))
+    return out

@@ -24,10 +24,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .. import bf16
 from ..kernels import bf16 as kb
-from ..kernels.gemm_bf16 import NONE_F32, NONE_U16
+from ..kernels.gemm.bf16 import NONE_F32, NONE_U16
 from ..kernels.registry import KernelChoice
+from . import bf16
 from ._checks import array_shape, check_array
 
 # Passes of fewer flops run on the calling thread (a parallel launch costs more than

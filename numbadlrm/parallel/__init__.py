@@ -7,7 +7,7 @@
 
 Importing this package does not import mpi4py (only the three modules above that talk
 to MPI do), so single-process runs never initialise MPI. The command line decides
-(numbadlrm.cli.launched_by_mpi) and passes MPI.COMM_WORLD in.
+(numbadlrm.cli.main.launched_by_mpi) and passes MPI.COMM_WORLD in.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ Dense state: one flat float32 buffer [top MLP | bottom MLP | replicated tables],
 gradients in another of the same layout plus one trailing slot that carries the local
 loss times Bl / B through the same allreduce (the global mean loss, for free).
 
-Optimizer state (numbadlrm/optimizers.py) lives with what it updates: the MLPs' and the
+Optimizer state (numbadlrm/optim/optimizers.py) lives with what it updates: the MLPs' and the
 replicated tables' on every rank (each rank applies the same update to the same
 allreduced gradient), a row-split table's rows' state on the rank holding those rows.
 Adagrad updates a row once from the sum of every sample's gradient, so a shard's R
@@ -55,15 +55,7 @@ from ..config import DLRMConfig
 from ..kernels.registry import KernelChoice
 from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward, embedding_gradient
 from ..layers.loss import LossConfig, sigmoid, sigmoid_loss
-from ..memory import (
-    MemoryNeed,
-    OutOfMemoryError,
-    allocation_errors,
-    available_memory,
-    check_memory,
-    estimate,
-)
-from ..model import (
+from ..model.dlrm import (
     PRECISION_DISTRIBUTED,
     DenseTower,
     Workspace,
@@ -75,10 +67,18 @@ from ..model import (
     precision_class,
     state_dict_shapes,
 )
-from ..optim import check_learning_rate, sgd_step
-from ..optimizers import Optimizer, OptimizerConfig, TableState
-from ..params import init_mlp, init_table_rows, slot_views
-from ..profiling import OpTimes, timed
+from ..model.memory import (
+    MemoryNeed,
+    OutOfMemoryError,
+    allocation_errors,
+    available_memory,
+    check_memory,
+    estimate,
+)
+from ..model.params import init_mlp, init_table_rows, slot_views
+from ..optim.optimizers import Optimizer, OptimizerConfig, TableState
+from ..optim.sgd import check_learning_rate, sgd_step
+from ..runtime.profiling import OpTimes, timed
 from .exchange import EmbeddingExchange, GradientAllreduce, poke
 from .partition import Placement, plan_placement, sample_ranges, shard_lookups, shard_major
 
@@ -173,7 +173,7 @@ class DistributedDLRM:
 
     @property
     def op_times(self) -> OpTimes | None:
-        """Set to an OpTimes to time every op of the steps (numbadlrm.profiling); None: off."""
+        """Set to an OpTimes to time every op of the steps (runtime.profiling); None: off."""
         return self.tower.op_times
 
     @op_times.setter

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bf16 import from_bf16, merge_tables, split_tables
 from ..kernels import bf16 as kb
-from ..kernels import embedding_bf16 as ke
+from ..kernels.embedding import bags_bf16 as ke
 from ..kernels.jit import run_serial
+from ..layers.bf16 import from_bf16, merge_tables, split_tables
 from ..layers.embedding_bag import embedding_gradient
 from ..layers.embedding_bag_bf16 import embedding_forward_bf16, embedding_update_bf16
-from ..model import check_bf16_optimizer, dense_layout
-from ..model_bf16 import check_bf16_cpu
-from ..tower_bf16 import Bf16Tower, merged, split_in_place
+from ..model.dlrm import check_bf16_optimizer, dense_layout
+from ..model.dlrm_bf16 import check_bf16_cpu
+from ..model.tower_bf16 import Bf16Tower, merged, split_in_place
 from .distributed import DistributedDLRM
 
 

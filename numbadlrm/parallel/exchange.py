@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from ..bf16 import from_bf16, to_bf16
+from ..layers.bf16 import from_bf16, to_bf16
 from .partition import Placement, sample_ranges
 
 _MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.uint16): MPI.UINT16_T}

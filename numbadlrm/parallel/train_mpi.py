@@ -1,6 +1,6 @@
 """The training loop on R MPI ranks: ``run_distributed_training(cfg, comm)``.
 
-It mirrors numbadlrm.train.run_training (same TrainConfig, same data sources, the same
+It mirrors numbadlrm.train.run.run_training (same TrainConfig, same data sources, the same
 TrainLoop with its logging, evaluation and checkpoints, same return value plus the
 placement) with a DistributedDLRM in place of the DLRM. The caller passes the
 communicator; only the command line entry reaches for COMM_WORLD.
@@ -28,7 +28,8 @@ from contextlib import contextmanager
 import numba
 from mpi4py import MPI
 
-from ..checkpoint import (
+from ..config import DLRMConfig
+from ..io.checkpoint import (
     Checkpoint,
     CheckpointError,
     check_compatible,
@@ -36,9 +37,8 @@ from ..checkpoint import (
     optimizer_to_resume,
     save_model_checkpoint,
 )
-from ..config import DLRMConfig
-from ..threads import set_num_threads
-from ..train import TrainConfig, TrainLoop, check_cpu, open_data, run_header
+from ..runtime.threads import set_num_threads
+from ..train.run import TrainConfig, TrainLoop, check_cpu, open_data, run_header
 from .distributed import DistributedDLRM, check_node_memory, rank_memory
 from .partition import plan_placement, sample_ranges
 
@@ -143,10 +143,10 @@ def save_distributed_checkpoint(
     batch_in_epoch: int = 0,
     extra: dict | None = None,
 ) -> None:
-    """Collective: gather the tables to rank 0, which writes a numbadlrm.checkpoint file.
+    """Collective: gather the tables to rank 0, which writes a numbadlrm.io.checkpoint file.
 
     The file is the single-process format, so DLRM or any number of ranks can load it.
-    (numbadlrm.checkpoint.save_model_checkpoint, which the training loop also calls.)
+    (numbadlrm.io.checkpoint.save_model_checkpoint, which the training loop also calls.)
     """
     save_model_checkpoint(path, model, step, epoch, batch_in_epoch, extra)
 

@@ -1,0 +1,1 @@
+"""numbadlrm/runtime."""
