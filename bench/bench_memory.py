@@ -27,13 +27,14 @@ import resource
 import subprocess
 import sys
 
+import numpy as np
 from _common import header, set_threads
 from _e2e import CONFIGS, LR, QUICK, STEPPERS, Cycle, batches, torch
 
 from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
-from numbadlrm.model.dlrm import DLRM, Workspace, dense_layout
+from numbadlrm.model.dlrm import DLRM
 from numbadlrm.model.memory import estimate
-from numbadlrm.model.tower_bf16 import Bf16Workspace
+from numbadlrm.model.tower import Workspace, dense_layout
 
 
 def _rss_kb(field: str) -> int:
@@ -81,7 +82,7 @@ def memory_child(framework: str, name: str, threads: int, steps: int, kernels: s
     for _ in range(steps):
         step()
     peak = _rss_kb("VmHWM")  # since the reset (or, where unsupported, the process start)
-    ws = (Bf16Workspace if bf16 else Workspace)(cfg, setup.batch)
+    ws = Workspace(cfg, setup.batch, np.uint16 if bf16 else np.float32)
     arrays = [ws.emb, ws.demb, ws.p, *ws.bottom, *ws.dbottom, *ws.top, *ws.dtop]
     arrays += [ws.dense16, ws.ds16] if bf16 else []
     # MLP parameters, plus their gradients for PyTorch (.grad); numbadlrm's train_step

@@ -54,7 +54,7 @@ class EndUpdateDLRM(DLRM):
         lookups = (self.row_start, batch.offsets, batch.indices, ws.demb)
         with timed(self.op_times, "embedding update"):
             self.optimizer.tables.update(self.weights, *lookups, lr, self.kernels)
-        self.tower.bottom_backward(ws, batch.dense)
+        self.tower.bottom_backward(ws)
         with timed(self.op_times, "dense update"):
             update(0, self.params.shape[0])
 

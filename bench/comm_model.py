@@ -34,7 +34,7 @@ from _common import header, set_threads
 
 from numbadlrm import DLRM, DLRMConfig
 from numbadlrm.data.synthetic import random_batch
-from numbadlrm.model.dlrm import dense_layout
+from numbadlrm.model.tower import dense_layout
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
 

@@ -14,8 +14,8 @@ from numbadlrm.cli.main import main
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
 from numbadlrm.model import dlrm as model
 from numbadlrm.model import memory
-from numbadlrm.model.dlrm import Workspace
 from numbadlrm.model.memory import OutOfMemoryError, available_memory, estimate
+from numbadlrm.model.tower import Workspace
 from tests._criteo_files import quirky_lines, write_raw
 
 

@@ -148,7 +148,8 @@ def test_train_step_refuses_a_bad_learning_rate_before_any_change(lr):
 
 def test_dense_parameters_share_one_flat_buffer():
     model = DLRM(small_config())
-    w, _, dw, _ = model.bottom[0]
+    layer = model.bottom[0]
+    w, dw = layer.w, layer.dW
     assert np.shares_memory(w, model.params) and np.shares_memory(dw, model.grads)
     n = sum(v.size for k, v in model.state_dict().items() if not k.startswith("emb"))
     assert model.params.size == n

@@ -37,7 +37,7 @@ from numbadlrm.interop.torch_dlrm import (  # noqa: E402
     torch_predict,
     torch_train_step,
 )
-from numbadlrm.model.dlrm import state_dict_shapes  # noqa: E402
+from numbadlrm.model.state import state_dict_shapes  # noqa: E402
 from numbadlrm.reference import ReferenceDLRM  # noqa: E402
 
 CONFIGS = {

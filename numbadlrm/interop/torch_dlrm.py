@@ -39,7 +39,7 @@ import numpy as np
 
 from ..batch import Batch
 from ..config import DLRMConfig
-from ..model.dlrm import state_dict_shapes
+from ..model.state import state_dict_shapes
 
 try:
     import torch

@@ -123,7 +123,7 @@ _GROUP_KEYS = ("lr_decay", "eps", "weight_decay", "initial_accumulator_value")
 
 def reference_parameter_order(config) -> list[str]:
     """numbadlrm's parameter names in the order of the reference's dlrm.parameters()."""
-    from ..model.dlrm import state_dict_shapes
+    from ..model.state import state_dict_shapes
 
     names = list(state_dict_shapes(config))
     tables = [n for n in names if n.startswith("embeddings.")]

@@ -34,7 +34,7 @@ import numpy as np
 from ..config import DLRMConfig
 from ..data.vocabulary import Vocabulary
 from ..kernels.parse import NUM_CATEGORICAL
-from ..model.dlrm import optimizer_state_shapes, state_dict_shapes
+from ..model.state import optimizer_state_shapes, state_dict_shapes
 from ..optim.optimizers import OptimizerConfig
 from .files import remove_stale, write_error
 

@@ -8,8 +8,12 @@ dot:  r[b] = [x[b], <f_i, f_j> for (i, j) in pairs]    pairs = row-major lower t
       backward: df_i += dr_ij f_j, df_j += dr_ij f_i, and dx += dr[:, :D]
 cat:  r[b] = [x[b], emb[0, b], ..., emb[T-1, b]];  backward splits dr the same way
 
-Every array is checked (float32, C-contiguous, its shape from x's (B, D)) before a
-kernel runs: the v3 dot kernels compute raw row addresses from x and emb.
+In bf16 (--precision bf16) every array is bf16 (uint16), each sum fp32 and rounded once
+(the bf16_* ops); the backward's dx16 then carries the ReLU backward of the bottom MLP's
+last layer (``mask_dx``: dx16 *= [x16 > 0]), so that layer's weight pass takes it as is.
+
+Every array is checked (float32 or uint16 like x, C-contiguous, its shape from x's
+(B, D)) before a kernel runs: the v3 dot kernels compute raw row addresses from x and emb.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ class Interaction:
         """Columns of the output: D + P (dot) or F * D (cat)."""
         return dim + self.li.shape[0] if self.op == "dot" else (self.num_tables + 1) * dim
 
-    def _check(self, x: np.ndarray, **arrays: np.ndarray) -> None:
-        """x (B, D); emb, demb (T, B, D); out, dout (B, width); dx (B, D)."""
+    def _check(self, x: np.ndarray, **arrays: np.ndarray) -> str:
+        """x (B, D); emb, demb (T, B, D); out, dout (B, width); dx (B, D); all of x's
+        dtype (float32, or uint16 for bf16)."""
         batch, dim = array_shape("x", x, 2)
+        dtype = np.uint16 if x.dtype == np.uint16 else np.float32
         shapes = {
             "x": (batch, dim),
             "dx": (batch, dim),
@@ -49,28 +55,39 @@ class Interaction:
             "out": (batch, self.width(dim)),
             "dout": (batch, self.width(dim)),
         }
-        check_array("x", x, shapes["x"])
+        check_array("x", x, shapes["x"], dtype)
         for name, a in arrays.items():
-            check_array(name, a, shapes[name])
+            check_array(name, a, shapes[name], dtype)
+        return "bf16_" if dtype == np.uint16 else ""
 
     def forward(self, out: np.ndarray, x: np.ndarray, emb: np.ndarray) -> None:
         """out (B, width) <- interaction of x (B, D) and emb (T, B, D)."""
-        self._check(x, emb=emb, out=out)
+        prefix = self._check(x, emb=emb, out=out)
         small = run_serial(x.nbytes + emb.nbytes + out.nbytes)
         if self.op == "cat":
-            self.kernels.get("cat_interaction_forward").entry(small)(out, x, emb)
+            self.kernels.get(prefix + "cat_interaction_forward").entry(small)(out, x, emb)
         else:
-            kernel = self.kernels.get("dot_interaction_forward").entry(small)
+            kernel = self.kernels.get(prefix + "dot_interaction_forward").entry(small)
             kernel(out, x, emb, self.li, self.lj)
 
     def backward(
-        self, dx: np.ndarray, demb: np.ndarray, dout: np.ndarray, x: np.ndarray, emb: np.ndarray
-    ) -> None:
-        """dx (B, D), demb (T, B, D) <- gradients from dout (B, width)."""
-        self._check(x, emb=emb, dout=dout, dx=dx, demb=demb)
+        self, dx: np.ndarray, demb: np.ndarray, dout: np.ndarray, x: np.ndarray,
+        emb: np.ndarray, mask_dx: bool = False,
+    ) -> None:  # fmt: skip
+        """dx (B, D), demb (T, B, D) <- gradients from dout (B, width); with ``mask_dx``
+        (bf16 only: the fp32 kernels leave the mask to the bottom MLP's last layer) dx is
+        multiplied by [x > 0]."""
+        prefix = self._check(x, emb=emb, dout=dout, dx=dx, demb=demb)
         small = run_serial(2 * (x.nbytes + emb.nbytes) + dout.nbytes)
-        if self.op == "cat":
-            self.kernels.get("cat_interaction_backward").entry(small)(dx, demb, dout)
+        op = "cat" if self.op == "cat" else "dot"
+        kernel = self.kernels.get(f"{prefix}{op}_interaction_backward").entry(small)
+        if prefix and op == "cat":
+            kernel(dx, demb, dout, x, mask_dx)
+        elif prefix:
+            kernel(dx, demb, dout, x, emb, self.li, self.lj, mask_dx)
+        elif mask_dx:
+            raise ValueError("interaction: mask_dx is a bf16 option (fp32 masks in the MLP)")
+        elif op == "cat":
+            kernel(dx, demb, dout)
         else:
-            kernel = self.kernels.get("dot_interaction_backward").entry(small)
             kernel(dx, demb, dout, x, emb, self.li, self.lj)

@@ -41,6 +41,15 @@ allreduced gradient), a row-split table's rows' state on the rank holding those 
 Adagrad updates a row once from the sum of every sample's gradient, so a shard's R
 routes (one per destination rank) are regrouped into one table first
 (partition.shard_major); SGD, being linear, applies them one after the other.
+
+Precision (model/precision.py's policy, as in DLRM): with bf16 the flat buffer and the
+shards keep their bytes and layout but hold split halves (the tower's hi and lo, the
+tables' (R, 2, D) rows), so ``comm.Bcast(params)`` still moves all of them at once; the
+alltoall carries bf16 pooled vectors and gradients (half of fp32's bytes; a row-split
+table's partial sums are each rounded, then added in fp32 and rounded again by
+EmbeddingExchange.assemble); the allreduce stays fp32 (weight gradients, the replicated
+tables' gradients, the loss); every update is split-SGD, then each layer's packings
+are refreshed.
 """
 
 from __future__ import annotations
@@ -55,18 +64,7 @@ from ..config import DLRMConfig
 from ..kernels.registry import KernelChoice
 from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward, embedding_gradient
 from ..layers.loss import LossConfig, sigmoid, sigmoid_loss
-from ..model.dlrm import (
-    PRECISION_DISTRIBUTED,
-    DenseTower,
-    Workspace,
-    check_precision,
-    check_state_dict,
-    dense_layout,
-    kernel_choice,
-    optimizer_state_shapes,
-    precision_class,
-    state_dict_shapes,
-)
+from ..model.dlrm import kernel_choice
 from ..model.memory import (
     MemoryNeed,
     OutOfMemoryError,
@@ -76,8 +74,11 @@ from ..model.memory import (
     estimate,
 )
 from ..model.params import init_mlp, init_table_rows, slot_views
+from ..model.precision import policy
+from ..model.state import check_state_dict, optimizer_state_shapes, state_dict_shapes
+from ..model.tower import DenseTower, Workspace, dense_layout
 from ..optim.optimizers import Optimizer, OptimizerConfig, TableState
-from ..optim.sgd import check_learning_rate, sgd_step
+from ..optim.sgd import check_learning_rate
 from ..runtime.profiling import OpTimes, timed
 from .exchange import EmbeddingExchange, GradientAllreduce, poke
 from .partition import Placement, plan_placement, sample_ranges, shard_lookups, shard_major
@@ -88,17 +89,8 @@ class DistributedDLRM:
 
     Batches passed in are global batches (the same on every rank); each rank reads the
     dense features and labels of its own slice and the sparse ids of its own shards.
-    ``precision="bf16"`` builds a DistributedBf16DLRM (parallel/distributed_bf16.py).
+    ``precision="bf16"``: split-SGD-BF16, as DLRM's (see the module docstring).
     """
-
-    precision = "fp32"
-    exchange_dtype = np.float32  # what the embedding alltoall carries
-
-    def __new__(cls, config, comm, placement=None, seed=0, gemm="auto", kernels=None,
-                optimizer=None, loss=None, precision: str = "fp32"):  # fmt: skip
-        if cls is DistributedDLRM and check_precision(precision) != "fp32":
-            return super().__new__(precision_class(PRECISION_DISTRIBUTED, precision))
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -113,9 +105,13 @@ class DistributedDLRM:
         precision: str = "fp32",
     ):
         self.config, self.comm, self.seed, self.gemm = config, comm, seed, gemm
+        self.policy = policy(precision)
+        self.precision = self.policy.name
+        self.exchange_dtype = self.policy.dtype  # what the embedding alltoall carries
         self.kernels = kernel_choice(gemm, kernels)
         self.loss_config = LossConfig.of(loss)
         optimizer_config = OptimizerConfig.of(optimizer)
+        self.policy.check(optimizer_config)  # before allocating anything
         dim = config.sparse_feature_size
         if placement is None:
             placement = plan_placement(config.embedding_sizes, dim, comm.size)
@@ -144,21 +140,29 @@ class DistributedDLRM:
                 self.rep_state = TableState(optimizer_config, int(self.rep_row_start[-1]), dim)
         self.tower_size = tower_n
         self.grads = self._grad_buffer[:n]
-        self.tower = DenseTower(
-            config, self.params[:tower_n], self.grads[:tower_n], self.kernels, top_first=True
-        )
-        init_mlp(self.params, self.tower.bottom_slots + self.tower.top_slots, seed)
+        bottom_slots, top_slots, _ = dense_layout(config, top_first=True)
+        init_mlp(self.params, bottom_slots + top_slots, seed)
         self.rep_weights = self.params[tower_n:].reshape(-1, dim)
         self.rep_grads = self.grads[tower_n:].reshape(-1, dim)
         for i, t in enumerate(self.replicated):
-            init_table_rows(self._rep_table(i), seed, t, config.embedding_sizes[t], 0)
-
+            rows = self.rep_weights[self.rep_row_start[i] : self.rep_row_start[i + 1]]
+            init_table_rows(rows, seed, t, config.embedding_sizes[t], 0)
         for s, shard in enumerate(self.shards):
             rows = self.weights[self.row_start[s] : self.row_start[s + 1]]
             init_table_rows(
                 rows, seed, shard.table, config.embedding_sizes[shard.table], shard.row_begin
             )
-        top_n = sum(s.in_features * s.out_features + s.out_features for s in self.tower.top_slots)
+        # the fp32 values are in place: the policy's storage takes them over (bf16: split
+        # into the same bytes; weights and rep_weights then no longer hold fp32 values)
+        self._storage = self.policy.dense_storage(self.params[:tower_n])
+        self.rep_tables = self.policy.store_tables(self.rep_weights)
+        self.tables = self.policy.store_tables(self.weights)
+        if self.precision != "fp32":
+            self.weights = self.rep_weights = None
+        self.tower = DenseTower(
+            config, self._storage, self.grads[:tower_n], self.kernels, True, self.policy
+        )
+        top_n = sum(s.in_features * s.out_features + s.out_features for s in top_slots)
         self.allreduce = GradientAllreduce(comm, self._grad_buffer, [(0, top_n), (top_n, n + 1)])
         self._exchanges: dict[int, EmbeddingExchange] = {}
         # seconds spent in MPI calls of train_step: "start" (posting, testing), "wait"
@@ -181,7 +185,7 @@ class DistributedDLRM:
         self.tower.op_times = value
 
     def _rep_table(self, i: int) -> np.ndarray:
-        return self.rep_weights[self.rep_row_start[i] : self.rep_row_start[i + 1]]
+        return self.rep_tables[self.rep_row_start[i] : self.rep_row_start[i + 1]]
 
     def local_slice(self, batch_size: int) -> slice:
         """The samples of a global batch that this rank computes the MLPs for."""
@@ -249,7 +253,7 @@ class DistributedDLRM:
         if self.replicated:  # dense gradients of the small tables, allreduced below
             self._replicated_gradients(ws.demb[list(self.replicated)], state)
         poke_all = lambda: self._mpi("start", poke, open_requests)  # noqa: E731
-        self.tower.bottom_backward(ws, state.dense, after_layer=poke_all)
+        self.tower.bottom_backward(ws, after_layer=poke_all)
         self._mpi("start", self.allreduce.start, 1)  # bottom MLP, replicated tables, loss
         self._mpi("wait", exchange.Wait)
         width, dim = state.plan.width, ws.demb.shape[2]
@@ -261,22 +265,22 @@ class DistributedDLRM:
         with timed(self.op_times, "dense update"):
             self._dense_update(lr)
 
-    # ------------------------------------------- what the precision changes (bf16 overrides)
+    # ------------------------------------------------------------- tables and updates
 
     def _pool_shards(self, pooled: np.ndarray, lookups) -> None:
         """pooled (R S, W, D): this rank's shards pooled for the whole global batch."""
-        w = self.weights
+        w = self.tables
         embedding_forward(
             pooled, w, lookups.row_start, lookups.offsets, lookups.indices, self.kernels
         )
 
     def _pool_replicated(self, out: np.ndarray, offsets: np.ndarray, indices: np.ndarray) -> None:
         """out (n_rep, Bl, D): the replicated tables pooled for the local samples."""
-        embedding_forward(out, self.rep_weights, self.rep_row_start, offsets, indices, self.kernels)
+        embedding_forward(out, self.rep_tables, self.rep_row_start, offsets, indices, self.kernels)
 
     def _replicated_gradients(self, demb: np.ndarray, state) -> None:
         """The replicated tables' dense gradients into rep_grads, from demb (n_rep, Bl, D)."""
-        demb = np.ascontiguousarray(demb)
+        demb = self.policy.pooled_gradient(demb)  # fp32 (bf16: converted exactly)
         rs, offsets, indices = self.rep_row_start, state.rep_offsets, state.indices
         embedding_gradient(self.rep_grads, rs, offsets, indices, demb, self.kernels)
 
@@ -285,7 +289,7 @@ class DistributedDLRM:
         the optimizer's state-keeping update on the gradients grouped shard-major."""
         rs, offsets, indices = lookups.row_start, lookups.offsets, lookups.indices
         if not self.optimizer.config.stateful:
-            embedding_backward_sgd(self.weights, rs, offsets, indices, dpooled, lr, self.kernels)
+            embedding_backward_sgd(self.tables, rs, offsets, indices, dpooled, lr, self.kernels)
         elif self.shards:
             row_start, offsets, grouped = shard_major(lookups, dpooled, self.comm.size)
             self.optimizer.tables.update(
@@ -296,7 +300,11 @@ class DistributedDLRM:
         """The allreduced gradients applied: SGD over the whole flat buffer, or Adagrad over
         the MLPs (with weight decay) and over the replicated tables (without)."""
         if not self.optimizer.config.stateful:
-            sgd_step(self.params, self.grads, lr, self.kernels)
+            grads = self.grads[: self.tower_size]
+            self.policy.sgd(self._storage, grads, lr, self.kernels)
+            if self.replicated:
+                self.policy.table_sgd(self.rep_tables, self.rep_grads, lr, self.kernels)
+            self.tower.refresh()
             return
         self.optimizer.layer_update(self.params, self.grads, lr, self.kernels)(0, self.tower_size)
         if self.replicated:
@@ -375,7 +383,7 @@ class DistributedDLRM:
         if self.comm.rank == 0:
             self._load_local_state(sd)
         self.comm.Bcast(self.params, root=0)  # MLPs and replicated tables: their bytes
-        self._after_load()
+        self.tower.refresh()  # what the layers derive from them (bf16: packings)
         for shard in self.placement.shards:
             full = sd[f"embeddings.{shard.table}.weight"] if self.comm.rank == 0 else None
             self._move_shard(shard, full, to_root=False)
@@ -383,23 +391,18 @@ class DistributedDLRM:
     def _local_state(self) -> dict[str, np.ndarray]:
         """fp32 copies of what every rank holds: the MLPs and the replicated tables."""
         out = {}
-        for slot in self.tower.bottom_slots + self.tower.top_slots:
-            w, b = slot_views(self.params, slot)
-            out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = w.copy(), b.copy()
+        for slot, layer in self.tower.layers:
+            out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = layer.values()
         for i, t in enumerate(self.replicated):
-            out[f"embeddings.{t}.weight"] = self._rep_table(i).copy()
+            out[f"embeddings.{t}.weight"] = self.policy.table_values(self._rep_table(i))
         return out
 
     def _load_local_state(self, sd: dict[str, np.ndarray]) -> None:
         """Rank 0: the MLPs and replicated tables from a checked state dict."""
-        for slot in self.tower.bottom_slots + self.tower.top_slots:
-            w, b = slot_views(self.params, slot)
-            w[...], b[...] = sd[f"{slot.name}.weight"], sd[f"{slot.name}.bias"]
+        for slot, layer in self.tower.layers:
+            layer.load(sd[f"{slot.name}.weight"], sd[f"{slot.name}.bias"])
         for i, t in enumerate(self.replicated):
-            self._rep_table(i)[...] = sd[f"embeddings.{t}.weight"]
-
-    def _after_load(self) -> None:
-        """Anything derived from the broadcast parameters (bf16: the packed weights)."""
+            self.policy.load_table(self._rep_table(i), sd[f"embeddings.{t}.weight"])
 
     def optimizer_state_dict(self) -> dict[str, np.ndarray] | None:
         """The single-process DLRM.optimizer_state_dict() on rank 0 (shards' state
@@ -490,11 +493,12 @@ class DistributedDLRM:
         return buffer[self.row_start[s] : self.row_start[s + 1]]
 
     def _shard_values(self, shard) -> np.ndarray:
-        """The shard's fp32 rows to send or receive into (here: the rows themselves)."""
-        return self._shard_rows(shard, self.weights)
+        """An fp32 copy of the shard's rows, to send or receive into."""
+        return self.policy.table_values(self._shard_rows(shard, self.tables))
 
     def _store_shard(self, shard, values: np.ndarray) -> None:
-        """After values were received into _shard_values' array (here: nothing to do)."""
+        """Put values received into _shard_values' array back into the shard's rows."""
+        self.policy.load_table(self._shard_rows(shard, self.tables), values)
 
 
 class _StepState:

@@ -41,8 +41,9 @@ from ..io.checkpoint import (
 from ..io.mlperf_log import MLPerfLog
 from ..kernels.jit import announce_compilation
 from ..layers.loss import LOSSES, LossConfig, parse_loss_weights
-from ..model.dlrm import DLRM, PRECISIONS, check_bf16_optimizer, check_precision, kernel_choice
+from ..model.dlrm import DLRM, kernel_choice
 from ..model.memory import check_memory, estimate
+from ..model.precision import PRECISIONS, check_bf16_optimizer, check_precision
 from ..optim.lr_policy import LRPolicy
 from ..optim.optimizers import OPTIMIZERS, OptimizerConfig
 from ..runtime.profiling import OpTimes
@@ -522,7 +523,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
 def check_cpu(cfg: TrainConfig) -> None:
     """Refuse --precision bf16 on a CPU without AVX512-BF16 before any work is done."""
     if cfg.precision == "bf16":
-        from ..model.dlrm_bf16 import check_bf16_cpu
+        from ..model.precision import check_bf16_cpu
 
         check_bf16_cpu()
 
