@@ -42,7 +42,7 @@ def test_estimate_equals_the_allocations():
 
 def test_the_per_rank_share_adds_up_to_the_model():
     pytest.importorskip("mpi4py")
-    from numbadlrm.parallel.distributed import rank_memory
+    from numbadlrm.parallel.memory import rank_memory
     from numbadlrm.parallel.partition import plan_placement
 
     cfg = _config("700-11-500-3")
@@ -134,7 +134,8 @@ def test_distributed_model_checks_its_share(monkeypatch):
     from mpi4py import MPI
 
     from numbadlrm.parallel import distributed
+    from numbadlrm.parallel import memory as rank_memory
 
-    monkeypatch.setattr(distributed, "available_memory", lambda: 1000)
+    monkeypatch.setattr(rank_memory, "available_memory", lambda: 1000)
     with pytest.raises(OutOfMemoryError, match="largest: table 1 11 rows"):
         distributed.DistributedDLRM(_config(), MPI.COMM_SELF)

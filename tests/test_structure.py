@@ -27,8 +27,11 @@ def module_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = here[: len(here) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else []))
-                candidates = {target} | {f"{target}.{a.name}" for a in node.names}
-                graph[name] |= {c for c in candidates if c in files and c != name}
+                for alias in node.names:  # a submodule by its name, else the module itself
+                    sub = f"{target}.{alias.name}"
+                    found = sub if sub in files else target
+                    if found in files and found != name:
+                        graph[name].add(found)
     return graph
 
 
@@ -63,3 +66,90 @@ def test_the_cycle_finder_finds_one():
     graph = module_graph()
     assert "numbadlrm.kernels.registry" in graph["numbadlrm.kernels.gemm.fp32"]
     assert find_cycle(graph) is None
+
+
+# The layers of the package, lowest first: a module imports only modules of its own
+# package (folder) or of a strictly lower layer. The longest matching prefix gives a
+# module its layer.
+LAYERS = {
+    "numbadlrm": -1,  # the package's __init__: __version__, and the public API loaded lazily
+    "numbadlrm.config": 0,  # frozen configs: no package imports
+    "numbadlrm.runtime": 0,  # CPU detection, thread pools' environment, profiling
+    "numbadlrm.io.files": 0,  # atomic writes, used by data/ and io/ alike
+    "numbadlrm.reference": 1,  # the NumPy oracle and teaching text
+    "numbadlrm.optim.reference": 2,  # the optimizers' NumPy oracle (kernels name it)
+    "numbadlrm.kernels": 3,  # @njit and LLVM IR only
+    "numbadlrm.runtime.threads": 4,  # sets the kernels' thread pools (the blas backend's)
+    "numbadlrm.batch": 4,  # checks its lookups with a kernel
+    "numbadlrm.layers": 4,  # validating wrappers, one op per file
+    "numbadlrm.optim": 5,
+    "numbadlrm.model": 6,
+    "numbadlrm.kernels.checks": 6,  # what each op must compute: against reference, layers, optim
+    "numbadlrm.data": 7,
+    "numbadlrm.io": 8,  # checkpoints read the data's vocabulary and the model's state shapes
+    "numbadlrm.train": 9,
+    "numbadlrm.parallel": 10,  # DistributedDLRM and the MPI entry over the training loop
+    "numbadlrm.interop": 10,
+    "numbadlrm.cli": 11,
+}
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(layer, the prefix that gave it) of a module."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in LAYERS:
+            return LAYERS[prefix], prefix
+    raise AssertionError(f"{module}: no layer in LAYERS")
+
+
+def folder(module: str, path_is_package: bool) -> str:
+    return module if path_is_package else module.rsplit(".", 1)[0]
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for module, imports in graph.items():
+        if module == "numbadlrm":
+            continue  # its imports are for type checkers; the names load on first use
+        rank, _ = layer_of(module)
+        for target in imports:
+            if target.rsplit(".", 1)[0] == module.rsplit(".", 1)[0] and "." in module[10:]:
+                continue  # the same folder
+            target_rank, _ = layer_of(target)
+            same_prefix = layer_of(target)[1] == layer_of(module)[1]
+            if target_rank >= rank and not same_prefix:
+                out.append(f"{module} (layer {rank}) imports {target} (layer {target_rank})")
+    return sorted(out)
+
+
+def test_no_module_imports_a_higher_or_sibling_layer():
+    violations = layering_violations(module_graph())
+    assert not violations, "\n".join(violations)
+
+
+def test_the_layering_check_finds_an_upward_import():
+    graph = {"numbadlrm.kernels.gemm.fp32": {"numbadlrm.model.dlrm"}, "numbadlrm.model.dlrm": set()}
+    assert layering_violations(graph) == [
+        "numbadlrm.kernels.gemm.fp32 (layer 3) imports numbadlrm.model.dlrm (layer 6)"
+    ]
+    assert layering_violations({"numbadlrm.model.dlrm": {"numbadlrm.kernels.registry"}}) == []
+
+
+MAX_LINES = 450
+
+
+def test_no_module_is_longer_than_450_lines():
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_every_folder_says_what_lives_there():
+    for init in PACKAGE.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and len(doc.split()) >= 8, f"{init}: needs a docstring saying what lives here"

@@ -66,25 +66,21 @@ from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward, em
 from ..layers.loss import LossConfig, sigmoid, sigmoid_loss
 from ..model.dlrm import kernel_choice
 from ..model.memory import (
-    MemoryNeed,
-    OutOfMemoryError,
     allocation_errors,
-    available_memory,
-    check_memory,
-    estimate,
 )
-from ..model.params import init_mlp, init_table_rows, slot_views
+from ..model.params import init_mlp, init_table_rows
 from ..model.precision import policy
-from ..model.state import check_state_dict, optimizer_state_shapes, state_dict_shapes
 from ..model.tower import DenseTower, Workspace, dense_layout
 from ..optim.optimizers import Optimizer, OptimizerConfig, TableState
 from ..optim.sgd import check_learning_rate
 from ..runtime.profiling import OpTimes, timed
 from .exchange import EmbeddingExchange, GradientAllreduce, poke
+from .memory import check_node_memory, rank_memory
 from .partition import Placement, plan_placement, sample_ranges, shard_lookups, shard_major
+from .state import ShardedState
 
 
-class DistributedDLRM:
+class DistributedDLRM(ShardedState):
     """The DLRM of ``config`` spread over ``comm``; every rank calls every method.
 
     Batches passed in are global batches (the same on every rank); each rank reads the
@@ -351,155 +347,6 @@ class DistributedDLRM:
         self.comm.Allgatherv(ws.p, [out, counts, displacements, MPI.FLOAT])
         return out
 
-    def state_dict(self) -> dict[str, np.ndarray] | None:
-        """The single-process DLRM.state_dict() on rank 0 (tables gathered); None elsewhere."""
-        root = self.comm.rank == 0
-        out = self._local_state()
-        shapes = state_dict_shapes(self.config)
-        for t in range(self.config.num_tables):
-            name = f"embeddings.{t}.weight"
-            if t in self.replicated:
-                continue
-            full = np.empty(shapes[name], np.float32) if root else None
-            for shard in self.placement.shards_of(t):
-                self._move_shard(shard, full, to_root=True)
-            out[name] = full
-        return {name: out[name] for name in shapes} if root else None
-
-    def load_state_dict(self, sd: dict[str, np.ndarray] | None) -> None:
-        """Scatter a single-process state dict, read on rank 0 (others may pass None).
-
-        Checked on rank 0 first; on error every rank raises the same ValueError.
-        """
-        error = None
-        if self.comm.rank == 0:
-            try:
-                check_state_dict(sd, state_dict_shapes(self.config))
-            except ValueError as exc:
-                error = str(exc)
-        error = self.comm.bcast(error, root=0)
-        if error is not None:
-            raise ValueError(error)
-        if self.comm.rank == 0:
-            self._load_local_state(sd)
-        self.comm.Bcast(self.params, root=0)  # MLPs and replicated tables: their bytes
-        self.tower.refresh()  # what the layers derive from them (bf16: packings)
-        for shard in self.placement.shards:
-            full = sd[f"embeddings.{shard.table}.weight"] if self.comm.rank == 0 else None
-            self._move_shard(shard, full, to_root=False)
-
-    def _local_state(self) -> dict[str, np.ndarray]:
-        """fp32 copies of what every rank holds: the MLPs and the replicated tables."""
-        out = {}
-        for slot, layer in self.tower.layers:
-            out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = layer.values()
-        for i, t in enumerate(self.replicated):
-            out[f"embeddings.{t}.weight"] = self.policy.table_values(self._rep_table(i))
-        return out
-
-    def _load_local_state(self, sd: dict[str, np.ndarray]) -> None:
-        """Rank 0: the MLPs and replicated tables from a checked state dict."""
-        for slot, layer in self.tower.layers:
-            layer.load(sd[f"{slot.name}.weight"], sd[f"{slot.name}.bias"])
-        for i, t in enumerate(self.replicated):
-            self.policy.load_table(self._rep_table(i), sd[f"embeddings.{t}.weight"])
-
-    def optimizer_state_dict(self) -> dict[str, np.ndarray] | None:
-        """The single-process DLRM.optimizer_state_dict() on rank 0 (shards' state
-        gathered); None elsewhere. A collective, like :meth:`state_dict`."""
-        opt, root = self.optimizer, self.comm.rank == 0
-        shapes = optimizer_state_shapes(self.config, opt.config)
-        if not shapes:
-            return {} if root else None
-        out = {}
-        for slot in self.tower.bottom_slots + self.tower.top_slots:
-            w, b = slot_views(opt.dense, slot)
-            out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = w.copy(), b.copy()
-        for t in range(self.config.num_tables):
-            name = f"embeddings.{t}.weight"
-            if t in self.replicated:
-                out[name] = self._rep_rows(self.rep_state.state, t).copy()
-                continue
-            full = np.empty(shapes[name], np.float32) if root else None
-            for shard in self.placement.shards_of(t):
-                self._move_shard(shard, full, to_root=True, buffer=opt.tables.state)
-            out[name] = full
-        return {name: out[name] for name in shapes} if root else None
-
-    def load_optimizer_state_dict(self, sd: dict[str, np.ndarray] | None, steps: int) -> None:
-        """Scatter a single-process optimizer state dict read on rank 0 (others may pass
-        None), and set the step count; checked on rank 0, the same ValueError everywhere."""
-        opt, root = self.optimizer, self.comm.rank == 0
-        shapes = optimizer_state_shapes(self.config, opt.config)
-        error = None
-        if root:
-            try:
-                check_state_dict(sd, shapes, "optimizer state")
-            except ValueError as exc:
-                error = str(exc)
-        error = self.comm.bcast(error, root=0)
-        if error is not None:
-            raise ValueError(error)
-        opt.steps = self.comm.bcast(steps if root else None, root=0)
-        if not shapes:
-            return
-        for slot in self.tower.bottom_slots + self.tower.top_slots:
-            w, b = slot_views(opt.dense, slot)
-            if root:
-                w[...], b[...] = sd[f"{slot.name}.weight"], sd[f"{slot.name}.bias"]
-        for t in self.replicated:
-            if root:
-                self._rep_rows(self.rep_state.state, t)[...] = sd[f"embeddings.{t}.weight"]
-        self.comm.Bcast(opt.dense, root=0)
-        if self.replicated:
-            self.comm.Bcast(self.rep_state.state, root=0)
-        for shard in self.placement.shards:
-            full = sd[f"embeddings.{shard.table}.weight"] if root else None
-            self._move_shard(shard, full, to_root=False, buffer=opt.tables.state)
-
-    def _rep_rows(self, buffer: np.ndarray, t: int) -> np.ndarray:
-        """Replicated table t's rows of a per-row buffer (its state)."""
-        i = self.replicated.index(t)
-        return buffer[self.rep_row_start[i] : self.rep_row_start[i + 1]]
-
-    def _move_shard(
-        self, shard, full: np.ndarray | None, to_root: bool, buffer: np.ndarray | None = None
-    ) -> None:
-        """Copy one shard between its owner and rows of the full table on rank 0: rows
-        of the weights, or of ``buffer`` (an optimizer state laid out by row as they are)."""
-        rank = self.comm.rank
-        rows = slice(shard.row_begin, shard.row_end)
-        if shard.rank == rank:
-            local = self._shard_values(shard) if buffer is None else self._shard_rows(shard, buffer)
-            if rank == 0:
-                if to_root:
-                    full[rows] = local
-                else:
-                    local[...] = full[rows]
-            elif to_root:
-                self.comm.Send(local, dest=0, tag=shard.table)
-            else:
-                self.comm.Recv(local, source=0, tag=shard.table)
-            if not to_root and buffer is None:
-                self._store_shard(shard, local)
-        elif rank == 0:
-            if to_root:
-                self.comm.Recv(full[rows], source=shard.rank, tag=shard.table)
-            else:
-                self.comm.Send(np.ascontiguousarray(full[rows]), dest=shard.rank, tag=shard.table)
-
-    def _shard_rows(self, shard, buffer: np.ndarray) -> np.ndarray:
-        s = self.shards.index(shard)
-        return buffer[self.row_start[s] : self.row_start[s + 1]]
-
-    def _shard_values(self, shard) -> np.ndarray:
-        """An fp32 copy of the shard's rows, to send or receive into."""
-        return self.policy.table_values(self._shard_rows(shard, self.tables))
-
-    def _store_shard(self, shard, values: np.ndarray) -> None:
-        """Put values received into _shard_values' array back into the shard's rows."""
-        self.policy.load_table(self._shard_rows(shard, self.tables), values)
-
 
 class _StepState:
     """What the backward needs from the forward besides the workspace."""
@@ -518,43 +365,3 @@ def _check_placement(placement: Placement, config: DLRMConfig, ranks: int) -> No
         raise ValueError(
             f"placement: D={placement.dim}, the model has {config.sparse_feature_size}"
         )
-
-
-def rank_memory(
-    config: DLRMConfig,
-    placement: Placement,
-    rank: int,
-    batch_sizes: tuple[int, ...] = (),
-    data: tuple[str, int] | None = None,
-    optimizer: str = "sgd",
-    precision: str = "fp32",
-) -> MemoryNeed:
-    """What ``rank`` holds: its shards, the replicated tables (with their gradients), the
-    dense tower, each with its optimizer state; with batch_sizes (local) and data, the
-    rest of a training run too."""
-    shards = [(s.table, s.num_rows) for s in placement.shards_on(rank)]
-    return estimate(
-        config, batch_sizes, data, tables=shards, replicated=placement.replicated,
-        optimizer=optimizer, precision=precision,
-    )  # fmt: skip
-
-
-def check_node_memory(comm: MPI.Comm, need: MemoryNeed) -> None:
-    """Collective: the ranks sharing a machine must fit its memory together. Every rank
-    raises the same OutOfMemoryError (the first failing rank's message) or none does."""
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        node_total = node.allreduce(need.total)
-        available = node.bcast(available_memory() if node.rank == 0 else None, root=0)
-        single = node.size == 1
-    finally:
-        node.Free()
-    message = None
-    try:
-        where = f"rank {comm.rank} of {comm.size}: " if comm.size > 1 else ""
-        check_memory(need, available, None if single else node_total, where)
-    except OutOfMemoryError as exc:
-        message = str(exc)
-    message = next((m for m in comm.allgather(message) if m), None)
-    if message is not None:
-        raise OutOfMemoryError(message)

@@ -39,7 +39,8 @@ from ..io.checkpoint import (
 )
 from ..runtime.threads import set_num_threads
 from ..train.run import TrainConfig, TrainLoop, check_cpu, open_data, run_header
-from .distributed import DistributedDLRM, check_node_memory, rank_memory
+from .distributed import DistributedDLRM
+from .memory import check_node_memory, rank_memory
 from .partition import plan_placement, sample_ranges
 
 

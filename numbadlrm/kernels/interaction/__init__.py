@@ -1,1 +1,6 @@
-"""numbadlrm/kernels/interaction."""
+"""Feature-interaction kernels: dot (pairwise dots of the F feature vectors, in
+4x4 blocks) and cat, forward and backward.
+
+    fp32.py   float32 versions
+    bf16.py   bf16 in and out, fp32 dots (vdpbf16ps)
+"""
