@@ -2,7 +2,7 @@
 
 Every train_step, loss and predict re-checks its batch (Batch.check_against): the arrays'
 dtypes, shapes and layout, then every table's offsets and indices in one pass of
-kernels/lookups.py. This times, round-robin in one process at configs a, b, c of
+kernels/embedding/lookups.py. This times, round-robin in one process at configs a, b, c of
 bench_e2e (random data, fixed bags):
 
     check        Batch.check_against, all of it (what a step pays)

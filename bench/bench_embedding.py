@@ -14,7 +14,7 @@ synthetic data). GB/s follow an explicit byte model:
 
 Power-law ids hit cached rows often, so their GB/s by this model can exceed DRAM's.
 
-``--precision bf16`` adds the split-bf16 kernels (kernels/embedding_bf16.py: tables
+``--precision bf16`` adds the split-bf16 kernels (kernels/embedding/bags_bf16.py: tables
 (R, 2, D) uint16, the forward reads only the bf16 halves, the update applies exact fp32
 SGD to both halves), validated against the reference, timed in the same round-robin
 next to fp32's v2, with their byte model:
@@ -26,7 +26,7 @@ update moves as many bytes as fp32's, so with both kernels at fp32's GB/s it is
 (f + u) / (f / 2 + u) for fp32 times f, u (about 1.25 at config b).
 
 ``--mode optimizers`` times update-only kernels instead: the fused SGD update, the fused
-sparse Adagrad and row-wise Adagrad updates (kernels/optimizers.py), and, on the same
+sparse Adagrad and row-wise Adagrad updates (kernels/embedding/optimizers.py), and, on the same
 tables and state, PyTorch's sparse step (the EmbeddingBags' sparse backward from the same
 dpooled + torch.optim.Adagrad, or + the reference's RWSAdagrad transcribed in
 numbadlrm/interop/torch_optim.py); see bench/_embedding_optimizers.py. The coalesced optimizers

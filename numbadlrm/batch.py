@@ -11,7 +11,7 @@ Offsets index straight into ``indices``, so table t's lookups are the slice
 The arrays stay ordinary, writable NumPy arrays, so a Batch can be changed after it was
 built. The models therefore call :meth:`Batch.check_against` on every step: it checks
 every array's dtype, shape and layout again and every lookup against the model's
-tables (one pass of a Numba kernel, kernels/lookups.py), so no change made between
+tables (one pass of a Numba kernel, kernels/embedding/lookups.py), so no change made between
 steps can make an embedding kernel read or write outside its arrays.
 """
 
@@ -95,7 +95,7 @@ class Batch:
         """Check the batch fits a model: arrays, feature count, table count, every lookup.
 
         The models call this on every step, since the arrays may have changed since the
-        last one; the lookups cost one pass of kernels/lookups.py (bench/RESULTS.md).
+        last one; the lookups cost one pass of kernels/embedding/lookups.py (bench/RESULTS.md).
         """
         self._check_arrays()
         if self.dense.shape[1] != num_dense:
@@ -123,7 +123,7 @@ def lookup_problem(
     """The first problem of a batch's lookups, in words (None if there is none).
 
     Offsets must lie in [0, nnz] and not decrease; given ``rows`` (T,), table t's ids
-    must lie in [0, rows[t]). The NumPy twin of kernels/lookups.py, run to word what
+    must lie in [0, rows[t]). The NumPy twin of kernels/embedding/lookups.py, run to word what
     that kernel found (and in the constructor, where the tables are not known yet).
     """
     nnz = indices.shape[0]

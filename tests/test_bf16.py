@@ -1,4 +1,4 @@
-"""bf16 conversions, split storage and split-SGD (kernels/bf16.py, kernels/embedding_bf16.py)
+"""bf16 conversions, split storage and split-SGD (kernels/bf16.py, kernels/embedding/bags_bf16.py)
 against numbadlrm.reference, and split-SGD against the fp32 kernels bit for bit."""
 
 from __future__ import annotations

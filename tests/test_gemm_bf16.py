@@ -1,4 +1,4 @@
-"""bf16 linear-layer GEMMs (kernels/gemm_bf16.py on the vdpbf16ps tile) against NumPy.
+"""bf16 linear-layer GEMMs (kernels/gemm/bf16.py on the vdpbf16ps tile) against NumPy.
 
 Tolerance. The oracle rounds the inputs to bf16 (the kernels' inputs), then multiplies in
 float64, so its own error is negligible. A product of two bf16 values (8-bit

@@ -1,4 +1,5 @@
-"""The Adagrad kernels (kernels/optimizers.py) against the NumPy reference (reference_optim).
+"""The Adagrad kernels (kernels/embedding/optimizers.py) against the NumPy reference
+(optim/reference.py).
 
 float32 kernels against the float64 reference from the same float32 inputs. The tiny
 tables (2 rows) gather ~300 bag gradients into one row, a float32 sum that carries up to

@@ -17,7 +17,7 @@ update merges, applies fp32 SGD, and splits again:
 
 so merge(hi, lo) after the update is bit for bit what fp32 SGD gives on the merged value.
 "What fp32 SGD gives" is the project's fp32 kernels' arithmetic (kernels/elementwise.py
-``sgd_update``, kernels/embedding.py): ``w -= lr * g`` with float32 lr, which LLVM
+``sgd_update``, kernels/embedding/bags.py): ``w -= lr * g`` with float32 lr, which LLVM
 contracts into one fused multiply-add (vfnmadd) under the flags of kernels/jit.py. Here
 the FMA is explicit (``sgd_fma``, llvm.fma), so the update rounds once whatever LLVM
 decides; ``reference.sgd_fma_f32`` computes the same correctly rounded value in NumPy,

@@ -1,7 +1,7 @@
 """Argument checks shared by the layers, run before any kernel sees an array.
 
 The kernels index without bounds checks, and some compute raw addresses (the dot
-interaction's v3 reads ``x.ctypes.data``, GEMM v4's tile and kernels/blas.py pass
+interaction's v3 reads ``x.ctypes.data``, GEMM v4's tile and kernels/gemm/blas.py pass
 pointers), so a wrong shape, dtype or memory layout must stop here with a ValueError
 that names the argument.
 """

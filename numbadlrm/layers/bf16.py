@@ -1,6 +1,6 @@
 """bf16 and split-SGD (Kalamkar et al., SC20): validating wrappers over the Numba kernels.
 
-The kernels (kernels/bf16.py, kernels/embedding_bf16.py, kernels/gemm_bf16.py) trust their
+The kernels (kernels/bf16.py, kernels/embedding/bags_bf16.py, kernels/gemm/bf16.py) trust their
 arguments; these functions check dtypes, shapes and contiguity first (one-line
 ValueErrors), allocate the outputs, and run small work on the calling thread
 (kernels/jit.py run_serial). bf16 arrays are uint16 bit patterns throughout.
@@ -112,7 +112,7 @@ def split_sgd_update(hi: np.ndarray, lo: np.ndarray, grads: np.ndarray, lr: floa
 
 
 def split_tables(weights: np.ndarray, in_place: bool = False) -> np.ndarray:
-    """(R, D) fp32 tables -> (R, 2, D) uint16 split tables (kernels/embedding_bf16.py).
+    """(R, D) fp32 tables -> (R, 2, D) uint16 split tables (kernels/embedding/bags_bf16.py).
 
     With ``in_place`` the result is a view of weights' own buffer (no second copy of the
     tables), and weights no longer holds fp32 values.
@@ -183,7 +183,7 @@ def embedding_update_split(tables, row_start, offsets, indices, dpooled, lr: flo
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """A layer's bf16 weight W16 (O, I) and its two packings (kernels/gemm_bf16.py):
+    """A layer's bf16 weight W16 (O, I) and its two packings (kernels/gemm/bf16.py):
     ``forward`` = pack_rows(W16) for y = x W^T, ``data`` = pack_cols(W16) for dx = dz W.
     Made by :func:`pack_weight` once per weight update."""
 

@@ -4,7 +4,7 @@ on fp32 tables or split-bf16 tables.
     forward:   pooled[t, b] = sum_{j in bag (t, b)} E_t[indices[j]]          (T, B, D)
     backward:  dE_t[indices[j]] += dpooled[t, b] for each lookup j of bag (t, b)
     update:    E_t -= lr * dE_t, applied row by row as the gradient is formed, so the
-               dense gradient dE_t (rows, D) never exists (see kernels/embedding.py)
+               dense gradient dE_t (rows, D) never exists (see kernels/embedding/bags.py)
 
 The tables are one buffer ``weights`` (total_rows, D) with ``row_start`` (T+1,): float32,
 or split bf16 (--precision bf16; kernels/embedding/bags_bf16.py has the layout and the

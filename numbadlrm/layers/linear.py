@@ -16,7 +16,7 @@ precision (fp32, or split bf16: see "bf16" below) with one forward and one backw
 Each fp32 pass runs the version of its op (linear_forward, linear_backward_data,
 linear_backward_weight) that ``kernels`` selects in numbadlrm.kernels.registry, looked
 up on every call. ``kernels`` is a KernelChoice, or one of the ``--gemm`` shorthands
-"auto" (the default: GEMM v4 or the blas backend per shape, kernels/linear_auto.py),
+"auto" (the default: GEMM v4 or the blas backend per shape, kernels/gemm/auto.py),
 "numba" (v4 everywhere) or "blas". Every array is float32 and C-contiguous; outputs
 come first and are preallocated by the caller.
 

@@ -45,7 +45,8 @@ from .sgd import SERIAL_BELOW_PARAMS
 
 OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")
 # The fused table kernels sort keys row << bag bits | bag of 63 bits
-# (kernels/optimizers.py): a batch has fewer than 2^30 samples, a table fewer than 2^33 rows.
+# (kernels/embedding/optimizers.py): a batch has fewer than 2^30 samples, a table fewer
+# than 2^33 rows.
 MAX_BATCH = 2**30 - 1
 MAX_TABLE_ROWS = 2**33 - 1
 _FLAGS = {
@@ -143,7 +144,7 @@ class TableState:
 
     state (R, D) for Adagrad, (R,) for row-wise Adagrad, starting at the initial
     accumulator value. The scratch (lists (owners, 2, L) int64) may hold anything
-    between calls: it is neither state nor checkpointed (see kernels/optimizers.py); it
+    between calls: it is neither state nor checkpointed (see kernels/embedding/optimizers.py); it
     grows with the largest table's lookups.
     """
 

@@ -4,7 +4,7 @@ Layout. All T tables live in one uint16 buffer ``tables`` (R, 2, D): row r's bf1
 (the hi halves) are ``tables[r, 0]`` and the bottom halves of its fp32 master values
 ``tables[r, 1]`` (kernels/bf16.py), so the fp32 value of element d is
 ``(tables[r, 0, d] << 16) | tables[r, 1, d]``. Table t is rows ``row_start[t]:row_start[t+1]``;
-offsets (T, B+1) and indices as kernels/embedding.py.
+offsets (T, B+1) and indices as kernels/embedding/bags.py.
 
     forward:  pooled[t, b] = sum_{j in bag (t, b)} tables[row_start[t] + indices[j], 0]
               (the bf16 values, summed in fp32 into pooled (T, B, D) float32)
@@ -25,7 +25,7 @@ A (R, 2, D) uint16 buffer has exactly the bytes of a (R, D) float32 one, so it c
 a view of ``params.table_buffer`` (huge pages), and ``split_rows`` converts an fp32
 table into it in place (no second copy, no higher peak memory).
 
-The update is the fp32 kernel's (kernels/embedding.py embedding_bags_sgd_update) with the
+The update is the fp32 kernel's (kernels/embedding/bags.py embedding_bags_sgd_update) with the
 merge and split around its FMA: race-free by the same row ownership, updates applied in
 lookup order, so merge(tables) afterwards equals that kernel's fp32 table bit for bit.
 """
@@ -170,7 +170,7 @@ def embedding_bags_sgd_update_split(tables, row_start, offsets, indices, dpooled
     """tables (R, 2, D) updated in place: the fp32 value of each looked-up row
     -= lr (float32) * dpooled[t, b], exactly, for each lookup.
 
-    Race-free by row ownership (kernels/embedding.py): owner c applies every update whose
+    Race-free by row ownership (kernels/embedding/bags.py): owner c applies every update whose
     row hashes to c and no other owner touches that row; one row's updates run in lookup
     order on one thread, so the result does not depend on the thread count.
     """

@@ -1,6 +1,6 @@
 """Bounds check of a batch's lookups, run before every step's embedding kernels.
 
-The embedding kernels (kernels/embedding.py) read ``indices[offsets[t, b]:offsets[t, b+1]]``
+The embedding kernels (kernels/embedding/bags.py) read ``indices[offsets[t, b]:offsets[t, b+1]]``
 and the rows ``row_start[t] + indices[j]`` without bounds checks, so a batch is checked
 on every step (numbadlrm.batch.Batch.check_against). Table t is valid when
 

@@ -118,7 +118,7 @@ DIGIT_BITS = 11
 
 @jit_serial
 def _row_owner(r, num_owners):
-    """Which owner holds row r: its block's hash (kernels/embedding.py's _owner)."""
+    """Which owner holds row r: its block's hash (kernels/embedding/bags.py's _owner)."""
     return _owner(np.uint64(r >> ROW_BLOCK_SHIFT), num_owners)
 
 

@@ -1,6 +1,6 @@
 """The linear layer's three GEMMs in bf16 with fp32 accumulation, on the vdpbf16ps tile.
 
-Shapes as kernels/gemm.py (W (O, I), x (B, I), y and dz (B, O)); bf16 arrays are uint16
+Shapes as kernels/gemm/fp32.py (W (O, I), x (B, I), y and dz (B, O)); bf16 arrays are uint16
 (kernels/bf16.py), everything accumulated in fp32 by ``microkernel_bf16.tile``:
 
     forward           y  = x W^T + b, then max(y, 0) if relu     fp32 (B, O) and/or bf16

@@ -32,7 +32,7 @@ to its (forward, backward_data, backward_weight):
     v2      dot form everywhere; W^T, dz^T and x^T transposed into scratch as needed
     v3      v2 for K >= SMALL_K, else the axpy form over packed panels of Bm
     v4      a 4 x 64 register-blocked micro-kernel written in LLVM IR
-            (kernels/microkernel.py): 16 zmm accumulators across the k loop, 8 loads per
+            (kernels/gemm/tile.py): 16 zmm accumulators across the k loop, 8 loads per
             16 FMAs, C touched once per tile; A read through a row and a k stride, so no
             pass transposes anything big; bias/ReLU on each finished tile (default)
 

@@ -1,4 +1,4 @@
-"""Packing for the bf16 GEMMs (kernels/gemm_bf16.py): bf16 matrices into pairs of k.
+"""Packing for the bf16 GEMMs (kernels/gemm/bf16.py): bf16 matrices into pairs of k.
 
 vdpbf16ps multiplies pairs of bf16 values held in 32-bit lanes, so both GEMM operands
 need two consecutive k values in each uint32 (low half k, high half k + 1):

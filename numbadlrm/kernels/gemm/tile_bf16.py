@@ -8,7 +8,7 @@ operands must hold two consecutive k values in each 32-bit lane (the "VNNI" pair
     A (M, K) bf16 with pairs of k in 32 bits: row-major with K contiguous (A[r, 2kk : 2kk
         + 2] is one 32-bit pair) or rows' pairs interleaved ((K/2, M) uint32), addressed
         by byte strides; each pair is broadcast to all 16 lanes (one vbroadcastss)
-    B packed (kernels/gemm_bf16.py): panels of NR = 64 columns, panel[kk, j] (uint32) =
+    B packed (kernels/gemm/bf16.py): panels of NR = 64 columns, panel[kk, j] (uint32) =
         the pair (Bm[2kk, j], Bm[2kk + 1, j]); columns past N and the k past an odd K are
         zero, so every B load is a whole vector
 

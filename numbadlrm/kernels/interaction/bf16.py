@@ -1,6 +1,6 @@
 """Feature-interaction kernels in bf16 with fp32 accumulation (--precision bf16).
 
-Shapes and pairs as kernels/interaction.py; x16 (B, D), emb16 (T, B, D), out16 and dout16
+Shapes and pairs as kernels/interaction/fp32.py; x16 (B, D), emb16 (T, B, D), out16 and dout16
 (B, D + P) or (B, F * D) are bf16 bits (uint16). Every sum is formed in fp32 and rounded
 to bf16 once, when it is stored (round to nearest even):
 

@@ -22,7 +22,7 @@ bench/bench_interaction.py times them side by side):
         over chunks, the ``*_serial`` entry points (for small batches, where a parallel
         launch costs more than the work) on the calling thread.
     v3  forward: the lower triangle of Z in 4 x 4 blocks of dots, read straight from x
-        and emb (no copy of A), written in LLVM IR (kernels/microkernel.dots_4x4: 16
+        and emb (no copy of A), written in LLVM IR (kernels/gemm/tile.dots_4x4: 16
         vector accumulators, 8 loads per 16 FMAs, then one transpose-and-add tree for
         the 16 horizontal sums). Backward: G from the pair gradients row by row (each
         row of the triangle is one contiguous run of dout: 1.1 -> 0.4 ms at config c),
