@@ -145,6 +145,7 @@ def bf16_gemm_gflops(n: int = 2048, repeat: int = 5) -> float:
     side: the bf16 analogue of :func:`blas_sgemm_gflops`."""
     from numbadlrm import bf16
     from numbadlrm.kernels import gemm_bf16
+    from numbadlrm.kernels.microkernel_bf16 import default_dot
 
     rng = np.random.default_rng(0)
     a16 = bf16.to_bf16(rng.standard_normal((n, n), dtype=np.float32))
@@ -153,7 +154,7 @@ def bf16_gemm_gflops(n: int = 2048, repeat: int = 5) -> float:
     bias = np.zeros(n, np.float32)
     fns = {
         "numbadlrm": lambda: gemm_bf16.linear_forward(
-            c, gemm_bf16.NONE_U16, a16, w.forward, bias, False, gemm_bf16.TASKS
+            c, gemm_bf16.NONE_U16, a16, w.forward, bias, False, gemm_bf16.TASKS, default_dot()
         )
     }
     try:
