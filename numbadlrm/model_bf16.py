@@ -18,11 +18,16 @@ halves in place (hi block then lo block; tables (R, 2, D)), so memory does not g
 halves, so checkpoints hold fp32 weights: a bf16 run resumes bit for bit, converts to
 PyTorch and loads into an fp32 model, and an fp32 checkpoint loads here (split exactly).
 
-SGD only: split-SGD is an SGD method. The GEMMs need AVX512-BF16 (vdpbf16ps); on a CPU
-without it the model is refused with one line (no emulated path).
+SGD only: split-SGD is an SGD method. The GEMMs and the interaction's dots run on
+AVX512-BF16's vdpbf16ps; on a CPU without it (any other x86-64) the registry's default
+versions of those ops are its emulation (two fp32 FMAs per instruction, the same bits on
+normal-range values: kernels/microkernel_bf16.py), slower than fp32, and building the
+model says so once per process (:func:`note_bf16_emulation`).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -40,15 +45,33 @@ from .optimizers import OptimizerConfig
 from .tower_bf16 import Bf16Tower, Bf16Workspace, merged, split_in_place
 
 
-def check_bf16_cpu() -> None:
-    """ValueError (one line) on a CPU without AVX512-BF16: --precision bf16 cannot run."""
-    if not microkernel_bf16.has_avx512_bf16():
-        import llvmlite.binding as llvm
+class Bf16EmulatedWarning(UserWarning):
+    """--precision bf16 runs on the emulation of vdpbf16ps: this CPU has no AVX512-BF16."""
 
-        raise ValueError(
-            f"precision: bf16 needs a CPU with AVX512-BF16 (the vdpbf16ps instruction); "
-            f"this one ({llvm.get_host_cpu_name()}) has none: use --precision fp32"
-        )
+
+_noted = False  # the note is given once per process
+
+
+def note_bf16_emulation(log=None) -> None:
+    """On a CPU without AVX512-BF16, say once per process, in one line, that bf16 is
+    emulated here and slower than fp32: through ``log`` (the CLI's, as "note: ...") or
+    else as a :class:`Bf16EmulatedWarning`. Silent where vdpbf16ps runs."""
+    global _noted
+    if _noted or microkernel_bf16.has_avx512_bf16():
+        return
+    _noted = True
+    import llvmlite.binding as llvm
+    import numba
+
+    cpu = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    text = (
+        f"precision bf16 is emulated on this CPU ({cpu}, no AVX512-BF16): each vdpbf16ps "
+        f"runs as two fp32 FMAs, slower than --precision fp32"
+    )
+    if log is not None:
+        log(f"note: {text}")
+    else:
+        warnings.warn(text, Bf16EmulatedWarning, stacklevel=3)
 
 
 class Bf16DLRM(DLRM):
@@ -69,7 +92,7 @@ class Bf16DLRM(DLRM):
         loss: LossConfig | str | None = None,
         precision: str = "bf16",
     ):
-        check_bf16_cpu()  # before allocating anything
+        note_bf16_emulation()
         check_bf16_optimizer(optimizer)
         # fp32 buffers and values first, split in place below
         super().__init__(config, seed, gemm, kernels, "sgd", loss, precision="bf16")

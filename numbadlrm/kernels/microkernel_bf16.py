@@ -42,7 +42,7 @@ takes the *form* of the instruction as its last argument, a :class:`Dpbf16`:
                 product first; measured so on Sapphire Rapids). A product of two bf16
                 values is exact in fp32, so each step rounds once, as the instruction
                 does. LLVM legalises the <16 x float> operations for AVX-512 or as pairs
-                of AVX2 registers (the tile then spills: slower than the fp32 kernels)
+                of AVX2 registers (where the tile spills, as the fp32 tile does)
 
 The form is a Numba type (``Dpbf16Type``), so each form is its own compiled (and cached)
 specialisation of every kernel, and the IR builder picks the instruction or its

@@ -30,7 +30,7 @@ from ..kernels.jit import run_serial
 from ..layers.embedding_bag import embedding_gradient
 from ..layers.embedding_bag_bf16 import embedding_forward_bf16, embedding_update_bf16
 from ..model import check_bf16_optimizer, dense_layout
-from ..model_bf16 import check_bf16_cpu
+from ..model_bf16 import note_bf16_emulation
 from ..tower_bf16 import Bf16Tower, merged, split_in_place
 from .distributed import DistributedDLRM
 
@@ -43,7 +43,7 @@ class DistributedBf16DLRM(DistributedDLRM):
 
     def __init__(self, config, comm, placement=None, seed=0, gemm="auto", kernels=None,
                  optimizer=None, loss=None, precision: str = "bf16"):  # fmt: skip
-        check_bf16_cpu()
+        note_bf16_emulation()
         check_bf16_optimizer(optimizer)
         super().__init__(config, comm, placement, seed, gemm, kernels, "sgd", loss, "bf16")
         tower_n = dense_layout(config, top_first=True)[2]
