@@ -144,6 +144,7 @@ def bf16_gemm_gflops(n: int = 2048, repeat: int = 5) -> float:
     fp32 output) and PyTorch's bf16 matmul (oneDNN) where torch is installed, timed side by
     side: the bf16 analogue of :func:`blas_sgemm_gflops`."""
     from numbadlrm.kernels.gemm import bf16 as gemm_bf16
+    from numbadlrm.kernels.gemm.tile_bf16 import default_dot
     from numbadlrm.layers import bf16
 
     rng = np.random.default_rng(0)
@@ -153,7 +154,7 @@ def bf16_gemm_gflops(n: int = 2048, repeat: int = 5) -> float:
     bias = np.zeros(n, np.float32)
     fns = {
         "numbadlrm": lambda: gemm_bf16.linear_forward(
-            c, gemm_bf16.NONE_U16, a16, w.forward, bias, False, gemm_bf16.TASKS
+            c, gemm_bf16.NONE_U16, a16, w.forward, bias, False, gemm_bf16.TASKS, default_dot()
         )
     }
     try:

@@ -158,12 +158,12 @@ def validate(B, I, O, relu, rng) -> None:
     if O == 1:
         kg.logit_forward(y, kg.NONE_U16, x16, w16, b, relu, kg.TASKS)
     else:
-        kg.linear_forward(y, kg.NONE_U16, x16, wf, b, relu, kg.TASKS)
+        kg.linear_forward(y, kg.NONE_U16, x16, wf, b, relu, kg.TASKS, mk.VDPBF16PS)
     if O == 1:
         kg.logit_backward_data(dx, kg.NONE_U16, dz16, w16, x16, True, kg.TASKS)
     else:
-        kg.linear_backward_data(dx, kg.NONE_U16, dz16, wd, x16, True, kg.TASKS)
-    kg.linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads())
+        kg.linear_backward_data(dx, kg.NONE_U16, dz16, wd, x16, True, kg.TASKS, mk.VDPBF16PS)
+    kg.linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads(), mk.VDPBF16PS)
     y_want = reference.linear_forward(x, W, b.astype(np.float64), relu)[0]
     for what, got, want, bound in (
         ("y", y, y_want, (I + 2) * EPS * (np.abs(x) @ np.abs(W).T + np.abs(b))),
@@ -188,19 +188,24 @@ def pass_runs(B, I, O, relu, threads, rng, torch):
         forward = lambda: kg.logit_forward(y, kg.NONE_U16, x16, w16, b, relu, kg.TASKS)  # noqa: E731
     else:  # a ReLU layer's output is the next layer's bf16 input; the last is fp32
         y32, y_16 = (kg.NONE_F32, y16) if relu else (y, kg.NONE_U16)
-        forward = lambda: kg.linear_forward(y32, y_16, x16, wf, b, relu, kg.TASKS)  # noqa: E731
-    data, wd_or_w = (kg.logit_backward_data, w16) if O == 1 else (kg.linear_backward_data, wd)
+        forward = lambda: kg.linear_forward(y32, y_16, x16, wf, b, relu, kg.TASKS, mk.VDPBF16PS)  # noqa: E731
+    if O == 1:
+        data = lambda: kg.logit_backward_data(kg.NONE_F32, dx16, dz16, w16, x16, True, kg.TASKS)  # noqa: E731
+    else:
+        data = lambda: kg.linear_backward_data(  # noqa: E731
+            kg.NONE_F32, dx16, dz16, wd, x16, True, kg.TASKS, mk.VDPBF16PS
+        )
     runs = {
         "forward": {
             "bf16": forward,
             "blas": lambda: blas.forward(y, x, W, b, relu, threads),
         },
         "backward_data": {
-            "bf16": lambda: data(kg.NONE_F32, dx16, dz16, wd_or_w, x16, True, kg.TASKS),
+            "bf16": data,
             "blas": lambda: blas.backward_data(dx, dz, dz, W, x, False, True, True, threads),
         },
         "backward_weight": {
-            "bf16": lambda: kg.linear_backward_weight(dW, db, dz16, x16, threads),
+            "bf16": lambda: kg.linear_backward_weight(dW, db, dz16, x16, threads, mk.VDPBF16PS),
             "blas": lambda: blas.backward_weight(dW, db, dz, x, threads),
         },
         "pack": {"bf16": lambda: (kp.pack_rows(wf, w16), kp.pack_cols(wd, w16))},

@@ -144,7 +144,7 @@ def main() -> int:
     set_threads(args.threads)
     print(header("compare_precision: test AUC, --precision bf16 against fp32"))
     if not has_avx512_bf16():
-        print("this CPU has no AVX512-BF16: --precision bf16 cannot run here; nothing to compare")
+        print("this CPU has no AVX512-BF16: bf16 would run emulated (same results, slower): skip")
         return 0
     real_rows(args)
     if not args.no_synthetic:

@@ -29,7 +29,6 @@ from mpi4py import MPI
 from numbadlrm import DLRM, DLRMConfig
 from numbadlrm.cli.tools import predict_to_file
 from numbadlrm.io.checkpoint import CheckpointError, load_checkpoint
-from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
 from numbadlrm.optim.optimizers import OptimizerConfig
 from numbadlrm.parallel.distributed import DistributedDLRM
 from numbadlrm.parallel.exchange import EmbeddingExchange
@@ -49,18 +48,11 @@ BATCH = 12  # divides by 1, 2, 3 and 4 ranks (the uneven cases use other sizes)
 STEPS = 5
 LR = 0.3
 CASES = {}
-BF16_CASES = set()  # need AVX512-BF16: not run on a CPU without it (reported as skipped)
-NO_BF16 = "skipped: this CPU has no AVX512-BF16 (vdpbf16ps)"
 
 
 def case(fn):
     CASES[fn.__name__] = fn
     return fn
-
-
-def bf16_case(fn):
-    BF16_CASES.add(fn.__name__)
-    return case(fn)
 
 
 def tiny_config(op: str = "dot", tables: str = "7-400-5-30-3") -> DLRMConfig:
@@ -548,7 +540,7 @@ def _check_bf16_matches_single_process(comm, cfg, placement, size=BATCH):
             np.testing.assert_array_equal(sd[name], value, err_msg=name)
 
 
-@bf16_case
+@case
 def bf16_matches_single_process(comm, workdir):
     """Row-split and replicated tables, B = 13 (uneven slices, padded bags)."""
     cfg = tiny_config("dot", "7-400-5-30-3")
@@ -556,7 +548,7 @@ def bf16_matches_single_process(comm, workdir):
     _check_bf16_matches_single_process(comm, cfg, placement, size=13)
 
 
-@bf16_case
+@case
 def bf16_matches_single_process_cat_fewer_samples_than_ranks(comm, workdir):
     """B = 2 on 3 ranks: a rank with no sample; the cat interaction."""
     cfg = tiny_config("cat", "7-400-5-30-3")
@@ -564,7 +556,7 @@ def bf16_matches_single_process_cat_fewer_samples_than_ranks(comm, workdir):
     _check_bf16_matches_single_process(comm, cfg, placement, size=2)
 
 
-@bf16_case
+@case
 def bf16_checkpoint_holds_fp32_masters(comm, workdir):
     """A bf16 R-rank checkpoint holds the merged fp32 masters and the precision; it
     resumes on any number of ranks in bf16 (split back exactly) and loads into fp32."""
@@ -595,9 +587,6 @@ def run_cases(comm, workdir, names=None) -> dict[str, list[str | None]]:
     """Run the named cases (default all) on ``comm``; {case: [error or None per rank]}."""
     results = {}
     for name in names or CASES:
-        if name in BF16_CASES and not has_avx512_bf16():
-            results[name] = [NO_BF16] * comm.size
-            continue
         try:
             CASES[name](comm, workdir)
             error = None

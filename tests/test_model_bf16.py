@@ -5,10 +5,14 @@
 - one step against the exact (float64) step of the fp32 model, within running error
   bounds derived op by op (tests/_bf16_bounds.py);
 - a 200-step loss trajectory within a band of fp32's;
-- state_dict / load_state_dict in fp32, the CPU check, the per-op timing hook.
+- state_dict / load_state_dict in fp32, the per-op timing hook;
+- on any x86-64 CPU: without AVX512-BF16 the emulated kernels (one note says so), and
+  where the CPU has it, a model on them trains as one on vdpbf16ps, bit for bit.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -20,14 +24,11 @@ from numbadlrm.kernels import elementwise
 from numbadlrm.kernels.embedding import bags as kemb
 from numbadlrm.kernels.gemm import tile_bf16 as microkernel_bf16
 from numbadlrm.layers import bf16
+from numbadlrm.model.precision import Bf16EmulatedWarning
 from numbadlrm.runtime.profiling import OPS, OpTimes
 
 from ._bf16_bounds import LAMBDA, excess, step_bounds
 from ._helpers import random_batch, small_config
-
-pytestmark = pytest.mark.skipif(
-    not microkernel_bf16.has_avx512_bf16(), reason="this CPU has no AVX512-BF16 (vdpbf16ps)"
-)
 
 
 def wide_config(itself: bool = False) -> DLRMConfig:
@@ -178,10 +179,56 @@ def test_state_dict_round_trip_and_fp32_models_load_it():
         other.load_state_dict({**sd, "embeddings.1.weight": np.zeros((2, 19), np.float32)})
 
 
-def test_no_avx512_bf16_is_one_clear_error(monkeypatch):
+def test_without_avx512_bf16_one_note_says_bf16_is_emulated(monkeypatch):
+    """A CPU without AVX512-BF16 builds the model (on the emulated kernels, the defaults
+    there) and warns once per process, in one line; silent where vdpbf16ps runs."""
+    from numbadlrm.model import precision as model_bf16
+
+    monkeypatch.setattr(model_bf16, "_noted", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Bf16EmulatedWarning)
+        if microkernel_bf16.has_avx512_bf16():
+            DLRM(small_config(), precision="bf16")
+    monkeypatch.setattr(model_bf16, "_noted", False)
     monkeypatch.setattr(microkernel_bf16, "has_avx512_bf16", lambda: False)
-    with pytest.raises(ValueError, match=r"precision: bf16 needs a CPU with AVX512-BF16.*fp32"):
+    with pytest.warns(Bf16EmulatedWarning) as caught:
         DLRM(small_config(), precision="bf16")
+        DLRM(small_config(), precision="bf16")
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    text = str(caught[0].message)
+    assert "\n" not in text and "emulated" in text and "slower than --precision fp32" in text
+    assert caught[0].filename == __file__  # points at the caller's line
+
+
+EMULATED = "v1-emu"
+VDPBF16PS_OPS = (
+    "bf16_linear_forward",
+    "bf16_linear_backward_data",
+    "bf16_linear_backward_weight",
+    "bf16_dot_interaction_forward",
+)
+
+
+@pytest.mark.skipif(
+    not microkernel_bf16.has_avx512_bf16(), reason="this CPU has no AVX512-BF16 (vdpbf16ps)"
+)
+@pytest.mark.parametrize("batch_size", [9, 300])  # serial entries, parallel entries
+def test_emulated_model_trains_as_the_vdpbf16ps_model_bit_for_bit(threads, batch_size):
+    """The whole bf16 step on the emulated kernels (v1-emu) and on vdpbf16ps (v1): the
+    same losses, predictions and master weights, bit for bit (normal-range values)."""
+    cfg = wide_config(itself=True)
+    models = [
+        DLRM(cfg, seed=5, precision="bf16", kernels={op: name for op in VDPBF16PS_OPS})
+        for name in ("v1", EMULATED)
+    ]
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        batch = random_batch(rng, cfg, batch_size)
+        assert models[0].train_step(batch, 0.2) == models[1].train_step(batch, 0.2)
+    np.testing.assert_array_equal(models[0].predict(batch), models[1].predict(batch))
+    hw, emu = (m.state_dict() for m in models)
+    for name in hw:
+        np.testing.assert_array_equal(hw[name].view(np.uint32), emu[name].view(np.uint32), name)
 
 
 def test_op_times_and_kernel_choice_work_in_bf16():

@@ -55,8 +55,6 @@ def results(workdir) -> dict[int, dict]:
 @pytest.mark.parametrize("ranks", RANKS)
 @pytest.mark.parametrize("name", list(mpi_cases.CASES))
 def test_case_under_mpiexec(results, ranks, name):
-    if results[ranks][name] == [mpi_cases.NO_BF16] * ranks:
-        pytest.skip(mpi_cases.NO_BF16)
     errors = {rank: e for rank, e in enumerate(results[ranks][name]) if e}
     assert not errors, f"{name} on {ranks} ranks failed: {errors}"
 
@@ -67,8 +65,6 @@ def test_case_on_one_rank(results, workdir, name):
     from mpi4py import MPI
 
     errors = mpi_cases.run_cases(MPI.COMM_SELF, workdir, [name])[name]
-    if errors == [mpi_cases.NO_BF16]:
-        pytest.skip(mpi_cases.NO_BF16)
     assert errors == [None], errors
 
 
@@ -146,10 +142,8 @@ def test_cli_under_mpiexec_trains_batches_the_ranks_do_not_divide():
 
 def test_cli_under_mpiexec_trains_in_bf16():
     """`mpiexec -n 2 numbadlrm train --precision bf16`: the header says so, it evaluates."""
-    from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
-
-    if not MPIEXEC.exists() or not has_avx512_bf16():
-        pytest.skip("needs mpiexec and a CPU with AVX512-BF16")
+    if not MPIEXEC.exists():
+        pytest.skip(f"no mpiexec next to {sys.executable}")
     command = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "numbadlrm.cli.main", "train"]
     command += ["--precision", "bf16", "--mini-batch-size", "64", "--num-batches", "3"]
     command += ["--test-num-batches", "1", "--no-progress"]

@@ -14,9 +14,10 @@ ValueErrors), allocate the outputs, and run small work on the calling thread
     pack_weight, repack          W16 (O, I) -> PackedWeight for the forward and data passes
     linear_forward / linear_backward_data / linear_backward_weight(_split_sgd)
 
-The GEMMs need AVX512-BF16 (vdpbf16ps): on a CPU without it they raise RuntimeError
-(``microkernel_bf16.require_avx512_bf16``); the conversions, split-SGD and embedding
-kernels are integer and fp32 arithmetic and run anywhere.
+The GEMMs run on AVX512-BF16's vdpbf16ps where the CPU has it and on its emulation (two
+fp32 FMAs per instruction, the same results on normal-range values, slower) elsewhere:
+``microkernel_bf16.default_dot()``. The conversions, split-SGD and embedding kernels are
+integer and fp32 arithmetic and run anywhere.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..kernels import bf16 as kb
 from ..kernels.embedding import bags_bf16 as ke
 from ..kernels.gemm import bf16 as kg
 from ..kernels.gemm import pack_bf16 as kp
-from ..kernels.gemm.tile_bf16 import require_avx512_bf16
+from ..kernels.gemm.tile_bf16 import default_dot
 from ..kernels.jit import run_serial
 
 _OUTS = ("bf16", "fp32", "both")
@@ -230,7 +231,6 @@ def _result(out: str, y: np.ndarray, y16: np.ndarray):
 def linear_forward(x16, packed: PackedWeight, b, relu: bool, out: str = "bf16"):
     """y = x16 W^T + b (ReLU), fp32 accumulation; out: "bf16" (uint16 (B, O)), "fp32"
     (float32) or "both" (a tuple (y, y16))."""
-    require_avx512_bf16()
     O, I = packed.shape
     _check("x16", x16, np.uint16, (None, I))
     _check("b", b, np.float32, (O,))
@@ -242,14 +242,13 @@ def linear_forward(x16, packed: PackedWeight, b, relu: bool, out: str = "bf16"):
         fn(y, y16, x16, packed.w16, b, relu, kg.TASKS)
     else:
         fn = kg.linear_forward_serial if serial else kg.linear_forward
-        fn(y, y16, x16, packed.forward, b, relu, kg.TASKS)
+        fn(y, y16, x16, packed.forward, b, relu, kg.TASKS, default_dot())
     return _result(out, y, y16)
 
 
 def linear_backward_data(dz16, packed: PackedWeight, x16=None, out: str = "bf16"):
     """dx = dz16 W, times [x16 > 0] when x16 (the layer's input, a ReLU output) is given;
     fp32 accumulation; out as :func:`linear_forward`."""
-    require_avx512_bf16()
     O, I = packed.shape
     _check("dz16", dz16, np.uint16, (None, O))
     B = dz16.shape[0]
@@ -263,13 +262,12 @@ def linear_backward_data(dz16, packed: PackedWeight, x16=None, out: str = "bf16"
         fn(dx, dx16, dz16, packed.w16, mask, x16 is not None, kg.TASKS)
     else:
         fn = kg.linear_backward_data_serial if serial else kg.linear_backward_data
-        fn(dx, dx16, dz16, packed.data, mask, x16 is not None, kg.TASKS)
+        fn(dx, dx16, dz16, packed.data, mask, x16 is not None, kg.TASKS, default_dot())
     return _result(out, dx, dx16)
 
 
 def _check_weight_pass(dz16, x16) -> bool:
     """True if the pass is small enough for the calling thread alone."""
-    require_avx512_bf16()
     _check("dz16", dz16, np.uint16, ndim=2)
     _check("x16", x16, np.uint16, (dz16.shape[0], None))
     return run_serial(2 * (dz16.nbytes + x16.nbytes) + dz16.shape[1] * x16.shape[1] * 4)
@@ -281,9 +279,9 @@ def linear_backward_weight(dz16, x16) -> tuple[np.ndarray, np.ndarray]:
     O, I = dz16.shape[1], x16.shape[1]
     dW, db = np.empty((O, I), np.float32), np.empty(O, np.float32)
     if serial:
-        kg.linear_backward_weight_serial(dW, db, dz16, x16, 1)
+        kg.linear_backward_weight_serial(dW, db, dz16, x16, 1, default_dot())
     else:
-        kg.linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads())
+        kg.linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads(), default_dot())
     return dW, db
 
 
@@ -298,7 +296,11 @@ def linear_backward_weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr: floa
         _check(name, a, np.uint16, (O,))
     lr32 = _lr(lr)
     if serial:
-        kg.linear_backward_weight_split_sgd_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr32, 1)
+        kg.linear_backward_weight_split_sgd_serial(
+            w_hi, w_lo, b_hi, b_lo, dz16, x16, lr32, 1, default_dot()
+        )
     else:
         threads = numba.get_num_threads()
-        kg.linear_backward_weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr32, threads)
+        kg.linear_backward_weight_split_sgd(
+            w_hi, w_lo, b_hi, b_lo, dz16, x16, lr32, threads, default_dot()
+        )

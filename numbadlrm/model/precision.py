@@ -11,13 +11,19 @@ changes is asked of its policy:
            gradients fp32; every update exact fp32 SGD on the split value. SGD only.
 
 The bf16 GEMMs and dot interaction run ``vdpbf16ps`` where the CPU has AVX512-BF16 and an
-exact FMA emulation of it elsewhere (kernels/gemm/tile_bf16.py), slower than fp32 there.
+FMA emulation of it elsewhere (the registry's v1-emu versions, kernels/gemm/tile_bf16.py:
+the same bits on normal-range values), slower than fp32 there; building a bf16 model
+says so once per process (:func:`note_bf16_emulation`).
 Checkpoints always hold fp32 values: the policy merges halves on the way out and splits
 them exactly on the way in.
 """
 
 from __future__ import annotations
 
+import warnings
+
+import llvmlite.binding as llvm
+import numba
 import numpy as np
 
 from ..kernels import bf16 as kb
@@ -51,15 +57,30 @@ def check_bf16_optimizer(optimizer: OptimizerConfig | str | None) -> None:
         )
 
 
-def check_bf16_cpu() -> None:
-    """ValueError (one line) on a CPU without AVX512-BF16: --precision bf16 cannot run."""
-    if not tile_bf16.has_avx512_bf16():
-        import llvmlite.binding as llvm
+class Bf16EmulatedWarning(UserWarning):
+    """--precision bf16 runs on the emulation of vdpbf16ps: this CPU has no AVX512-BF16."""
 
-        raise ValueError(
-            f"precision: bf16 needs a CPU with AVX512-BF16 (the vdpbf16ps instruction); "
-            f"this one ({llvm.get_host_cpu_name()}) has none: use --precision fp32"
-        )
+
+_noted = False  # the note is given once per process
+
+
+def note_bf16_emulation(log=None) -> None:
+    """On a CPU without AVX512-BF16, say once per process, in one line, that bf16 is
+    emulated here and slower than fp32: through ``log`` (the CLI's, as "note: ...") or
+    else as a :class:`Bf16EmulatedWarning`. Silent where vdpbf16ps runs."""
+    global _noted
+    if _noted or tile_bf16.has_avx512_bf16():
+        return
+    _noted = True
+    cpu = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    text = (
+        f"precision bf16 is emulated on this CPU ({cpu}, no AVX512-BF16): each vdpbf16ps "
+        f"runs as two fp32 FMAs, slower than --precision fp32"
+    )
+    if log is not None:
+        log(f"note: {text}")
+    else:
+        warnings.warn(text, Bf16EmulatedWarning, stacklevel=4)
 
 
 class Fp32:
@@ -122,7 +143,7 @@ class Bf16(Fp32):
     mask_in_interaction = True  # the interaction's bf16 backward applies it to dx16
 
     def check(self, optimizer: OptimizerConfig) -> None:
-        check_bf16_cpu()
+        note_bf16_emulation()
         check_bf16_optimizer(optimizer)
 
     def dense_storage(self, flat: np.ndarray) -> tuple[np.ndarray, ...]:

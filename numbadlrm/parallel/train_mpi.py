@@ -94,7 +94,7 @@ def run_distributed_training(cfg: TrainConfig, comm: MPI.Comm, log=print) -> dic
 
 def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
     ranks = comm.size
-    check_cpu(cfg)  # --precision bf16 needs AVX512-BF16: refused before any work
+    check_cpu(cfg, log)  # the note that --precision bf16 is emulated (rank 0's log)
     threads = cfg.threads or default_threads(comm)
     set_num_threads(threads)
     if cfg.data_set and comm.rank == 0:

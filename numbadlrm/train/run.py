@@ -187,7 +187,7 @@ class TrainConfig:
         default="fp32",
         metadata=_opt(
             "bf16: split-SGD-BF16 mixed precision (bf16 compute, exact fp32 SGD on split "
-            "master weights; needs AVX512-BF16)",
+            "master weights; emulated, slower, on a CPU without AVX512-BF16)",
             choices=PRECISIONS,
         ),
     )
@@ -499,7 +499,7 @@ def open_data(cfg: TrainConfig, log=print, dense_rows: tuple[int, int] | None = 
 
 def run_training(cfg: TrainConfig, log=print) -> dict:
     """Train (or only evaluate) as configured; returns the final test metrics and the model."""
-    check_cpu(cfg)
+    check_cpu(cfg, log)
     if cfg.threads:
         set_num_threads(cfg.threads)
     source, mcfg = open_data(cfg, log)
@@ -520,12 +520,13 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     return loop.run(*position)
 
 
-def check_cpu(cfg: TrainConfig) -> None:
-    """Refuse --precision bf16 on a CPU without AVX512-BF16 before any work is done."""
+def check_cpu(cfg: TrainConfig, log=print) -> None:
+    """Note (one line, once) that --precision bf16 is emulated on a CPU without
+    AVX512-BF16, before any work is done."""
     if cfg.precision == "bf16":
-        from ..model.precision import check_bf16_cpu
+        from ..model.precision import note_bf16_emulation
 
-        check_bf16_cpu()
+        note_bf16_emulation(log)
 
 
 def load_into(model, path: str, mcfg: DLRMConfig, log=print) -> tuple[int, int, int]:

@@ -24,15 +24,20 @@ import numpy as np
 from ... import reference as ref
 from ...config import pair_indices
 from ..gemm.bf16 import NONE_F32
+from ..gemm.tile_bf16 import VDPBF16PS
 from .cases import EMBEDDING_CASES, EPS, INTERACTION_CASES, LINEAR_SHAPES, assert_gemm_close, bags
 
 U_BF16 = 2.0**-8  # largest relative error of one rounding to bf16 (nearest even)
-# ops whose kernels run vdpbf16ps: a CPU without AVX512-BF16 cannot check them
-NEEDS_AVX512_BF16 = (
-    "bf16_linear_forward",
-    "bf16_linear_backward_data",
-    "bf16_linear_backward_weight",
-    "bf16_dot_interaction_forward",
+# (op, version) of the versions that run the vdpbf16ps instruction: a CPU without
+# AVX512-BF16 cannot check them (it checks their emulated twins, version "v1-emu")
+NEEDS_AVX512_BF16 = frozenset(
+    (op, VDPBF16PS.version)
+    for op in (
+        "bf16_linear_forward",
+        "bf16_linear_backward_data",
+        "bf16_linear_backward_weight",
+        "bf16_dot_interaction_forward",
+    )
 )
 
 

@@ -42,6 +42,10 @@ Measured (bench/bench_gemm_bf16.py, 2 threads, all passes of configs b and c sum
 packing included): 2.06x and 2.01x the fp32 blas backend, 0.98x and 0.97x torch's bf16
 matmul; the 1024-wide passes at 87-92% of vdpbf16ps's measured peak (bench/RESULTS.md).
 
+Every tile kernel takes the form of vdpbf16ps last (``dot``: microkernel_bf16.VDPBF16PS
+or EMULATED, two fp32 FMAs for a CPU without AVX512-BF16); the registry has both as
+versions v1 and v1-emu of each op, v1 the default where the CPU has the instruction.
+
 Every kernel has a parallel entry (tasks on Numba's threads) and a ``*_serial`` entry
 (the same tasks on the calling thread). Outputs first; an output not wanted is passed
 as an empty (0, 0) array (``NONE_F32``, ``NONE_U16``).
@@ -69,7 +73,7 @@ from .pack_bf16 import (
     pack_rows,
     pack_rows_serial,
 )
-from .tile_bf16 import MR, NR, tile, tile_out, tile_sgd
+from .tile_bf16 import DOTS, MR, NR, tile, tile_out, tile_sgd
 
 NONE_F32 = np.empty((0, 0), np.float32)
 NONE_U16 = np.empty((0, 0), np.uint16)
@@ -144,7 +148,7 @@ def _split_sgd_rows(w_hi, w_lo, s, lr, i, m, j, n):
 
 
 @jit_serial
-def _forward_task(y, y16, x16, Wf, b, relu, t, tasks):
+def _forward_task(y, y16, x16, Wf, b, relu, t, tasks, dot):
     """Task t's block of y = x W^T + b (ReLU), Wf = pack_rows(W); each tile's epilogue
     runs on its accumulators (microkernel_bf16.tile_out)."""
     B, K = x16.shape
@@ -173,21 +177,23 @@ def _forward_task(y, y16, x16, Wf, b, relu, t, tasks):
                 False,
                 m,
                 n,
+                dot,
             )
 
 
 @jit_parallel
-def linear_forward(y, y16, x16, Wf, b, relu, tasks):
+def linear_forward(y, y16, x16, Wf, b, relu, tasks, dot):
     """y (B, O) fp32 and/or y16 (B, O) bf16 = x16 (B, I) W^T + b, ReLU if relu; Wf =
-    pack_rows(W16) (panels_shape(O, I)); b (O,) fp32."""
+    pack_rows(W16) (panels_shape(O, I)); b (O,) fp32; dot: microkernel_bf16.VDPBF16PS or
+    EMULATED (as every tile kernel here)."""
     for t in prange(tasks):  # task t writes only its block of y and y16
-        _forward_task(y, y16, x16, Wf, b, relu, t, tasks)
+        _forward_task(y, y16, x16, Wf, b, relu, t, tasks, dot)
 
 
 @jit_serial
-def linear_forward_serial(y, y16, x16, Wf, b, relu, tasks):
+def linear_forward_serial(y, y16, x16, Wf, b, relu, tasks, dot):
     for t in range(tasks):
-        _forward_task(y, y16, x16, Wf, b, relu, t, tasks)
+        _forward_task(y, y16, x16, Wf, b, relu, t, tasks, dot)
 
 
 @jit_serial
@@ -258,7 +264,7 @@ def logit_backward_data_serial(dx, dx16, dz16, w16, x16, mask_dx, tasks):
 
 
 @jit_serial
-def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks):
+def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks, dot):
     """Task t's block of dx = dz W (masked by [x > 0]), Wd = pack_cols(W)."""
     B, K = dz16.shape
     i0, i1, j0, j1 = _block(t, tasks, B, max(dx.shape[1], dx16.shape[1]))
@@ -286,29 +292,30 @@ def _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks):
                 mask_dx,
                 m,
                 n,
+                dot,
             )
 
 
 @jit_parallel
-def linear_backward_data(dx, dx16, dz16, Wd, x16, mask_dx, tasks):
+def linear_backward_data(dx, dx16, dz16, Wd, x16, mask_dx, tasks, dot):
     """dx (B, I) fp32 and/or dx16 (B, I) bf16 = dz16 (B, O) W, times [x16 > 0] if mask_dx
     (the ReLU backward of the layer below, whose output x16 is); Wd = pack_cols(W16)
     (panels_shape(I, O))."""
     for t in prange(tasks):  # task t writes only its block of dx and dx16
-        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks)
+        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks, dot)
 
 
 @jit_serial
-def linear_backward_data_serial(dx, dx16, dz16, Wd, x16, mask_dx, tasks):
+def linear_backward_data_serial(dx, dx16, dz16, Wd, x16, mask_dx, tasks, dot):
     for t in range(tasks):
-        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks)
+        _data_task(dx, dx16, dz16, Wd, x16, mask_dx, t, tasks, dot)
 
 
 # ----------------------------------------------------------------- weight pass
 
 
 @jit_serial
-def _weight_task(C, A, K, P, t, tasks):
+def _weight_task(C, A, K, P, t, tasks, dot):
     """Task t's block of C (M, N) = A Bm: A = pair_rows(S) (A's row i = S's column i),
     Bm packed by pack_cols; tiles written into C."""
     M, N = C.shape
@@ -319,11 +326,11 @@ def _weight_task(C, A, K, P, t, tasks):
         for ii in range(i0, i1, MR):
             m = min(MR, i1 - ii)
             p_off = (jj // NR) * panel
-            tile(K, A, 4 * ii, 4, 4 * A.shape[1], P, p_off, C, ii * N + jj, N, m, n, False)
+            tile(K, A, 4 * ii, 4, 4 * A.shape[1], P, p_off, C, ii * N + jj, N, m, n, False, dot)
 
 
 @jit_serial
-def _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks):
+def _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks, dot):
     """Task t's block of W (hi, lo) -= lr A Bm: each gradient tile applied from registers,
     its new bf16 weights written into the packings Wf, Wd (if not empty)."""
     i0, i1, j0, j1 = _block(t, tasks, w_hi.shape[0], w_hi.shape[1])
@@ -334,33 +341,33 @@ def _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks):
             m = min(MR, i1 - ii)
             p_off = (jj // NR) * panel
             a_row = 4 * A.shape[1]
-            tile_sgd(K, A, 4 * ii, 4, a_row, P, p_off, w_hi, w_lo, ii, jj, lr, m, n, Wd, Wf)
+            tile_sgd(K, A, 4 * ii, 4, a_row, P, p_off, w_hi, w_lo, ii, jj, lr, m, n, Wd, Wf, dot)
 
 
 @jit_parallel
-def _weight_tiles(C, A, K, P, tasks):
+def _weight_tiles(C, A, K, P, tasks, dot):
     for t in prange(tasks):  # task t writes only its block of C
-        _weight_task(C, A, K, P, t, tasks)
+        _weight_task(C, A, K, P, t, tasks, dot)
 
 
 @jit_serial
-def _weight_tiles_serial(C, A, K, P, tasks):
+def _weight_tiles_serial(C, A, K, P, tasks, dot):
     for t in range(tasks):
-        _weight_task(C, A, K, P, t, tasks)
+        _weight_task(C, A, K, P, t, tasks, dot)
 
 
 @jit_parallel
-def _weight_sgd_tiles(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks):
+def _weight_sgd_tiles(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks, dot):
     # task t reads and writes only its block of W and that block's entries in Wf and Wd
     # (a data-packing uint32 pairs rows 2s, 2s + 1 of one tile: blocks are whole tiles)
     for t in prange(tasks):
-        _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks)
+        _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks, dot)
 
 
 @jit_serial
-def _weight_sgd_tiles_serial(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks):
+def _weight_sgd_tiles_serial(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks, dot):
     for t in range(tasks):
-        _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks)
+        _weight_sgd_task(w_hi, w_lo, Wf, Wd, A, K, P, lr, t, tasks, dot)
 
 
 @jit_serial
@@ -438,7 +445,7 @@ def _logit_grads(dW, db, dz16, x16, tasks, serial):
 
 
 @jit_serial
-def _weight_grad(dW, db, dz16, x16, tasks, serial):
+def _weight_grad(dW, db, dz16, x16, tasks, serial, dot):
     if dW.shape[0] == 1:
         _logit_grads(dW, db, dz16, x16, tasks, serial)
         return
@@ -446,9 +453,9 @@ def _weight_grad(dW, db, dz16, x16, tasks, serial):
     C = np.empty((dW.shape[1], dW.shape[0]), np.float32) if transposed else dW
     K = dz16.shape[0]
     if serial:
-        _weight_tiles_serial(C, A, K, P, tasks)
+        _weight_tiles_serial(C, A, K, P, tasks, dot)
     else:
-        _weight_tiles(C, A, K, P, tasks)
+        _weight_tiles(C, A, K, P, tasks, dot)
     if transposed:  # dW (O, I) = C^T, I < NR / 2: small
         for o in range(dW.shape[0]):
             for i in range(dW.shape[1]):
@@ -456,16 +463,16 @@ def _weight_grad(dW, db, dz16, x16, tasks, serial):
 
 
 @jit_serial
-def linear_backward_weight(dW, db, dz16, x16, tasks):
+def linear_backward_weight(dW, db, dz16, x16, tasks, dot):
     """dW (O, I) fp32 = dz16^T x16 and db (O,) fp32 = sum_b dz16, from bf16 dz16 (B, O)
     and x16 (B, I): pairs dz's rows, packs x and sums dz (one parallel region), then the
     tiles (another). O = 1 (the logit layer) is a plain loop over x's rows."""
-    _weight_grad(dW, db, dz16, x16, tasks, False)
+    _weight_grad(dW, db, dz16, x16, tasks, False, dot)
 
 
 @jit_serial
-def linear_backward_weight_serial(dW, db, dz16, x16, tasks):
-    _weight_grad(dW, db, dz16, x16, tasks, True)
+def linear_backward_weight_serial(dW, db, dz16, x16, tasks, dot):
+    _weight_grad(dW, db, dz16, x16, tasks, True, dot)
 
 
 @jit_serial
@@ -482,7 +489,7 @@ def _repack(Wf, Wd, w16, serial):
 
 
 @jit_serial
-def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, serial):
+def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, serial, dot):
     db = np.empty((1, b_hi.shape[0]), np.float32)
     if w_hi.shape[0] == 1:
         g = np.empty((1, w_hi.shape[1]), np.float32)
@@ -496,47 +503,49 @@ def _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, seri
     if transposed:  # the small dW^T first, then the update from it
         C = np.empty((w_hi.shape[1], w_hi.shape[0]), np.float32)
         if serial:
-            _weight_tiles_serial(C, A, K, P, tasks)
+            _weight_tiles_serial(C, A, K, P, tasks, dot)
         else:
-            _weight_tiles(C, A, K, P, tasks)
+            _weight_tiles(C, A, K, P, tasks, dot)
         _split_sgd_rows(w_hi, w_lo, C.T, lr, 0, w_hi.shape[0], 0, w_hi.shape[1])
         _repack(Wf, Wd, w_hi, serial)
     elif serial:  # the tiles also refresh the packings
-        _weight_sgd_tiles_serial(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks)
+        _weight_sgd_tiles_serial(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks, dot)
     else:
-        _weight_sgd_tiles(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks)
+        _weight_sgd_tiles(w_hi, w_lo, Wf, Wd, A, K, P, lr, tasks, dot)
     _split_sgd_rows(b_hi.reshape((1, -1)), b_lo.reshape((1, -1)), db, lr, 0, 1, 0, db.shape[1])
 
 
 @jit_serial
-def linear_backward_weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks):
+def linear_backward_weight_split_sgd(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, dot):
     """Split-SGD of the layer's master weights, fused with the weight pass: W (w_hi, w_lo
     (O, I) uint16) -= lr dz16^T x16 and b (b_hi, b_lo (O,)) -= lr sum_b dz16, each fp32
     value exactly as split_sgd_update would give from linear_backward_weight's dW, db (lr
     float32). No dW is stored: each gradient tile is applied from registers."""
     none = np.empty((0, 0, NR), np.uint32)  # no packings to refresh
-    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, none, none, dz16, x16, lr, tasks, False)
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, none, none, dz16, x16, lr, tasks, False, dot)
 
 
 @jit_serial
-def linear_backward_weight_split_sgd_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks):
+def linear_backward_weight_split_sgd_serial(w_hi, w_lo, b_hi, b_lo, dz16, x16, lr, tasks, dot):
     none = np.empty((0, 0, NR), np.uint32)
-    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, none, none, dz16, x16, lr, tasks, True)
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, none, none, dz16, x16, lr, tasks, True, dot)
 
 
 @jit_serial
-def linear_backward_weight_split_sgd_packed(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks):
+def linear_backward_weight_split_sgd_packed(
+    w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, dot
+):
     """linear_backward_weight_split_sgd, and W's packings Wf = pack_rows(w_hi), Wd =
     pack_cols(w_hi) refreshed with it: the tiles write their new bf16 weights into them
     (microkernel_bf16.tile_sgd), so no repacking pass reads W again."""
-    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, False)
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, False, dot)
 
 
 @jit_serial
 def linear_backward_weight_split_sgd_packed_serial(
-    w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks
+    w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, dot
 ):
-    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, True)
+    _weight_split_sgd(w_hi, w_lo, b_hi, b_lo, Wf, Wd, dz16, x16, lr, tasks, True, dot)
 
 
 # ----------------------------------------------------------------- registry
@@ -544,64 +553,84 @@ def linear_backward_weight_split_sgd_packed_serial(
 # pack_rows(w16), data = pack_cols(w16)); an O = 1 layer runs the logit loops on w16.
 
 
-def _forward_entry(serial: bool):
+def _forward_entry(serial: bool, dot):
     def forward(y, y16, x16, W, b, relu):
+        dot.require()
         if W.w16.shape[0] == 1:
             (logit_forward_serial if serial else logit_forward)(y, y16, x16, W.w16, b, relu, TASKS)
         else:
             fn = linear_forward_serial if serial else linear_forward
-            fn(y, y16, x16, W.forward, b, relu, TASKS)
+            fn(y, y16, x16, W.forward, b, relu, TASKS, dot)
 
     return forward
 
 
-def _data_entry(serial: bool):
+def _data_entry(serial: bool, dot):
     def backward_data(dx, dx16, dz16, W, x16, mask_dx):
+        dot.require()
         if W.w16.shape[0] == 1:
             fn = logit_backward_data_serial if serial else logit_backward_data
             fn(dx, dx16, dz16, W.w16, x16, mask_dx, TASKS)
         else:
             fn = linear_backward_data_serial if serial else linear_backward_data
-            fn(dx, dx16, dz16, W.data, x16, mask_dx, TASKS)
+            fn(dx, dx16, dz16, W.data, x16, mask_dx, TASKS, dot)
 
     return backward_data
 
 
-def _weight_entry(dW, db, dz16, x16):
-    linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads())
+def _weight_entries(dot):
+    def weight(dW, db, dz16, x16):
+        dot.require()
+        linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads(), dot)
+
+    def weight_serial(dW, db, dz16, x16):
+        dot.require()
+        linear_backward_weight_serial(dW, db, dz16, x16, 1, dot)
+
+    def split_sgd(W, w_lo, b_hi, b_lo, dz16, x16, lr):
+        dot.require()
+        threads = numba.get_num_threads()
+        linear_backward_weight_split_sgd_packed(
+            W.w16, w_lo, b_hi, b_lo, W.forward, W.data, dz16, x16, lr, threads, dot
+        )
+
+    def split_sgd_serial(W, w_lo, b_hi, b_lo, dz16, x16, lr):
+        dot.require()
+        linear_backward_weight_split_sgd_packed_serial(
+            W.w16, w_lo, b_hi, b_lo, W.forward, W.data, dz16, x16, lr, 1, dot
+        )
+
+    return weight, weight_serial, {"split_sgd": split_sgd, "split_sgd_serial": split_sgd_serial}
 
 
-def _weight_entry_serial(dW, db, dz16, x16):
-    linear_backward_weight_serial(dW, db, dz16, x16, 1)
-
-
-def _split_sgd_entry(W, w_lo, b_hi, b_lo, dz16, x16, lr):
-    threads = numba.get_num_threads()
-    linear_backward_weight_split_sgd_packed(
-        W.w16, w_lo, b_hi, b_lo, W.forward, W.data, dz16, x16, lr, threads
+# v1 on vdpbf16ps, v1-emu on its emulation (microkernel_bf16.DOTS): the same kernels, each
+# compiled for its form; the default is v1 where the CPU has AVX512-BF16, else v1-emu
+for _dot in DOTS:
+    _what = f"6x64 {_dot.what} tile, whole-K, epilogue on an L1 scratch tile; O = 1: plain loops"
+    register(
+        "bf16_linear_forward",
+        _dot.version,
+        _forward_entry(False, _dot),
+        _forward_entry(True, _dot),
+        _what,
+        default=_dot.is_default,
     )
-
-
-def _split_sgd_entry_serial(W, w_lo, b_hi, b_lo, dz16, x16, lr):
-    linear_backward_weight_split_sgd_packed_serial(
-        W.w16, w_lo, b_hi, b_lo, W.forward, W.data, dz16, x16, lr, 1
+    register(
+        "bf16_linear_backward_data",
+        _dot.version,
+        _data_entry(False, _dot),
+        _data_entry(True, _dot),
+        _what,
+        default=_dot.is_default,
     )
-
-
-_WHAT = "6x64 vdpbf16ps tile, whole-K, epilogue on an L1 scratch tile; O = 1: plain loops"
-register(
-    "bf16_linear_forward", "v1", _forward_entry(False), _forward_entry(True), _WHAT, default=True
-)
-register(
-    "bf16_linear_backward_data", "v1", _data_entry(False), _data_entry(True), _WHAT, default=True
-)
-register(
-    "bf16_linear_backward_weight",
-    "v1",
-    _weight_entry,
-    _weight_entry_serial,
-    "pairs dz's rows and packs x (one region), then the tiles; split_sgd: each tile applied "
-    "from L1",
-    default=True,
-    extras={"split_sgd": _split_sgd_entry, "split_sgd_serial": _split_sgd_entry_serial},
-)
+    _weight, _weight_serial, _extras = _weight_entries(_dot)
+    register(
+        "bf16_linear_backward_weight",
+        _dot.version,
+        _weight,
+        _weight_serial,
+        f"pairs dz's rows and packs x (one region), then the {_dot.what} tiles; split_sgd: "
+        "each tile applied from L1",
+        default=_dot.is_default,
+        extras=_extras,
+    )

@@ -1,4 +1,4 @@
-"""The bf16 GEMM micro-kernel on AVX512-BF16 ``vdpbf16ps``, written in LLVM IR.
+"""The bf16 GEMM micro-kernel on AVX512-BF16 ``vdpbf16ps`` (or its emulation), in LLVM IR.
 
 ``vdpbf16ps acc, a, b`` treats each 32-bit lane of a and b as a pair of bf16 values and
 adds both products to the fp32 lane of acc: 16 lanes x 2 products x 2 flops = 64 flops in
@@ -31,9 +31,41 @@ calling kernel's library. Its linkage is ``weak_odr``: kept when linked in befor
 caller exists (``linkonce_odr`` is dropped then, and the call jumps to address 0) and
 merged when several libraries carry it. ``alwaysinline`` puts the instruction in the tile.
 
-A CPU without AVX512-BF16 cannot run it: :func:`require_avx512_bf16` raises a clear
-error, and the validating wrappers (numbadlrm/layers/bf16.py) call it first. There is no
-emulated path on such a CPU (under NUMBA_DISABLE_JIT :func:`tile` runs in NumPy).
+Every kernel here (and every kernel above them, gemm_bf16.py and interaction_bf16.py)
+takes the *form* of the instruction as its last argument, a :class:`Dpbf16`:
+
+    VDPBF16PS   the instruction itself (AVX512-BF16: Cooper Lake, Sapphire Rapids, Zen 4)
+    EMULATED    the same arithmetic in portable vector IR, for any x86-64 CPU: each lane's
+                pair widened to fp32 (a shift or a mask: exact) and two ``llvm.fma`` in
+                the instruction's order, acc = fma(a.hi, b.hi, acc), then
+                acc = fma(a.lo, b.lo, acc) (Intel's pseudo-code adds bf16 2j + 1's
+                product first; measured so on Sapphire Rapids). A product of two bf16
+                values is exact in fp32, so each step rounds once, as the instruction
+                does. LLVM legalises the <16 x float> operations for AVX-512 or as pairs
+                of AVX2 registers (where the tile spills, as the fp32 tile does)
+
+The form is a Numba type (``Dpbf16Type``), so each form is its own compiled (and cached)
+specialisation of every kernel, and the IR builder picks the instruction or its
+emulation when the tile is generated: one generator, two kernels. The registry holds
+them as two versions of each op (``v1``: VDPBF16PS, ``v1-emu``: EMULATED); the default
+is the instruction where :func:`has_avx512_bf16`, the emulation elsewhere.
+
+Where the two forms differ (measured on Sapphire Rapids, tests/test_gemm_bf16.py):
+vdpbf16ps ignores MXCSR, treats denormal inputs (bf16 values below 2^-126 in magnitude,
+a denormal fp32 accumulator) as zero and flushes the denormal result of either of its
+two steps to zero (DAZ, FTZ); the FMAs keep denormals. So 2^-133 x 2^100 is 0 against
+2^-33, 2^-70 x 2^-70 is 0 against 2^-140, and a pair whose first product (2^-140) is
+flushed before the second (2^-126) is added gives 2^-126 against 2^-126 + 2^-140. A
+denormal product added to a normal partial sum counts in both. Elsewhere, on normal
+range values, the two agree bit for bit (the tests compare every kernel; a model's
+values are far from 2^-126); overflow gives Inf in both, and NaN results agreed in
+every case tried (not guaranteed: LLVM may swap an FMA's factors, and x86 returns the
+first NaN operand's payload).
+
+Compiling VDPBF16PS for a CPU without AVX512-BF16 is refused when the kernel is typed
+(LLVM would abort the process), and :func:`require_avx512_bf16` gives the same one-line
+error before a registered ``v1`` entry runs. Under NUMBA_DISABLE_JIT :func:`tile` runs
+in NumPy (float64 sums, either form).
 """
 
 from __future__ import annotations
@@ -45,7 +77,10 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.core import codegen as numba_codegen
+from numba.core.errors import TypingError
+from numba.core.imputils import lower_constant
+from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 from ..bf16 import merge_bits, round_bits
 from ..jit import jit_serial
@@ -81,30 +116,170 @@ attributes #0 = {{ alwaysinline nounwind }}
 """  # noqa: E501
 
 
+def _feature_on(features: str, name: str) -> bool:
+    """True if the LLVM feature string ("+avx2,-avx512f,...") turns ``name`` on (the last
+    mention wins, as in LLVM)."""
+    on = False
+    for item in features.split(","):
+        item = item.strip()
+        if item[1:] == name and item[:1] in "+-":
+            on = item[0] == "+"
+    return on
+
+
 @functools.cache
 def has_avx512_bf16() -> bool:
-    """True if this CPU has AVX512-BF16 (LLVM's host feature "avx512bf16")."""
-    return bool(llvm.get_host_cpu_features().get("avx512bf16", False))
+    """True if vdpbf16ps can run in this process's kernels: this CPU has AVX512-BF16
+    (LLVM's host feature "avx512bf16") and so has the CPU Numba compiles for, whose
+    features are NUMBA_CPU_FEATURES when set (NUMBA_CPU_NAME=generic: none), else the
+    host's (none of AVX's with NUMBA_ENABLE_AVX=0), as numba.core.codegen passes them to
+    LLVM. NUMBA_CPU_NAME alone keeps the host's features (LLVM still emits AVX-512 for
+    them), so it changes nothing here; ``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=<its
+    features>`` compiles and runs the emulated kernels for AVX2 on any newer CPU."""
+    if not llvm.get_host_cpu_features().get("avx512bf16", False):
+        return False
+    target = numba.config.CPU_FEATURES
+    if target is None:
+        target = numba_codegen.get_host_cpu_features()
+    return _feature_on(target, "avx512bf16")
 
 
 def require_avx512_bf16() -> None:
-    """Raise a one-line RuntimeError on a CPU that cannot run vdpbf16ps."""
+    """Raise a one-line RuntimeError where vdpbf16ps cannot run (see has_avx512_bf16)."""
     if not has_avx512_bf16():
-        raise RuntimeError(
-            f"bf16 GEMM needs a CPU with AVX512-BF16 (vdpbf16ps); this one "
-            f"({llvm.get_host_cpu_name()}) has none: use fp32 precision"
-        )
+        raise RuntimeError(_NO_VDPBF16PS.format(cpu=llvm.get_host_cpu_name()))
 
 
-def _dpbf16(context, builder: ir.IRBuilder) -> ir.Function:
-    """The textual-IR vdpbf16ps wrapper, linked into the library of the kernel being
-    compiled and declared in its module: ``acc = f(acc, a, b)`` on <16 x float> and two
-    <16 x i32>."""
+_NO_VDPBF16PS = (
+    "bf16 kernel version v1 needs a CPU with AVX512-BF16 (vdpbf16ps); this one ({cpu}) "
+    "has none: use the emulated version v1-emu (the default on this CPU)"
+)
+
+
+class Dpbf16:
+    """The form of vdpbf16ps a bf16 kernel is generated with (the module docstring):
+    :data:`VDPBF16PS` or :data:`EMULATED`, passed as the kernels' last argument, and
+    registered as the ops' versions ``version``."""
+
+    def __init__(self, emulated: bool, version: str, what: str):
+        self.emulated, self.version, self.what = emulated, version, what
+
+    @property
+    def is_default(self) -> bool:
+        """True for the form the registry's defaults use in this process."""
+        return self is default_dot()
+
+    def require(self) -> None:
+        """RuntimeError (one line) if this form cannot run here (VDPBF16PS without
+        AVX512-BF16)."""
+        if not self.emulated:
+            require_avx512_bf16()
+
+    def bind(self, kernel):
+        """A registry entry: ``kernel(*args, self)`` after :meth:`require`."""
+
+        def entry(*args):
+            self.require()
+            return kernel(*args, self)
+
+        entry.__name__ = entry.__qualname__ = f"{kernel.__name__}[{self.version}]"
+        entry.__doc__ = kernel.__doc__
+        return entry
+
+    def __repr__(self) -> str:
+        return "EMULATED" if self.emulated else "VDPBF16PS"
+
+
+class Dpbf16Type(types.Dummy):
+    """Numba's type of a :class:`Dpbf16`: one type per form, so each form compiles (and
+    caches) apart and the IR builders read ``emulated`` off the signature."""
+
+    def __init__(self, emulated: bool):
+        self.emulated = emulated
+        super().__init__(f"dpbf16({'emulated' if emulated else 'vdpbf16ps'})")
+
+
+VDPBF16PS = Dpbf16(False, "v1", "vdpbf16ps")
+EMULATED = Dpbf16(True, "v1-emu", "emulated-vdpbf16ps (2 fp32 FMAs)")
+DOTS = (VDPBF16PS, EMULATED)
+
+
+def default_dot() -> Dpbf16:
+    """VDPBF16PS where it can run (:func:`has_avx512_bf16`), else EMULATED."""
+    return VDPBF16PS if has_avx512_bf16() else EMULATED
+
+
+@typeof_impl.register(Dpbf16)
+def _typeof_dpbf16(value, c):
+    return Dpbf16Type(value.emulated)
+
+
+register_model(Dpbf16Type)(models.OpaqueModel)  # no data: the type is the information
+
+
+@unbox(Dpbf16Type)
+def _unbox_dpbf16(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())
+
+
+@lower_constant(Dpbf16Type)
+def _constant_dpbf16(context, builder, typ, value):
+    return context.get_dummy_value()
+
+
+def _form(dot) -> bool:
+    """``emulated`` of an intrinsic's Dpbf16Type argument; a TypingError where the
+    instruction cannot run (compiling it would abort the process inside LLVM)."""
+    if not isinstance(dot, Dpbf16Type):
+        raise TypingError(f"expected a Dpbf16 (microkernel_bf16.DOTS), got {dot}")
+    if not dot.emulated and not has_avx512_bf16():
+        raise TypingError(_NO_VDPBF16PS.format(cpu=llvm.get_host_cpu_name()))
+    return dot.emulated
+
+
+def _dpbf16(context, builder: ir.IRBuilder, emulated: bool = False) -> ir.Function:
+    """``acc = f(acc, a, b)`` on <16 x float> and two <16 x i32>, declared in the module of
+    the kernel being compiled: vdpbf16ps (the textual-IR wrapper, linked into the
+    kernel's library) or, if ``emulated``, :func:`_emulated_dpbf16`."""
+    if emulated:
+        return _emulated_dpbf16(builder.module)
     if _DPBF16 not in builder.module.globals:
         module = llvm.parse_assembly(_DPBF16_IR)
         module.verify()
         context.active_code_library.add_llvm_module(module)
     return _declare(builder.module, _DPBF16, ir.FunctionType(_vf, [_vf, _vi, _vi]))
+
+
+_DPBF16_EMU = "numbadlrm_dpbf16ps_512_emulated"
+
+
+def _emulated_dpbf16(module: ir.Module) -> ir.Function:
+    """vdpbf16ps in portable IR, an internal always-inlined function of ``module``: lane j
+    of a and b holds bf16 2j (low half) and 2j + 1 (high half); each widened to fp32
+    exactly (the high half masked, the low half shifted up), then
+
+        acc = fma(a.hi, b.hi, acc);  acc = fma(a.lo, b.lo, acc)
+
+    the instruction's order, one rounding per product (each exact in fp32). No DAZ/FTZ
+    (the module docstring)."""
+    existing = module.globals.get(_DPBF16_EMU)
+    if existing is not None:
+        return existing
+    fn = ir.Function(module, ir.FunctionType(_vf, [_vf, _vi, _vi]), _DPBF16_EMU)
+    fn.linkage = "internal"
+    fn.attributes.add("alwaysinline")
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    acc, a, w = fn.args
+    _, _, fma = _vector_intrinsics(module)
+
+    def halves(v):  # (high bf16, low bf16) of each lane as fp32
+        high = b.bitcast(b.and_(v, _c32v(-0x10000)), _vf)
+        return high, b.bitcast(b.shl(v, _c32v(16)), _vf)
+
+    (a_hi, a_lo), (w_hi, w_lo) = halves(a), halves(w)
+    b.ret(b.call(fma, [a_lo, w_lo, b.call(fma, [a_hi, w_hi, acc])]))
+    return fn
 
 
 def _step(builder, dp, b_ptr, kk, accs, a_pairs):
@@ -144,9 +319,10 @@ def _store_tile(builder, sums, cp, ldc, m, n, accumulate, mr):
                 builder.call(mstore, [value, ptr, align, masks[q]])
 
 
-def _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, mr):
-    """The MR x 4 accumulators of C[:m, :] = A[:m, :kc] B[:kc, :] (see ``tile``)."""
-    dp = _dpbf16(context, builder)
+def _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, mr, emulated):
+    """The MR x 4 accumulators of C[:m, :] = A[:m, :kc] B[:kc, :] (see ``tile``), on
+    vdpbf16ps or its emulation."""
+    dp = _dpbf16(context, builder, emulated)
     ap = builder.inttoptr(a, ir.IntType(8).as_pointer())
     bp = builder.inttoptr(b, _i32.as_pointer())
     one = ir.Constant(_i64, 1)
@@ -184,8 +360,9 @@ def _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, mr):
 
 def _tile_codegen(mr: int):
     def codegen(context, builder, signature, args):
-        kc, a, sa_r, sa_k, b, c, ldc, m, n, accumulate = args
-        sums = _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, mr)
+        kc, a, sa_r, sa_k, b, c, ldc, m, n, accumulate = args[:10]
+        emulated = signature.args[-1].emulated
+        sums = _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, mr, emulated)
         cp = builder.inttoptr(c, _f32.as_pointer())
         _store_tile(builder, sums, cp, ldc, m, n, accumulate, mr)
         return context.get_dummy_value()
@@ -378,25 +555,31 @@ def _i32_vector_store(module):
 
 
 @intrinsic
-def _tile_sgd_mr(typingctx, kc, a, sa_r, sa_k, b, m, n, w_hi, w_lo, ldw, lr, wd, wf, pf, ii, jj):
+def _tile_sgd_mr(
+    typingctx, kc, a, sa_r, sa_k, b, m, n, w_hi, w_lo, ldw, lr, wd, wf, pf, ii, jj, dot
+):
     """The tile's product G = A B applied at once as split-SGD: W (w_hi, w_lo: uint16
     addresses, row stride ldw elements) -= lr G, exactly; then the new bf16 weights into
-    W's packings (_repack_tile; wd, wf 0: not written). All intp but lr (float32)."""
+    W's packings (_repack_tile; wd, wf 0: not written). All intp but lr (float32) and
+    dot (a Dpbf16)."""
+    emulated = _form(dot)
 
     def codegen(context, builder, signature, args):
         kc, a, sa_r, sa_k, b, m, n, w_hi, w_lo, ldw, lr = args[:11]
-        sums = _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, MR)
-        _sgd_epilogue(builder, sums, m, n, MR, w_hi, w_lo, ldw, lr, args[11:])
+        sums = _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, MR, emulated)
+        _sgd_epilogue(builder, sums, m, n, MR, w_hi, w_lo, ldw, lr, args[11:16])
         return context.get_dummy_value()
 
-    return types.void(*([types.intp] * 10), types.float32, *([types.intp] * 5)), codegen
+    sig = types.void(*([types.intp] * 10), types.float32, *([types.intp] * 5), dot)
+    return sig, codegen
 
 
 def _tile_out_codegen(mr: int):
     def codegen(context, builder, signature, args):
         kc, a, sa_r, sa_k, b, m, n = args[:7]
-        sums = _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, mr)
-        _epilogue(builder, sums, m, n, mr, args[7:])
+        emulated = signature.args[-1].emulated
+        sums = _tile_sums(context, builder, kc, a, sa_r, sa_k, b, m, mr, emulated)
+        _epilogue(builder, sums, m, n, mr, args[7:15])
         return context.get_dummy_value()
 
     return codegen
@@ -404,21 +587,23 @@ def _tile_out_codegen(mr: int):
 
 @intrinsic
 def _tile_out_mr(
-    typingctx, kc, a, sa_r, sa_k, b, m, n, c, ldc, c16, ldc16, bias, relu, mask, ldmask
+    typingctx, kc, a, sa_r, sa_k, b, m, n, c, ldc, c16, ldc16, bias, relu, mask, ldmask, dot
 ):
     """The tile with its epilogue in registers: C = A B (+ bias) (ReLU) (* [x16 > 0]) to an
     fp32 C and/or a bf16 C16 (addresses, 0 when absent; lds in elements); bias: fp32
-    address or 0; relu 0 or 1; mask: bf16 x16 address or 0 (all intp)."""
-    return types.void(*([types.intp] * 15)), _tile_out_codegen(MR)
+    address or 0; relu 0 or 1; mask: bf16 x16 address or 0 (all intp); dot a Dpbf16."""
+    _form(dot)
+    return types.void(*([types.intp] * 15), dot), _tile_out_codegen(MR)
 
 
 def _make_tile(mr: int):
     @intrinsic
-    def _tile(typingctx, kc, a, sa_r, sa_k, b, c, ldc, m, n, accumulate):
+    def _tile(typingctx, kc, a, sa_r, sa_k, b, c, ldc, m, n, accumulate, dot):
         """C[:m, :n] (+)= A[:m, :kc] B[:kc, :n]: a (bf16 pairs), b (packed pairs), c (fp32)
         addresses; A's pair (r, kk) at a + r sa_r + kk sa_k (bytes); ldc in floats;
-        accumulate 0 or 1 (all intp)."""
-        return types.void(*([types.intp] * 10)), _tile_codegen(mr)
+        accumulate 0 or 1 (all intp); dot a Dpbf16."""
+        _form(dot)
+        return types.void(*([types.intp] * 10), dot), _tile_codegen(mr)
 
     return _tile
 
@@ -428,10 +613,12 @@ _tile_mr = _make_tile(MR)
 
 if numba.config.DISABLE_JIT:
 
-    def tile_out(kc, A, a_off, sa_r, sa_k, P, p_off, Y, Y16, i, j, bias, relu, X16, mask, m, n):
+    def tile_out(
+        kc, A, a_off, sa_r, sa_k, P, p_off, Y, Y16, i, j, bias, relu, X16, mask, m, n, dot
+    ):
         """NumPy version of tile_out below, for NUMBA_DISABLE_JIT runs."""
         s = np.empty((MR, NR), np.float32)
-        tile(kc, A, a_off, sa_r, sa_k, P, p_off, s, 0, NR, m, n, False)
+        tile(kc, A, a_off, sa_r, sa_k, P, p_off, s, 0, NR, m, n, False, dot)
         v = s[:m, :n] + (bias[j : j + n] if bias.shape[0] > 0 else np.float32(0))
         v = np.where(v > 0, v, np.float32(0)) if relu else v
         if mask:
@@ -445,13 +632,13 @@ if numba.config.DISABLE_JIT:
             nan = (bits & 0x7FFFFFFF) > 0x7F800000
             Y16[i : i + m, j : j + n] = np.where(nan, (bits >> 16) | 0x40, rounded)
 
-    def tile_sgd(kc, A, a_off, sa_r, sa_k, P, p_off, w_hi, w_lo, i, j, lr, m, n, Wd, Wf):
+    def tile_sgd(kc, A, a_off, sa_r, sa_k, P, p_off, w_hi, w_lo, i, j, lr, m, n, Wd, Wf, dot):
         """NumPy version of tile_sgd below, for NUMBA_DISABLE_JIT runs (the packings are
         left to the caller's repacking)."""
         from ..bf16 import hi_half, lo_half, merge_value, sgd_fma
 
         s = np.empty((MR, NR), np.float32)
-        tile(kc, A, a_off, sa_r, sa_k, P, p_off, s, 0, NR, m, n, False)
+        tile(kc, A, a_off, sa_r, sa_k, P, p_off, s, 0, NR, m, n, False, dot)
         for r in range(m):
             for c in range(n):
                 w = sgd_fma(merge_value(w_hi[i + r, j + c], w_lo[i + r, j + c]), s[r, c], lr)
@@ -467,8 +654,9 @@ if numba.config.DISABLE_JIT:
                 out[r, k] = buf[at] | (np.uint32(buf[at + 1]) << 8)
         return (out << 16).view(np.float32).astype(np.float64)
 
-    def tile(kc, A, a_off, sa_r, sa_k, P, p_off, C, c_off, ldc, m, n, accumulate):
-        """NumPy version of the tile below, for NUMBA_DISABLE_JIT runs."""
+    def tile(kc, A, a_off, sa_r, sa_k, P, p_off, C, c_off, ldc, m, n, accumulate, dot):
+        """NumPy version of the tile below, for NUMBA_DISABLE_JIT runs (either form: float64
+        sums)."""
         a = _a_values(A, a_off, sa_r, sa_k, m, kc)
         pairs = P.reshape(-1)[p_off : p_off + ((kc + 1) // 2) * NR].reshape(-1, NR)
         halves = np.stack([pairs & 0xFFFF, pairs >> 16], axis=1).reshape(-1, NR)[:kc, :n]
@@ -485,9 +673,11 @@ else:
         return a.ctypes.data + a.itemsize * (i * a.shape[1] + j) if a.shape[0] > 0 else 0
 
     @jit_serial
-    def tile_out(kc, A, a_off, sa_r, sa_k, P, p_off, Y, Y16, i, j, bias, relu, X16, mask, m, n):
+    def tile_out(
+        kc, A, a_off, sa_r, sa_k, P, p_off, Y, Y16, i, j, bias, relu, X16, mask, m, n, dot
+    ):
         """Y[i:i+m, j:j+n] (fp32, if Y is not empty) and/or Y16 (bf16, rounded) = the tile
-        of A B (A, P as ``tile``), + bias[j:j+n] if bias is not empty, ReLU if relu,
+        of A B (A, P, dot as ``tile``), + bias[j:j+n] if bias is not empty, ReLU if relu,
         times [X16[i:i+m, j:j+n] > 0] if mask: the whole epilogue on the accumulators
         in registers, one store per output vector."""
         b_addr = bias.ctypes.data + 4 * j if bias.shape[0] > 0 else 0
@@ -507,10 +697,11 @@ else:
             1 if relu else 0,
             _address(X16, i, j) if mask else 0,
             X16.shape[1],
+            dot,
         )
 
     @jit_serial
-    def tile_sgd(kc, A, a_off, sa_r, sa_k, P, p_off, w_hi, w_lo, i, j, lr, m, n, Wd, Wf):
+    def tile_sgd(kc, A, a_off, sa_r, sa_k, P, p_off, w_hi, w_lo, i, j, lr, m, n, Wd, Wf, dot):
         """W[i:i+m, j:j+n] (split: w_hi, w_lo (O, I) uint16) -= lr (the tile of A B), exact
         fp32 SGD (kernels/bf16.py) on the accumulators in registers: one load and one
         store of each half, no fp32 gradient tile stored anywhere; then the new bf16
@@ -537,12 +728,13 @@ else:
             Wf.shape[1],
             i,
             j,
+            dot,
         )
 
     @jit_serial
-    def tile(kc, A, a_off, sa_r, sa_k, P, p_off, C, c_off, ldc, m, n, accumulate):
+    def tile(kc, A, a_off, sa_r, sa_k, P, p_off, C, c_off, ldc, m, n, accumulate, dot):
         """C[:m, :n] (+)= A[:m, :kc] B[:kc, :n] on one thread, m <= MR, n <= NR, fp32
-        accumulation.
+        accumulation, on vdpbf16ps or its emulation (dot: VDPBF16PS or EMULATED).
 
         A is any array of bf16 pairs: the pair (A[r, 2kk], A[r, 2kk + 1]) is the uint32 at
         byte ``a_off + r sa_r + kk sa_k`` of A's buffer (row-major bf16 (M, K): sa_r = 2 K,
@@ -561,6 +753,7 @@ else:
             m,
             n,
             1 if accumulate else 0,
+            dot,
         )
 
 
@@ -581,20 +774,22 @@ def _masked_load_bf16(module: ir.Module) -> ir.Function:
 
 
 @intrinsic
-def _dots_4x4_bf16(typingctx, K, a0, a1, a2, a3, b0, b1, b2, b3, out):
+def _dots_4x4_bf16(typingctx, K, a0, a1, a2, a3, b0, b1, b2, b3, out, dot):
     """out[4 r + c] = sum_k a_r[k] b_c[k], k < K, fp32: each a_r, b_c the address of K
     contiguous bf16 values, out of 16 floats (all intp).
 
     microkernel.dots_4x4 with vdpbf16ps: each step loads 32 bf16 of each of the 8 rows
     (one zmm: 16 pairs of adjacent k, the layout vdpbf16ps multiplies, so no packing),
     masked to zero past K, and runs 16 vdpbf16ps; the 16 accumulators are folded into
-    one vector of sums by microkernel's transpose-and-add tree.
+    one vector of sums by microkernel's transpose-and-add tree. dot: a Dpbf16 (the
+    instruction or its emulation).
     """
-    sig = types.void(*([types.intp] * 10))
+    emulated = _form(dot)
+    sig = types.void(*([types.intp] * 10), dot)
 
     def codegen(context, builder, signature, args):
         K = args[0]
-        dp = _dpbf16(context, builder)
+        dp = _dpbf16(context, builder, emulated)
         mload = _masked_load_bf16(builder.module)
         hptr = _i16.as_pointer()
         rows_a = [builder.inttoptr(p, hptr) for p in args[1:5]]
@@ -628,7 +823,7 @@ def _dots_4x4_bf16(typingctx, K, a0, a1, a2, a3, b0, b1, b2, b3, out):
 
 if numba.config.DISABLE_JIT:
 
-    def dots_4x4_bf16(K, a0, a1, a2, a3, b0, b1, b2, b3, out):
+    def dots_4x4_bf16(K, a0, a1, a2, a3, b0, b1, b2, b3, out, dot):
         """NumPy version of the dot block below, for NUMBA_DISABLE_JIT runs."""
         import ctypes
 
@@ -643,10 +838,11 @@ if numba.config.DISABLE_JIT:
 else:
 
     @jit_serial
-    def dots_4x4_bf16(K, a0, a1, a2, a3, b0, b1, b2, b3, out):
+    def dots_4x4_bf16(K, a0, a1, a2, a3, b0, b1, b2, b3, out, dot):
         """out[4 r + c] = <a_r, b_c> over K bf16 values for r, c < 4, fp32, on one thread.
 
         a_r, b_c are addresses (``array.ctypes.data`` plus 2 x an element offset) of K
-        contiguous bf16 (uint16) values; out is a float32 array of at least 16.
+        contiguous bf16 (uint16) values; out is a float32 array of at least 16; dot:
+        VDPBF16PS or EMULATED.
         """
-        _dots_4x4_bf16(K, a0, a1, a2, a3, b0, b1, b2, b3, out.ctypes.data)
+        _dots_4x4_bf16(K, a0, a1, a2, a3, b0, b1, b2, b3, out.ctypes.data, dot)

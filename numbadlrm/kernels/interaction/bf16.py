@@ -18,8 +18,11 @@ Versions (registered at the bottom):
     forward v1   interaction.py's v3 on vdpbf16ps: 4 x 4 blocks of dots read straight
                  from x16 and emb16 (microkernel_bf16.dots_4x4_bf16; pairs of adjacent
                  k are what vdpbf16ps multiplies, so rows need no packing)
+    forward v1-emu  the same kernel on the instruction's emulation (two fp32 FMAs,
+                 microkernel_bf16.EMULATED): the default on a CPU without AVX512-BF16
     backward v1  A gathered into fp32 scratch per sample (a shift per value), G from
-                 dout16, dA = G A on GEMM v4's fp32 tile, as interaction.py's v3
+                 dout16, dA = G A on GEMM v4's fp32 tile, as interaction.py's v3 (no
+                 vdpbf16ps: it runs on any CPU, so it has no emulated twin)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from numba import prange
 
 from ..bf16 import bf16_value, round_bf16
 from ..gemm.tile import MR, NR, tile
-from ..gemm.tile_bf16 import dots_4x4_bf16
+from ..gemm.tile_bf16 import DOTS, dots_4x4_bf16
 from ..jit import jit_parallel, jit_serial
 from ..registry import register
 from .fp32 import CHUNKS, _backward_scratch, _check_triangle, _pair_table
@@ -49,7 +52,7 @@ def _feature_addresses(rows, x16, emb16, b):
 
 
 @jit_serial
-def _forward_samples(out16, x16, emb16, pairs, s, rows, lo, hi):
+def _forward_samples(out16, x16, emb16, pairs, s, rows, lo, hi, dot):
     """Samples b in [lo, hi), with s (16,) and rows (F + 3,) as scratch."""
     dim = x16.shape[1]
     nf = emb16.shape[0] + 1
@@ -61,7 +64,7 @@ def _forward_samples(out16, x16, emb16, pairs, s, rows, lo, hi):
             a0, a1, a2, a3 = rows[i0], rows[i0 + 1], rows[i0 + 2], rows[i0 + 3]
             for j0 in range(0, i0 + 1, 4):  # blocks on or below the diagonal
                 b0, b1, b2, b3 = rows[j0], rows[j0 + 1], rows[j0 + 2], rows[j0 + 3]
-                dots_4x4_bf16(dim, a0, a1, a2, a3, b0, b1, b2, b3, s)
+                dots_4x4_bf16(dim, a0, a1, a2, a3, b0, b1, b2, b3, s, dot)
                 for r in range(4):
                     for c in range(4):
                         p = pairs[i0 + r, j0 + c]
@@ -70,8 +73,9 @@ def _forward_samples(out16, x16, emb16, pairs, s, rows, lo, hi):
 
 
 @jit_parallel
-def dot_interaction_forward(out16, x16, emb16, li, lj):
-    """out16 (B, D+P); x16 (B, D); emb16 (T, B, D); li, lj (P,) pair feature ids."""
+def dot_interaction_forward(out16, x16, emb16, li, lj, dot):
+    """out16 (B, D+P); x16 (B, D); emb16 (T, B, D); li, lj (P,) pair feature ids; dot:
+    microkernel_bf16.VDPBF16PS or EMULATED."""
     batch = x16.shape[0]
     pairs = _pair_table(emb16.shape[0] + 1, li, lj)
     chunks = min(batch, CHUNKS)
@@ -79,15 +83,15 @@ def dot_interaction_forward(out16, x16, emb16, li, lj):
     rows = np.empty((chunks, emb16.shape[0] + 4), np.intp)
     for c in prange(chunks):  # chunk c writes only out16[b] of its samples and its scratch
         lo, hi = c * batch // chunks, (c + 1) * batch // chunks
-        _forward_samples(out16, x16, emb16, pairs, scratch[c], rows[c], lo, hi)
+        _forward_samples(out16, x16, emb16, pairs, scratch[c], rows[c], lo, hi, dot)
 
 
 @jit_serial
-def dot_interaction_forward_serial(out16, x16, emb16, li, lj):
+def dot_interaction_forward_serial(out16, x16, emb16, li, lj, dot):
     """As dot_interaction_forward on the calling thread alone (small batches)."""
     pairs = _pair_table(emb16.shape[0] + 1, li, lj)
     s, rows = np.empty(16, np.float32), np.empty(emb16.shape[0] + 4, np.intp)
-    _forward_samples(out16, x16, emb16, pairs, s, rows, 0, x16.shape[0])
+    _forward_samples(out16, x16, emb16, pairs, s, rows, 0, x16.shape[0], dot)
 
 
 # --------------------------------------------------------------------- dot backward
@@ -203,14 +207,15 @@ def cat_interaction_backward(dx16, demb16, dout16, x16, mask_dx):
 
 # ----------------------------------------------------------------------- registry
 
-register(
-    "bf16_dot_interaction_forward",
-    "v1",
-    dot_interaction_forward,
-    dot_interaction_forward_serial,
-    "4x4 blocks of vdpbf16ps dots straight from x16 and emb16, one tree per block",
-    default=True,
-)
+for _dot in DOTS:  # v1 (vdpbf16ps) and v1-emu; the default: v1 where the CPU has it
+    register(
+        "bf16_dot_interaction_forward",
+        _dot.version,
+        _dot.bind(dot_interaction_forward),
+        _dot.bind(dot_interaction_forward_serial),
+        f"4x4 blocks of {_dot.what} dots straight from x16 and emb16, one tree per block",
+        default=_dot.is_default,
+    )
 register(
     "bf16_dot_interaction_backward",
     "v1",
