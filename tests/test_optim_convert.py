@@ -12,7 +12,7 @@ from numbadlrm.cli.main import main
 from numbadlrm.io.checkpoint import load_checkpoint, save_model_checkpoint
 from numbadlrm.model.dlrm import DLRM
 from numbadlrm.optim.optimizers import OptimizerConfig
-from numbadlrm.train.run import load_into
+from numbadlrm.train.loop import load_into
 
 from ._helpers import random_batch, small_config
 

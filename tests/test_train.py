@@ -12,8 +12,10 @@ from numbadlrm.cli.main import main
 from numbadlrm.io.checkpoint import CheckpointError, load_checkpoint
 from numbadlrm.kernels.jit import announce_compilation
 from numbadlrm.model.dlrm import DLRM
-from numbadlrm.train import run as train
-from numbadlrm.train.run import TrainConfig, TrainLoop, open_data, run_training
+from numbadlrm.train import loop as train
+from numbadlrm.train.config import TrainConfig
+from numbadlrm.train.loop import TrainLoop, run_training
+from numbadlrm.train.sources import open_data
 
 from ._criteo_files import quirky_lines, write_raw
 from ._helpers import run_interrupted

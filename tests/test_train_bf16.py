@@ -11,7 +11,8 @@ from numbadlrm.cli.main import main
 from numbadlrm.io.checkpoint import load_checkpoint
 from numbadlrm.kernels.gemm import tile_bf16 as microkernel_bf16
 from numbadlrm.model.dlrm import DLRM
-from numbadlrm.train.run import TrainConfig, run_training
+from numbadlrm.train.config import TrainConfig
+from numbadlrm.train.loop import run_training
 
 from ._helpers import run_interrupted
 
@@ -74,7 +75,7 @@ def test_bf16_checkpoint_loads_into_fp32_and_converts_to_torch(tmp_path):
     fp32 = DLRM(saved.config)
     fp32.load_state_dict(saved.state)
     cfg = TrainConfig(**{**TINY, "precision": "fp32"})
-    from numbadlrm.train.run import SyntheticSource
+    from numbadlrm.train.sources import SyntheticSource
 
     batch = next(SyntheticSource(cfg, saved.config).eval_batches("test"))
     np.testing.assert_allclose(fp32.predict(batch), result["model"].predict(batch), atol=0.02)

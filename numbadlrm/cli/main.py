@@ -18,7 +18,8 @@ import typing
 
 from .. import __version__
 from ..io.checkpoint import CheckpointError
-from ..train.run import TrainConfig, run_training
+from ..train.config import TrainConfig
+from ..train.loop import run_training
 from . import preprocess as preprocess_cli
 from .reference_flags import BoolWordAction, add_reference_flags, check_unsupported, reference_notes
 
