@@ -40,7 +40,7 @@ from ..io.checkpoint import (
 from ..runtime.threads import set_num_threads
 from ..train.config import TrainConfig
 from ..train.loop import TrainLoop, check_cpu
-from ..train.records import run_header
+from ..train.records import check_outputs, run_header
 from ..train.sources import open_data
 from .distributed import DistributedDLRM, check_node_memory, rank_memory
 from .partition import plan_placement, sample_ranges
@@ -97,6 +97,7 @@ def run_distributed_training(cfg: TrainConfig, comm: MPI.Comm, log=print) -> dic
 def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
     ranks = comm.size
     check_cpu(cfg)  # --precision bf16 needs AVX512-BF16: refused before any work
+    check_outputs(cfg)  # --save-model, --metrics-file: refused before any work
     threads = cfg.threads or default_threads(comm)
     set_num_threads(threads)
     if cfg.data_set and comm.rank == 0:

@@ -197,6 +197,8 @@ class TrainConfig:
         for name in names:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.seed < 0:  # NumPy's generators take seeds >= 0
+            raise ValueError(f"--seed: must be >= 0, got {self.seed}")
         if not 0.0 <= self.data_sub_sample_rate < 1.0:
             raise ValueError(
                 f"data_sub_sample_rate: must be in [0, 1), got {self.data_sub_sample_rate}"

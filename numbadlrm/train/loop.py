@@ -26,13 +26,14 @@ from ..runtime.profiling import OpTimes
 from ..runtime.threads import set_num_threads
 from .config import TrainConfig
 from .evaluation import collapse_warning, evaluate
-from .records import MetricsLog, format_eval, format_step, run_header
+from .records import MetricsLog, check_outputs, format_eval, format_step, run_header
 from .sources import open_data
 
 
 def run_training(cfg: TrainConfig, log=print) -> dict:
     """Train (or only evaluate) as configured; returns the final test metrics and the model."""
     check_cpu(cfg)
+    check_outputs(cfg)
     if cfg.threads:
         set_num_threads(cfg.threads)
     source, mcfg = open_data(cfg, log)
@@ -90,7 +91,8 @@ class TrainLoop:
     ):
         self.cfg, self.model, self.source, self.mcfg = cfg, model, source, mcfg
         self.log, self.root = log, root
-        self.metrics = MetricsLog(cfg.metrics_file if root else "")
+        # a resumed run appends to the metrics file (its records carry their steps)
+        self.metrics = MetricsLog(cfg.metrics_file if root else "", append=bool(cfg.load_model))
         # the bar needs a terminal; without one (--no-progress, a file, a pipe) the loss
         # goes out as one log line per --print-freq steps, as the reference prints it
         self.show_bar = cfg.progress and root and sys.stderr.isatty()
@@ -104,6 +106,9 @@ class TrainLoop:
 
     def run(self, step: int, epoch: int, batch_in_epoch: int) -> dict:
         cfg = self.cfg
+        self._check_position(epoch, batch_in_epoch)
+        event = "evaluate" if cfg.inference_only else "resume" if cfg.load_model else "start"
+        self.metrics.write({"step": step, "epoch": epoch, "event": event})  # fails early
         try:
             if not cfg.inference_only:
                 self._mlperf_header()
@@ -126,6 +131,17 @@ class TrainLoop:
         finally:
             self.metrics.close()
         return {**final, "model": self.model, "steps": step}
+
+    def _check_position(self, epoch: int, batch_in_epoch: int) -> None:
+        """Refuse to resume past the end of this run's epoch (it would skip it, or fail)."""
+        total = self.source.num_batches
+        if self.cfg.inference_only or epoch >= self.cfg.nepochs or batch_in_epoch <= total:
+            return
+        raise ValueError(
+            f"--num-batches {self.cfg.num_batches}: this run's epoch has {total} batches, but "
+            f"{self.cfg.load_model} resumes at batch {batch_in_epoch} of epoch {epoch}; give "
+            f"--num-batches {batch_in_epoch} or more (the run it continues had more)"
+        )
 
     def _mlperf_header(self) -> None:
         c = self.cfg
