@@ -96,9 +96,9 @@ class PreprocessOptions:
             raise ValueError(f"split: must be one of {SPLIT_MODES}, got {self.split!r}")
         fr = tuple(float(f) for f in self.split_fractions)
         object.__setattr__(self, "split_fractions", fr)
-        if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
-            raise ValueError(
-                f"split_fractions: need three non-negative fractions summing to 1, got {fr}"
+        if len(fr) != 3 or not all(0 <= f <= 1 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+            raise ValueError(  # (NaN fails 0 <= f)
+                f"split_fractions: need three fractions in [0, 1] summing to 1, got {fr}"
             )
         if not 0 <= self.max_ind_range <= 2**31 - 1:
             raise ValueError(f"max_ind_range: must be in [0, 2**31 - 1], got {self.max_ind_range}")
@@ -219,6 +219,8 @@ def preprocess(
         raise ValueError("preprocess: a vocabulary is for --min-count mode, not hashing")
     options = options or PreprocessOptions()
     paths = [Path(s) for s in sources]
+    if not str(out_dir).strip():  # Path("") would be the current directory
+        raise CriteoError(f"out_dir: must name a directory, got {str(out_dir)!r}")
     out = Path(out_dir)
     _check_inputs(paths, options)
     _prepare_out_dir(out)
