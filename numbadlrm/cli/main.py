@@ -180,8 +180,10 @@ def _run(args: argparse.Namespace) -> int:
         tools.plot_metrics(args.metrics_file, args.output)
         print(f"wrote {args.output}")
     elif args.command == "convert":
+        from .convert import convert
+
         to_torch = args.to_torch is not None
-        tools.convert(args.source, args.to_torch or args.from_torch, to_torch)
+        convert(args.source, args.to_torch or args.from_torch, to_torch)
         print(f"wrote {args.to_torch or args.from_torch}")
     return 0
 
