@@ -118,7 +118,7 @@ def _load(src: str, torch):
     try:
         return torch.load(src, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a damaged file
-        first = (str(exc).strip().splitlines() or [""])[0][:120]
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
         raise ValueError(
             f"convert: {src}: not a readable torch file (truncated or corrupt?): "
             f"{type(exc).__name__}: {first}"
