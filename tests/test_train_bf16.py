@@ -82,7 +82,7 @@ def test_bf16_checkpoint_loads_into_fp32_and_converts_to_torch(tmp_path):
     torch = pytest.importorskip("torch")
     pt = tmp_path / "m.pt"
     assert main(["convert", str(ckpt), "--to-torch", str(pt)]) == 0
-    sd = torch.load(pt)
+    sd = torch.load(pt)["state_dict"]  # after 5 steps: with the position
     np.testing.assert_array_equal(sd["bot_l.0.weight"].numpy(), bf16_state["bottom_mlp.0.weight"])
     np.testing.assert_array_equal(sd["emb_l.2.weight"].numpy(), bf16_state["embeddings.2.weight"])
 

@@ -49,18 +49,20 @@ Speed: the reader thread streams blocks of ``chunk_bytes`` cut at the last newli
 (decompressing and hashing in the background); a parallel Numba kernel parses the lines
 of a block, one output row per line. Memory is bounded by a few chunks.
 
-This module holds the options, the splits and the driver; reading and parsing a raw file
-is numbadlrm/data/criteo_read.py, one pass over one file (write or count) criteo_write.py.
+This module holds the splits and the driver; the options are numbadlrm/data/criteo_options.py,
+reading and parsing a raw file criteo_read.py, one pass over one file (write or count)
+criteo_write.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
 
+from numbadlrm.data.criteo_options import SPLIT_MODES, PreprocessOptions
 from numbadlrm.data.criteo_read import CriteoError, CriteoFormatError
 from numbadlrm.data.criteo_write import (
     count_part,
@@ -75,57 +77,6 @@ from numbadlrm.io.files import remove_stale, write_json_atomic
 
 __all__ = ["SPLIT_MODES", "CriteoError", "CriteoFormatError", "PreprocessOptions", "preprocess",
            "preprocess_for_training", "split_ranges", "terabyte_sources"]  # fmt: skip
-
-SPLIT_MODES = ("kaggle", "days", "fractions")
-
-
-@dataclass(frozen=True)
-class PreprocessOptions:
-    """How to turn raw files into arrays. ``max_ind_range > 0`` hashes, else vocabulary."""
-
-    split: str = "fractions"  # "kaggle" | "days" | "fractions"
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    max_ind_range: int = 0
-    min_count: int = 0  # vocabulary mode threshold; 0 means 1 (keep every seen value)
-    skip_bad_lines: bool = False
-    chunk_bytes: int = 8 << 20
-    sub_sample_rate: float = 0.0  # drop each label-0 line with this probability
-
-    def __post_init__(self) -> None:
-        if self.split not in SPLIT_MODES:
-            raise ValueError(f"split: must be one of {SPLIT_MODES}, got {self.split!r}")
-        fr = tuple(float(f) for f in self.split_fractions)
-        object.__setattr__(self, "split_fractions", fr)
-        if len(fr) != 3 or not all(0 <= f <= 1 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
-            raise ValueError(  # (NaN fails 0 <= f)
-                f"split_fractions: need three fractions in [0, 1] summing to 1, got {fr}"
-            )
-        if not 0 <= self.max_ind_range <= 2**31 - 1:
-            raise ValueError(f"max_ind_range: must be in [0, 2**31 - 1], got {self.max_ind_range}")
-        if self.min_count < 0:
-            raise ValueError(f"min_count: must be >= 0, got {self.min_count}")
-        if self.max_ind_range > 0 and self.min_count > 0:
-            raise ValueError("choose one of max_ind_range (hashing) and min_count (vocabulary)")
-        if self.chunk_bytes < 1:
-            raise ValueError(f"chunk_bytes: must be >= 1, got {self.chunk_bytes}")
-        if not 0.0 <= self.sub_sample_rate < 1.0:
-            raise ValueError(f"sub_sample_rate: must be in [0, 1), got {self.sub_sample_rate}")
-
-    @property
-    def hashing(self) -> bool:
-        return self.max_ind_range > 0
-
-    def output_key(self) -> dict:
-        """The options that change the output arrays (part markers must match them)."""
-        key = {
-            "format_version": FORMAT_VERSION,
-            "max_ind_range": self.max_ind_range,
-            "min_count": 0 if self.hashing else max(self.min_count, 1),
-            "skip_bad_lines": self.skip_bad_lines,
-        }
-        if self.sub_sample_rate:  # absent when 0: earlier outputs stay valid
-            key["sub_sample_rate"] = self.sub_sample_rate
-        return key
 
 
 def _pass_bar(name: str, paths: list[Path], progress: bool) -> tqdm:

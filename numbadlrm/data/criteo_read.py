@@ -11,11 +11,11 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from numbadlrm.data.background import prefetch
+from numbadlrm.data.criteo_options import PreprocessOptions
 from numbadlrm.data.dataset import NUM_CATEGORICAL, NUM_DENSE
 from numbadlrm.kernels.parse import (
     ERR_FIELDS,
@@ -26,9 +26,6 @@ from numbadlrm.kernels.parse import (
     NUM_FIELDS,
     parse_lines,
 )
-
-if TYPE_CHECKING:
-    from numbadlrm.data.criteo import PreprocessOptions
 
 _ERR_TEXT = {
     ERR_FIELDS: f"too many fields (a Criteo line has {NUM_FIELDS}), extra value",

@@ -7,19 +7,16 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
+from numbadlrm.data.criteo_options import PreprocessOptions
 from numbadlrm.data.criteo_read import parsed_chunks
 from numbadlrm.data.dataset import NUM_CATEGORICAL, PART_FILES, part_bytes, part_path
 from numbadlrm.data.vocabulary import merge_counts
 from numbadlrm.io.files import ArrayWriter, atomic_file
 from numbadlrm.kernels.parse import hash_ids, map_vocabulary
-
-if TYPE_CHECKING:
-    from numbadlrm.data.criteo import PreprocessOptions
 
 
 def source_identity(path: Path) -> dict:
