@@ -40,8 +40,9 @@ from compare_criteo_torch import DEFAULT_DIR, load_split
 
 from numbadlrm import DLRM, DLRMConfig
 from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
+from numbadlrm.train.config import TrainConfig
+from numbadlrm.train.loop import run_training
 from numbadlrm.train.metrics import evaluate_predictions
-from numbadlrm.train.run import TrainConfig, run_training
 
 PRECISIONS = ("fp32", "bf16")
 RUNS = ("fp32", "bf16", "control")  # control: fp32 from weights perturbed by ~one bf16 rounding

@@ -24,7 +24,7 @@ from numbadlrm.config import pair_indices
 from numbadlrm.data.synthetic import batch_stream
 from numbadlrm.kernels import registry
 from numbadlrm.kernels.checks import ops as checks
-from numbadlrm.train.run import TrainConfig
+from numbadlrm.train.config import TrainConfig
 
 
 @njit(parallel=True, cache=True)

@@ -6,7 +6,10 @@
     labels   (B,)       float32   0 or 1
 
 Offsets index straight into ``indices``, so table t's lookups are the slice
-``indices[offsets[t, 0]:offsets[t, B]]``. A bag with no lookups pools to zeros.
+``indices[offsets[t, 0]:offsets[t, B]]``, and the tables' slices chain: table 0 starts
+at 0, table t where table t - 1 ends, the last ends at nnz. A bag with no lookups pools
+to zeros. The reference's layout (per table, B bag starts each counted from 0, and the
+table's own indices: ``lS_o``, ``lS_i``) becomes this one with :meth:`Batch.from_reference`.
 
 The arrays stay ordinary, writable NumPy arrays, so a Batch can be changed after it was
 built. The models therefore call :meth:`Batch.check_against` on every step: it checks
@@ -47,6 +50,71 @@ class Batch:
         problem = lookup_problem(self.offsets, self.indices)
         if problem:
             raise ValueError(problem)
+        self._check_chained()
+
+    @classmethod
+    def from_reference(cls, dense, lS_o, lS_i, labels) -> Batch:
+        """A Batch from the reference's per-table layout (dlrm_s_pytorch.py's inputs):
+
+            lS_o  T arrays (or a (T, B) array) of B bag starts, each table's from 0
+            lS_i  T arrays of that table's row ids (bag b is lS_i[t][lS_o[t][b]:lS_o[t][b+1]],
+                  the last bag runs to the end)
+            dense (B, I) and labels (B,) or (B, 1), any float dtype (converted to float32)
+
+        NumPy arrays, lists or torch tensors (CPU) are accepted.
+        """
+        starts = [np.asarray(o, dtype=np.int64).reshape(-1) for o in lS_o]
+        ids = [np.asarray(i, dtype=np.int64).reshape(-1) for i in lS_i]
+        dense = np.ascontiguousarray(dense, dtype=np.float32)
+        labels = np.ascontiguousarray(np.asarray(labels, dtype=np.float32).reshape(-1))
+        if len(starts) != len(ids):
+            raise ValueError(
+                f"Batch.from_reference: lS_o has {len(starts)} tables, lS_i {len(ids)}"
+            )
+        b = dense.shape[0] if dense.ndim == 2 else -1
+        offsets = np.empty((len(starts), max(b, 0) + 1), np.int64)
+        base = 0
+        for t, (o, i) in enumerate(zip(starts, ids, strict=True)):
+            if o.shape[0] != b or (b > 0 and o[0] != 0):
+                raise ValueError(
+                    f"Batch.from_reference: lS_o[{t}] must hold the B={b} bag starts of table "
+                    f"{t}, the first 0; got {o.shape[0]} starting at {o[:1].tolist()}"
+                )
+            if (np.diff(o) < 0).any() or (b > 0 and o[-1] > i.shape[0]):
+                raise ValueError(
+                    f"Batch.from_reference: lS_o[{t}] must not decrease and stay within "
+                    f"lS_i[{t}]'s {i.shape[0]} ids"
+                )
+            offsets[t, :-1] = base + o
+            base += i.shape[0]
+            offsets[t, -1] = base
+        indices = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        return cls(dense=dense, offsets=offsets, indices=indices, labels=labels)
+
+    def _check_chained(self) -> None:
+        """Table 0's lookups start at 0, table t's where table t - 1's end, the last's at
+        nnz: other offsets would make tables read each other's lookups."""
+        if self.num_tables == 0:
+            return
+        starts, ends = self.offsets[:, 0], self.offsets[:, -1]
+        expected = np.concatenate(([0], ends[:-1]))
+        bad = np.flatnonzero(starts != expected)
+        hint = (
+            "offsets must chain (table t starts where table t - 1 ends, the last ends at nnz); "
+            "for the reference's per-table offsets that each start at 0, use "
+            "Batch.from_reference(dense, lS_o, lS_i, labels)"
+        )
+        if bad.size:
+            t = int(bad[0])
+            want = "0" if t == 0 else f"{expected[t]}, where table {t - 1} ends"
+            raise ValueError(
+                f"Batch: offsets of table {t} start at {starts[t]}, not {want}: {hint}"
+            )
+        nnz = self.indices.shape[0]
+        if ends[-1] != nnz:
+            raise ValueError(
+                f"Batch: offsets of the last table end at {ends[-1]}, not at nnz={nnz}: {hint}"
+            )
 
     def _check_arrays(self) -> None:
         """Types, dtypes, shapes and layout of the four arrays, and local_rows."""
@@ -115,6 +183,17 @@ class Batch:
             check_lookups(bad, self.offsets, self.indices, rows)
         if bad.any():
             raise ValueError(lookup_problem(self.offsets, self.indices, rows))
+        self._check_chained()
+
+
+def require_batch(value: object, who: str) -> Batch:
+    """``value`` if it is a Batch, else a one-line TypeError naming ``who``."""
+    if not isinstance(value, Batch):
+        raise TypeError(
+            f"{who}: batch must be a numbadlrm Batch (Batch(...), Batch.from_reference(...)), "
+            f"got {type(value).__name__}"
+        )
+    return value
 
 
 def lookup_problem(

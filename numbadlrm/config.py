@@ -64,6 +64,16 @@ def num_pairs(num_features: int, interaction_itself: bool) -> int:
     return f * (f + 1) // 2 if interaction_itself else f * (f - 1) // 2
 
 
+def require_config(value: object, who: str) -> DLRMConfig:
+    """``value`` if it is a DLRMConfig, else a one-line TypeError naming ``who``."""
+    if not isinstance(value, DLRMConfig):
+        raise TypeError(
+            f"{who}: config must be a DLRMConfig (e.g. DLRMConfig.from_arch(...)), "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class DLRMConfig:
     """The model's shape. Construct directly or with :meth:`from_arch`.

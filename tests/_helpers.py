@@ -88,7 +88,7 @@ def run_interrupted(monkeypatch, cfg, after: int) -> list[float]:
     """run_training(cfg) stopped by a KeyboardInterrupt at its train_step number
     ``after`` + 1, as a kill would stop it; returns the lr of each step that ran."""
     from numbadlrm.model.dlrm import DLRM
-    from numbadlrm.train.run import run_training
+    from numbadlrm.train.loop import run_training
 
     original, lrs = DLRM.train_step, []
 

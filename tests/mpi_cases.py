@@ -39,7 +39,8 @@ from numbadlrm.parallel.train_mpi import (
     run_distributed_training,
     save_distributed_checkpoint,
 )
-from numbadlrm.train.run import TrainConfig, run_training
+from numbadlrm.train.config import TrainConfig
+from numbadlrm.train.loop import run_training
 
 from ._criteo_files import quirky_lines, write_raw
 from ._helpers import random_batch

@@ -24,7 +24,8 @@ from numbadlrm.io import files
 from numbadlrm.io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from numbadlrm.io.files import WriteError
 from numbadlrm.model.dlrm import DLRM
-from numbadlrm.train.run import TrainConfig, run_training
+from numbadlrm.train.config import TrainConfig
+from numbadlrm.train.loop import run_training
 from tests._criteo_files import all_rows, quirky_lines, write_raw
 from tests._helpers import small_config
 

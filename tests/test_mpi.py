@@ -86,7 +86,7 @@ def test_single_process_dlrm_resumes_the_two_rank_checkpoint(results, workdir):
 def test_single_process_dlrm_resumes_a_two_rank_optimizer_checkpoint(results, workdir, name):
     """The 2-rank Adagrad checkpoint, state gathered from the shards, resumed by DLRM
     through the training loop's loader: equal to 2 * STEPS steps on one process."""
-    from numbadlrm.train.run import load_into
+    from numbadlrm.train.loop import load_into
 
     cfg = mpi_cases.tiny_config("dot", "7-400-5-30-3")
     setting = mpi_cases.optimizer_setting(name)

@@ -12,7 +12,7 @@ from numbadlrm.cli.main import main
 from numbadlrm.io.checkpoint import load_checkpoint, save_model_checkpoint
 from numbadlrm.model.dlrm import DLRM
 from numbadlrm.optim.optimizers import OptimizerConfig
-from numbadlrm.train.run import load_into
+from numbadlrm.train.loop import load_into
 
 from ._helpers import random_batch, small_config
 
@@ -65,7 +65,8 @@ def test_to_torch_carries_the_state_the_reference_loads(tmp_path, name):
     save_model_checkpoint(tmp_path / "m.npz", model, 3, 0, 3, {"learning_rate": LR})
     assert main(["convert", str(tmp_path / "m.npz"), "--to-torch", str(tmp_path / "m.pt")]) == 0
     saved = torch.load(tmp_path / "m.pt", weights_only=True)
-    assert sorted(saved) == ["epoch", "iter", "opt_state_dict", "state_dict"]
+    assert sorted(saved) == ["epoch", "iter", "numbadlrm_step", "opt_state_dict", "state_dict"]
+    assert (saved["numbadlrm_step"], saved["epoch"], saved["iter"]) == (3, 0, 3)
     osd = saved["opt_state_dict"]
     assert len(osd["param_groups"]) == (2 if SETTINGS[name].weight_decay else 1)
     assert int(osd["state"][0]["step"]) == 3

@@ -18,7 +18,8 @@ from numbadlrm.io.checkpoint import (
 )
 from numbadlrm.optim.lr_policy import LRPolicy
 from numbadlrm.optim.optimizers import OptimizerConfig
-from numbadlrm.train.run import TrainConfig, run_training
+from numbadlrm.train.config import TrainConfig
+from numbadlrm.train.loop import run_training
 
 from ._helpers import run_interrupted
 from .test_train import TINY, _records

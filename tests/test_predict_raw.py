@@ -12,7 +12,8 @@ from numbadlrm.cli.main import main
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
 from numbadlrm.data.dataset import ProcessedData
 from numbadlrm.io.checkpoint import CheckpointError, load_checkpoint
-from numbadlrm.train.run import TrainConfig, run_training
+from numbadlrm.train.config import TrainConfig
+from numbadlrm.train.loop import run_training
 from tests._criteo_files import quirky_lines, write_raw
 from tests.test_checkpoint import _npy, _rewrite
 

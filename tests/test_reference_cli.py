@@ -16,7 +16,7 @@ import pytest
 
 from numbadlrm.cli.main import build_parser, dataclass_from_args, main, parse_args
 from numbadlrm.cli.reference_flags import NOTES, UNSUPPORTED, parse_bool_word
-from numbadlrm.train.run import TrainConfig
+from numbadlrm.train.config import TrainConfig
 
 from ._criteo_files import quirky_lines, write_raw
 from .reference_commands import COMMANDS

@@ -75,7 +75,7 @@ def test_a_check_fails_on_a_wrong_kernel():
 def test_selected_version_runs_inside_a_default_sized_step():
     """A throwaway kernel that counts its calls, selected by name, runs in every step of a
     model of `numbadlrm train`'s default size (B=128, D=16, T=8: the serial paths)."""
-    from numbadlrm.train.run import TrainConfig
+    from numbadlrm.train.config import TrainConfig
 
     calls = {"parallel": 0, "serial": 0}
     real = registry.get("embedding_update", "v2")
@@ -101,7 +101,7 @@ def test_selected_version_runs_inside_a_default_sized_step():
         assert calls["parallel"] + calls["serial"] == 3
         np.testing.assert_array_equal(model.weights, reference.weights)
         # and through the training loop of `numbadlrm train --kernels ...`, default sizes
-        from numbadlrm.train.run import run_training
+        from numbadlrm.train.loop import run_training
 
         run = TrainConfig(
             num_batches=20, kernels="embedding_update=counting", test_num_batches=1, progress=False

@@ -12,8 +12,10 @@ from numbadlrm.cli.main import main
 from numbadlrm.io.checkpoint import CheckpointError, load_checkpoint
 from numbadlrm.kernels.jit import announce_compilation
 from numbadlrm.model.dlrm import DLRM
-from numbadlrm.train import run as train
-from numbadlrm.train.run import TrainConfig, TrainLoop, open_data, run_training
+from numbadlrm.train import loop as train
+from numbadlrm.train.config import TrainConfig
+from numbadlrm.train.loop import TrainLoop, run_training
+from numbadlrm.train.sources import open_data
 
 from ._criteo_files import quirky_lines, write_raw
 from ._helpers import run_interrupted
@@ -239,12 +241,15 @@ def test_convert_round_trip(tmp_path):
     run_training(TrainConfig(**TINY, num_batches=3, save_model=str(ckpt)), log=lambda *_: None)
     pt = tmp_path / "m.pt"
     assert main(["convert", str(ckpt), "--to-torch", str(pt)]) == 0
-    sd = torch.load(pt)
+    saved = torch.load(pt)  # trained: the reference's layout, with the position
+    assert (saved["numbadlrm_step"], saved["epoch"], saved["iter"]) == (3, 1, 0)
+    sd = saved["state_dict"]
     assert sd["bot_l.2.weight"].shape == (4, 16) and "emb_l.2.weight" in sd
     back = tmp_path / "back.npz"
     assert main(["convert", str(pt), "--from-torch", str(back)]) == 0
     a, b = load_checkpoint(ckpt), load_checkpoint(back)
     assert a.config == b.config
+    assert (a.step, a.epoch, a.batch_in_epoch) == (b.step, b.epoch, b.batch_in_epoch)
     for name, value in a.state.items():
         np.testing.assert_array_equal(value, b.state[name])
 

@@ -14,7 +14,8 @@ from numbadlrm.kernels.checks import bf16 as checks_bf16
 from numbadlrm.kernels.gemm import tile_bf16 as microkernel_bf16
 from numbadlrm.model import precision as model_bf16
 from numbadlrm.model.dlrm import DLRM
-from numbadlrm.train.run import TrainConfig, run_training
+from numbadlrm.train.config import TrainConfig
+from numbadlrm.train.loop import run_training
 
 from ._helpers import run_interrupted
 
@@ -74,14 +75,14 @@ def test_bf16_checkpoint_loads_into_fp32_and_converts_to_torch(tmp_path):
     fp32 = DLRM(saved.config)
     fp32.load_state_dict(saved.state)
     cfg = TrainConfig(**{**TINY, "precision": "fp32"})
-    from numbadlrm.train.run import SyntheticSource
+    from numbadlrm.train.sources import SyntheticSource
 
     batch = next(SyntheticSource(cfg, saved.config).eval_batches("test"))
     np.testing.assert_allclose(fp32.predict(batch), result["model"].predict(batch), atol=0.02)
     torch = pytest.importorskip("torch")
     pt = tmp_path / "m.pt"
     assert main(["convert", str(ckpt), "--to-torch", str(pt)]) == 0
-    sd = torch.load(pt)
+    sd = torch.load(pt)["state_dict"]  # after 5 steps: with the position
     np.testing.assert_array_equal(sd["bot_l.0.weight"].numpy(), bf16_state["bottom_mlp.0.weight"])
     np.testing.assert_array_equal(sd["emb_l.2.weight"].numpy(), bf16_state["embeddings.2.weight"])
 

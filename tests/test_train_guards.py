@@ -12,7 +12,9 @@ import pytest
 from numbadlrm.cli.main import main
 from numbadlrm.data.criteo import PreprocessOptions, preprocess
 from numbadlrm.model.dlrm import DLRM
-from numbadlrm.train.run import TrainConfig, evaluate, run_training
+from numbadlrm.train.config import TrainConfig
+from numbadlrm.train.evaluation import evaluate
+from numbadlrm.train.loop import run_training
 from tests._criteo_files import quirky_lines, write_raw
 
 SMALL = {

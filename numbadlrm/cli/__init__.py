@@ -2,7 +2,8 @@
 
     main.py             the parser (flags generated from the configs) and the dispatch
     preprocess.py       ``numbadlrm preprocess``: raw Criteo TSV -> a memory-mapped directory
-    tools.py            the smaller commands: predict, plot, convert
+    tools.py            the smaller commands: predict, plot
+    convert.py          ``numbadlrm convert``: to and from the reference's PyTorch format
     reference_flags.py  the reference DLRM's flags with no effect here (notes) or refused
 
 The training run itself lives in numbadlrm/train (usable from Python without the CLI).

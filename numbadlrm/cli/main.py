@@ -18,7 +18,8 @@ import typing
 
 from .. import __version__
 from ..io.checkpoint import CheckpointError
-from ..train.run import TrainConfig, run_training
+from ..train.config import TrainConfig
+from ..train.loop import run_training
 from . import preprocess as preprocess_cli
 from .reference_flags import BoolWordAction, add_reference_flags, check_unsupported, reference_notes
 
@@ -179,8 +180,10 @@ def _run(args: argparse.Namespace) -> int:
         tools.plot_metrics(args.metrics_file, args.output)
         print(f"wrote {args.output}")
     elif args.command == "convert":
+        from .convert import convert
+
         to_torch = args.to_torch is not None
-        tools.convert(args.source, args.to_torch or args.from_torch, to_torch)
+        convert(args.source, args.to_torch or args.from_torch, to_torch)
         print(f"wrote {args.to_torch or args.from_torch}")
     return 0
 

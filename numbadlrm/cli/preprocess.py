@@ -36,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--raw-data-file", type=Path, help="kaggle: train.txt; terabyte: prefix of day_N"
     )
-    p.add_argument("--out-dir", type=Path, required=True, help="processed output directory")
+    p.add_argument("--out-dir", required=True, help="processed output directory")
     p.add_argument("--split", choices=SPLIT_MODES, help="default: from --data-set, else fractions")
     p.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,validation,test")
     p.add_argument("--max-ind-range", type=int, default=0, help="hash ids: id mod N (one pass)")
@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             from numbadlrm.runtime.threads import set_num_threads
 
             set_num_threads(args.threads)
+        if not args.out_dir.strip():
+            raise CriteoError(f"--out-dir: must name a directory, got {args.out_dir!r}")
         meta = preprocess(sources, args.out_dir, options, progress=not args.no_progress)
     except (CriteoError, ValueError) as exc:
         print(f"numbadlrm preprocess: error: {exc}", file=sys.stderr)

@@ -1,31 +1,24 @@
-"""The smaller commands: predict, plot, convert (to and from the reference's PyTorch format).
+"""The smaller commands: predict and plot (convert: numbadlrm/cli/convert.py).
 
 numbadlrm predict --load-model m.npz --processed-data-file DIR --split test --output p.txt
 numbadlrm predict --load-model m.npz --raw-data-file day.tsv --output p.txt
                 (ids mapped as in training: the checkpoint holds max_ind_range or the vocabulary)
 numbadlrm plot runs/metrics.jsonl --output curves.png
-numbadlrm convert m.npz --to-torch m.pt         (a state_dict the reference DLRM loads)
-numbadlrm convert m.pt --from-torch m.npz       (config inferred from the tensor shapes)
 
-A model trained with Adagrad or row-wise Adagrad converts to the reference's checkpoint
-layout {"state_dict", "opt_state_dict" (torch.optim.Adagrad's or RWSAdagrad's), "iter",
-"epoch"}; a model trained with SGD to the bare state_dict, as before. --from-torch reads
-either, and an "opt_state_dict" of Adagrad or RWSAdagrad becomes the checkpoint's
-optimizer state (numbadlrm/interop/torch_optim.py maps the two).
+predict refuses, before it reads a row, an --output that cannot be written or that is
+one of its inputs, and data whose tables do not fit the model (as train --load-model
+refuses them).
 """
 
 from __future__ import annotations
 
-import glob
 import json
+import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from ..config import DLRMConfig, num_pairs
-from ..io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ..io.files import atomic_file, remove_stale, tmp_path
+from ..io.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from ..io.files import atomic_output, check_output_path
 from ..model.dlrm import DLRM
 
 
@@ -47,8 +40,7 @@ def predict_to_file(
     from ..data.criteo import preprocess
     from ..data.dataset import ProcessedData
 
-    out = Path(output)
-    remove_stale(out.parent, (glob.escape(tmp_path(out).name), f".{glob.escape(out.name)}.tmp"))
+    check_predict_output(output, ckpt_path, processed, raw_files or [])
     ckpt = load_checkpoint(ckpt_path)
     model = DLRM(ckpt.config)
     model.load_state_dict(ckpt.state)
@@ -60,13 +52,43 @@ def predict_to_file(
         data = ProcessedData(processed)
         if not raw_files:
             check_data_preprocessing(ckpt, ckpt_path, data, max_ind_range)
+        check_data_fits(ckpt, ckpt_path, data)
         rows = 0
-        with atomic_file(output, "w") as f:  # removed if anything fails
+        with atomic_output(output, "w") as f:  # removed if anything fails
             for batch in data.split(split).batches(batch_size, shuffle=False):
                 probs = model.predict(batch)
                 f.write("".join(f"{p:.6f}\n" for p in probs))
                 rows += len(probs)
     return rows
+
+
+def check_predict_output(output: str, ckpt_path: str, processed: str, raw_files: list) -> None:
+    """Refuse an --output that cannot be written or that is one of predict's inputs (the
+    checkpoint, a raw file, a file of the processed directory)."""
+    check_output_path(output, "--output")
+    inputs = [("--load-model", ckpt_path)] + [("--raw-data-file", f) for f in raw_files]
+    if processed and Path(processed).is_dir():
+        inputs += [("--processed-data-file", p) for p in Path(processed).rglob("*") if p.is_file()]
+    for flag, path in inputs:
+        same = os.path.realpath(path) == os.path.realpath(output) or (
+            os.path.exists(path) and os.path.exists(output) and os.path.samefile(path, output)
+        )
+        if same:
+            raise ValueError(f"predict: --output {output}: is the {flag} input {path}")
+
+
+def check_data_fits(ckpt: Checkpoint, path: str, data) -> None:
+    """Refuse data whose features or tables differ from the model's, as train --load-model
+    does (a table of fewer rows would train nothing and predict from the wrong rows)."""
+    model = {"num_dense": ckpt.config.num_dense, "embedding_sizes": ckpt.config.embedding_sizes}
+    found = {"num_dense": data.num_dense, "embedding_sizes": tuple(data.table_sizes)}
+    diffs = [f"{k}: checkpoint {model[k]!r} vs data {found[k]!r}" for k in model
+             if model[k] != found[k]]  # fmt: skip
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint: {path} was saved for another model than {data.directory}'s data "
+            f"fits ({'; '.join(diffs)})"
+        )
 
 
 def raw_preprocessing(ckpt: Checkpoint, path: str, max_ind_range: int = 0):
@@ -151,71 +173,3 @@ def plot_metrics(metrics_file: str, output: str) -> None:
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)
-
-
-def config_from_reference_shapes(sd: dict) -> DLRMConfig:
-    """Recover a DLRMConfig from a reference-format state_dict's tensor shapes."""
-
-    def sizes(prefix: str) -> tuple[int, ...]:
-        layers = sorted(
-            int(k.split(".")[1]) for k in sd if k.startswith(prefix) and k.endswith(".weight")
-        )
-        if not layers:
-            raise ValueError(f"convert: no {prefix}*.weight tensors in the state_dict")
-        shapes = [tuple(sd[f"{prefix}{i}.weight"].shape) for i in layers]
-        return (shapes[0][1], *[s[0] for s in shapes])
-
-    bottom, top = sizes("bot_l."), sizes("top_l.")
-    tables = [
-        tuple(sd[f"emb_l.{t}.weight"].shape) for t in range(sum(k.startswith("emb_l.") for k in sd))
-    ]
-    dim, f = bottom[-1], len(tables) + 1
-    for op, itself, width in (
-        ("dot", False, dim + num_pairs(f, False)),
-        ("dot", True, dim + num_pairs(f, True)),
-        ("cat", False, f * dim),
-    ):
-        if top[0] == width:
-            return DLRMConfig(tuple(r for r, _ in tables), dim, bottom, top, op, itself)
-    raise ValueError(
-        f"convert: top MLP input width {top[0]} fits no interaction of "
-        f"T={len(tables)} tables with D={dim}"
-    )
-
-
-def convert(src: str, dst: str, to_torch: bool) -> None:
-    try:
-        import torch
-    except ImportError:
-        raise ImportError("convert needs PyTorch: pip install 'numbadlrm[torch]'") from None
-
-    from ..interop.torch_dlrm import from_reference_state_dict, to_reference_state_dict
-    from ..interop.torch_optim import from_reference_optimizer_state, to_reference_optimizer_state
-
-    if to_torch:
-        ckpt = load_checkpoint(src)
-        sd = to_reference_state_dict(ckpt.state, ckpt.config)
-        if ckpt.optimizer is not None and ckpt.optimizer.stateful:
-            lr = float(ckpt.extra.get("learning_rate", 0.01))
-            osd = to_reference_optimizer_state(
-                ckpt.config, ckpt.optimizer, ckpt.optimizer_steps, ckpt.optimizer_state, lr
-            )
-            sd = {"state_dict": sd, "opt_state_dict": osd, "iter": ckpt.batch_in_epoch,
-                  "epoch": ckpt.epoch}  # fmt: skip
-        torch.save(sd, dst)
-        return
-    loaded = torch.load(src, map_location="cpu", weights_only=True)
-    sd = loaded.get("state_dict", loaded)  # the reference saves {"state_dict": ..., ...}
-    config = config_from_reference_shapes(sd)
-    state = {
-        k: np.ascontiguousarray(v, dtype=np.float32)
-        for k, v in from_reference_state_dict(sd, config).items()
-    }
-    ckpt = Checkpoint(config, state, extra={"converted_from": str(src)})
-    if "opt_state_dict" in loaded:
-        optimizer, steps, optimizer_state = from_reference_optimizer_state(
-            loaded["opt_state_dict"], config
-        )
-        ckpt.optimizer, ckpt.optimizer_steps = optimizer, steps
-        ckpt.optimizer_state = optimizer_state
-    save_checkpoint(dst, ckpt)

@@ -48,347 +48,35 @@ mtime_ns) and the options. ``sha256`` in the marker/metadata is of the source fi
 Speed: the reader thread streams blocks of ``chunk_bytes`` cut at the last newline
 (decompressing and hashing in the background); a parallel Numba kernel parses the lines
 of a block, one output row per line. Memory is bounded by a few chunks.
+
+This module holds the splits and the driver; the options are numbadlrm/data/criteo_options.py,
+reading and parsing a raw file criteo_read.py, one pass over one file (write or count)
+criteo_write.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import hashlib
-import json
-import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from numbadlrm.data.background import prefetch
-from numbadlrm.data.dataset import (
-    NUM_CATEGORICAL,
-    NUM_DENSE,
-    PART_FILES,
-    part_bytes,
-    part_path,
+from numbadlrm.data.criteo_options import SPLIT_MODES, PreprocessOptions
+from numbadlrm.data.criteo_read import CriteoError, CriteoFormatError
+from numbadlrm.data.criteo_write import (
+    count_part,
+    part_is_finished_pass,
+    source_identity,
+    write_part,
 )
+from numbadlrm.data.dataset import NUM_CATEGORICAL, NUM_DENSE
 from numbadlrm.data.metadata import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, read_metadata
-from numbadlrm.data.vocabulary import Vocabulary, build_vocabulary, merge_counts
-from numbadlrm.io.files import ArrayWriter, atomic_file, remove_stale, write_json_atomic
-from numbadlrm.kernels.parse import (
-    ERR_FIELDS,
-    ERR_HEX,
-    ERR_INT,
-    ERR_LABEL,
-    ERR_OK,
-    NUM_FIELDS,
-    hash_ids,
-    map_vocabulary,
-    parse_lines,
-)
+from numbadlrm.data.vocabulary import Vocabulary, build_vocabulary
+from numbadlrm.io.files import remove_stale, write_json_atomic
 
-SPLIT_MODES = ("kaggle", "days", "fractions")
-_ERR_TEXT = {
-    ERR_FIELDS: f"too many fields (a Criteo line has {NUM_FIELDS}), extra value",
-    ERR_INT: "not an integer",
-    ERR_HEX: "not a hex id (at most 15 hex digits)",
-    ERR_LABEL: "label must be 0 or 1, got",
-}
-
-
-class CriteoError(ValueError):
-    """A problem with the raw inputs or the output directory; the CLI prints it."""
-
-
-class CriteoFormatError(CriteoError):
-    """A malformed line or file: the message names file, line, field and value."""
-
-
-@dataclass(frozen=True)
-class PreprocessOptions:
-    """How to turn raw files into arrays. ``max_ind_range > 0`` hashes, else vocabulary."""
-
-    split: str = "fractions"  # "kaggle" | "days" | "fractions"
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    max_ind_range: int = 0
-    min_count: int = 0  # vocabulary mode threshold; 0 means 1 (keep every seen value)
-    skip_bad_lines: bool = False
-    chunk_bytes: int = 8 << 20
-    sub_sample_rate: float = 0.0  # drop each label-0 line with this probability
-
-    def __post_init__(self) -> None:
-        if self.split not in SPLIT_MODES:
-            raise ValueError(f"split: must be one of {SPLIT_MODES}, got {self.split!r}")
-        fr = tuple(float(f) for f in self.split_fractions)
-        object.__setattr__(self, "split_fractions", fr)
-        if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
-            raise ValueError(
-                f"split_fractions: need three non-negative fractions summing to 1, got {fr}"
-            )
-        if not 0 <= self.max_ind_range <= 2**31 - 1:
-            raise ValueError(f"max_ind_range: must be in [0, 2**31 - 1], got {self.max_ind_range}")
-        if self.min_count < 0:
-            raise ValueError(f"min_count: must be >= 0, got {self.min_count}")
-        if self.max_ind_range > 0 and self.min_count > 0:
-            raise ValueError("choose one of max_ind_range (hashing) and min_count (vocabulary)")
-        if self.chunk_bytes < 1:
-            raise ValueError(f"chunk_bytes: must be >= 1, got {self.chunk_bytes}")
-        if not 0.0 <= self.sub_sample_rate < 1.0:
-            raise ValueError(f"sub_sample_rate: must be in [0, 1), got {self.sub_sample_rate}")
-
-    @property
-    def hashing(self) -> bool:
-        return self.max_ind_range > 0
-
-    def output_key(self) -> dict:
-        """The options that change the output arrays (part markers must match them)."""
-        key = {
-            "format_version": FORMAT_VERSION,
-            "max_ind_range": self.max_ind_range,
-            "min_count": 0 if self.hashing else max(self.min_count, 1),
-            "skip_bad_lines": self.skip_bad_lines,
-        }
-        if self.sub_sample_rate:  # absent when 0: earlier outputs stay valid
-            key["sub_sample_rate"] = self.sub_sample_rate
-        return key
-
-
-def field_name(field: int) -> str:
-    """0 -> "label", 1..13 -> "I1".."I13", 14..39 -> "C1".."C26", 40+ -> "field 41"."""
-    if field == 0:
-        return "label"
-    if field <= NUM_DENSE:
-        return f"I{field}"
-    if field < NUM_FIELDS:
-        return f"C{field - NUM_DENSE}"
-    return f"field {field + 1}"
-
-
-def line_bounds(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and stop (exclusive, without ``\\n`` or ``\\r\\n``) of every line in buf."""
-    newlines = np.flatnonzero(buf == 10)
-    ends = newlines if buf.size and buf[-1] == 10 else np.append(newlines, buf.size)
-    starts = np.empty_like(ends)
-    starts[:1] = 0
-    starts[1:] = newlines[: ends.size - 1] + 1
-    cr = ends > starts
-    cr[cr] = buf[ends[cr] - 1] == 13
-    return starts, ends - cr
-
-
-# ---------------------------------------------------------------- reading raw files
-
-
-class _HashingReader:
-    """A binary file whose bytes are fed to sha256 as they are read."""
-
-    def __init__(self, f) -> None:
-        self.f = f
-        self.sha256 = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.f.read(size)
-        self.sha256.update(data)
-        return data
-
-
-@dataclass
-class _Chunk:
-    data: bytes | None  # complete lines (the last may lack its newline); None at the end
-    length: int = 0  # bytes of data that belong to this chunk
-    sha256: str = ""  # set on the final item
-    raw_bytes: int = 0  # decompressed bytes read, set on the final item
-    consumed: int = 0  # bytes of the file (compressed, for .gz) read so far: the progress
-
-
-def read_chunks(path: Path, chunk_bytes: int) -> Iterator[_Chunk]:
-    """Stream ``path`` (plain or .gz) as blocks cut at the last newline, hashing the file."""
-    with open(path, "rb") as f:
-        hashing = _HashingReader(f)
-        stream = gzip.GzipFile(fileobj=hashing, mode="rb") if _is_gzip(path) else hashing
-        leftover = b""
-        total = 0
-        try:
-            while block := stream.read(chunk_bytes):
-                total += len(block)
-                data = leftover + block if leftover else block
-                cut = data.rfind(b"\n") + 1
-                if cut:
-                    yield _Chunk(data, cut, consumed=f.tell())
-                leftover = data[cut:]
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise CriteoFormatError(f"{path}: truncated or corrupt gzip file ({exc})") from None
-        except OSError as exc:
-            raise CriteoError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        if leftover:  # no final newline
-            yield _Chunk(leftover, len(leftover), consumed=f.tell())
-        while f.read(1 << 20):  # hash any bytes the decompressor did not need
-            pass
-        yield _Chunk(None, sha256=hashing.sha256.hexdigest(), raw_bytes=total)
-
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
-
-
-@dataclass
-class ParsedChunk:
-    dense: np.ndarray  # (L, 13) float32
-    raw: np.ndarray  # (L, 26) int64, -1 = empty
-    labels: np.ndarray  # (L,) uint8
-    skipped: int  # bad lines dropped
-    consumed: int = 0  # bytes of the file read up to this chunk (for the progress bar)
-
-
-def parse_chunk(
-    chunk: _Chunk, path: Path, first_line: int, skip_bad_lines: bool
-) -> tuple[ParsedChunk, int]:
-    """Parse a chunk's lines; returns the rows and the number of lines it held."""
-    buf = np.frombuffer(chunk.data, dtype=np.uint8, count=chunk.length)
-    starts, ends = line_bounds(buf)
-    n = starts.size
-    dense = np.empty((n, NUM_DENSE), np.float32)
-    raw = np.empty((n, NUM_CATEGORICAL), np.int64)
-    labels = np.empty(n, np.uint8)
-    errors = np.empty((n, 4), np.int64)
-    parse_lines(dense, raw, labels, errors, buf, starts, ends)
-    bad = np.flatnonzero(errors[:, 0])
-    if bad.size == 0:
-        return ParsedChunk(dense, raw, labels, 0), n
-    if not skip_bad_lines:
-        raise CriteoFormatError(_bad_line_message(path, first_line, bad[0], errors, buf))
-    keep = errors[:, 0] == ERR_OK
-    return ParsedChunk(dense[keep], raw[keep], labels[keep], int(bad.size)), n
-
-
-def _bad_line_message(path: Path, first_line: int, i: int, errors: np.ndarray, buf) -> str:
-    code, field, a, b = (int(x) for x in errors[i])
-    value = bytes(buf[a:b]).decode("utf-8", errors="replace")
-    if len(value) > 60:
-        value = value[:57] + "..."
-    return (
-        f"{path}: line {first_line + i + 1}, field {field_name(field)}: "
-        f"{_ERR_TEXT[code]} {value!r} (use --skip-bad-lines to skip such lines)"
-    )
-
-
-def parsed_chunks(
-    path: Path, options: PreprocessOptions, info: dict, part: str = ""
-) -> Iterator[ParsedChunk]:
-    """Every chunk of ``path`` parsed; fills info with sha256, lines and bad_lines_skipped.
-
-    With options.sub_sample_rate, label-0 rows are dropped (see the module docstring),
-    from a stream seeded by the part's name.
-    """
-    chunks = prefetch(read_chunks(path, options.chunk_bytes), depth=1)
-    rng = np.random.default_rng(list(part.encode()) or 0)
-    with contextlib.closing(chunks):  # stops the reader thread at once on an error
-        for parsed in _parse_all(chunks, path, options, info):
-            yield sub_sample(parsed, options.sub_sample_rate, rng)
-
-
-def sub_sample(parsed: ParsedChunk, rate: float, rng: np.random.Generator) -> ParsedChunk:
-    """Drop each label-0 row when its uniform draw is below rate (the reference: "if target
-    == 0 and rand_u < sub_sample_rate: continue"); one draw per row, in order."""
-    if rate == 0:
-        return parsed
-    keep = (parsed.labels != 0) | (rng.random(parsed.labels.size) >= rate)
-    return ParsedChunk(
-        parsed.dense[keep], parsed.raw[keep], parsed.labels[keep], parsed.skipped, parsed.consumed
-    )
-
-
-def _parse_all(chunks, path: Path, options: PreprocessOptions, info: dict):
-    lines = skipped = 0
-    for chunk in chunks:
-        if chunk.data is None:
-            if chunk.raw_bytes == 0:
-                raise CriteoFormatError(f"{path}: file is empty (no rows)")
-            info.update(sha256=chunk.sha256, lines=lines, bad_lines_skipped=skipped)
-            return
-        parsed, n = parse_chunk(chunk, path, lines, options.skip_bad_lines)
-        parsed.consumed = chunk.consumed
-        lines += n
-        skipped += parsed.skipped
-        yield parsed
-
-
-# ---------------------------------------------------------------- writing parts
-
-
-def _source_identity(path: Path) -> dict:
-    st = path.stat()
-    return {"source": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _read_marker(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _part_is_finished(out: Path, name: str, identity: dict, key: dict) -> dict | None:
-    """The marker of a finished part whose source and options still match, else None."""
-    marker = _read_marker(out / f"{name}.json")
-    if marker is None or marker.get("options") != key:
-        return None
-    if any(marker.get(k) != v for k, v in identity.items()):
-        return None
-    for kind in PART_FILES:
-        p = part_path(out, name, kind)
-        if not p.is_file() or p.stat().st_size != part_bytes(marker["rows"], kind):
-            return None
-    return marker
-
-
-def write_part(
-    out: Path, name: str, path: Path, options: PreprocessOptions, vocab, bar: tqdm
-) -> dict:
-    """Convert one raw file into the part's three arrays (tmp files renamed at the end).
-
-    Each file's size is checked against rows x columns x itemsize before any rename.
-    """
-    info: dict = {}
-    rows = 0
-    bar.set_description(f"write {path.name}")
-    progress = _FileProgress(bar, path)
-    with contextlib.ExitStack() as stack:
-        files = {k: stack.enter_context(ArrayWriter(part_path(out, name, k))) for k in PART_FILES}
-        chunks = stack.enter_context(contextlib.closing(parsed_chunks(path, options, info, name)))
-        for parsed in chunks:
-            cat = np.empty(parsed.raw.shape, np.int32)
-            if options.hashing:
-                hash_ids(cat, parsed.raw, options.max_ind_range)
-            else:
-                map_vocabulary(cat, parsed.raw, vocab.keys, vocab.offsets)
-            files["dense"].write(parsed.dense)
-            files["categorical"].write(cat)
-            files["labels"].write(parsed.labels)
-            rows += parsed.labels.size
-            progress.to(parsed.consumed)
-        progress.done()
-        for kind, writer in files.items():
-            writer.finish(part_bytes(rows, kind))
-        for writer in files.values():
-            writer.commit()
-    return {"name": name, "rows": rows, **info}
-
-
-class _FileProgress:
-    """Moves a bytes bar (one pass over every input) along one file as it is read."""
-
-    def __init__(self, bar: tqdm, path: Path):
-        self.bar, self.size, self.seen = bar, path.stat().st_size, 0
-
-    def to(self, consumed: int) -> None:
-        consumed = min(consumed, self.size)
-        self.bar.update(consumed - self.seen)
-        self.seen = consumed
-
-    def done(self) -> None:
-        self.to(self.size)
+__all__ = ["SPLIT_MODES", "CriteoError", "CriteoFormatError", "PreprocessOptions", "preprocess",
+           "preprocess_for_training", "split_ranges", "terabyte_sources"]  # fmt: skip
 
 
 def _pass_bar(name: str, paths: list[Path], progress: bool) -> tqdm:
@@ -401,34 +89,6 @@ def _pass_bar(name: str, paths: list[Path], progress: bool) -> tqdm:
 def _finish_part(out: Path, marker: dict) -> None:
     """Write the marker that makes a part count as finished (tests patch this to crash)."""
     write_json_atomic(out / f"{marker['name']}.json", marker)
-
-
-# ---------------------------------------------------------------- vocabulary (min-count)
-
-
-def count_part(out: Path, name: str, path: Path, options: PreprocessOptions, bar: tqdm) -> dict:
-    """Pass 1 of vocabulary mode: count every raw id of one file, saved under counts/."""
-    tables = [(np.zeros(0, np.int64), np.zeros(0, np.int64)) for _ in range(NUM_CATEGORICAL)]
-    info: dict = {}
-    rows = 0
-    bar.set_description(f"count {path.name}")
-    progress = _FileProgress(bar, path)
-    for parsed in parsed_chunks(path, options, info, name):
-        for t in range(NUM_CATEGORICAL):
-            col = parsed.raw[:, t]
-            u, c = np.unique(col[col >= 0], return_counts=True)
-            tables[t] = merge_counts(*tables[t], u, c)
-        rows += parsed.labels.size
-        progress.to(parsed.consumed)
-    progress.done()
-    arrays = {f"keys{t}": k for t, (k, _) in enumerate(tables)}
-    arrays.update({f"counts{t}": c for t, (_, c) in enumerate(tables)})
-    with atomic_file(out / "counts" / f"{name}.npz") as f:
-        np.savez(f, **arrays)
-    return {"name": name, "rows": rows, **info}
-
-
-# ---------------------------------------------------------------- splits and driver
 
 
 def split_ranges(mode: str, part_rows: list[int], fractions=(0.8, 0.1, 0.1)) -> dict:
@@ -510,6 +170,8 @@ def preprocess(
         raise ValueError("preprocess: a vocabulary is for --min-count mode, not hashing")
     options = options or PreprocessOptions()
     paths = [Path(s) for s in sources]
+    if not str(out_dir).strip():  # Path("") would be the current directory
+        raise CriteoError(f"out_dir: must name a directory, got {str(out_dir)!r}")
     out = Path(out_dir)
     _check_inputs(paths, options)
     _prepare_out_dir(out)
@@ -537,9 +199,9 @@ def _run_parts(out, names, paths, key, bar, options=None, vocab=None, counting=N
     """Run one pass over every part not already finished; returns the parts' markers."""
     markers = []
     for name, path in zip(names, paths, strict=True):
-        identity = _source_identity(path)
+        identity = source_identity(path)
         marker_dir = out / "counts" if counting else out
-        marker = _part_is_finished_pass(marker_dir, out, name, identity, key, counting)
+        marker = part_is_finished_pass(marker_dir, out, name, identity, key, counting)
         if marker is None:
             if counting:
                 info = count_part(out, name, path, counting, bar)
@@ -554,19 +216,6 @@ def _run_parts(out, names, paths, key, bar, options=None, vocab=None, counting=N
             bar.update(path.stat().st_size)  # finished earlier: counts as read
         markers.append(marker)
     return markers
-
-
-def _part_is_finished_pass(marker_dir, out, name, identity, key, counting) -> dict | None:
-    if not counting:
-        return _part_is_finished(out, name, identity, key)
-    marker = _read_marker(marker_dir / f"{name}.json")
-    ok = (
-        marker is not None
-        and marker.get("options") == key
-        and all(marker.get(k) == v for k, v in identity.items())
-        and (marker_dir / f"{name}.npz").is_file()
-    )
-    return marker if ok else None
 
 
 def _metadata(names: list[str], markers: list[dict], table_sizes: list[int], options) -> dict:
@@ -672,6 +321,6 @@ def _finished_matches(out: Path, sources: list[Path], options: PreprocessOptions
     if used.get("sub_sample_rate", 0.0) != options.sub_sample_rate:
         return False
     for part, src in zip(meta["parts"], sources, strict=True):
-        if not src.is_file() or any(part.get(k) != v for k, v in _source_identity(src).items()):
+        if not src.is_file() or any(part.get(k) != v for k, v in source_identity(src).items()):
             return False
     return True

@@ -28,6 +28,7 @@ ahead of the consumer; stopping early (``break``, ``close()``) stops that thread
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,7 @@ class ProcessedData:
         self.metadata = read_metadata(meta_path)  # schema and split ranges checked
         self.table_sizes: tuple[int, ...] = tuple(self.metadata["table_sizes"])
         self.num_dense: int = self.metadata["num_dense"]
-        self._parts = {p["name"]: _open_part(self.directory, p) for p in self.metadata["parts"]}
+        self._parts = {p["name"]: _Part(self.directory, p) for p in self.metadata["parts"]}
 
     def preprocessing(self) -> tuple[dict, Vocabulary | None]:
         """How the ids were made: ({"max_ind_range": N, "min_count": K}, the vocabulary in
@@ -118,21 +119,48 @@ class ProcessedData:
         return Split(name, segments)
 
 
-def _open_part(directory: Path, part: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = part["rows"]
-    arrays = []
-    for kind in ("dense", "categorical", "labels"):
-        _, dtype, cols = PART_FILES[kind]
-        shape = (rows, cols) if cols else (rows,)
-        path = part_path(directory, part["name"], kind)
-        expected = part_bytes(rows, kind)
-        if not path.is_file() or path.stat().st_size != expected:
-            raise ValueError(f"{path}: missing or not {expected} bytes; preprocess again")
-        if rows == 0:
-            arrays.append(np.zeros(shape, dtype=dtype))  # mmap refuses empty files
-        else:
-            arrays.append(np.memmap(path, dtype=dtype, mode="r", shape=shape))
-    return arrays[0], arrays[1], arrays[2]
+class _Part:
+    """One part's three arrays, memory-mapped read-only, and their files' expected sizes.
+
+    A file truncated while mapped would kill the process with SIGBUS on the first read
+    past its new end, which no handler can turn into an exception. So every read goes
+    through :meth:`column`, which compares the file's current size (fstat of the map's
+    descriptor) with the size metadata.json promises, and refuses in one line naming
+    the file; the sizes were checked when the part was opened, too.
+    """
+
+    def __init__(self, directory: Path, part: dict):
+        rows = part["rows"]
+        self.paths, self.expected, self._maps, self.arrays = [], [], [], []
+        for kind in ("dense", "categorical", "labels"):
+            _, dtype, cols = PART_FILES[kind]
+            shape = (rows, cols) if cols else (rows,)
+            path = part_path(directory, part["name"], kind)
+            expected = part_bytes(rows, kind)
+            if not path.is_file() or path.stat().st_size != expected:
+                raise ValueError(f"{path}: missing or not {expected} bytes; preprocess again")
+            if rows == 0:  # mmap refuses empty files
+                self._maps.append(None)
+                self.arrays.append(np.zeros(shape, dtype=dtype))
+            else:
+                with open(path, "rb") as f:
+                    mapped = mmap.mmap(f.fileno(), expected, access=mmap.ACCESS_READ)
+                self._maps.append(mapped)
+                self.arrays.append(np.frombuffer(mapped, dtype=dtype).reshape(shape))
+            self.paths.append(path)
+            self.expected.append(expected)
+
+    def column(self, column: int) -> np.ndarray:
+        """Array ``column`` (0 dense, 1 categorical, 2 labels), after checking that its
+        file still holds every byte the map covers."""
+        mapped = self._maps[column]
+        if mapped is not None and mapped.size() < self.expected[column]:
+            raise ValueError(
+                f"{self.paths[column]}: the file shrank to {mapped.size()} of "
+                f"{self.expected[column]} bytes while in use (truncated or overwritten?); "
+                "preprocess again"
+            )
+        return self.arrays[column]
 
 
 class Split:
@@ -140,7 +168,7 @@ class Split:
 
     def __init__(self, name: str, segments: list) -> None:
         self.name = name
-        self._segments = [(arrays, start, stop) for arrays, start, stop in segments if stop > start]
+        self._segments = [(part, start, stop) for part, start, stop in segments if stop > start]
         lengths = [stop - start for _, start, stop in self._segments]
         self._starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
 
@@ -240,14 +268,15 @@ class Split:
         if not self._segments:  # an empty split: typed, shaped empty columns
             empty = _rows_from_pieces([])
             return (empty.dense, empty.categorical, empty.labels)[column]
-        first = self._segments[0][0][column]
+        first = self._segments[0][0].arrays[column]
         gathered = np.empty((len(positions), *first.shape[1:]), first.dtype)
         bounds = np.searchsorted(seg, np.arange(len(self._segments) + 1))
         for s in range(len(self._segments)):
             lo, hi = bounds[s], bounds[s + 1]
             if lo < hi:
-                arrays, seg_start, _ = self._segments[s]
-                gathered[lo:hi] = arrays[column][seg_start + ascending[lo:hi] - self._starts[s]]
+                part, seg_start, _ = self._segments[s]
+                rows = seg_start + ascending[lo:hi] - self._starts[s]
+                gathered[lo:hi] = part.column(column)[rows]
         out = np.empty_like(gathered)
         out[order] = gathered
         return out.astype(np.float32) if column == 2 else out

@@ -161,31 +161,96 @@ def from_reference_optimizer_state(osd: dict, config):
     """The reference's optimizer state_dict -> (OptimizerConfig, steps, {name: state}).
 
     Adagrad ("sum" everywhere) or RWSAdagrad ("momentum" for the tables); SGD's (no state,
-    its "dampening" and "nesterov" settings) gives sgd. ValueError names what does not fit.
+    its "dampening" and "nesterov" settings) gives sgd. Everything is checked before it is
+    returned: one ValueError line names the entry, what it needs and what it holds (state
+    of the model's shapes, finite and >= 0, one step count >= 0).
     """
+    from ..model.dlrm import optimizer_state_shapes
     from ..optim.optimizers import OptimizerConfig
+    from .torch_dlrm import reference_names
 
     names = reference_parameter_order(config)
-    groups, state = osd.get("param_groups"), osd.get("state")
-    if not isinstance(groups, list) or not isinstance(state, dict) or not groups:
-        raise ValueError("opt_state_dict: needs 'state' and 'param_groups'")
+    groups = osd.get("param_groups") if isinstance(osd, dict) else None
+    state = osd.get("state") if isinstance(osd, dict) else None
+    if not (isinstance(groups, list) and groups and isinstance(state, dict)) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
+    ):
+        raise ValueError(
+            "opt_state_dict: expected an optimizer's state_dict, a dict with 'state' (a dict) "
+            f"and 'param_groups' (a list of dicts with 'params'), found {_short(osd)}"
+        )
     if not state and "nesterov" in groups[0]:
         return OptimizerConfig("sgd"), 0, {}
-    if sorted(state) != list(range(len(names))):
+    if set(state) != set(range(len(names))):
         raise ValueError(
-            f"opt_state_dict: {len(state)} parameter states, the model has {len(names)}"
+            f"opt_state_dict: states for parameters {sorted(map(str, state))}, the model has "
+            f"{len(names)} (0..{len(names) - 1})"
         )
-    rowwise = any("momentum" in state[i] for i in state)
+    rowwise = any(isinstance(s, dict) and "momentum" in s for s in state.values())
+    settings = _group_settings(groups, names)
+    try:
+        optimizer = OptimizerConfig("rwsadagrad" if rowwise else "adagrad", **settings)
+    except ValueError as exc:
+        raise ValueError(f"opt_state_dict: param_groups: {exc}") from None
+    shapes = optimizer_state_shapes(config, optimizer)
+    ref = reference_names(config)
     out, steps = {}, set()
     for i, name in enumerate(names):
         key = STATE_KEY[name.startswith("embeddings.") and rowwise]
-        if key not in state[i] or "step" not in state[i]:
-            raise ValueError(f"opt_state_dict: state {i} ({name}) lacks 'step' or {key!r}")
-        out[name] = state[i][key].detach().cpu().numpy().astype(np.float32)
-        steps.add(int(state[i]["step"]))
+        where = f"opt_state_dict: state {i} ({ref[name]})"
+        out[name] = _state_array(state[i], key, shapes[name], where)
+        steps.add(_step(state[i]["step"], where))
     if len(steps) != 1:
         raise ValueError(f"opt_state_dict: the parameters took different step counts {steps}")
-    mlp = [g for g in groups if any(not names[p].startswith("embeddings.") for p in g["params"])]
-    settings = {k: float(mlp[0][k] if mlp else groups[0][k]) for k in _GROUP_KEYS}
-    name = "rwsadagrad" if rowwise else "adagrad"
-    return OptimizerConfig(name, **settings), steps.pop(), out
+    return optimizer, steps.pop(), out
+
+
+def _group_settings(groups: list, names: list[str]) -> dict[str, float]:
+    """Adagrad's settings from the param group holding the MLPs (weight decay's group)."""
+    mlp = [g for g in groups if any(_is_mlp(names, p) for p in g["params"])]
+    group = mlp[0] if mlp else groups[0]
+    settings = {}
+    for k in _GROUP_KEYS:
+        value = group.get(k)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"opt_state_dict: param_groups' {k!r} is {value!r}, expected a number")
+        settings[k] = float(value)
+    return settings
+
+
+def _is_mlp(names: list[str], p) -> bool:
+    return isinstance(p, int) and 0 <= p < len(names) and not names[p].startswith("embeddings.")
+
+
+def _state_array(entry, key: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    if not isinstance(entry, dict) or key not in entry or "step" not in entry:
+        found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise ValueError(f"{where}: expected the keys 'step' and {key!r}, found {found}")
+    value = entry[key]
+    if not (torch.is_tensor(value) and value.dtype in (torch.float32, torch.float64)):
+        raise ValueError(f"{where}: {key!r} is {_short(value)}, expected a float32 tensor")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{where}: {key!r} has shape {tuple(value.shape)}, expected {shape}")
+    array = value.detach().cpu().numpy().astype(np.float32)
+    if not (np.isfinite(array).all() and (array >= 0).all()):
+        bad = array[~(np.isfinite(array) & (array >= 0))][0]
+        raise ValueError(f"{where}: {key!r} holds {bad}, expected sums of squares (finite, >= 0)")
+    return array
+
+
+def _step(value, where: str) -> int:
+    """torch.optim.Adagrad's step (a float tensor) or RWSAdagrad's (an int), as an int >= 0."""
+    if torch.is_tensor(value) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{where}: 'step' is {value!r}, expected an integer >= 0")
+    return value
+
+
+def _short(value) -> str:
+    if torch is not None and torch.is_tensor(value):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -21,10 +21,8 @@ and every array; any mismatch or corruption raises CheckpointError naming the pr
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +34,7 @@ from ..data.vocabulary import Vocabulary
 from ..kernels.parse import NUM_CATEGORICAL
 from ..model.state import optimizer_state_shapes, state_dict_shapes
 from ..optim.optimizers import OptimizerConfig
-from .files import remove_stale, write_error
+from .files import atomic_output, remove_dead_writers_tmp
 
 FORMAT = "numbadlrm-checkpoint"
 VERSION = 1
@@ -68,15 +66,15 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
-    """Write atomically: temporary file in the same directory, fsync, rename.
+    """Write atomically: a temporary file unique to this process in the same directory,
+    fsync, rename (io.files.atomic_output: the later of two concurrent saves wins).
 
-    Temporary files a killed earlier save of this path left behind are removed first;
-    a failed write removes its own and raises a WriteError naming the path.
+    Temporary files that killed earlier saves of this path left behind are removed
+    first; a failed write removes its own and raises a WriteError naming the path.
     """
     path = Path(path)
-    if path.parent and not path.parent.exists():
+    if not path.parent.is_dir():
         raise CheckpointError(f"checkpoint: directory {path.parent} does not exist")
-    remove_stale_tmp(path)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -97,26 +95,14 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
     if ckpt.optimizer is not None:
         meta["optimizer"] = {**ckpt.optimizer.to_dict(), "steps": ckpt.optimizer_steps}
         arrays.update({OPTIM + k: v for k, v in ckpt.optimizer_state.items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise write_error(path, exc) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as f:
+        np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
 
 
 def remove_stale_tmp(path: str | os.PathLike) -> None:
-    """Remove ``.NAME.XXXXXXXX.tmp`` files (save_checkpoint's temporary names for this
-    path) left by a killed run; the 8 characters are mkstemp's, so no other name matches."""
-    path = Path(path)
-    remove_stale(path.parent, (f".{glob.escape(path.name)}.{'?' * 8}.tmp",))
+    """Remove the temporary files of saves of ``path`` whose process no longer runs
+    (a killed run's half-written checkpoints); a live writer's are kept."""
+    remove_dead_writers_tmp(path)
 
 
 def save_model_checkpoint(
@@ -189,6 +175,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint: {path} is corrupt or truncated ({exc})") from None
+    _check_optimizer_values(optimizer_state, path)
     prep = meta.get("preprocessing")
     vocabulary = _vocabulary(vocab, prep, path) if vocab else None
     if prep is not None:
@@ -198,6 +185,16 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         config, state, *position, meta.get("extra", {}), prep, vocabulary, optimizer, steps,
         optimizer_state,
     )  # fmt: skip
+
+
+def _check_optimizer_values(state: dict[str, np.ndarray], path: Path) -> None:
+    """Adagrad's state is a sum of squares: finite and >= 0 (min and max: no temporaries)."""
+    for name, value in state.items():
+        if value.size and not (value.min() >= 0 and value.max() < np.inf):
+            raise CheckpointError(
+                f"checkpoint: {path}: array {OPTIM + name!r} holds a negative or non-finite "
+                "value; an optimizer's state is a sum of squares (finite, >= 0)"
+            )
 
 
 def _check_optimizer(value, path: Path) -> tuple[OptimizerConfig | None, int]:

@@ -6,6 +6,13 @@ flushed to disk (fsync) and renamed into place; on any failure the temporary fil
 removed. A rerun after a kill removes the temporary files the killed run left behind
 (:func:`remove_stale`). A full disk becomes a :class:`WriteError` naming the path.
 
+Outputs that several processes may write at once (checkpoints, predictions, converted
+models: :func:`atomic_output`) go to a temporary name unique to the writer,
+``.NAME.<pid>.XXXXXXXX.tmp``; a writer sweeps only the temporary files of writers that
+no longer run (:func:`remove_dead_writers_tmp`), so the later complete write wins and
+none fails because another removed its file. :func:`check_output_path` refuses an
+output whose directory is missing or not writable before any work is done.
+
 Why arrays are not written with ``ndarray.tofile``: it writes through C stdio on a
 duplicate of the file descriptor and ignores a failing ``fclose``, so on a full disk
 the last buffered kilobytes can be dropped without an error (a 0-byte labels file from
@@ -18,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +39,8 @@ _DISK_FULL = {errno.ENOSPC: "the disk is full (no space left on device)"}
 if hasattr(errno, "EDQUOT"):
     _DISK_FULL[errno.EDQUOT] = "the disk quota is exceeded"
 _write = os.write  # the one low-level write (tests replace it to simulate a full disk)
+_UMASK = os.umask(0o022)  # read once (setting is the only way to read it), then restored
+os.umask(_UMASK)
 
 
 class WriteError(OSError):
@@ -170,3 +181,89 @@ def remove_stale(directory: str | os.PathLike, patterns: tuple[str, ...]) -> lis
                     p.unlink()
                     removed.append(p)
     return removed
+
+
+def check_output_path(path: str | os.PathLike, flag: str) -> None:
+    """Refuse, before any work, an output ``path`` that cannot be written: a directory,
+    or in a directory that does not exist or where no file can be created (ValueError
+    naming the flag and the path)."""
+    path = Path(path)
+    if str(path) in ("", ".") or path.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: directory {parent} does not exist")
+    try:  # a probe: permissions, read-only and special file systems (/proc) alike
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                     dir=parent)  # fmt: skip
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(
+            f"{flag} {path}: cannot create a file in {parent} ({exc.strerror or exc})"
+        ) from None
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """An open file under a temporary name unique to this writer (``.NAME.<pid>.XXXXXXXX
+    .tmp``), renamed onto ``path`` after a flush and fsync when the block ends normally,
+    removed when it raises; created with the mode a plain open() gives (0644 under the
+    usual umask). Temporary files of writers that no longer run are swept first."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise WriteError(f"{path}: cannot write: directory {path.parent} does not exist")
+    remove_dead_writers_tmp(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                    dir=path.parent)  # fmt: skip
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_dead_writers_tmp(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``path`` whose writer no longer runs:
+    ``.NAME.<pid>.XXXXXXXX.tmp`` of a dead pid, and the ``.NAME.XXXXXXXX.tmp``,
+    ``NAME.tmp`` and ``.NAME.tmp`` names of older versions (which recorded no writer).
+    A live writer's file, this process's included, is kept."""
+    path = Path(path)
+    removed = []
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        middle = p.name[len(path.name) + 2 : -len(TMP_SUFFIX)]  # "<pid>.XXXXXXXX" or "XXXXXXXX"
+        pid, dot, rest = middle.rpartition(".")
+        dead = (not dot and len(middle) == 8) or (
+            dot and pid.isdigit() and len(rest) == 8 and not _running(int(pid))
+        )
+        if dead and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    legacy = (glob.escape(tmp_path(path).name), f".{glob.escape(path.name)}{TMP_SUFFIX}")
+    return removed + remove_stale(path.parent, legacy)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (this one always does)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by another user
+        return True
+    return True

@@ -21,17 +21,25 @@ registered after the model was built is used by it as soon as it is selected:
 
 Kernel modules register their versions when imported (at the bottom of each module);
 :func:`load_all` imports every built-in kernel module and every module in
-``numbadlrm/kernels/lab/``, the place for your own kernels (see its docstring). This
-module imports no kernel module at import time, so it never takes part in an import
-cycle.
+``numbadlrm/kernels/lab/``, the place for your own kernels (see its docstring). A lab
+module that fails to import stops the load with one line naming its file and how to
+skip it (a leading ``_``). This module imports no kernel module at import time, so it
+never takes part in an import cycle.
+
+A version chosen by name (:class:`KernelChoice`, ``--kernels op=version``) is checked
+then: its entries must take the op's arguments. The first call of each of its entries
+re-raises any error as a :class:`KernelError` naming the op and the version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # op name -> (calling convention, what it computes); the order is the listing's order
 OPS: dict[str, tuple[str, str]] = {
@@ -162,6 +170,10 @@ BUILTIN_MODULES = (
 LAB_PACKAGE = "numbadlrm.kernels.lab"
 
 
+class KernelError(ValueError):
+    """A kernel version that cannot be loaded or called as its op needs."""
+
+
 @dataclass(frozen=True)
 class Version:
     """One implementation of an op."""
@@ -227,13 +239,28 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
     lab = importlib.import_module(LAB_PACKAGE)
     for info in pkgutil.iter_modules(lab.__path__):
         if not info.name.startswith("_"):
-            importlib.import_module(f"{LAB_PACKAGE}.{info.name}")
+            _import_lab(info)
+    _loaded = True
+
+
+def _import_lab(info: pkgutil.ModuleInfo) -> None:
+    """Import one lab module; any failure becomes one line naming its file."""
+    path = Path(getattr(info.module_finder, "path", "")) / f"{info.name}.py"
+    try:
+        importlib.import_module(f"{LAB_PACKAGE}.{info.name}")
+    except Exception as exc:
+        syntax = isinstance(exc, SyntaxError)
+        where = f"line {exc.lineno}: " if syntax and exc.lineno else ""
+        why = exc.msg if syntax else _first_line(exc)
+        raise KernelError(
+            f"kernels: the lab module {path} failed to import ({where}{type(exc).__name__}: "
+            f"{why}); fix it, or rename it to _{info.name}.py to skip it"
+        ) from exc
 
 
 def _op(op: str) -> _Op:
@@ -290,10 +317,19 @@ class KernelChoice:
             choice = parse_choice(choice)
         self.choice: dict[str, str] = dict(choice or {})
         for op, name in self.choice.items():
-            get(op, name)  # raises ValueError naming the op or version
+            check_signature(get(op, name))  # ValueError naming the op or version
+        self._wrapped: dict[str, tuple[Version, Version]] = {}
 
     def get(self, op: str) -> Version:
-        return get(op, self.choice.get(op))
+        """The version of ``op`` to run; a chosen one (not the op's default) with entries
+        whose first call names the op and version in any error."""
+        version = get(op, self.choice.get(op))
+        if op not in self.choice or version.name == default(op):
+            return version
+        cached = self._wrapped.get(op)
+        if cached is None or cached[0] is not version:  # (re-)registered since
+            cached = self._wrapped[op] = (version, _first_calls_named(version))
+        return cached[1]
 
     def with_defaults(self, defaults: Mapping[str, str]) -> KernelChoice:
         """This choice, with ``defaults`` for the ops it does not name."""
@@ -309,6 +345,68 @@ class KernelChoice:
 
 
 DEFAULT = KernelChoice()  # every op's default version
+
+
+def signature_arity(op: str) -> int:
+    """The number of arguments of an op's calling convention, from OPS."""
+    inside = OPS[op][0].split("->")[0].strip()[1:-1]
+    return len([a for a in inside.split(",") if a.strip()])
+
+
+def check_signature(version: Version) -> None:
+    """KernelError unless the version's entries take its op's arguments (Numba
+    dispatchers are judged by their Python function; uninspectable callables pass)."""
+    n = signature_arity(version.op)
+    for which, entry in (("parallel", version.parallel), ("serial", version.serial)):
+        if entry is None:
+            continue
+        try:
+            signature = inspect.signature(getattr(entry, "py_func", entry))
+        except (TypeError, ValueError):
+            continue
+        try:
+            signature.bind(*range(n))
+        except TypeError:
+            raise KernelError(
+                f"kernels: {version.op}={version.name}: its {which} entry takes {signature}, "
+                f"the op passes {n} arguments {OPS[version.op][0]}"
+            ) from None
+
+
+class _FirstCall:
+    """An entry whose first call re-raises any error as a KernelError naming the op and
+    version (a wrong signature or Numba typing error shows there); later calls pass."""
+
+    def __init__(self, entry: Callable, version: Version, which: str):
+        self.entry, self.version, self.which, self.called = entry, version, which, False
+
+    def __call__(self, *args):
+        if self.called:
+            return self.entry(*args)
+        try:
+            out = self.entry(*args)
+        except Exception as exc:
+            v = self.version
+            raise KernelError(
+                f"kernels: {v.op}={v.name} ({self.which} entry) failed on its first call: "
+                f"{type(exc).__name__}: {_first_line(exc)} (the op's arguments: {OPS[v.op][0]})"
+            ) from exc
+        self.called = True
+        return out
+
+
+def _first_calls_named(version: Version) -> Version:
+    wrap = {"parallel": _FirstCall(version.parallel, version, "parallel")}
+    if version.serial is not None:
+        wrap["serial"] = _FirstCall(version.serial, version, "serial")
+    extras = {k: _FirstCall(f, version, k) for k, f in version.extras.items()}
+    return dataclasses.replace(version, **wrap, extras=extras)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def parse_choice(text: str) -> dict[str, str]:

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..batch import Batch
-from ..config import DLRMConfig
+from ..batch import Batch, require_batch
+from ..config import DLRMConfig, require_config
 from ..kernels.registry import KernelChoice
 from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward
 from ..layers.linear import gemm_choice
 from ..layers.loss import LossConfig, sigmoid, sigmoid_loss
-from ..optim.optimizers import Optimizer, OptimizerConfig
+from ..optim.optimizers import Optimizer, OptimizerConfig, check_steps
 from ..optim.sgd import check_learning_rate
 from ..runtime.profiling import OpTimes, timed
 from .memory import allocation_errors, check_memory, estimate
@@ -73,6 +73,7 @@ class DLRM:
         loss: LossConfig | str | None = None,
         precision: str = "fp32",
     ):
+        config = require_config(config, "DLRM")
         self.policy = policy(precision)
         self.precision = self.policy.name
         self.config = config
@@ -133,6 +134,7 @@ class DLRM:
 
         The batch is checked against the model first, every time (Batch.check_against).
         """
+        require_batch(batch, "DLRM")
         batch.check_against(self.config.num_dense, self.config.embedding_sizes)
         batch.require_rows(0, batch.batch_size)
         ws = self.workspace(batch.batch_size)
@@ -238,6 +240,7 @@ class DLRM:
 
     def load_optimizer_state_dict(self, sd: dict[str, np.ndarray], steps: int) -> None:
         """Copy optimizer state in after checking names, shapes and dtypes; set the step count."""
+        steps = check_steps(steps)
         own = self._state_targets()
         check_state_dict(sd, {n: t.shape for n, t in own.items()}, "optimizer state")
         for name, target in own.items():

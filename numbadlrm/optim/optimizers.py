@@ -57,6 +57,34 @@ _FLAGS = {
 }
 
 
+# the settings the kernels and the state take as float32 (lr_decay stays a Python float)
+_FLOAT32_FIELDS = ("eps", "initial_accumulator_value", "weight_decay")
+_FLOAT32 = np.finfo(np.float32)
+
+
+def _check_float32(flag: str, value: float) -> None:
+    """Refuse a setting float32 cannot hold: it would become inf, or 0 (eps 0 -> NaN)."""
+    if value > float(_FLOAT32.max):
+        raise ValueError(
+            f"{flag}: {value!r} overflows float32 (the optimizer's kernels and state are "
+            f"float32: at most {float(_FLOAT32.max):.4g})"
+        )
+    if value > 0 and np.float32(value) == 0:
+        raise ValueError(
+            f"{flag}: {value!r} underflows to 0 in float32 (the optimizer's kernels and state "
+            f"are float32: the smallest positive value is {float(_FLOAT32.smallest_subnormal):.2g})"
+        )
+
+
+def check_steps(steps) -> int:
+    """An optimizer step count (torch's state["step"]): an integer >= 0."""
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(
+            f"steps: the optimizer's step count must be an integer >= 0, got {steps!r}"
+        )
+    return int(steps)
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
     """Which optimizer and its hyperparameters (defaults: torch.optim.Adagrad's)."""
@@ -78,6 +106,8 @@ class OptimizerConfig:
             if not (ok and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{flag}: must be a finite number >= 0, got {value!r}")
             object.__setattr__(self, field, float(value))
+            if field in _FLOAT32_FIELDS:
+                _check_float32(flag, float(value))
             if self.name == "sgd" and value != getattr(OptimizerConfig, field):
                 raise ValueError(f"{flag}: applies to --optimizer adagrad or rwsadagrad, not sgd")
         if self.eps == 0 and self.initial_accumulator_value == 0:

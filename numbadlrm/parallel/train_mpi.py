@@ -1,6 +1,6 @@
 """The training loop on R MPI ranks: ``run_distributed_training(cfg, comm)``.
 
-It mirrors numbadlrm.train.run.run_training (same TrainConfig, same data sources, the same
+It mirrors numbadlrm.train.loop.run_training (same TrainConfig, same data sources, the same
 TrainLoop with its logging, evaluation and checkpoints, same return value plus the
 placement) with a DistributedDLRM in place of the DLRM. The caller passes the
 communicator; only the command line entry reaches for COMM_WORLD.
@@ -38,7 +38,10 @@ from ..io.checkpoint import (
     save_model_checkpoint,
 )
 from ..runtime.threads import set_num_threads
-from ..train.run import TrainConfig, TrainLoop, check_cpu, open_data, run_header
+from ..train.config import TrainConfig
+from ..train.loop import TrainLoop, check_cpu
+from ..train.records import check_outputs, run_header
+from ..train.sources import open_data
 from .distributed import DistributedDLRM
 from .memory import check_node_memory, rank_memory
 from .partition import plan_placement, sample_ranges
@@ -95,6 +98,7 @@ def run_distributed_training(cfg: TrainConfig, comm: MPI.Comm, log=print) -> dic
 def _run(cfg: TrainConfig, comm: MPI.Comm, log) -> dict:
     ranks = comm.size
     check_cpu(cfg, log)  # the note that --precision bf16 is emulated (rank 0's log)
+    check_outputs(cfg)  # --save-model, --metrics-file: refused before any work
     threads = cfg.threads or default_threads(comm)
     set_num_threads(threads)
     if cfg.data_set and comm.rank == 0:
