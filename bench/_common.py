@@ -144,7 +144,7 @@ def bf16_gemm_gflops(n: int = 2048, repeat: int = 5) -> float:
     fp32 output) and PyTorch's bf16 matmul (oneDNN) where torch is installed, timed side by
     side: the bf16 analogue of :func:`blas_sgemm_gflops`."""
     from numbadlrm.kernels.gemm import bf16 as gemm_bf16
-    from numbadlrm.kernels.gemm.tile_bf16 import default_dot
+    from numbadlrm.kernels.gemm.dpbf16 import default_dot
     from numbadlrm.layers import bf16
 
     rng = np.random.default_rng(0)

@@ -48,7 +48,7 @@ from _common import bf16_gemm_gflops, blas_sgemm_gflops, header, set_threads, st
 from _e2e import CONFIGS, LR, QUICK, STEPPERS, Cycle, Setup, batches, torch
 
 from numbadlrm import DLRMConfig, reference
-from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
+from numbadlrm.kernels.gemm.dpbf16 import has_avx512_bf16
 from numbadlrm.model.dlrm import DLRM
 from numbadlrm.runtime.profiling import OPS, OpTimes
 

@@ -44,9 +44,9 @@ from numba.extending import intrinsic
 
 from numbadlrm import reference
 from numbadlrm.kernels.gemm import bf16 as kg
-from numbadlrm.kernels.gemm import blas
+from numbadlrm.kernels.gemm import blas, dpbf16
 from numbadlrm.kernels.gemm import pack_bf16 as kp
-from numbadlrm.kernels.gemm import tile_bf16 as mk
+from numbadlrm.kernels.gemm import tile as gemm_tile
 
 EPS = 2.0**-24
 _SPIN_ACCUMULATORS = 12
@@ -61,9 +61,11 @@ def _spin_codegen(bf16: bool):
     def codegen(context, builder, signature, args):
         n, out = args
         if bf16:
-            op = mk._dpbf16(context, builder)
+            op = dpbf16._dpbf16(context, builder)
         else:
-            op = mk._declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(_vf, [_vf] * 3))
+            op = gemm_tile._declare(
+                builder.module, "llvm.fma.v16f32", ir.FunctionType(_vf, [_vf] * 3)
+            )
         ptr = builder.inttoptr(out, _vf.as_pointer())
         seed = builder.load(ptr, align=4)
         a = builder.bitcast(seed, _vi) if bf16 else seed
@@ -158,12 +160,12 @@ def validate(B, I, O, relu, rng) -> None:
     if O == 1:
         kg.logit_forward(y, kg.NONE_U16, x16, w16, b, relu, kg.TASKS)
     else:
-        kg.linear_forward(y, kg.NONE_U16, x16, wf, b, relu, kg.TASKS, mk.VDPBF16PS)
+        kg.linear_forward(y, kg.NONE_U16, x16, wf, b, relu, kg.TASKS, dpbf16.VDPBF16PS)
     if O == 1:
         kg.logit_backward_data(dx, kg.NONE_U16, dz16, w16, x16, True, kg.TASKS)
     else:
-        kg.linear_backward_data(dx, kg.NONE_U16, dz16, wd, x16, True, kg.TASKS, mk.VDPBF16PS)
-    kg.linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads(), mk.VDPBF16PS)
+        kg.linear_backward_data(dx, kg.NONE_U16, dz16, wd, x16, True, kg.TASKS, dpbf16.VDPBF16PS)
+    kg.linear_backward_weight(dW, db, dz16, x16, numba.get_num_threads(), dpbf16.VDPBF16PS)
     y_want = reference.linear_forward(x, W, b.astype(np.float64), relu)[0]
     for what, got, want, bound in (
         ("y", y, y_want, (I + 2) * EPS * (np.abs(x) @ np.abs(W).T + np.abs(b))),
@@ -188,12 +190,12 @@ def pass_runs(B, I, O, relu, threads, rng, torch):
         forward = lambda: kg.logit_forward(y, kg.NONE_U16, x16, w16, b, relu, kg.TASKS)  # noqa: E731
     else:  # a ReLU layer's output is the next layer's bf16 input; the last is fp32
         y32, y_16 = (kg.NONE_F32, y16) if relu else (y, kg.NONE_U16)
-        forward = lambda: kg.linear_forward(y32, y_16, x16, wf, b, relu, kg.TASKS, mk.VDPBF16PS)  # noqa: E731
+        forward = lambda: kg.linear_forward(y32, y_16, x16, wf, b, relu, kg.TASKS, dpbf16.VDPBF16PS)  # noqa: E731
     if O == 1:
         data = lambda: kg.logit_backward_data(kg.NONE_F32, dx16, dz16, w16, x16, True, kg.TASKS)  # noqa: E731
     else:
         data = lambda: kg.linear_backward_data(  # noqa: E731
-            kg.NONE_F32, dx16, dz16, wd, x16, True, kg.TASKS, mk.VDPBF16PS
+            kg.NONE_F32, dx16, dz16, wd, x16, True, kg.TASKS, dpbf16.VDPBF16PS
         )
     runs = {
         "forward": {
@@ -205,7 +207,7 @@ def pass_runs(B, I, O, relu, threads, rng, torch):
             "blas": lambda: blas.backward_data(dx, dz, dz, W, x, False, True, True, threads),
         },
         "backward_weight": {
-            "bf16": lambda: kg.linear_backward_weight(dW, db, dz16, x16, threads, mk.VDPBF16PS),
+            "bf16": lambda: kg.linear_backward_weight(dW, db, dz16, x16, threads, dpbf16.VDPBF16PS),
             "blas": lambda: blas.backward_weight(dW, db, dz, x, threads),
         },
         "pack": {"bf16": lambda: (kp.pack_rows(wf, w16), kp.pack_cols(wd, w16))},
@@ -241,7 +243,7 @@ def main() -> None:
     unknown = [k for k in names if k not in CONFIGS]
     if unknown:
         sys.exit(f"--configs: {unknown} not among {sorted(CONFIGS)}")
-    if not mk.has_avx512_bf16():  # not a failure (CI smoke runs on any CPU): nothing to time
+    if not dpbf16.has_avx512_bf16():  # not a failure (CI smoke runs on any CPU): nothing to time
         print("bench_gemm_bf16: this CPU has no AVX512-BF16 (vdpbf16ps); skipped")
         return
     set_threads(args.threads)

@@ -31,7 +31,7 @@ import numpy as np
 from _common import header, set_threads
 from _e2e import CONFIGS, LR, QUICK, STEPPERS, Cycle, batches, torch
 
-from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
+from numbadlrm.kernels.gemm.dpbf16 import has_avx512_bf16
 from numbadlrm.model.dlrm import DLRM
 from numbadlrm.model.memory import estimate
 from numbadlrm.model.tower import Workspace, dense_layout

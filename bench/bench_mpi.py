@@ -142,7 +142,7 @@ def main(argv=None) -> None:
         return
     from _common import header
 
-    from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
+    from numbadlrm.kernels.gemm.dpbf16 import has_avx512_bf16
 
     config = "quick" if args.quick else "reduced"
     tables, rows, dim, lookups, bottom, top, batch0, steps = CONFIGS[config]

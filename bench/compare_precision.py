@@ -39,7 +39,7 @@ from _common import header, set_threads
 from compare_criteo_torch import DEFAULT_DIR, load_split
 
 from numbadlrm import DLRM, DLRMConfig
-from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
+from numbadlrm.kernels.gemm.dpbf16 import has_avx512_bf16
 from numbadlrm.train.config import TrainConfig
 from numbadlrm.train.loop import run_training
 from numbadlrm.train.metrics import evaluate_predictions

@@ -30,17 +30,18 @@ from numbadlrm import reference
 from numbadlrm.config import pair_indices
 from numbadlrm.kernels import registry
 from numbadlrm.kernels.gemm import bf16 as kg
+from numbadlrm.kernels.gemm import dpbf16
 from numbadlrm.kernels.gemm import pack_bf16 as kp
 from numbadlrm.kernels.gemm import tile_bf16 as mk
 from numbadlrm.layers import bf16
 
 needs_vdpbf16ps = pytest.mark.skipif(
-    not mk.has_avx512_bf16(), reason="this CPU has no AVX512-BF16 (vdpbf16ps)"
+    not dpbf16.has_avx512_bf16(), reason="this CPU has no AVX512-BF16 (vdpbf16ps)"
 )
 # both forms of the instruction; the hardware one only where the CPU has it
 DOTS = [
-    pytest.param(mk.VDPBF16PS, id="vdpbf16ps", marks=needs_vdpbf16ps),
-    pytest.param(mk.EMULATED, id="emulated"),
+    pytest.param(dpbf16.VDPBF16PS, id="vdpbf16ps", marks=needs_vdpbf16ps),
+    pytest.param(dpbf16.EMULATED, id="emulated"),
 ]
 EPS = 2.0**-24
 # (B, I, O): tails of MR = 6 rows and NR = 64 columns, odd K, K = 1, O = 1 (the logit
@@ -196,14 +197,14 @@ def _tile_asm(dot) -> list[str]:
 def test_tile_compiles_to_vdpbf16ps():
     """The micro-kernel's machine code holds vdpbf16ps: 4 MR per k pair (LLVM unrolls the
     k loop, so at least that many)."""
-    asm = _tile_asm(mk.VDPBF16PS)
+    asm = _tile_asm(dpbf16.VDPBF16PS)
     assert sum("vdpbf16ps" in line for line in asm) >= 4 * mk.MR
 
 
 def test_emulated_tile_compiles_to_fp32_fmas():
     """The emulated tile holds no vdpbf16ps (nor any AVX512-BF16 instruction) but two
     FMAs per vdpbf16ps: 8 MR per k pair with AVX-512, twice that on AVX2's halves."""
-    asm = _tile_asm(mk.EMULATED)
+    asm = _tile_asm(dpbf16.EMULATED)
     assert not any("vdpbf16ps" in line or "2bf16" in line for line in asm)
     assert sum("vfmadd" in line for line in asm) >= 8 * mk.MR
 
@@ -211,8 +212,8 @@ def test_emulated_tile_compiles_to_fp32_fmas():
 def test_vdpbf16ps_without_avx512_bf16_is_a_clear_error(monkeypatch):
     """Version v1 (the instruction) on a CPU without AVX512-BF16: one line naming v1-emu,
     before anything is compiled; the default there is v1-emu."""
-    monkeypatch.setattr(mk, "has_avx512_bf16", lambda: False)
-    assert mk.default_dot() is mk.EMULATED
+    monkeypatch.setattr(dpbf16, "has_avx512_bf16", lambda: False)
+    assert dpbf16.default_dot() is dpbf16.EMULATED
     w = bf16.pack_weight(np.zeros((2, 3), np.uint16))
     x16, b = np.zeros((4, 3), np.uint16), np.zeros(2, np.float32)
     y, y16 = np.empty((4, 2), np.float32), np.empty((4, 2), np.uint16)
@@ -226,15 +227,15 @@ def test_vdpbf16ps_without_avx512_bf16_is_a_clear_error(monkeypatch):
 def test_feature_strings_decide_the_default(monkeypatch):
     """has_avx512_bf16 answers for the CPU Numba compiles for: NUMBA_CPU_FEATURES'
     avx512bf16 (the last mention wins), and the host must have it too."""
-    assert mk._feature_on("+avx2,+avx512bf16", "avx512bf16")
-    assert not mk._feature_on("+avx512bf16,-avx512bf16", "avx512bf16")
-    assert not mk._feature_on("+avx2,+fma", "avx512bf16")
-    assert not mk._feature_on("", "avx512bf16")
-    host = mk.llvm.get_host_cpu_features().get("avx512bf16", False)
+    assert dpbf16._feature_on("+avx2,+avx512bf16", "avx512bf16")
+    assert not dpbf16._feature_on("+avx512bf16,-avx512bf16", "avx512bf16")
+    assert not dpbf16._feature_on("+avx2,+fma", "avx512bf16")
+    assert not dpbf16._feature_on("", "avx512bf16")
+    host = dpbf16.llvm.get_host_cpu_features().get("avx512bf16", False)
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+fma,-avx512bf16")
-    assert not mk.has_avx512_bf16.__wrapped__()
+    assert not dpbf16.has_avx512_bf16.__wrapped__()
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+fma,+avx512bf16")
-    assert mk.has_avx512_bf16.__wrapped__() == host
+    assert dpbf16.has_avx512_bf16.__wrapped__() == host
 
 
 # -------------------------------------------- the emulation against the instruction
@@ -242,7 +243,7 @@ def test_feature_strings_decide_the_default(monkeypatch):
 
 def _versions(op):
     """(hardware, emulated) versions of op: v1 and v1-emu."""
-    return registry.get(op, mk.VDPBF16PS.version), registry.get(op, mk.EMULATED.version)
+    return registry.get(op, dpbf16.VDPBF16PS.version), registry.get(op, dpbf16.EMULATED.version)
 
 
 def _same_bits(a, b, what):
@@ -312,7 +313,7 @@ def _both(a_pairs, b_pairs) -> list[float]:
     P = np.zeros((len(b_pairs), mk.NR), np.uint32)
     P[:] = np.array(b_pairs, np.uint32)[:, None]
     out = []
-    for dot in (mk.VDPBF16PS, mk.EMULATED):
+    for dot in (dpbf16.VDPBF16PS, dpbf16.EMULATED):
         C = np.zeros((mk.MR, mk.NR), np.float32)
         mk.tile(a.shape[0], A, 0, 2 * a.shape[0], 4, P, 0, C, 0, mk.NR, mk.MR, mk.NR, False, dot)
         out.append(float(C[0, 0]))

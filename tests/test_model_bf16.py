@@ -22,7 +22,7 @@ from numbadlrm import reference as ref
 from numbadlrm.data.synthetic import batch_stream
 from numbadlrm.kernels import elementwise
 from numbadlrm.kernels.embedding import bags as kemb
-from numbadlrm.kernels.gemm import tile_bf16 as microkernel_bf16
+from numbadlrm.kernels.gemm import dpbf16 as microkernel_bf16
 from numbadlrm.layers import bf16
 from numbadlrm.model.precision import Bf16EmulatedWarning
 from numbadlrm.runtime.profiling import OPS, OpTimes

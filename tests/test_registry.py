@@ -11,7 +11,7 @@ from numbadlrm import DLRM
 from numbadlrm.kernels import registry
 from numbadlrm.kernels.checks import bf16 as checks_bf16
 from numbadlrm.kernels.checks import ops as checks
-from numbadlrm.kernels.gemm.tile_bf16 import has_avx512_bf16
+from numbadlrm.kernels.gemm.dpbf16 import has_avx512_bf16
 
 from ._helpers import random_batch, small_config
 

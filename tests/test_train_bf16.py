@@ -11,7 +11,7 @@ from numbadlrm.cli.main import main
 from numbadlrm.io.checkpoint import load_checkpoint
 from numbadlrm.kernels import registry
 from numbadlrm.kernels.checks import bf16 as checks_bf16
-from numbadlrm.kernels.gemm import tile_bf16 as microkernel_bf16
+from numbadlrm.kernels.gemm import dpbf16 as microkernel_bf16
 from numbadlrm.model import precision as model_bf16
 from numbadlrm.model.dlrm import DLRM
 from numbadlrm.train.config import TrainConfig

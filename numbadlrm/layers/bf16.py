@@ -31,7 +31,7 @@ from ..kernels import bf16 as kb
 from ..kernels.embedding import bags_bf16 as ke
 from ..kernels.gemm import bf16 as kg
 from ..kernels.gemm import pack_bf16 as kp
-from ..kernels.gemm.tile_bf16 import default_dot
+from ..kernels.gemm.dpbf16 import default_dot
 from ..kernels.jit import run_serial
 
 _OUTS = ("bf16", "fp32", "both")

@@ -11,7 +11,7 @@ changes is asked of its policy:
            gradients fp32; every update exact fp32 SGD on the split value. SGD only.
 
 The bf16 GEMMs and dot interaction run ``vdpbf16ps`` where the CPU has AVX512-BF16 and an
-FMA emulation of it elsewhere (the registry's v1-emu versions, kernels/gemm/tile_bf16.py:
+FMA emulation of it elsewhere (the registry's v1-emu versions, kernels/gemm/dpbf16.py:
 the same bits on normal-range values), slower than fp32 there; building a bf16 model
 says so once per process (:func:`note_bf16_emulation`).
 Checkpoints always hold fp32 values: the policy merges halves on the way out and splits
@@ -28,7 +28,7 @@ import numpy as np
 
 from ..kernels import bf16 as kb
 from ..kernels.embedding import bags_bf16 as ke
-from ..kernels.gemm import tile_bf16
+from ..kernels.gemm import dpbf16
 from ..kernels.jit import run_serial
 from ..kernels.registry import KernelChoice
 from ..layers._checks import check_array
@@ -69,7 +69,7 @@ def note_bf16_emulation(log=None) -> None:
     emulated here and slower than fp32: through ``log`` (the CLI's, as "note: ...") or
     else as a :class:`Bf16EmulatedWarning`. Silent where vdpbf16ps runs."""
     global _noted
-    if _noted or tile_bf16.has_avx512_bf16():
+    if _noted or dpbf16.has_avx512_bf16():
         return
     _noted = True
     cpu = numba.config.CPU_NAME or llvm.get_host_cpu_name()

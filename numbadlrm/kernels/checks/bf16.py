@@ -24,7 +24,7 @@ import numpy as np
 from ... import reference as ref
 from ...config import pair_indices
 from ..gemm.bf16 import NONE_F32
-from ..gemm.tile_bf16 import VDPBF16PS
+from ..gemm.dpbf16 import VDPBF16PS
 from .cases import EMBEDDING_CASES, EPS, INTERACTION_CASES, LINEAR_SHAPES, assert_gemm_close, bags
 
 U_BF16 = 2.0**-8  # largest relative error of one rounding to bf16 (nearest even)

@@ -31,10 +31,11 @@ import numpy as np
 from numba import prange
 
 from ..bf16 import bf16_value, round_bf16
+from ..gemm.dpbf16 import DOTS
 from ..gemm.tile import MR, NR, tile
-from ..gemm.tile_bf16 import DOTS, dots_4x4_bf16
 from ..jit import jit_parallel, jit_serial
 from ..registry import register
+from .dots_bf16 import dots_4x4_bf16
 from .fp32 import CHUNKS, _backward_scratch, _check_triangle, _pair_table
 
 # ---------------------------------------------------------------------- dot forward
