@@ -60,9 +60,10 @@ from numba.extending import NativeValue, models, register_model, typeof_impl, un
 
 from .tile import _declare, _vector_intrinsics
 
+_LANES = 16  # floats in a 512-bit vector
+# the bf16 tile's shape (tile_bf16.py), shared by its epilogues and the packing
 MR = 6  # rows of C per tile: 24 accumulators + 4 B vectors + 1 broadcast of 32 zmm
 NR = 64  # columns of C per tile: 4 vectors of 16 floats
-_LANES = 16
 _Q = NR // _LANES
 
 _i1 = ir.IntType(1)

@@ -8,23 +8,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ..bf16 import merge_bits, round_bits
+from .dpbf16 import _LANES, _Q, NR, _f32, _i16, _i32, _i64, _vf, _vi, _vi64, _vmask
 from .tile import _declare, _splat, _vector_intrinsics
-
-MR = 6  # rows of C per tile: 24 accumulators + 4 B vectors + 1 broadcast of 32 zmm
-NR = 64  # columns of C per tile: 4 vectors of 16 floats
-_LANES = 16
-_Q = NR // _LANES
-
-_i1 = ir.IntType(1)
-_i16 = ir.IntType(16)
-_i32 = ir.IntType(32)
-_i64 = ir.IntType(64)
-_f32 = ir.FloatType()
-_vf = ir.VectorType(_f32, _LANES)
-_vi = ir.VectorType(_i32, _LANES)
-_vmask = ir.VectorType(_i1, _LANES)
-_vi64 = ir.VectorType(_i64, _LANES)
-
 
 # ------------------------------------------------------------------ tile epilogue
 _vh16 = ir.VectorType(_i16, _LANES)

@@ -36,27 +36,12 @@ from numba import types
 from numba.extending import intrinsic
 
 from ..jit import jit_serial
-from .dpbf16 import _dpbf16, _form
+from .dpbf16 import _LANES, _Q, MR, NR, _dpbf16, _f32, _form, _i16, _i32, _i64, _vf, _vi, _vi64
 from .epilogue_bf16 import (
     _epilogue,
     _sgd_epilogue,
 )
 from .tile import _accumulate, _splat, _vector_intrinsics
-
-MR = 6  # rows of C per tile: 24 accumulators + 4 B vectors + 1 broadcast of 32 zmm
-NR = 64  # columns of C per tile: 4 vectors of 16 floats
-_LANES = 16
-_Q = NR // _LANES
-
-_i1 = ir.IntType(1)
-_i16 = ir.IntType(16)
-_i32 = ir.IntType(32)
-_i64 = ir.IntType(64)
-_f32 = ir.FloatType()
-_vf = ir.VectorType(_f32, _LANES)
-_vi = ir.VectorType(_i32, _LANES)
-_vmask = ir.VectorType(_i1, _LANES)
-_vi64 = ir.VectorType(_i64, _LANES)
 
 
 def _step(builder, dp, b_ptr, kk, accs, a_pairs):

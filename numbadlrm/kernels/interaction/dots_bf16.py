@@ -9,24 +9,19 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ..gemm.dpbf16 import _dpbf16, _form
+from ..gemm.dpbf16 import (
+    _LANES,
+    _dpbf16,
+    _f32,
+    _form,
+    _i1,
+    _i16,
+    _i32,
+    _i64,
+    _vi,
+)
 from ..gemm.tile import _accumulate, _declare, _fold_and_store, _splat
 from ..jit import jit_serial
-
-MR = 6  # rows of C per tile: 24 accumulators + 4 B vectors + 1 broadcast of 32 zmm
-NR = 64  # columns of C per tile: 4 vectors of 16 floats
-_LANES = 16
-_Q = NR // _LANES
-
-_i1 = ir.IntType(1)
-_i16 = ir.IntType(16)
-_i32 = ir.IntType(32)
-_i64 = ir.IntType(64)
-_f32 = ir.FloatType()
-_vf = ir.VectorType(_f32, _LANES)
-_vi = ir.VectorType(_i32, _LANES)
-_vmask = ir.VectorType(_i1, _LANES)
-_vi64 = ir.VectorType(_i64, _LANES)
 
 # ------------------------------------------------------------ 4 x 4 bf16 dot products
 
