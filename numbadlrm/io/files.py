@@ -157,8 +157,17 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     """
     path = Path(path)
     tmp = tmp_path(path)
+    with _renamed_into_place(tmp, path, lambda: open(tmp, mode)) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def _renamed_into_place(tmp: Path, path: Path, opener) -> Iterator:
+    """The file ``opener()`` opens at ``tmp``, flushed, fsynced and renamed onto ``path``
+    when the block ends normally; ``tmp`` removed when it raises (OSErrors become
+    WriteErrors naming ``path``)."""
     try:
-        with open(tmp, mode) as f:
+        with opener() as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -220,19 +229,13 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     except OSError as exc:
         raise write_error(path, exc) from None
     tmp = Path(name)
-    try:
+
+    def opener():
         os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, exc) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        return os.fdopen(fd, mode)
+
+    with _renamed_into_place(tmp, path, opener) as f:
+        yield f
 
 
 def remove_dead_writers_tmp(path: str | os.PathLike) -> list[Path]:
