@@ -31,13 +31,13 @@ Versions, side by side (as karpathy/llm.c dev/cuda keeps them):
     v2      dot form everywhere; W^T, dz^T and x^T transposed into scratch as needed
     v3      v2 for K >= SMALL_K, else the axpy form over packed panels of Bm
     v4      a register-blocked micro-kernel written in LLVM IR, its tile shaped for the
-            CPU's ISA (tile.py; the drivers in fp32_v4.py): MR x NR sums in registers
+            CPU's ISA (tile.py; the drivers in fp32_tiled.py): MR x NR sums in registers
             across the k loop, C touched once per tile; A read through a row and a k
             stride, so no pass transposes anything big; bias/ReLU on each finished tile
 
 The versions are registered (numbadlrm.kernels.registry) as the ops linear_forward,
 linear_backward_data and linear_backward_weight: naive to v3 at the bottom of this
-module, v4 and its per-ISA variants in fp32_v4.py (imported here). What each step
+module, v4 and its per-ISA variants in fp32_tiled.py (imported here). What each step
 bought, and the lessons behind them (why inner loops start at 0, why v3 packs panels), are
 in bench/RESULTS.md, "GEMM versions".
 """
@@ -49,7 +49,7 @@ from numba import prange
 
 from ..jit import jit_parallel, jit_serial
 from ..registry import register
-from . import fp32_v4  # noqa: F401  (registers v4 and its per-ISA variants)
+from . import fp32_tiled  # noqa: F401  (registers v4, v5 and their per-ISA variants)
 from .epilogue import bias_relu
 from .helpers import (
     PANEL,

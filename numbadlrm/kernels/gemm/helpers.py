@@ -1,6 +1,6 @@
-"""Helpers the fp32 GEMM versions share (fp32.py, fp32_v4.py): blocks of C per thread,
-transposes and packed panels of an operand, and the data pass's ReLU masks around a plain
-dx = dz W kernel.
+"""Helpers the fp32 GEMM versions share (fp32.py, fp32_tiled.py): blocks of C per thread,
+transposes and packed panels of an operand (v3's, and v5's of NR columns or MR rows), and
+the data pass's ReLU masks around a plain dx = dz W kernel.
 """
 
 from __future__ import annotations
@@ -90,6 +90,56 @@ def row_sums(db, A, i0, i1):
         for k in range(K):
             s += A[i, k]
         db[i] = s
+
+
+@jit_parallel
+def pack_rows(P, X, w):
+    """P (cdiv(R, w), K, w)[p, k, j] = X (R, K)[p w + j, k], zero past R: X^T in panels
+    of w columns (the forward's Bm = W^T; A's slivers of MR rows, k major). Blocks of 32
+    k: the block's w x 32 floats of P stay in L1 while the w rows fill them."""
+    R, K = X.shape
+    for p in prange(P.shape[0]):  # task p writes only panel p
+        panel = P[p]
+        n = min(w, R - p * w)
+        for k0 in range(0, K, 32):
+            k1 = min(K, k0 + 32)
+            for j in range(n):
+                row = X[p * w + j, k0:k1]
+                for k in range(k1 - k0):
+                    panel[k0 + k, j] = row[k]
+            for j in range(n, w):
+                for k in range(k0, k1):
+                    panel[k, j] = 0.0
+
+
+@jit_parallel
+def pack_cols(P, X, w, partial):
+    """P (cdiv(C, w), K, w)[p, k, j] = X (K, C)[k, p w + j], zero past C: X in panels of
+    w columns (Bm = W or x; the weight pass's A = dz^T in slivers of MR rows). Blocks of
+    16 rows of X, read once, each written to every panel as one contiguous run. With
+    ``partial`` (cdiv(K, 16), C) (else (0, 0)): partial[t] = the column sums of block t."""
+    K, C = X.shape
+    sums = partial.shape[0] > 0
+    for t in prange(cdiv(K, 16)):  # task t writes only P[:, 16 t : 16 t + 16], partial[t]
+        k0, k1 = t * 16, min(K, t * 16 + 16)
+        for p in range(P.shape[0]):
+            j0 = p * w
+            n = min(w, C - j0)
+            for k in range(k0, k1):
+                src = X[k, j0 : j0 + n]
+                dst = P[p, k]
+                for j in range(n):
+                    dst[j] = src[j]
+                for j in range(n, w):
+                    dst[j] = 0.0
+        if sums:
+            out = partial[t]
+            for j in range(C):
+                out[j] = 0.0
+            for k in range(k0, k1):
+                row = X[k]
+                for j in range(C):
+                    out[j] += row[j]
 
 
 def data_pass(backward_data):

@@ -22,7 +22,7 @@ while that fits the register file it never spills, and within it more accumulato
 amortise the loads better (measurements: bench/RESULTS.md, "GEMM tiles per ISA"):
 
     ISA     L   registers  tile MR x NR (x NV)  registers used  loads per FMA
-    avx512  16  32         4 x 64  (x 4)        21              0.50
+    avx512  16  32         8 x 48  (x 3)        28              0.46
     avx2     8  16         6 x 16  (x 2)        15              0.67
     neon     4  32         8 x 12  (x 3)        28              0.46
     vec128   4  16         4 x  8  (x 2)        12 (+1)         0.75
@@ -88,7 +88,7 @@ class TileShape:
 
 
 TILES = {  # ISA: (MR, NV), chosen by bench_gemm.py --tiles (bench/RESULTS.md)
-    "avx512": (4, 4),
+    "avx512": (8, 3),
     "avx2": (6, 2),
     "neon": (8, 3),
     "vec128": (4, 2),
@@ -226,8 +226,9 @@ def emit_tile(builder: ir.IRBuilder, shape: TileShape, *args) -> None:
         valid = builder.icmp_signed("<", ir.Constant(_i64, r), m)
         row = builder.select(valid, ir.Constant(_i64, r), last_row)
         a_rows.append(builder.gep(ap, [builder.mul(row, sa_r)]))
-    operands = (K, a_rows, sa_k, builder.inttoptr(b, fptr), ldb, builder.inttoptr(c, fptr), ldc)
-    operands += (m, accumulate, alpha)
+    cp = builder.inttoptr(c, fptr)
+    _prefetch_rows(builder, shape, cp, ldc, last_row)
+    operands = (K, a_rows, sa_k, builder.inttoptr(b, fptr), ldb, cp, ldc, m, accumulate, alpha)
     done = builder.append_basic_block("tile.done")
     full = builder.append_basic_block("tile.full")
     # n < NR: vectors 0..f hold columns < n, f = (n - 1) // L; vector f is masked
@@ -246,6 +247,25 @@ def emit_tile(builder: ir.IRBuilder, shape: TileShape, *args) -> None:
     _tile_path(builder, shape, shape.nv, None, *operands, "tile.full")
     builder.branch(done)
     builder.position_at_end(done)
+
+
+def _prefetch_rows(builder, shape, cp, ldc, last_row) -> None:
+    """Prefetch the tile's rows of C (rows past m re-fetch row m-1) for writing, so that
+    they arrive during the k loop, not at its stores (C is revisited once per k block
+    from L2 or L3, its rows a row stride apart, which the hardware does not prefetch)."""
+    i8p = ir.IntType(8).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, _i32, _i32, _i32])
+    prefetch = _declare(builder.module, "llvm.prefetch.p0", fnty)
+    write, keep, data = ir.Constant(_i32, 1), ir.Constant(_i32, 3), ir.Constant(_i32, 1)
+    offsets = sorted({*range(0, shape.nr, 16), shape.nr - 1})  # every 64-byte line
+    for r in range(shape.mr):
+        row = builder.select(
+            builder.icmp_signed("<", ir.Constant(_i64, r), last_row), ir.Constant(_i64, r), last_row
+        )
+        c_row = builder.gep(cp, [builder.mul(row, ldc)])
+        for offset in offsets:
+            ptr = builder.bitcast(builder.gep(c_row, [ir.Constant(_i64, offset)]), i8p)
+            builder.call(prefetch, [ptr, write, keep, data])
 
 
 def _vi32(lanes: int) -> ir.VectorType:
