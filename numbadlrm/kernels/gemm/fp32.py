@@ -24,120 +24,46 @@ contiguous along k:
   4 values of k at once, the j loop innermost and vectorised: C is loaded and stored once
   per 4 FMAs. No horizontal sums, so it wins when K is small.
 
-Versions, side by side (as karpathy/llm.c dev/cuda keeps them); ``VERSIONS`` maps a name
-to its (forward, backward_data, backward_weight):
+Versions, side by side (as karpathy/llm.c dev/cuda keeps them):
 
     naive   one dot product per output element: the obviously correct baseline
     v1      axpy form on the operands as they lie (W^T transposed once for forward)
     v2      dot form everywhere; W^T, dz^T and x^T transposed into scratch as needed
     v3      v2 for K >= SMALL_K, else the axpy form over packed panels of Bm
-    v4      a 4 x 64 register-blocked micro-kernel written in LLVM IR
-            (kernels/gemm/tile.py): 16 zmm accumulators across the k loop, 8 loads per
-            16 FMAs, C touched once per tile; A read through a row and a k stride, so no
-            pass transposes anything big; bias/ReLU on each finished tile (default)
+    v4      a register-blocked micro-kernel written in LLVM IR, its tile shaped for the
+            CPU's ISA (tile.py; the drivers in fp32_tiled.py): MR x NR sums in registers
+            across the k loop, C touched once per tile; A read through a row and a k
+            stride, so no pass transposes anything big; bias/ReLU on each finished tile
 
-The versions are registered (numbadlrm.kernels.registry) at the bottom of this module as
-the ops linear_forward, linear_backward_data and linear_backward_weight. What each step
+The versions are registered (numbadlrm.kernels.registry) as the ops linear_forward,
+linear_backward_data and linear_backward_weight: naive to v3 at the bottom of this
+module, v4 and its per-ISA variants in fp32_tiled.py (imported here). What each step
 bought, and the lessons behind them (why inner loops start at 0, why v3 packs panels), are
 in bench/RESULTS.md, "GEMM versions".
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
-from ..elementwise import sgd_update_serial
 from ..jit import jit_parallel, jit_serial
 from ..registry import register
-from .epilogue import bias_relu, column_sums_blocks, logit_rows, outer_rows, relu_mask
-from .tile import MR, NR, tile
+from . import fp32_tiled  # noqa: F401  (registers v4, v5 and their per-ISA variants)
+from .epilogue import bias_relu
+from .helpers import (
+    PANEL,
+    block_sizes,
+    cdiv,
+    data_pass,
+    pack_panels,
+    row_sums,
+    transpose,
+    zero,
+)
 
 KC = 1024  # dot form: k block; 4 rows of A (16 KiB) stay in L1 across a block of Bt rows
 SMALL_K = 256  # v3: below this K the axpy form beats the dot form's horizontal sums
-PANEL = 256  # v3: width (floats) of a packed Bm panel
-# Blocks of C per call, at least: balances 2-4 threads. A constant, not the thread count,
-# so that kernels cache and results do not depend on the number of threads.
-MIN_TASKS = 8
-
-
-# ------------------------------------------------------------------------- helpers
-
-
-@jit_serial
-def _cdiv(a, b):
-    return (a + b - 1) // b
-
-
-@jit_serial
-def _block_sizes(M, N):
-    """Blocks of C handed to threads: 64 x 64, split until there are MIN_TASKS of them."""
-    mb, nb = 64, 64
-    while _cdiv(M, mb) * _cdiv(N, nb) < MIN_TASKS:
-        if mb > 4 and _cdiv(M, mb // 2) > _cdiv(M, mb):
-            mb //= 2
-        elif nb > 4 and _cdiv(N, nb // 2) > _cdiv(N, nb):
-            nb //= 2
-        else:
-            break
-    return mb, nb
-
-
-@jit_parallel
-def _transpose(out, a):
-    """out (N, M) = a (M, N)^T, 8 rows of a at a time.
-
-    Each input line is read once and each output write is 8 contiguous floats: with rows a
-    power of two apart, a taller block (16) thrashes its L1 set and runs 3x slower.
-    """
-    M, N = a.shape
-    for t in prange(_cdiv(M, 8)):  # task t writes only columns 8t..8t+7 of out
-        i0 = t * 8
-        if i0 + 8 > M:
-            for j in range(N):
-                for i in range(i0, M):
-                    out[j, i] = a[i, j]
-            continue
-        r0, r1, r2, r3 = a[i0], a[i0 + 1], a[i0 + 2], a[i0 + 3]
-        r4, r5, r6, r7 = a[i0 + 4], a[i0 + 5], a[i0 + 6], a[i0 + 7]
-        for j in range(N):
-            o = out[j, i0 : i0 + 8]
-            o[0], o[1], o[2], o[3] = r0[j], r1[j], r2[j], r3[j]
-            o[4], o[5], o[6], o[7] = r4[j], r5[j], r6[j], r7[j]
-
-
-@jit_parallel
-def _pack_panels(panels, Bm):
-    """panels (P, K, PANEL)[p, k, j] = Bm (K, N)[k, p * PANEL + j] (tail panel part-filled)."""
-    K, N = Bm.shape
-    for p in prange(panels.shape[0]):  # task p writes only panel p
-        j0 = p * PANEL
-        nj = min(PANEL, N - j0)
-        for k in range(K):
-            src = Bm[k, j0 : j0 + nj]
-            dst = panels[p, k]
-            for j in range(nj):
-                dst[j] = src[j]
-
-
-@jit_serial
-def _zero(C, i0, i1, j0, j1):
-    for i in range(i0, i1):
-        c = C[i, j0:j1]
-        for j in range(j1 - j0):
-            c[j] = 0.0
-
-
-@jit_serial
-def _row_sums(db, A, i0, i1):
-    """db[i] = sum_k A[i, k] for i0 <= i < i1 (A is dz^T, so this is db = sum_b dz)."""
-    K = A.shape[1]
-    for i in range(i0, i1):
-        s = np.float32(0.0)
-        for k in range(K):
-            s += A[i, k]
-        db[i] = s
 
 
 # ------------------------------------------------------------------------ naive
@@ -244,7 +170,7 @@ def _axpy_row1(C, A, Bm, i, j0, j1, bj0):
 @jit_serial
 def _axpy_block(C, A, Bm, i0, i1, j0, j1, bj0):
     """C[i0:i1, j0:j1] = A[i0:i1, :] @ Bm[:, bj0:bj0 + (j1 - j0)]."""
-    _zero(C, i0, i1, j0, j1)
+    zero(C, i0, i1, j0, j1)
     i = i0
     while i + 4 <= i1:
         _axpy_rows4(C, A, Bm, i, j0, j1, bj0)
@@ -258,16 +184,14 @@ def _axpy_block(C, A, Bm, i0, i1, j0, j1, bj0):
 def _axpy_gemm(C, A, Bm, db, with_db):
     """C = A @ Bm on the operands as they lie; db = row sums of A when with_db."""
     M, N = C.shape
-    mb, nb = _block_sizes(M, N)
-    nnb = _cdiv(N, nb)
-    for t in prange(
-        _cdiv(M, mb) * nnb
-    ):  # task t writes only its C block; db[i0:i1] only by j0 == 0
+    mb, nb = block_sizes(M, N)
+    nnb = cdiv(N, nb)
+    for t in prange(cdiv(M, mb) * nnb):  # task t writes only its C block; db[i0:i1] only by j0 == 0
         i0, j0 = (t // nnb) * mb, (t % nnb) * nb
         i1, j1 = min(i0 + mb, M), min(j0 + nb, N)
         _axpy_block(C, A, Bm, i0, i1, j0, j1, j0)
         if with_db and j0 == 0:
-            _row_sums(db, A, i0, i1)
+            row_sums(db, A, i0, i1)
 
 
 @jit_parallel
@@ -280,7 +204,7 @@ def _axpy_forward_epilogue(y, b, relu):
 @jit_serial
 def gemm_forward_v1(y, x, W, b, relu):
     Wt = np.empty((W.shape[1], W.shape[0]), np.float32)  # (I, O)
-    _transpose(Wt, W)
+    transpose(Wt, W)
     _axpy_gemm(y, x, Wt, b, False)
     _axpy_forward_epilogue(y, b, relu)
 
@@ -390,21 +314,19 @@ def _dot_gemm(C, A, Bt, b, relu, with_bias, db, with_db):
     """C = A @ Bt^T (+ b, ReLU when with_bias); db = row sums of A when with_db."""
     M, N = C.shape
     K = A.shape[1]
-    mb, nb = _block_sizes(M, N)
-    nnb = _cdiv(N, nb)
-    for t in prange(
-        _cdiv(M, mb) * nnb
-    ):  # task t writes only its C block; db[i0:i1] only by j0 == 0
+    mb, nb = block_sizes(M, N)
+    nnb = cdiv(N, nb)
+    for t in prange(cdiv(M, mb) * nnb):  # task t writes only its C block; db[i0:i1] only by j0 == 0
         i0, j0 = (t // nnb) * mb, (t % nnb) * nb
         i1, j1 = min(i0 + mb, M), min(j0 + nb, N)
         if K == 0:
-            _zero(C, i0, i1, j0, j1)
+            zero(C, i0, i1, j0, j1)
         for k0 in range(0, K, KC):
             _dot_block(C, A, Bt, i0, i1, j0, j1, k0, min(k0 + KC, K))
         if with_bias:
             bias_relu(C, b, i0, i1, j0, j1, relu)
         if with_db and j0 == 0:
-            _row_sums(db, A, i0, i1)
+            row_sums(db, A, i0, i1)
 
 
 @jit_serial
@@ -415,7 +337,7 @@ def gemm_forward_v2(y, x, W, b, relu):
 @jit_serial
 def gemm_backward_data_v2(dx, dz, W):
     Wt = np.empty((W.shape[1], W.shape[0]), np.float32)  # (I, O)
-    _transpose(Wt, W)
+    transpose(Wt, W)
     _dot_gemm(dx, dz, Wt, dx[0], False, False, dx[0], False)
 
 
@@ -423,8 +345,8 @@ def gemm_backward_data_v2(dx, dz, W):
 def gemm_backward_weight_v2(dW, db, dz, x):
     dzt = np.empty((dz.shape[1], dz.shape[0]), np.float32)  # (O, B)
     xt = np.empty((x.shape[1], x.shape[0]), np.float32)  # (I, B)
-    _transpose(dzt, dz)
-    _transpose(xt, x)
+    transpose(dzt, dz)
+    transpose(xt, x)
     _dot_gemm(dW, dzt, xt, db, False, False, db, True)
 
 
@@ -433,13 +355,11 @@ def gemm_backward_weight_v2(dW, db, dz, x):
 
 @jit_parallel
 def _panel_gemm(C, A, panels, b, relu, with_bias, db, with_db):
-    """C = A @ Bm with Bm packed by _pack_panels; epilogues as in _dot_gemm."""
+    """C = A @ Bm with Bm packed by pack_panels; epilogues as in _dot_gemm."""
     M, N = C.shape
-    mb = _block_sizes(M, N)[0]
+    mb = block_sizes(M, N)[0]
     npan = panels.shape[0]
-    for t in prange(
-        _cdiv(M, mb) * npan
-    ):  # task t writes only its C block; db[i0:i1] only by p == 0
+    for t in prange(cdiv(M, mb) * npan):  # task t writes only its C block; db[i0:i1] only by p == 0
         i0, p = (t // npan) * mb, t % npan
         j0 = p * PANEL
         i1, j1 = min(i0 + mb, M), min(j0 + PANEL, N)
@@ -447,13 +367,13 @@ def _panel_gemm(C, A, panels, b, relu, with_bias, db, with_db):
         if with_bias:
             bias_relu(C, b, i0, i1, j0, j1, relu)
         if with_db and p == 0:
-            _row_sums(db, A, i0, i1)
+            row_sums(db, A, i0, i1)
 
 
 @jit_serial
 def _packed(Bm):
-    panels = np.empty((_cdiv(Bm.shape[1], PANEL), Bm.shape[0], PANEL), np.float32)
-    _pack_panels(panels, Bm)
+    panels = np.empty((cdiv(Bm.shape[1], PANEL), Bm.shape[0], PANEL), np.float32)
+    pack_panels(panels, Bm)
     return panels
 
 
@@ -463,7 +383,7 @@ def gemm_forward_v3(y, x, W, b, relu):
         _dot_gemm(y, x, W, b, relu, True, b, False)
         return
     Wt = np.empty((W.shape[1], W.shape[0]), np.float32)  # (I, O)
-    _transpose(Wt, W)
+    transpose(Wt, W)
     _panel_gemm(y, x, _packed(Wt), b, relu, True, b, False)
 
 
@@ -484,171 +404,11 @@ def gemm_backward_weight_v3(dW, db, dz, x):
         gemm_backward_weight_v2(dW, db, dz, x)
         return
     dzt = np.empty((dz.shape[1], dz.shape[0]), np.float32)  # (O, B)
-    _transpose(dzt, dz)
+    transpose(dzt, dz)
     _panel_gemm(dW, dzt, _packed(x), db, False, False, db, True)
 
 
-# ------------------------------------ v4: register-blocked micro-kernel in LLVM IR
-
-# v4: k block. A 4-row sliver of A (8 KiB) stays in L1 and a 64-column panel of B
-# (128 KiB) in L2 while every tile of the block's rows uses them.
-KC4 = 512
-TASKS4 = 16  # row blocks per call (a constant, so kernels cache; split statically)
-
-
-@jit_serial
-def _v4_block(C, A, sa_r, sa_k, Bm, K, i0, i1, j0, j1, b, relu, with_bias, alpha, update, a_row0):
-    """C[i0:i1, j0:j1] = A[i0:i1, :K] Bm[:K, j0:j1] in MR x NR tiles; bias/ReLU per tile.
-
-    Row i of C is row i - a_row0 of A. With ``update``: C += alpha A Bm instead (the weight
-    pass fused with SGD).
-    """
-    N = C.shape[1]
-    ldb = Bm.shape[1]
-    for jj in range(j0, j1, NR):
-        n = min(NR, j1 - jj)
-        for k0 in range(0, K, KC4):
-            kc = min(KC4, K - k0)
-            last = k0 + kc >= K
-            for ii in range(i0, i1, MR):
-                m = min(MR, i1 - ii)
-                a_off = (ii - a_row0) * sa_r + k0 * sa_k
-                b_off = k0 * ldb + jj
-                acc = update or k0 > 0
-                tile(kc, A, a_off, sa_r, sa_k, Bm, b_off, ldb, C, ii * N + jj, N, m, n, acc, alpha)
-                if with_bias and last:
-                    bias_relu(C, b, ii, ii + m, jj, jj + n, relu)
-
-
-@jit_parallel
-def _v4_gemm(C, A, sa_r, sa_k, Bm, K, b, relu, with_bias, alpha, update, max_tasks=TASKS4):
-    """C (M, N) = A Bm (+ b, ReLU), A's element (i, k) at A.flat[i sa_r + k sa_k].
-
-    Rows of C are cut into up to ``max_tasks`` blocks of whole tiles (up to TASKS4 blocks
-    of columns, when there are too few rows to share); each task writes only its block.
-    """
-    M, N = C.shape
-    row_tiles = _cdiv(M, MR)
-    if row_tiles >= 2 * MIN_TASKS or _cdiv(N, NR) < 2:
-        tasks = max(1, min(max_tasks, row_tiles))
-        for t in prange(tasks):
-            i0 = (t * row_tiles // tasks) * MR
-            i1 = min(M, ((t + 1) * row_tiles // tasks) * MR)
-            _v4_block(C, A, sa_r, sa_k, Bm, K, i0, i1, 0, N, b, relu, with_bias, alpha, update, 0)
-    else:
-        col_tiles = _cdiv(N, NR)
-        tasks = min(TASKS4, col_tiles)
-        for t in prange(tasks):
-            j0 = (t * col_tiles // tasks) * NR
-            j1 = min(N, ((t + 1) * col_tiles // tasks) * NR)
-            _v4_block(C, A, sa_r, sa_k, Bm, K, 0, M, j0, j1, b, relu, with_bias, alpha, update, 0)
-
-
-@jit_parallel
-def _logit_forward(y, x, W, b, relu):
-    """O = 1: y = x W^T + b (ReLU), rows in TASKS4 blocks."""
-    B = x.shape[0]
-    tasks = min(TASKS4, B)
-    for t in prange(tasks):
-        r0, r1 = t * B // tasks, (t + 1) * B // tasks
-        logit_rows(y, x, W[0], r0, r1)
-        bias_relu(y, b, r0, r1, 0, 1, relu)
-
-
-@jit_parallel
-def _logit_backward_data(dx, dz, W):
-    """O = 1 (K = 1): dx = dz W is an outer product."""
-    B = dx.shape[0]
-    tasks = min(TASKS4, B)
-    for t in prange(tasks):
-        outer_rows(dx, dz, W[0], t * B // tasks, (t + 1) * B // tasks)
-
-
-@jit_serial
-def gemm_forward_v4(y, x, W, b, relu):
-    if W.shape[0] == 1:
-        _logit_forward(y, x, W, b, relu)
-        return
-    Wt = np.empty((W.shape[1], W.shape[0]), np.float32)  # (I, O): B of the GEMM
-    _transpose(Wt, W)
-    _v4_gemm(y, x, x.shape[1], 1, Wt, x.shape[1], b, relu, True, 1.0, False)
-
-
-@jit_serial
-def gemm_backward_data_v4(dx, dz, W):
-    if W.shape[0] == 1:
-        _logit_backward_data(dx, dz, W)
-        return
-    _v4_gemm(dx, dz, dz.shape[1], 1, W, dz.shape[1], dx[0], False, False, 1.0, False)
-
-
-@jit_serial
-def _v4_weight(dW, dz, x, alpha, update, threads):
-    """dW (O, I) (+)= alpha dz^T x, reading dz^T in place: element (o, b) at dz.flat[b O + o].
-    ``threads``: numba.get_num_threads() of the caller (read outside, so kernels cache).
-    (Copying dz^T blocks or packing x measured no faster: RESULTS.md.)
-
-    When I is narrow and O wide (the bottom MLP's first layer, 13 -> 512), dW's rows
-    would fill 13 of a tile's 64 columns; the transposed product dW^T = x^T dz fills
-    them all, so it is formed in a small (I, O) scratch and transposed into place.
-    """
-    O, I = dW.shape
-    if I < NR // 2 and O >= NR:
-        prod = np.empty((I, O), np.float32)
-        _v4_gemm(prod, x, 1, I, dz, dz.shape[0], prod[0], False, False, 1.0, False)
-        for o in range(O):
-            row = dW[o]
-            for i in range(I):
-                row[i] = row[i] + alpha * prod[i, o] if update else alpha * prod[i, o]
-        return
-    # One block of dW's rows per thread, not TASKS4: every block streams all of x through
-    # the cache once per 64 columns (1024-1024: 158 -> 169 GFLOP/s, RESULTS.md).
-    _v4_gemm(dW, dz, 1, O, x, dz.shape[0], dW[0], False, False, alpha, update, threads)
-
-
-@jit_serial
-def _v4_weight_grad(dW, db, dz, x, threads):
-    _v4_weight(dW, dz, x, 1.0, False, threads)
-    column_sums_blocks(db, dz)
-
-
-@jit_serial
-def _v4_weight_sgd(W, b, dz, x, lr, threads):
-    _v4_weight(W, dz, x, -lr, True, threads)
-    db = np.empty(b.shape[0], np.float32)
-    column_sums_blocks(db, dz)
-    sgd_update_serial(b, db, lr)
-
-
-def gemm_backward_weight_v4(dW, db, dz, x):
-    """dW = dz^T x and db = sum_b dz (v4)."""
-    _v4_weight_grad(dW, db, dz, x, numba.get_num_threads())
-
-
-def gemm_backward_weight_sgd_v4(W, b, dz, x, lr):
-    """W -= lr dz^T x and b -= lr sum_b dz in place: v4's weight pass fused with SGD
-    (each tile adds -lr times its product to W; no dW is stored)."""
-    _v4_weight_sgd(W, b, dz, x, np.float32(lr), numba.get_num_threads())
-
-
 # ----------------------------------------------------------------- registry
-
-
-def data_pass(backward_data):
-    """The linear layer's data pass (op ``linear_backward_data``) from a plain dx = dz W
-    kernel: this layer's ReLU mask on dy first, the mask of the layer below on dx after."""
-
-    def run(dx, dy, y, W, x, relu, mask_dx):
-        if relu:
-            relu_mask(dy, y)
-        if dx is not None:
-            backward_data(dx, dy, W)
-            if mask_dx:
-                relu_mask(dx, x)
-
-    run.__name__ = f"data_pass({backward_data.__name__})"
-    return run
-
 
 _STEPS = {  # name: (forward, backward_data, backward_weight, description), teaching order
     "naive": (
@@ -675,15 +435,8 @@ _STEPS = {  # name: (forward, backward_data, backward_weight, description), teac
         gemm_backward_weight_v3,
         "v2 for K >= 256, else the axpy form over packed panels",
     ),
-    "v4": (
-        gemm_forward_v4,
-        gemm_backward_data_v4,
-        gemm_backward_weight_v4,
-        "4x64 register-blocked LLVM IR micro-kernel, strided A, fused epilogues",
-    ),
 }
 for _name, (_fwd, _data, _weight, _what) in _STEPS.items():
     register("linear_forward", _name, _fwd, description=_what)
     register("linear_backward_data", _name, data_pass(_data), description=_what)
-    _extras = {"sgd": gemm_backward_weight_sgd_v4} if _name == "v4" else None
-    register("linear_backward_weight", _name, _weight, description=_what, extras=_extras)
+    register("linear_backward_weight", _name, _weight, description=_what)
