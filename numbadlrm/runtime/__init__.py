@@ -1,4 +1,4 @@
-"""The process: thread pools and their environment, the thread count, profiling.
+"""The process: the CPU, thread pools and their environment, the thread count, profiling.
 
 pools.py      the thread pools' environment, set before numpy and numba load
 threads.py    ``set_num_threads`` (Numba's pool and the BLAS behind NumPy)

@@ -1,10 +1,11 @@
 """The linear layer's GEMMs: register tiles in LLVM IR, packing, versions, backends.
 
-tile.py           the fp32 micro-kernel (LLVM IR) and the dot blocks
-fp32.py           GEMM versions v1-v4 of the three linear passes, fused bias/ReLU epilogues
+tile.py           the fp32 micro-kernel (LLVM IR), its shape per ISA
+fp32.py           GEMM versions v1-v3 of the three linear passes, their registration
+fp32_tiled.py     v4 and v5 on the register tile; helpers.py what the fp32 versions share
 epilogue.py       the epilogues shared with the blas backend
 blas.py           the "blas" backend: single-threaded OpenBLAS sgemm in each Numba thread
-auto.py           "auto": v4 or blas per pass and shape, by a fixed rule
+auto.py           "auto": a Numba version or blas per pass and shape, by a fixed rule
 dpbf16.py         vdpbf16ps (AVX512-BF16), its FMA emulation, the CPU check
 tile_bf16.py      the bf16 micro-kernel on either form; epilogue_bf16.py its epilogues
 pack_bf16.py      bf16 operand packing (pairs of k in 32-bit lanes)

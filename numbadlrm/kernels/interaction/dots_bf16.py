@@ -20,8 +20,9 @@ from ..gemm.dpbf16 import (
     _i64,
     _vi,
 )
-from ..gemm.tile import _accumulate, _declare, _fold_and_store, _splat
+from ..gemm.tile import _accumulate, _declare, _splat
 from ..jit import jit_serial
+from .dots import _fold_and_store
 
 # ------------------------------------------------------------ 4 x 4 bf16 dot products
 

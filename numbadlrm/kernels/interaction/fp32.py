@@ -36,9 +36,10 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ..gemm.tile import MR, NR, dots_4x4, tile
+from ..gemm.tile import MR, NR, tile
 from ..jit import jit_parallel, jit_serial
 from ..registry import register
+from .dots import dots_4x4
 
 # Samples are split into up to this many chunks, each with its own scratch (a fixed count,
 # not a multiple of the thread count, so that the compiled kernels can be cached).
