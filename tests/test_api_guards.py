@@ -92,3 +92,22 @@ def test_from_reference_builds_the_chained_layout():
     np.testing.assert_array_equal(ref.offsets, lists.offsets)
     with pytest.raises(ValueError, match=r"lS_o\[1\] must hold the B=2 bag starts"):
         Batch.from_reference(np.zeros((2, 5)), [[0, 2], [1, 1]], [[1, 2], [0, 0]], [1, 0])
+
+
+def test_the_mpi_model_refuses_none_and_bad_step_counts_as_dlrm_does():
+    """DistributedDLRM (one rank of COMM_SELF): the same one-line refusals as DLRM."""
+    pytest.importorskip("mpi4py")
+    from mpi4py import MPI
+
+    from numbadlrm.parallel.distributed import DistributedDLRM
+
+    with pytest.raises(TypeError, match=r"^DistributedDLRM: config must be a DLRMConfig"):
+        DistributedDLRM(None, MPI.COMM_SELF)
+    model = DistributedDLRM(small_config(), MPI.COMM_SELF, optimizer="adagrad")
+    for call in (lambda: model.train_step(None, 0.1), lambda: model.predict(None)):
+        with pytest.raises(TypeError, match=r"^DistributedDLRM: batch must be a numbadlrm Batch"):
+            call()
+    sd = model.optimizer_state_dict()
+    with pytest.raises(ValueError, match=r"steps: the optimizer's step count must be an integer"):
+        model.load_optimizer_state_dict(sd, -1)
+    assert model.optimizer.steps == 0

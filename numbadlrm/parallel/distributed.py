@@ -59,8 +59,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from ..batch import Batch
-from ..config import DLRMConfig
+from ..batch import Batch, require_batch
+from ..config import DLRMConfig, require_config
 from ..kernels.registry import KernelChoice
 from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward, embedding_gradient
 from ..layers.loss import LossConfig, sigmoid, sigmoid_loss
@@ -100,6 +100,7 @@ class DistributedDLRM(ShardedState):
         loss: LossConfig | str | None = None,
         precision: str = "fp32",
     ):
+        config = require_config(config, "DistributedDLRM")
         self.config, self.comm, self.seed, self.gemm = config, comm, seed, gemm
         self.policy = policy(precision)
         self.precision = self.policy.name
@@ -202,6 +203,7 @@ class DistributedDLRM(ShardedState):
 
     def forward(self, batch: Batch) -> tuple[Workspace, _StepState]:
         """Logits of the local samples in ws.top[-1]; the step state feeds the backward."""
+        require_batch(batch, "DistributedDLRM")
         batch.check_against(self.config.num_dense, self.config.embedding_sizes)
         mine = self.local_slice(batch.batch_size)
         batch.require_rows(mine.start, mine.stop)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..model.params import slot_views
 from ..model.state import check_state_dict, optimizer_state_shapes, state_dict_shapes
+from ..optim.optimizers import check_steps
 
 
 class ShardedState:
@@ -100,6 +101,7 @@ class ShardedState:
         error = None
         if root:
             try:
+                steps = check_steps(steps)
                 check_state_dict(sd, shapes, "optimizer state")
             except ValueError as exc:
                 error = str(exc)
