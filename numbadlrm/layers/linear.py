@@ -49,7 +49,7 @@ from ..kernels.gemm.bf16 import NONE_F32, NONE_U16
 from ..kernels.registry import KernelChoice
 from ._checks import array_shape
 from ._checks import check_array as _check
-from .bf16 import pack_weight, repack
+from .bf16 import merge, pack_weight, repack
 
 # --gemm: the version every linear pass runs
 BACKENDS = {"auto": "auto", "numba": "v4", "blas": "blas"}
@@ -225,7 +225,7 @@ class Linear:
         """Copies of the fp32 (W, b) (split halves merged)."""
         if not self.split:
             return self.w.copy(), self.b.copy()
-        return _merged(self.w, self.w_lo), _merged(self.b, self.b_lo)
+        return merge(self.w, self.w_lo), merge(self.b, self.b_lo)
 
     def load(self, W: np.ndarray, b: np.ndarray) -> None:
         """Set the fp32 values (split exactly), then refresh."""
@@ -314,10 +314,3 @@ class Linear:
             dtype = np.uint16 if name.endswith("16") else np.float32
             _check(name, a, (batch, width), dtype)
         return batch
-
-
-def _merged(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """The float32 values of split halves (a new array)."""
-    out = np.empty(hi.shape, np.float32)
-    kb.merge(out.reshape(-1), hi.reshape(-1), lo.reshape(-1))
-    return out
