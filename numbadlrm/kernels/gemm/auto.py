@@ -1,14 +1,16 @@
 """The linear layer's default version, "auto": per pass and shape, GEMM v4, v5 or the blas
 backend, by a fixed rule per ISA (:func:`choose_backend`) fitted to measurements, never a
 timing taken at run time, so runs are reproducible. The ISA is the one Numba compiles for
-(runtime/cpu.py). The measurements behind the rules are in bench/RESULTS.md ("GEMM per
-ISA", bench_gemm.py at 1 thread, an Intel Xeon with AVX-512, natively and compiling for
-Haswell):
+(runtime/cpu.py). The measurements behind the rules are in bench/RESULTS.md ("Session 9:
+GEMM tiles per ISA": bench_gemm.py at 1 thread on an Intel Xeon with AVX-512, natively
+and compiling for Haswell):
 
-    pass        batch <= 128                    larger batches
-    forward     v4 (AVX2: blas when I < 64)     v5 up to 512 wide and for O = 1, else blas
-    data        v4                              v5 up to 512 wide and for O = 1, else blas
-    weight      blas                            blas
+    pass        batch <= 128                   larger batches
+    forward     v4 (AVX2: v4 for 64 <= I < 512,  v5 up to 512 wide, for O = 1 and for
+                blas otherwise)                I <= 128; blas for the rest
+    data        v4                             as forward
+    weight      blas; v5 for O = 1; AVX-512: v4 for O <= 64 and I >= 256 (any batch);
+                AVX2: v4 for I < 32 (batch <= 128)
 
 on AVX-512 and AVX2; other ISAs (NEON, SSE2: our tiles are unmeasured there) run blas.
 """
@@ -25,14 +27,22 @@ SHORT_K = 64  # AVX2, small batch: a forward with fewer inputs runs blas (13 -> 
 
 
 def _tiled(batch: int, in_features: int, out_features: int, pass_: str, isa: str) -> str:
-    """AVX-512 and AVX2: v4 for small batches, v5 for the forward and data passes of
-    narrower layers at large ones, OpenBLAS for every weight pass and the widest layers."""
+    """AVX-512 and AVX2 (see the module docstring; every exception measured)."""
+    I, O = in_features, out_features
+    avx512 = isa == "avx512"
     if pass_ == "backward_weight":
+        if O == 1:  # a vector-matrix loop; OpenBLAS's M = 1 sgemm is slower
+            return "v5"
+        if avx512 and O <= 64 and I >= 256:  # 256 -> 64: 1.21x blas (B 128), 512 -> 64: 1.09x
+            return "v4"
+        if not avx512 and batch <= SMALL_BATCH and I < 32:  # 13 -> 512: 1.51x blas
+            return "v4"
         return "blas"
     if batch <= SMALL_BATCH:
-        short = isa == "avx2" and pass_ == "forward" and in_features < SHORT_K
-        return "blas" if short else "v4"
-    if max(in_features, out_features) <= NARROW or out_features == 1:
+        if avx512 or pass_ == "backward_data" or SHORT_K <= I < NARROW:
+            return "v4"
+        return "blas"  # AVX2 forwards: 13 -> 512 1.4x, 52 -> 512 1.25x, 512 -> 256 1.07x
+    if max(I, O) <= NARROW or O == 1 or I <= 128:  # 100 -> 1024: v5 1.13x blas
         return "v5"
     return "blas"
 
