@@ -201,12 +201,26 @@ def test_choose_backend_is_deterministic():
         for i in (1, 13, 100, 512, 1024)
         for o in (1, 16, 64, 256, 1024)
     ]
-    for pass_ in linear_auto.PASSES:
-        first = [linear_auto.choose_backend(*s, pass_) for s in shapes]
-        assert set(first) <= {"v4", "blas"}
-        assert first == [linear_auto.choose_backend(*s, pass_) for s in shapes]
+    for isa in (None, "avx512", "avx2", "neon", "vec128"):
+        for pass_ in linear_auto.PASSES:
+            first = [linear_auto.choose_backend(*s, pass_, isa) for s in shapes]
+            assert set(first) <= {"v4", "v5", "blas"}
+            assert first == [linear_auto.choose_backend(*s, pass_, isa) for s in shapes]
     with pytest.raises(ValueError, match="'sideways'"):
         linear_auto.choose_backend(2, 3, 4, "sideways")
+
+
+def test_choose_backend_is_keyed_by_isa():
+    """The rule of the ISA Numba compiles for; ISAs without measurements run blas."""
+    from numbadlrm.kernels.gemm.tile import TARGET
+
+    assert linear_auto.choose_backend(128, 512, 256, "forward", "avx512") == "v4"
+    assert linear_auto.choose_backend(2048, 1024, 1024, "forward", "avx512") == "blas"
+    assert linear_auto.choose_backend(2048, 512, 256, "forward", "avx2") == "v5"
+    assert linear_auto.choose_backend(2048, 512, 256, "backward_weight", "avx2") == "blas"
+    assert linear_auto.choose_backend(128, 512, 256, "forward", "neon") == "blas"
+    here = linear_auto.choose_backend(128, 512, 256, "forward")
+    assert here == linear_auto.choose_backend(128, 512, 256, "forward", TARGET.isa.name)
 
 
 # ------------------------------------------------------------------------ epilogues

@@ -1,31 +1,68 @@
-"""The linear layer's default version, "auto": per pass and shape, GEMM v4 or the blas
-backend, by a fixed rule (:func:`choose_backend`) from measurements, never a timing
-taken at run time, so runs are reproducible. The measurements behind the rule are in
-bench/RESULTS.md ("choose_backend").
+"""The linear layer's default version, "auto": per pass and shape, GEMM v4, v5 or the blas
+backend, by a fixed rule per ISA (:func:`choose_backend`) fitted to measurements, never a
+timing taken at run time, so runs are reproducible. The ISA is the one Numba compiles for
+(runtime/cpu.py). The measurements behind the rules are in bench/RESULTS.md ("Session 9:
+GEMM tiles per ISA": bench_gemm.py at 1 thread on an Intel Xeon with AVX-512, natively
+and compiling for Haswell):
+
+    pass        batch <= 128                   larger batches
+    forward     v4 (AVX2: v4 for 64 <= I < 512,  v5 up to 512 wide, for O = 1 and for
+                blas otherwise)                I <= 128; blas for the rest
+    data        v4                             as forward
+    weight      blas; v5 for O = 1; AVX-512: v4 for O <= 64 and I >= 256 (any batch);
+                AVX2: v4 for I < 32 (batch <= 128)
+
+on AVX-512 and AVX2; other ISAs (NEON, SSE2: our tiles are unmeasured there) run blas.
 """
 
 from __future__ import annotations
 
 from ..registry import get, register
+from .tile import TARGET
 
 PASSES = ("forward", "backward_data", "backward_weight")
-SMALL_BATCH = 128  # at most this many rows: v4 (2 threads: 7-19% faster steps at config a)
-NARROW_IN = 32  # weight passes of narrower layers: v4 (13 -> 512: 0.25 vs 0.68 ms, config c)
+SMALL_BATCH = 128  # at most this many rows: v4 (operands sit in L2; v5's packing costs)
+NARROW = 512  # v5's forward and data passes lead OpenBLAS up to this width (batch 2048)
+SHORT_K = 64  # AVX2, small batch: a forward with fewer inputs runs blas (13 -> 512: 1.35x)
 
 
-def choose_backend(batch: int, in_features: int, out_features: int, pass_: str) -> str:
-    """The version ("v4" or "blas") that "auto" runs for one pass of a layer.
+def _tiled(batch: int, in_features: int, out_features: int, pass_: str, isa: str) -> str:
+    """AVX-512 and AVX2 (see the module docstring; every exception measured)."""
+    I, O = in_features, out_features
+    avx512 = isa == "avx512"
+    if pass_ == "backward_weight":
+        if O == 1:  # a vector-matrix loop; OpenBLAS's M = 1 sgemm is slower
+            return "v5"
+        if avx512 and O <= 64 and I >= 256:  # 256 -> 64: 1.21x blas (B 128), 512 -> 64: 1.09x
+            return "v4"
+        if not avx512 and batch <= SMALL_BATCH and I < 32:  # 13 -> 512: 1.51x blas
+            return "v4"
+        return "blas"
+    if batch <= SMALL_BATCH:
+        if avx512 or pass_ == "backward_data" or SHORT_K <= I < NARROW:
+            return "v4"
+        return "blas"  # AVX2 forwards: 13 -> 512 1.4x, 52 -> 512 1.25x, 512 -> 256 1.07x
+    if max(I, O) <= NARROW or O == 1 or I <= 128:  # 100 -> 1024: v5 1.13x blas
+        return "v5"
+    return "blas"
 
-    Small batches run v4 (Numba): at B=128 (config a) it led the blas backend in whole
-    steps at 2 threads. Every other shape runs blas, except the weight pass of a narrow
-    layer (I < NARROW_IN), where v4 forms dW^T in full tiles while OpenBLAS gets only I
-    columns of C per call.
-    """
+
+def _other(batch: int, in_features: int, out_features: int, pass_: str, isa: str) -> str:
+    return "blas"
+
+
+RULES = {"avx512": _tiled, "avx2": _tiled}
+
+
+def choose_backend(
+    batch: int, in_features: int, out_features: int, pass_: str, isa: str | None = None
+) -> str:
+    """The version that "auto" runs for one pass of a layer, by the rule of ``isa`` (the
+    target's ISA when None; ISAs without a rule run blas)."""
     if pass_ not in PASSES:
         raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
-    if batch <= SMALL_BATCH or (pass_ == "backward_weight" and in_features < NARROW_IN):
-        return "v4"
-    return "blas"
+    isa = isa or TARGET.isa.name
+    return RULES.get(isa, _other)(batch, in_features, out_features, pass_, isa)
 
 
 def forward(y, x, W, b, relu):
@@ -48,7 +85,7 @@ def backward_weight_sgd(W, b, dz, x, lr):
     get("linear_backward_weight", name).extras["sgd"](W, b, dz, x, lr)
 
 
-_WHAT = "v4 for batches <= 128 rows and narrow weight passes, else blas (the default)"
+_WHAT = f"per ISA ({TARGET.isa.name} here): v4, v5 or blas by shape and pass (the default)"
 register("linear_forward", "auto", forward, description=_WHAT, default=True)
 register("linear_backward_data", "auto", backward_data, description=_WHAT, default=True)
 register(
@@ -56,6 +93,6 @@ register(
     "auto",
     backward_weight,
     description=_WHAT,
-    default=True,
     extras={"sgd": backward_weight_sgd},
+    default=True,
 )

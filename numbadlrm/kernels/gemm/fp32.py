@@ -34,10 +34,12 @@ Versions, side by side (as karpathy/llm.c dev/cuda keeps them):
             CPU's ISA (tile.py; the drivers in fp32_tiled.py): MR x NR sums in registers
             across the k loop, C touched once per tile; A read through a row and a k
             stride, so no pass transposes anything big; bias/ReLU on each finished tile
+    v5      v4's tile on packed panels of Bm (and of dz^T): GotoBLAS's packing, for big
+            operands whose rows lie a page apart (fp32_tiled.py)
 
 The versions are registered (numbadlrm.kernels.registry) as the ops linear_forward,
 linear_backward_data and linear_backward_weight: naive to v3 at the bottom of this
-module, v4 and its per-ISA variants in fp32_tiled.py (imported here). What each step
+module, v4, v5 and their per-ISA variants in fp32_tiled.py (imported here). What each step
 bought, and the lessons behind them (why inner loops start at 0, why v3 packs panels), are
 in bench/RESULTS.md, "GEMM versions".
 """

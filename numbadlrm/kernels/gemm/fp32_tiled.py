@@ -9,11 +9,13 @@ ReLU run on each finished tile while it is in cache.
          dz^T with a k stride of O floats), Bm is W^T (transposed once), W or x with its
          row stride. Nothing is copied: best where everything sits in L2 (B = 128).
     v5   GotoBLAS's packing: Bm copied once per pass into panels of NR columns, each
-         (K, NR) contiguous, and A into slivers of MR rows, each (K, MR) contiguous (k
-         major), so a tile reads two sequential streams that the hardware prefetches, at
-         no stride a cache set or a 4 KiB page boundary can punish (v4 at 1024-1024 on
-         Sapphire Rapids: 30-40% of OpenBLAS, v5 80-90%). C is swept in blocks of MC5
-         rows (A's block stays in L2) by k blocks whose B micro-panel (kc x NR) fits in L1.
+         (K, NR) contiguous, and the weight pass's A = dz^T into k-major slivers of MR
+         rows (db summed on the way); x and dz, contiguous along k, are read in place.
+         A tile then reads sequential streams that the hardware prefetches, at no stride
+         a cache set or a 4 KiB page boundary can punish (1024-1024 on an Intel Xeon with
+         AVX-512: v4 36-48% of OpenBLAS, v5 about 90%). C is swept in row blocks whose A
+         stays in L2 (A_BLOCK), by k blocks whose B micro-panel (kc x NR) sits in L1
+         (L1_PANEL), and each tile prefetches its rows of C.
 
 Both use the tile of the ISA Numba compiles for, and each ISA's tile that runs here is a
 registered version of its own:
@@ -249,13 +251,13 @@ def _logit_backward_data(dx, dz, W):
 
 
 @jit_parallel
-def _logit_weight(dW, g, dz, x, alpha, update, parts):
+def _logit_weight(dW, db, g, dz, x, alpha, update, parts):
     """O = 1: dW[0] (+)= alpha g, g = sum_r dz[r, 0] x[r] (a vector-matrix product, which a
-    tile would compute 1 row in MR of); g: (I,) scratch. Columns in ``parts`` blocks, so
-    that each reads whole runs of x's rows (each column's sum runs over the rows in order,
-    the same at any thread count)."""
+    tile would compute 1 row in MR of), and db[0] = sum_r dz[r, 0]; g: (I,) scratch.
+    Columns in ``parts`` blocks, so that each reads whole runs of x's rows (each column's
+    sum runs over the rows in order, the same at any thread count)."""
     B, I = x.shape
-    for t in prange(parts):  # task t writes only its columns of g and dW
+    for t in prange(parts):  # task t writes only its columns of g and dW; task 0 db
         i0, i1 = t * I // parts, (t + 1) * I // parts
         part = g[i0:i1]
         for i in range(i1 - i0):
@@ -268,6 +270,11 @@ def _logit_weight(dW, g, dz, x, alpha, update, parts):
         out = dW[0, i0:i1]
         for i in range(i1 - i0):
             out[i] = out[i] + alpha * part[i] if update else alpha * part[i]
+        if t == 0:
+            s = np.float32(0.0)
+            for r in range(B):
+                s += dz[r, 0]
+            db[0] = s
 
 
 @jit_serial
@@ -298,7 +305,8 @@ def _weight(mr, nv, lanes, packed, dW, db, dz, x, alpha, update, threads):
     -> 169 GFLOP/s, RESULTS.md). v5 sums db while it packs dz.
 
     When I is narrow and O wide (the bottom MLP's first layer, 13 -> 512: dW's rows would
-    fill I of a tile's NR columns) or, in v5, I <= O / 4 (100 -> 1024: 8.0 -> 5.0 ms), the
+    fill I of a tile's NR columns) or, in v5, I <= O / 4 (100 -> 1024: 8.0 -> 5.0 ms; v4 at
+    52 -> 512, B = 128: 0.085 -> 0.106 ms, so not there), the
     transposed product dW^T = x^T dz is formed in a small (I, O) scratch and transposed
     into place. When O = 1 (the logit layer) dW is a vector-matrix product.
     """
@@ -307,7 +315,8 @@ def _weight(mr, nv, lanes, packed, dW, db, dz, x, alpha, update, threads):
     summed = False
     if O == 1:
         parts = max(1, min(threads, I // 16))
-        _logit_weight(dW, np.empty(I, np.float32), dz, x, alpha, update, parts)
+        _logit_weight(dW, db, np.empty(I, np.float32), dz, x, alpha, update, parts)
+        summed = True
     elif (I < nr // 2 or (packed and 4 * I <= O)) and O >= nr:
         prod = np.empty((I, O), np.float32)
         _gemm_any(mr, nv, lanes, packed, prod, x, False, dz, False, prod[0], False, False, 1.0,
