@@ -12,7 +12,8 @@ own lookups (``id // c`` and ``id % c`` for QR's quotient and remainder tables):
 Backward: the combine's or the projection's backward gives each stored table its bag
 gradients, then the table takes the model's optimizer step (fused SGD, or the sparse
 Adagrad / row-wise Adagrad update) exactly as a plain table; P takes a dense step
-(SGD, or element-wise Adagrad with weight decay, like an MLP layer).
+(SGD, or element-wise Adagrad; no weight decay: it belongs to the table's module, which
+the tables' optimizer group steps without decay, as interop/torch_optim.py converts it).
 
 Weighted pooling (:class:`PoolingWeights`) keeps the one table buffer; learned weights
 take SGD or element-wise Adagrad on the rows looked up (dw is zero elsewhere).
@@ -185,7 +186,7 @@ class CompressedTables:
         opt = self.optimizer
         kernel = kernels.get("dense_update_adagrad").entry(P.size < SERIAL_BELOW_PARAMS)
         kernel(P.reshape(-1), state.reshape(-1), dP.reshape(-1), np.float32(lr),
-               np.float32(opt.eps), np.float32(opt.weight_decay))  # fmt: skip
+               np.float32(opt.eps), np.float32(0.0))  # fmt: skip
 
 
 def _rows(table: np.ndarray) -> np.ndarray:
