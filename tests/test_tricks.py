@@ -238,3 +238,26 @@ def test_checkpoint_round_trip_with_optimizer_state(name, tmp_path):
     assert model.train_step(batch, 0.1) == again.train_step(batch, 0.1)
     for n, v in model.state_dict().items():
         np.testing.assert_array_equal(v, again.state_dict()[n], err_msg=n)
+
+
+def test_mpi_refuses_the_tricks_in_one_line():
+    mpi = pytest.importorskip("mpi4py.MPI")
+    from numbadlrm.parallel.distributed import DistributedDLRM
+
+    with pytest.raises(ValueError, match="not implemented across ranks yet") as info:
+        DistributedDLRM(trick_config("md"), mpi.COMM_SELF)
+    assert "\n" not in str(info.value)
+
+
+def test_convert_to_torch_writes_the_references_names(tmp_path):
+    from numbadlrm.cli.main import main
+
+    cfg = trick_config("md")
+    save_model_checkpoint(tmp_path / "m.ckpt", DLRM(cfg, seed=1))
+    main(["convert", str(tmp_path / "m.ckpt"), "--to-torch", str(tmp_path / "m.pt")])
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    sd = loaded.get("state_dict", loaded)
+    assert "emb_l.3.proj.weight" in sd and "emb_l.3.embs.weight" in sd
+    TorchDLRM(cfg, rng=np.random.default_rng(0)).load_state_dict(sd, strict=True)
+    with pytest.raises(SystemExit):
+        main(["convert", str(tmp_path / "m.pt"), "--from-torch", str(tmp_path / "back.npz")])

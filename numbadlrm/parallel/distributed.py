@@ -100,6 +100,11 @@ class DistributedDLRM(ShardedState):
         loss: LossConfig | str | None = None,
         precision: str = "fp32",
     ):
+        if config.compressed or config.learned_pooling:
+            raise ValueError(
+                "MPI: QR, MD and learned weighted-pooling tables are not implemented across "
+                "ranks yet; train them in one process"
+            )
         self.config, self.comm, self.seed, self.gemm = config, comm, seed, gemm
         self.policy = policy(precision)
         self.precision = self.policy.name
