@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 from _common import header, set_threads
-from _e2e import CONFIGS, LR, batches
+from _e2e import CONFIGS, LR, QUICK, batches
 
+from numbadlrm.config import DLRMConfig
 from numbadlrm.model.dlrm import DLRM
 from numbadlrm.model.memory import estimate
 from numbadlrm.reference import ReferenceDLRM
@@ -95,11 +96,11 @@ def _flag_dict(flags: list[str]) -> dict:
 
 def _validate(tricks: dict) -> None:
     """5 SGD steps of a small config with these tricks against the NumPy reference."""
-    small = dataclasses.replace(CONFIGS["a"].config(), embedding_sizes=(300, 1000, 50) * 2,
-                                top_sizes=(28, 16, 1), **tricks)  # fmt: skip
+    base = DLRMConfig.from_arch(16, "300-1000-50-300-1000-50", "13-32-16", "16-1")
+    small = dataclasses.replace(base, **tricks)
     model = DLRM(small, seed=0)
     ref = ReferenceDLRM(small, model.state_dict())
-    for b in batches(dataclasses.replace(CONFIGS["a"], tables=6), small, 5):
+    for b in batches(dataclasses.replace(QUICK["q"], tables=6, dim=16), small, 5):
         got, want = model.train_step(b, LR), ref.train_step(b.dense, b.offsets, b.indices,
                                                             b.labels, LR)  # fmt: skip
         assert np.isclose(got, want, rtol=1e-4), (tricks, got, want)
