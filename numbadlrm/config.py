@@ -20,6 +20,20 @@ from dataclasses import dataclass
 import numpy as np
 
 INTERACTION_OPS = ("dot", "cat")
+QR_OPERATIONS = ("mult", "add", "concat")
+POOLING_WEIGHTS = (None, "fixed", "learned")
+# the reference's table tricks (issue 22), their defaults; to_dict writes only changed ones
+TRICK_DEFAULTS = {
+    "qr_flag": False,
+    "qr_threshold": 200,
+    "qr_collisions": 4,
+    "qr_operation": "mult",
+    "md_flag": False,
+    "md_threshold": 200,
+    "md_temperature": 0.3,
+    "md_round_dims": False,
+    "weighted_pooling": None,
+}
 
 
 def parse_arch(text: str | tuple[int, ...] | list[int], field: str) -> tuple[int, ...]:
@@ -79,7 +93,12 @@ class DLRMConfig:
     """The model's shape. Construct directly or with :meth:`from_arch`.
 
     embedding_sizes: rows of each table (length T).
-    sparse_feature_size: D.
+    sparse_feature_size: D, the width of every pooled vector (the bottom MLP's output).
+
+    The reference's table tricks (numbadlrm/model/compressed.py has their math):
+    qr_*: quotient-remainder tables (qr_operation "concat": two D/2-wide halves);
+    md_*: mixed-dimension tables with projections to D; weighted_pooling: None,
+    "fixed" or "learned" per-row weights in the bag sums. See :meth:`table_plans`.
     bottom_sizes: bottom MLP widths including its input; the last equals D.
     top_sizes: top MLP widths including its (computed) input; the last equals 1.
     """
@@ -90,6 +109,15 @@ class DLRMConfig:
     top_sizes: tuple[int, ...]
     interaction_op: str = "dot"
     interaction_itself: bool = False
+    qr_flag: bool = False
+    qr_threshold: int = 200
+    qr_collisions: int = 4
+    qr_operation: str = "mult"
+    md_flag: bool = False
+    md_threshold: int = 200
+    md_temperature: float = 0.3
+    md_round_dims: bool = False
+    weighted_pooling: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("embedding_sizes", "bottom_sizes", "top_sizes"):
@@ -120,6 +148,7 @@ class DLRMConfig:
             )
         if self.top_sizes[-1] != 1:
             raise ValueError(f"top_sizes: the last width must be 1, got {self.top_sizes[-1]}")
+        _check_tricks(self)
 
     @classmethod
     def from_arch(
@@ -171,7 +200,37 @@ class DLRMConfig:
             "mlp_top": format_arch(self.top_sizes[1:]),
         }
 
+    @property
+    def compressed(self) -> bool:
+        """True with QR or MD tables (stored table by table, model/compressed.py)."""
+        return self.qr_flag or self.md_flag
+
+    @property
+    def learned_pooling(self) -> bool:
+        return self.weighted_pooling == "learned"
+
+    def table_plans(self) -> tuple[TablePlan, ...]:
+        """How each of the T tables is stored (see :class:`TablePlan`)."""
+        d = self.sparse_feature_size
+        dims = md_solver(self.embedding_sizes, self.md_temperature, d, self.md_round_dims)
+        plans = []
+        for n, width in zip(self.embedding_sizes, dims, strict=True):
+            if self.qr_flag and n > self.qr_threshold:
+                half = d // 2 if self.qr_operation == "concat" else d
+                plans.append(
+                    TablePlan("qr", n, (-(-n // self.qr_collisions), self.qr_collisions), half)
+                )
+            elif self.md_flag and n > self.md_threshold and width < d:
+                plans.append(TablePlan("md", n, (n,), width))
+            else:
+                plans.append(TablePlan("plain", n, (n,), d))
+        return tuple(plans)
+
     def to_dict(self) -> dict:
+        tricks = {k: getattr(self, k) for k, v in TRICK_DEFAULTS.items() if getattr(self, k) != v}
+        return {**self._base_dict(), **tricks}
+
+    def _base_dict(self) -> dict:
         return {
             "embedding_sizes": list(self.embedding_sizes),
             "sparse_feature_size": self.sparse_feature_size,
@@ -187,12 +246,74 @@ class DLRMConfig:
         if not isinstance(data, dict):
             raise ValueError(f"expected a dict of config fields, got {type(data).__name__}")
         fields = set(cls.__dataclass_fields__)
-        missing, unknown = sorted(fields - set(data)), sorted(set(data) - fields)
+        missing = sorted(fields - set(data) - set(TRICK_DEFAULTS))
+        unknown = sorted(set(data) - fields)
         if missing or unknown:
             raise ValueError(
                 f"missing fields {missing or 'none'}, unknown fields {unknown or 'none'}"
             )
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """How one logical table of ``rows`` rows is stored.
+
+    kind "plain": one (rows, D) table. "qr": a quotient table (ceil(rows/c), dim) indexed
+    id // c and a remainder table (c, dim) indexed id % c (dim = D, or D/2 for concat).
+    "md": a narrow (rows, dim) table, dim < D, and a bias-free projection (D, dim).
+    """
+
+    kind: str
+    rows: int
+    shapes_rows: tuple[int, ...]  # the stored tables' rows
+    dim: int
+
+
+def md_solver(sizes, temperature: float, d0: int, round_dims: bool) -> tuple[int, ...]:
+    """The reference's md_solver (tricks/md_embedding_bag.py) with d0 = D: the table with
+    the fewest rows keeps D; table i gets round(D (n_min / n_i)^temperature), at least 1,
+    rounded to a power of 2 with ``round_dims`` (each at most D here: the reference's
+    power-of-2 rounding can exceed a D that is not one). Ties keep the input order."""
+    n = np.asarray(sizes, dtype=np.float64)
+    if n.size == 0:
+        return ()
+    order = np.argsort(n, kind="stable")
+    n_min = n[order[0]]
+    d = np.maximum(np.round(d0 * (n_min / n) ** temperature), 1.0)
+    d[order[0]] = d0
+    if round_dims:
+        d = 2.0 ** np.round(np.log2(d))
+    return tuple(int(min(v, d0)) for v in d)
+
+
+def _check_tricks(c: DLRMConfig) -> None:
+    """ValueError for table-trick settings that do not fit together (one line each)."""
+    for name in ("qr_flag", "md_flag", "md_round_dims"):
+        if not isinstance(getattr(c, name), bool):
+            raise ValueError(f"{name}: must be a bool, got {getattr(c, name)!r}")
+    for name, low in (("qr_threshold", 0), ("qr_collisions", 1), ("md_threshold", 0)):
+        v = getattr(c, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ValueError(f"{name}: must be an integer >= {low}, got {v!r}")
+    t = c.md_temperature
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t) or t < 0:
+        raise ValueError(f"md_temperature: must be a finite number >= 0, got {t!r}")
+    if c.qr_operation not in QR_OPERATIONS:
+        raise ValueError(f"qr_operation: must be one of {QR_OPERATIONS}, got {c.qr_operation!r}")
+    if c.weighted_pooling not in POOLING_WEIGHTS:
+        raise ValueError(
+            f"weighted_pooling: must be 'fixed', 'learned' or None, got {c.weighted_pooling!r}"
+        )
+    if c.qr_flag and c.md_flag:
+        raise ValueError("qr_flag and md_flag: choose one table trick, not both")
+    if c.weighted_pooling is not None and c.compressed:
+        raise ValueError("weighted_pooling: not combined with QR or MD tables (as the reference)")
+    if c.qr_flag and c.qr_operation == "concat" and c.sparse_feature_size % 2:
+        raise ValueError(
+            f"qr_operation 'concat': the pooled width D = {c.sparse_feature_size} (the bottom "
+            "MLP's output) must be even, twice the tables' width"
+        )
 
 
 def interaction_width(op: str, itself: bool, num_tables: int, dim: int) -> int:

@@ -18,6 +18,13 @@ linear (+ReLU):  z = x W^T + b;  y = max(z, 0) or z
     dz = dy * [z > 0] (= dy * [y > 0]);  dW = dz^T x;  db = sum_b dz;  dx = dz W
 embedding bag:   e[b] = sum_{j in bag b} E[idx_j]
     dE[idx_j] += de[b] for every lookup j of bag b (a sparse, row-wise scatter-add)
+weighted bag:    e[b] = sum_{j in bag b} w[idx_j] E[idx_j]   (--weighted-pooling)
+    dE[idx_j] += w[idx_j] de[b];  dw[idx_j] += <de[b], E[idx_j]>  (learned w only)
+quotient-remainder (--qr-flag, c collisions): q = bag of Q over idx // c, r = bag of R
+    over idx % c;  e = q * r (mult), q + r (add) or [q, r] (concat)
+    mult: dq = de * r, dr = de * q;  add: dq = dr = de;  concat: dq, dr = the halves of de
+mixed dimensions (--md-flag): u = bag of a narrow table (rows, d);  e = u P^T, P (D, d)
+    dP = de^T u;  du = de P
 dot interaction: Z[b] = feats[b] feats[b]^T (F x F);  r = [x, Z[b][i, j] for pairs i > j]
     dfeats[b, i] += dZ_ij feats[b, j];  dfeats[b, j] += dZ_ij feats[b, i]
     (a diagonal pair (i, i) with interaction_itself gives dfeats[b, i] += 2 dZ_ii feats[b, i])
@@ -93,6 +100,37 @@ def embedding_bag_backward(
     bag_of = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
     np.add.at(dtable, indices[offsets[0] : offsets[-1]], dpooled[bag_of])
     return dtable
+
+
+def weighted_bag_forward(table, row_weights, offsets, indices):
+    """e[b] = sum_j w[idx_j] E[idx_j]: table (rows, D), row_weights (rows,) -> (B, D)."""
+    scaled = table * row_weights[:, None]
+    return embedding_bag_forward(scaled, offsets, indices)
+
+
+def weighted_bag_backward(dpooled, table, row_weights, offsets, indices):
+    """(dtable (rows, D), drow_weights (rows,)), both dense (the oracle only)."""
+    dscaled = embedding_bag_backward(dpooled, offsets, indices, table.shape[0])
+    return dscaled * row_weights[:, None], (dscaled * table).sum(axis=1)
+
+
+def qr_forward(q, r, operation: str):
+    """Combine the quotient and remainder bags q, r (B, d)."""
+    if operation == "mult":
+        return q * r
+    if operation == "add":
+        return q + r
+    return np.concatenate([q, r], axis=1)
+
+
+def qr_backward(de, q, r, operation: str):
+    """de (B, D) -> (dq, dr)."""
+    if operation == "mult":
+        return de * r, de * q
+    if operation == "add":
+        return de, de
+    d = q.shape[1]
+    return de[:, :d], de[:, d:]
 
 
 # -------------------------------------------------------------------------- interaction
@@ -188,29 +226,65 @@ class ReferenceDLRM:
         dtype = next(iter(self.params.values())).dtype
         ws, bs = self._layers("bottom_mlp", self.nb)
         x, bot_caches = mlp_forward(dense.astype(dtype), ws, bs, relu_last=True)
-        pooled = [
-            embedding_bag_forward(self.params[f"embeddings.{t}.weight"], offsets[t], indices)
-            for t in range(cfg.num_tables)
-        ]
+        pooled, parts = [], []
+        for t in range(cfg.num_tables):
+            e, part = self._table_forward(t, offsets[t], indices)
+            pooled.append(e)
+            parts.append(part)
         feats = np.stack([x, *pooled], axis=1)  # (B, F, D)
         r = interaction_forward(feats, cfg.interaction_op, cfg.interaction_itself)
         ws, bs = self._layers("top_mlp", self.nt)
         s, top_caches = mlp_forward(r, ws, bs, relu_last=False)
         loss, p = sigmoid_bce_forward(s[:, 0], labels.astype(dtype))
-        return loss, p, (bot_caches, feats, top_caches, p)
+        return loss, p, (bot_caches, feats, top_caches, p, parts)
+
+    def _table_forward(self, t: int, offsets, indices):
+        """Table t's pooled (B, D) and what its backward needs (see the plans)."""
+        plan, cfg, prm = self.config.table_plans()[t], self.config, self.params
+        name = f"embeddings.{t}"
+        if plan.kind == "qr":
+            c = cfg.qr_collisions
+            q = embedding_bag_forward(prm[f"{name}.weight_q"], offsets, indices // c)
+            r = embedding_bag_forward(prm[f"{name}.weight_r"], offsets, indices % c)
+            return qr_forward(q, r, cfg.qr_operation), (q, r)
+        if cfg.learned_pooling:
+            w = prm[f"pooling_weights.{t}"]
+            return weighted_bag_forward(prm[f"{name}.weight"], w, offsets, indices), None
+        u = embedding_bag_forward(prm[f"{name}.weight"], offsets, indices)
+        if plan.kind == "md":
+            return u @ prm[f"projections.{t}.weight"].T, u
+        return u, None
+
+    def _table_backward(self, t: int, de, offsets, indices, part, grads) -> None:
+        plan, cfg, prm = self.config.table_plans()[t], self.config, self.params
+        name = f"embeddings.{t}"
+        if plan.kind == "qr":
+            c, (q, r) = cfg.qr_collisions, part
+            dq, dr = qr_backward(de, q, r, cfg.qr_operation)
+            rows_q, rows_r = plan.shapes_rows
+            grads[f"{name}.weight_q"] = embedding_bag_backward(dq, offsets, indices // c, rows_q)
+            grads[f"{name}.weight_r"] = embedding_bag_backward(dr, offsets, indices % c, rows_r)
+            return
+        if cfg.learned_pooling:
+            w = prm[f"pooling_weights.{t}"]
+            dE, dw = weighted_bag_backward(de, prm[f"{name}.weight"], w, offsets, indices)
+            grads[f"{name}.weight"], grads[f"pooling_weights.{t}"] = dE, dw
+            return
+        if plan.kind == "md":
+            grads[f"projections.{t}.weight"] = de.T @ part
+            de = de @ prm[f"projections.{t}.weight"]
+        grads[f"{name}.weight"] = embedding_bag_backward(de, offsets, indices, plan.rows)
 
     def backward(self, offsets, indices, labels, cache) -> dict[str, np.ndarray]:
         """Gradients of every parameter (tables as dense arrays), named like params."""
         cfg = self.config
-        bot_caches, feats, top_caches, p = cache
+        bot_caches, feats, top_caches, p, parts = cache
         ds = sigmoid_bce_backward(p, labels.astype(p.dtype))[:, None]
         dr, dWs, dbs = mlp_backward(ds, top_caches)
         grads = _named("top_mlp", dWs, dbs)
         dfeats = interaction_backward(dr, feats, cfg.interaction_op, cfg.interaction_itself)
-        for t, rows in enumerate(cfg.embedding_sizes):
-            grads[f"embeddings.{t}.weight"] = embedding_bag_backward(
-                dfeats[:, t + 1], offsets[t], indices, rows
-            )
+        for t in range(cfg.num_tables):
+            self._table_backward(t, dfeats[:, t + 1], offsets[t], indices, parts[t], grads)
         _, dWs, dbs = mlp_backward(dfeats[:, 0], bot_caches)
         grads.update(_named("bottom_mlp", dWs, dbs))
         return grads

@@ -117,7 +117,9 @@ def test_parse_errors_print_train_usage(argv, message, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--qr-flag"], "--qr-flag True: quotient-remainder embeddings are not implemented"),
+        (["--qr-flag", "--qr-operation=concat"], "must be 2 x --arch-sparse-feature-size (32)"),
+        (["--md-flag", "--weighted-pooling=learned"], "not combined with QR or MD tables"),
+        (["--qr-flag", "--precision=bf16"], "train in fp32 only"),
         (["--loss-threshold=1e-7"], "--loss-threshold 1e-07: clamping the probabilities"),
         (["--activation-function=sigmoid"], "only 'relu' is accepted"),
         (["--weight-decay=0.1"], "--weight-decay: applies to --optimizer adagrad or rwsadagrad"),

@@ -37,6 +37,7 @@ from ..io.files import atomic_output, check_output_path
 
 # the reference's parameter names: Linear layers at even indices of each nn.Sequential
 _PARAMETER = re.compile(r"(bot_l|top_l)\.(\d+)\.(weight|bias)|emb_l\.(\d+)\.weight")
+_TRICK = re.compile(r"emb_l\.\d+\.(weight_q|weight_r|embs\.weight|proj\.weight)|v_W_l\.\d+")
 _EXPECTED_KEYS = "bot_l.{2i}.weight/.bias, top_l.{2i}.weight/.bias and emb_l.{t}.weight"
 
 
@@ -139,6 +140,12 @@ def config_from_reference_shapes(sd: dict, where: str, torch) -> DLRMConfig:
     tables: dict[int, tuple] = {}
     for key, value in sd.items():
         match = _PARAMETER.fullmatch(key) if isinstance(key, str) else None
+        if match is None and isinstance(key, str) and _TRICK.fullmatch(key):
+            raise ValueError(
+                f"{where}: {key!r} is a QR, MD or weighted-pooling parameter: the reference's "
+                "file does not record their flags, so --from-torch cannot rebuild the model "
+                "(--to-torch writes them)"
+            )
         if match is None:
             raise ValueError(
                 f"{where}: unexpected key {key!r} in the state_dict (expected {_EXPECTED_KEYS})"

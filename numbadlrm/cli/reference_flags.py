@@ -108,15 +108,6 @@ UNSUPPORTED: dict[str, tuple[dict, object, str]] = {
     "--loss-threshold": (
         {"type": float, "default": 0.0}, 0.0, "clamping the probabilities is not implemented",
     ),
-    "--weighted-pooling": ({"default": None}, None, "weighted pooling is not implemented"),
-    "--qr-flag": (_SWITCH, False, "quotient-remainder embeddings are not implemented"),
-    "--qr-threshold": ({"type": int, "default": 200}, 200, "needs --qr-flag"),
-    "--qr-operation": ({"default": "mult"}, "mult", "needs --qr-flag"),
-    "--qr-collisions": ({"type": int, "default": 4}, 4, "needs --qr-flag"),
-    "--md-flag": (_SWITCH, False, "mixed-dimension embeddings are not implemented"),
-    "--md-threshold": ({"type": int, "default": 200}, 200, "needs --md-flag"),
-    "--md-temperature": ({"type": float, "default": 0.3}, 0.3, "needs --md-flag"),
-    "--md-round-dims": (_SWITCH, False, "needs --md-flag"),
     "--quantize-mlp-with-bit": ({"type": int, "default": 32}, 32, "MLPs train in float32"),
     "--quantize-emb-with-bit": ({"type": int, "default": 32}, 32, "tables train in float32"),
     "--mlperf-grad-accum-iter": (

@@ -23,6 +23,16 @@ state_dict therefore names parameters
     bot_l.{2i}.weight (O, I), bot_l.{2i}.bias (O,)   <->  bottom_mlp.{i}.weight / .bias
     top_l.{2i}.weight (O, I), top_l.{2i}.bias (O,)   <->  top_mlp.{i}.weight / .bias
     emb_l.{t}.weight (rows, D)                       <->  embeddings.{t}.weight
+    emb_l.{t}.weight_q, .weight_r (QREmbeddingBag)   <->  embeddings.{t}.weight_q, .weight_r
+    emb_l.{t}.embs.weight, .proj.weight (PrEmbeddingBag, --md-flag; no proj at width D)
+                                          <->  embeddings.{t}.weight, projections.{t}.weight
+    v_W_l.{t} (--weighted-pooling learned)           <->  pooling_weights.{t}
+
+The table tricks are the reference's tricks/qr_embedding_bag.py QREmbeddingBag (two
+EmbeddingBags over id // c and id % c, combined by mult, add or concat) and
+tricks/md_embedding_bag.py PrEmbeddingBag (a narrow EmbeddingBag, then a bias-free
+Linear to D), transcribed below; weighted pooling passes per_sample_weights =
+v_W_l[t][indices] to the table's EmbeddingBag.
 
 and :func:`to_reference_state_dict` / :func:`from_reference_state_dict` translate.
 
@@ -78,18 +88,12 @@ class TorchDLRM(_Module):
         super().__init__()
         self.config = config
         rng = np.random.default_rng() if rng is None else rng
-        d = config.sparse_feature_size
         self.bot_l = _make_mlp(config.bottom_sizes, nn.ReLU(), rng)
-        self.emb_l = nn.ModuleList(
-            nn.EmbeddingBag(
-                rows,
-                d,
-                mode="sum",
-                sparse=True,
-                _weight=_tensor(rng.uniform(-np.sqrt(1 / rows), np.sqrt(1 / rows), (rows, d))),
+        self.emb_l = nn.ModuleList(_make_table(config, plan, rng) for plan in config.table_plans())
+        if config.learned_pooling:
+            self.v_W_l = nn.ParameterList(
+                nn.Parameter(torch.ones(rows)) for rows in config.embedding_sizes
             )
-            for rows in config.embedding_sizes
-        )
         self.top_l = _make_mlp(config.top_sizes, nn.Sigmoid(), rng)
         self.loss_name = loss
         self.loss_fn = {"bce": nn.BCELoss(reduction="mean"), "mse": nn.MSELoss(reduction="mean"),
@@ -122,9 +126,15 @@ class TorchDLRM(_Module):
     def forward(self, dense, offsets, indices):
         """dense (B, I), offsets[t] (B,), indices[t] (nnz_t,) -> probabilities p (B, 1)."""
         x = self.bot_l(dense.to(self.bot_l[0].weight.dtype))  # (B, D)
-        pooled = [
-            bag(idx, off) for bag, off, idx in zip(self.emb_l, offsets, indices, strict=True)
-        ]  # T x (B, D)
+        if self.config.learned_pooling:
+            pooled = [
+                bag(idx, off, per_sample_weights=w[idx])
+                for bag, off, idx, w in zip(self.emb_l, offsets, indices, self.v_W_l, strict=True)
+            ]
+        else:
+            pooled = [
+                bag(idx, off) for bag, off, idx in zip(self.emb_l, offsets, indices, strict=True)
+            ]  # T x (B, D)
         r = self.interact(x, pooled)  # (B, D + P) or (B, F*D)
         return self.top_l(r)  # (B, 1)
 
@@ -143,6 +153,64 @@ class TorchDLRM(_Module):
             return self.loss_fn(p, target)
         weights = self.loss_ws[labels.long()].to(p.dtype).reshape(p.shape)
         return (weights * self.loss_fn(p, target)).mean()
+
+
+def _bag(rows: int, d: int, values: np.ndarray):
+    return nn.EmbeddingBag(rows, d, mode="sum", sparse=True, _weight=_tensor(values))
+
+
+def _make_table(config: DLRMConfig, plan, rng: np.random.Generator):
+    """Table t as the reference builds it (create_emb): EmbeddingBag, QR or Pr."""
+    n, d, bound = plan.rows, plan.dim, np.sqrt(1 / plan.rows)
+    if plan.kind == "qr":
+        return QREmbeddingBag(n, d, config.qr_collisions, config.qr_operation, rng)
+    if config.md_flag and n > config.md_threshold:  # "md", or "plain" at full width
+        return PrEmbeddingBag(n, d, config.sparse_feature_size, rng)
+    return _bag(n, d, rng.uniform(-bound, bound, (n, d)))
+
+
+class QREmbeddingBag(_Module):
+    """The reference's QREmbeddingBag (mode "sum"): tables of ceil(n/c) and c rows,
+    initialised by nn.init.uniform_(w, sqrt(1/n)), i.e. U(sqrt(1/n), 1)."""
+
+    def __init__(self, n: int, d: int, collisions: int, operation: str, rng):
+        super().__init__()
+        self.collisions, self.operation = collisions, operation
+        rows = (-(-n // collisions), collisions)
+        low = np.sqrt(1 / n)
+        self.weight_q = nn.Parameter(_tensor(rng.uniform(low, 1, (rows[0], d))))
+        self.weight_r = nn.Parameter(_tensor(rng.uniform(low, 1, (rows[1], d))))
+
+    def forward(self, indices, offsets):
+        q = nn.functional.embedding_bag(
+            indices // self.collisions, self.weight_q, offsets, mode="sum", sparse=True
+        )
+        r = nn.functional.embedding_bag(
+            torch.remainder(indices, self.collisions), self.weight_r, offsets, mode="sum",
+            sparse=True,
+        )  # fmt: skip
+        if self.operation == "concat":
+            return torch.cat((q, r), dim=1)
+        return q + r if self.operation == "add" else q * r
+
+
+class PrEmbeddingBag(_Module):
+    """The reference's PrEmbeddingBag: a narrow (n, d) EmbeddingBag (initialised as
+    create_emb does, U(+-sqrt(1/n))), then a bias-free Linear d -> D (xavier_uniform)."""
+
+    def __init__(self, n: int, d: int, base: int, rng):
+        super().__init__()
+        bound = np.sqrt(1 / n)
+        self.embs = _bag(n, d, rng.uniform(-bound, bound, (n, d)))
+        self.proj = nn.Identity() if d == base else nn.Linear(d, base, bias=False)
+        limit = np.sqrt(6 / (d + base))
+        with torch.no_grad():
+            if d == base:
+                return
+            self.proj.weight.copy_(_tensor(rng.uniform(-limit, limit, (base, d))))
+
+    def forward(self, indices, offsets, per_sample_weights=None):
+        return self.proj(self.embs(indices, offsets, per_sample_weights=per_sample_weights))
 
 
 def _make_mlp(sizes: tuple[int, ...], last_activation, rng: np.random.Generator):
@@ -221,8 +289,18 @@ def reference_names(config: DLRMConfig) -> dict[str, str]:
         for i in range(len(sizes) - 1):
             for kind in ("weight", "bias"):
                 names[f"{prefix}.{i}.{kind}"] = f"{ref_prefix}.{2 * i}.{kind}"
-    for t in range(config.num_tables):
-        names[f"embeddings.{t}.weight"] = f"emb_l.{t}.weight"
+    for t, plan in enumerate(config.table_plans()):
+        if plan.kind == "qr":
+            for part in ("weight_q", "weight_r"):
+                names[f"embeddings.{t}.{part}"] = f"emb_l.{t}.{part}"
+        elif config.md_flag and plan.rows > config.md_threshold:
+            names[f"embeddings.{t}.weight"] = f"emb_l.{t}.embs.weight"
+            if plan.kind == "md":
+                names[f"projections.{t}.weight"] = f"emb_l.{t}.proj.weight"
+        else:
+            names[f"embeddings.{t}.weight"] = f"emb_l.{t}.weight"
+        if config.learned_pooling:
+            names[f"pooling_weights.{t}"] = f"v_W_l.{t}"
     return names
 
 

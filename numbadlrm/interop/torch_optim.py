@@ -126,8 +126,9 @@ def reference_parameter_order(config) -> list[str]:
     from ..model.state import state_dict_shapes
 
     names = list(state_dict_shapes(config))
-    tables = [n for n in names if n.startswith("embeddings.")]
-    return tables + [n for n in names if not n.startswith("embeddings.")]
+    mlps = [n for n in names if n.startswith(("bottom_mlp.", "top_mlp."))]
+    pooling = [n for n in names if n.startswith("pooling_weights.")]  # v_W_l, after emb_l
+    return [n for n in names if n not in mlps and n not in pooling] + pooling + mlps
 
 
 def to_reference_optimizer_state(config, optimizer, steps: int, state: dict, lr: float) -> dict:
@@ -146,7 +147,7 @@ def to_reference_optimizer_state(config, optimizer, steps: int, state: dict, lr:
     settings = {k: getattr(optimizer, k) for k in _GROUP_KEYS}
     extra = {} if optimizer.rowwise_tables else {"foreach": None, "maximize": False,
                                                 "differentiable": False, "fused": None}  # fmt: skip
-    tables = sum(n.startswith("embeddings.") for n in names)
+    tables = sum(not n.startswith(("bottom_mlp.", "top_mlp.")) for n in names)
     if optimizer.weight_decay == 0:
         groups = [{"lr": lr, **settings, **extra, "params": list(range(len(names)))}]
     else:

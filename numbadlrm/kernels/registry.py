@@ -65,6 +65,16 @@ OPS: dict[str, tuple[str, str]] = {
         "(dweights, row_start, offsets, indices, dpooled)",
         "dense table gradient: dweights[row] += dpooled[t, b] for every lookup (small tables)",
     ),
+    "qr_combine_forward": ("(out, q, r, operation)", "out = q * r, q + r or [q, r] (0, 1, 2)"),
+    "qr_combine_backward": ("(dq, dr, dout, q, r, operation)", "dq, dr from dout"),
+    "weighted_embedding_forward": (
+        "(pooled, weights, row_weights, row_start, offsets, indices)",
+        "pooled[t, b] = sum over bag (t, b) of w[row] weights[row]",
+    ),
+    "weighted_embedding_backward": (
+        "(grads, rows, dots, weights, row_weights, row_start, offsets, indices, dpooled)",
+        "per lookup k: rows[k], grads[k] = w[row] dpooled[t, b], dots[k] = <dpooled, E[row]>",
+    ),
     "dot_interaction_forward": (
         "(out, x, emb, li, lj)",
         "out[b] = [x[b], <f_li[p], f_lj[p]> for each pair p]",
@@ -159,6 +169,7 @@ BUILTIN_MODULES = (
     "numbadlrm.kernels.gemm.blas",
     "numbadlrm.kernels.gemm.auto",
     "numbadlrm.kernels.embedding.bags",
+    "numbadlrm.kernels.embedding.tricks",
     "numbadlrm.kernels.interaction.fp32",
     "numbadlrm.kernels.elementwise",
     "numbadlrm.kernels.embedding.optimizers",

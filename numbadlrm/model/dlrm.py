@@ -35,6 +35,7 @@ from ..layers.loss import LossConfig, sigmoid, sigmoid_loss
 from ..optim.optimizers import Optimizer, OptimizerConfig, check_steps
 from ..optim.sgd import check_learning_rate
 from ..runtime.profiling import OpTimes, timed
+from .compressed import CompressedTables, PoolingWeights
 from .memory import allocation_errors, check_memory, estimate
 from .params import init_mlp, init_table_rows, slot_views, table_buffer
 from .precision import policy
@@ -83,8 +84,16 @@ class DLRM:
         self.loss_config = LossConfig.of(loss)
         optimizer_config = OptimizerConfig.of(optimizer)
         self.policy.check(optimizer_config)  # before allocating anything
+        if self.precision != "fp32" and (config.compressed or config.learned_pooling):
+            raise ValueError(
+                f"--precision {self.precision}: QR, MD and learned weighted pooling train in "
+                "fp32 only (use --precision fp32)"
+            )
         _, _, n = dense_layout(config)
-        sizes = np.asarray(config.embedding_sizes, dtype=np.int64)
+        # QR / MD tables are stored table by table (model/compressed.py), not in one buffer
+        sizes = np.asarray(
+            () if config.compressed else config.embedding_sizes, dtype=np.int64
+        ).reshape(-1)
         need = estimate(config, optimizer=optimizer_config.name, precision=self.precision)
         check_memory(need)  # before allocating: a clear message, not a MemoryError
         with allocation_errors(need):
@@ -98,7 +107,13 @@ class DLRM:
         self.bottom_slots, self.top_slots, _ = dense_layout(config)
         init_mlp(self.params, self.bottom_slots + self.top_slots, seed)
         self.row_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (T+1,)
-        for t, rows in enumerate(config.embedding_sizes):
+        self.compressed = self.pooling = None
+        if config.compressed:
+            with allocation_errors(need):
+                self.compressed = CompressedTables(config, seed, optimizer_config)
+        if config.learned_pooling:
+            self.pooling = PoolingWeights(int(sizes.sum()), optimizer_config)
+        for t, rows in enumerate(() if config.compressed else config.embedding_sizes):
             init_table_rows(
                 self.weights[self.row_start[t] : self.row_start[t + 1]], seed, t, rows, 0
             )
@@ -145,6 +160,13 @@ class DLRM:
         return ws
 
     def _embedding_forward(self, ws: Workspace, batch: Batch) -> None:
+        lookups = (batch.offsets, batch.indices)
+        if self.compressed is not None:
+            self.compressed.forward(ws.emb, *lookups, self.kernels)
+            return
+        if self.pooling is not None:
+            self.pooling.forward(ws.emb, self.tables, self.row_start, *lookups, self.kernels)
+            return
         embedding_forward(
             ws.emb, self.tables, self.row_start, batch.offsets, batch.indices, self.kernels
         )
@@ -167,12 +189,22 @@ class DLRM:
         self.tower.top_backward(ws, sgd_lr, update)
         self.tower.interaction_backward(ws)
         with timed(self.op_times, "embedding update"):
-            if update is None:
+            if self.compressed is not None or self.pooling is not None:
+                self._trick_update(batch, ws, lr)
+            elif update is None:
                 self._embedding_update(batch, ws, lr)
             else:
                 lookups = (self.row_start, batch.offsets, batch.indices, ws.demb)
                 self.optimizer.tables.update(self.weights, *lookups, lr, self.kernels)
         self.tower.bottom_backward(ws, lr=sgd_lr, update=update)
+
+    def _trick_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
+        lookups = (batch.offsets, batch.indices)
+        if self.compressed is not None:
+            self.compressed.backward_update(ws.demb, *lookups, lr, self.kernels)
+            return
+        self.pooling.backward_update(self.tables, self.row_start, *lookups, ws.demb, lr,
+                                     self.optimizer.tables, self.kernels)  # fmt: skip
 
     def _embedding_update(self, batch: Batch, ws: Workspace, lr: float) -> None:
         embedding_backward_sgd(
@@ -220,9 +252,25 @@ class DLRM:
         out = {}
         for slot, layer in self.tower.layers:
             out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = layer.values()
+        if self.precision != "fp32":
+            for t in range(self.config.num_tables):
+                out[f"embeddings.{t}.weight"] = self.policy.table_values(self.table(t))
+            return out
+        return {**out, **{name: a.copy() for name, a in self._tables_named().items()}}
+
+    def _tables_named(self) -> dict[str, np.ndarray]:
+        """{state-dict name: the table-side array} of fp32 tables (views; see model/state.py)."""
+        if self.compressed is not None:
+            return self.compressed.named()
+        out = {}
         for t in range(self.config.num_tables):
-            out[f"embeddings.{t}.weight"] = self.policy.table_values(self.table(t))
+            out[f"embeddings.{t}.weight"] = self.table(t)
+            if self.pooling is not None:
+                out[f"pooling_weights.{t}"] = self._pooling_rows(self.pooling.values, t)
         return out
+
+    def _pooling_rows(self, values: np.ndarray, t: int) -> np.ndarray:
+        return values[self.row_start[t] : self.row_start[t + 1]]
 
     def load_state_dict(self, sd: dict[str, np.ndarray]) -> None:
         """Copy fp32 values in (split exactly in bf16) after checking names, shapes and
@@ -230,8 +278,12 @@ class DLRM:
         check_state_dict(sd, state_dict_shapes(self.config))
         for slot, layer in self.tower.layers:
             layer.load(sd[f"{slot.name}.weight"], sd[f"{slot.name}.bias"])
-        for t in range(self.config.num_tables):
-            self.policy.load_table(self.table(t), sd[f"embeddings.{t}.weight"])
+        if self.precision != "fp32":
+            for t in range(self.config.num_tables):
+                self.policy.load_table(self.table(t), sd[f"embeddings.{t}.weight"])
+            return
+        for name, target in self._tables_named().items():
+            target[...] = sd[name]
 
     def optimizer_state_dict(self) -> dict[str, np.ndarray]:
         """{parameter name: a copy of its optimizer state} (empty for SGD); the step
@@ -255,8 +307,12 @@ class DLRM:
         for slot in self.bottom_slots + self.top_slots:
             w, b = slot_views(opt.dense, slot)
             out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = w, b
+        if self.compressed is not None:
+            return {**out, **self.compressed.named_states()}
         for t in range(self.config.num_tables):
             out[f"embeddings.{t}.weight"] = opt.tables.state[
                 self.row_start[t] : self.row_start[t + 1]
             ]
+            if self.pooling is not None:
+                out[f"pooling_weights.{t}"] = self._pooling_rows(self.pooling.state, t)
         return out

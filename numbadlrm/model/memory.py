@@ -52,6 +52,21 @@ class MemoryNeed:
         return self.table_bytes + sum(b for _, b in self.others)
 
 
+def _trick_bytes(config: DLRMConfig, t: int, rows: int, optimizer: str) -> int:
+    """Bytes of table t's stored tables, MD projection or pooling weights, with state."""
+    plan = config.table_plans()[t]
+    per_value = 8 if optimizer == "adagrad" else 4
+    row_state = 4 if optimizer == "rwsadagrad" else 0
+    if plan.kind == "plain" and not config.learned_pooling:
+        return rows * (plan.dim * per_value + row_state)
+    out = sum(n * (plan.dim * per_value + row_state) for n in plan.shapes_rows)
+    if plan.kind == "md":
+        out += config.sparse_feature_size * plan.dim * (4 if optimizer == "sgd" else 8)
+    if config.learned_pooling:
+        out += rows * (4 if optimizer == "sgd" else 8)
+    return out
+
+
 def estimate(
     config: DLRMConfig,
     batch_sizes: tuple[int, ...] = (),
@@ -74,8 +89,10 @@ def estimate(
     held += [(t, config.embedding_sizes[t]) for t in replicated]
     copies = {t: 2 for t in replicated}
     state = {"sgd": 0, "adagrad": dim * 4, "rwsadagrad": 4}[optimizer]  # bytes per row
-    table_list = tuple(sorted(((t, r, r * (dim * 4 * copies.get(t, 1) + state)) for t, r in held),
-                              key=lambda x: -x[2]))  # fmt: skip
+    sized = [(t, r, r * (dim * 4 * copies.get(t, 1) + state)) for t, r in held]
+    if config.compressed or config.learned_pooling:  # tables held whole (QR, MD) or weighted
+        sized = [(t, r, _trick_bytes(config, t, r, optimizer)) for t, r in held]
+    table_list = tuple(sorted(sized, key=lambda x: -x[2]))
     bottom, n = mlp_slots("bottom_mlp", config.bottom_sizes, 0)
     top, n = mlp_slots("top_mlp", config.top_sizes, n)
     big = max(bottom + top, key=lambda s: s.in_features * s.out_features)

@@ -13,7 +13,11 @@ on how tables or rows are later placed on ranks.
 
 Initialisation as the reference DLRM:
     Linear W ~ N(0, sqrt(2 / (in + out))),  b ~ N(0, sqrt(1 / out))
-    table with n rows ~ U(-sqrt(1/n), sqrt(1/n))
+    table with n rows ~ U(-sqrt(1/n), sqrt(1/n))  (an MD table's narrow rows too)
+    QR tables of a table with n rows ~ U(sqrt(1/n), 1): the reference's
+        nn.init.uniform_(w, sqrt(1/n)), whose second argument is the *lower* bound
+        (upper 1), kept as written for fidelity (likely meant +-sqrt(1/n))
+    MD projection (D, d) ~ xavier_uniform: U(-sqrt(6/(d+D)), sqrt(6/(d+D)))
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import numpy as np
 INIT_CHUNK_ROWS = 1 << 16
 _TABLE_STREAM = 0
 _MLP_STREAM = 1
+_QR_STREAM = 2  # + (table, 0 quotient / 1 remainder, chunk)
+_PROJECTION_STREAM = 3  # + (table,)
 
 
 @dataclass(frozen=True)
@@ -83,14 +89,34 @@ def table_buffer(rows: int, dim: int) -> np.ndarray:
 def init_table_rows(out: np.ndarray, seed: int, table: int, num_rows: int, first_row: int) -> None:
     """Fill ``out`` (n, D) with rows first_row .. first_row+n of table ``table`` (num_rows rows)."""
     bound = np.sqrt(1.0 / num_rows)
+    init_uniform_rows(out, (seed, (_TABLE_STREAM, table)), -bound, bound, num_rows, first_row)
+
+
+def init_qr_table(out: np.ndarray, seed: int, table: int, part: int, logical_rows: int) -> None:
+    """A QR table (part 0 quotient, 1 remainder) of a table of logical_rows rows."""
+    low = np.sqrt(1.0 / logical_rows)
+    init_uniform_rows(out, (seed, (_QR_STREAM, table, part)), low, 1.0, out.shape[0], 0)
+
+
+def init_projection(out: np.ndarray, seed: int, table: int) -> None:
+    """An MD projection (D, d), xavier_uniform."""
+    bound = np.sqrt(6.0 / (out.shape[0] + out.shape[1]))
+    seq = np.random.SeedSequence(seed, spawn_key=(_PROJECTION_STREAM, table))
+    out[...] = np.random.default_rng(seq).uniform(-bound, bound, size=out.shape)
+
+
+def init_uniform_rows(out, key, low, high, num_rows: int, first_row: int) -> None:
+    """Rows first_row .. of a U(low, high) table, chunk by chunk: chunk k from the seed
+    sequence (key[0], spawn_key=key[1] + (k,))."""
+    seed, stream = key
     dim = out.shape[1]
     stop = first_row + out.shape[0]
     chunk = first_row // INIT_CHUNK_ROWS
     while chunk * INIT_CHUNK_ROWS < stop:
         c0 = chunk * INIT_CHUNK_ROWS
         c1 = min(c0 + INIT_CHUNK_ROWS, num_rows)
-        seq = np.random.SeedSequence(seed, spawn_key=(_TABLE_STREAM, table, chunk))
-        values = np.random.default_rng(seq).uniform(-bound, bound, size=(c1 - c0, dim))
+        seq = np.random.SeedSequence(seed, spawn_key=(*stream, chunk))
+        values = np.random.default_rng(seq).uniform(low, high, size=(c1 - c0, dim))
         lo, hi = max(c0, first_row), min(c1, stop)
         out[lo - first_row : hi - first_row] = values[lo - c0 : hi - c0]
         chunk += 1

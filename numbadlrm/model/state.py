@@ -2,6 +2,10 @@
 
     bottom_mlp.{i}.weight (O, I), bottom_mlp.{i}.bias (O,), top_mlp.*, embeddings.{t}.weight
     (rows, D): fp32 in every precision (a bf16 model's master weights, merged)
+    table tricks (DLRMConfig.table_plans): a QR table's embeddings.{t}.weight_q
+    (ceil(rows/c), d) and .weight_r (c, d) instead of .weight; an MD table's
+    embeddings.{t}.weight (rows, d) and projections.{t}.weight (D, d); learned weighted
+    pooling's pooling_weights.{t} (rows,)
 
 Checkpoints (io/checkpoint.py), the PyTorch converters (interop/) and both models use them.
 """
@@ -22,8 +26,22 @@ def state_dict_shapes(config: DLRMConfig) -> dict[str, tuple[int, ...]]:
     for slot in bottom_slots + top_slots:
         out[f"{slot.name}.weight"] = (slot.out_features, slot.in_features)
         out[f"{slot.name}.bias"] = (slot.out_features,)
-    for t, rows in enumerate(config.embedding_sizes):
-        out[f"embeddings.{t}.weight"] = (rows, config.sparse_feature_size)
+    return {**out, **table_shapes(config)}
+
+
+def table_shapes(config: DLRMConfig) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the tables' entries of the state dict (see the module docstring)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for t, plan in enumerate(config.table_plans()):
+        if plan.kind == "qr":
+            out[f"embeddings.{t}.weight_q"] = (plan.shapes_rows[0], plan.dim)
+            out[f"embeddings.{t}.weight_r"] = (plan.shapes_rows[1], plan.dim)
+            continue
+        out[f"embeddings.{t}.weight"] = (plan.rows, plan.dim)
+        if plan.kind == "md":
+            out[f"projections.{t}.weight"] = (config.sparse_feature_size, plan.dim)
+        if config.learned_pooling:
+            out[f"pooling_weights.{t}"] = (plan.rows,)
     return out
 
 

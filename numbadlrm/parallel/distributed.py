@@ -101,6 +101,11 @@ class DistributedDLRM(ShardedState):
         precision: str = "fp32",
     ):
         config = require_config(config, "DistributedDLRM")
+        if config.compressed or config.learned_pooling:
+            raise ValueError(
+                "MPI: QR, MD and learned weighted-pooling tables are not implemented across "
+                "ranks yet; train them in one process"
+            )
         self.config, self.comm, self.seed, self.gemm = config, comm, seed, gemm
         self.policy = policy(precision)
         self.precision = self.policy.name

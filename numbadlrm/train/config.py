@@ -10,10 +10,11 @@ checkpoint carries, so a resumed run continues the schedule.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..config import DLRMConfig
+from ..config import TRICK_DEFAULTS, DLRMConfig, parse_arch
 from ..layers.loss import LOSSES, LossConfig, parse_loss_weights
 from ..model.dlrm import kernel_choice
 from ..model.precision import PRECISIONS, check_bf16_optimizer, check_precision
@@ -46,6 +47,23 @@ class TrainConfig:
     arch_interaction_itself: bool = field(
         default=False, metadata=_opt("dot interaction keeps each feature's self product")
     )
+    qr_flag: bool = field(default=False, metadata=_opt("quotient-remainder tables (QR trick)"))
+    qr_threshold: int = field(default=200, metadata=_opt("QR: tables with more rows than N"))
+    qr_collisions: int = field(default=4, metadata=_opt("QR: c, the remainder table's rows"))
+    qr_operation: str = field(
+        default="mult",
+        metadata=_opt("QR: combine the two bags (concat: the bottom MLP ends at 2D)",
+                      choices=("mult", "add", "concat")),
+    )  # fmt: skip
+    md_flag: bool = field(default=False, metadata=_opt("mixed-dimension tables (md_solver)"))
+    md_threshold: int = field(default=200, metadata=_opt("MD: tables with more rows than N"))
+    md_temperature: float = field(default=0.3, metadata=_opt("MD: alpha of md_solver"))
+    md_round_dims: bool = field(default=False, metadata=_opt("MD: widths rounded to powers of 2"))
+    weighted_pooling: str = field(
+        default="",
+        metadata=_opt("per-row weights in the bag sums (fixed: all 1, the plain sum)",
+                      choices=("", "fixed", "learned")),
+    )  # fmt: skip
     data_generation: str = field(
         default="synthetic",
         metadata=_opt(
@@ -229,6 +247,11 @@ class TrainConfig:
         check_precision(self.precision)
         if self.precision == "bf16":
             check_bf16_optimizer(self.optimizer)
+            if self.qr_flag or self.md_flag or self.weighted_pooling == "learned":
+                raise ValueError(
+                    "--precision bf16: --qr-flag, --md-flag and --weighted-pooling learned "
+                    "train in fp32 only (use --precision fp32)"
+                )
 
     def optimizer_config(self) -> OptimizerConfig:
         """--optimizer and its settings (ValueError names a bad flag; Adagrad's settings
@@ -263,11 +286,23 @@ class TrainConfig:
 
     def model_config(self, table_sizes: tuple[int, ...] | None = None) -> DLRMConfig:
         """The model; a dataset's table sizes replace --arch-embedding-size."""
-        return DLRMConfig.from_arch(
-            sparse_feature_size=self.arch_sparse_feature_size,
+        dim = self.arch_sparse_feature_size
+        if self.qr_flag and self.qr_operation == "concat":  # the pooled vectors are 2D wide
+            dim *= 2
+            last = parse_arch(self.arch_mlp_bot, "mlp_bot")[-1]
+            if last != dim:
+                raise ValueError(
+                    f"--qr-operation concat: the bottom MLP's last width ({last}) must be 2 x "
+                    f"--arch-sparse-feature-size ({dim}), the width of the two tables' bags"
+                )
+        config = DLRMConfig.from_arch(
+            sparse_feature_size=dim,
             embedding_size=table_sizes or self.arch_embedding_size,
             mlp_bot=self.arch_mlp_bot,
             mlp_top=self.arch_mlp_top,
             interaction_op=self.arch_interaction_op,
             interaction_itself=self.arch_interaction_itself,
         )
+        tricks = {k: getattr(self, k) for k in TRICK_DEFAULTS}
+        tricks["weighted_pooling"] = self.weighted_pooling or None
+        return dataclasses.replace(config, **tricks)

@@ -38,6 +38,7 @@ from .cases import (
     linear_inputs,
 )
 from .optimizers import optimizer_checks
+from .tricks import CHECKS as _TRICK_CHECKS
 
 
 def validate(op: str, name: str, serial: bool = False) -> None:
@@ -341,4 +342,5 @@ _CHECKS: dict[str, Callable] = {
     "dense_update": _dense_update_cases,
     **optimizer_checks(EMBEDDING_CASES, bags),
 }
+_CHECKS.update(_TRICK_CHECKS)  # the table tricks' ops (checks/tricks.py)
 _CHECKS.update(_BF16_CHECKS)  # --precision bf16's ops (checks_bf16.py)
