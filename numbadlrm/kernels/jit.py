@@ -2,8 +2,10 @@
 
 ``fastmath`` allows reassociation and FMA contraction (so reductions vectorise) but
 keeps NaN/Inf semantics (``nnan``/``ninf`` are off), so a diverging run still shows
-NaN instead of silently producing garbage. ``cache=True`` writes compiled kernels to
-``__pycache__`` next to this package, so only the first run pays for compilation.
+NaN instead of silently producing garbage. ``cache=True`` writes compiled kernels to disk,
+so only the first run pays for compilation: under the ``numbadlrm`` command and the
+benches to a per-user folder (runtime/pools.py sets NUMBA_CACHE_DIR unless you did),
+otherwise Numba's default, ``__pycache__`` next to each module.
 
 Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, debuggable).
 Your own kernels (numbadlrm/kernels/lab/) use the same decorators. The thread count is
