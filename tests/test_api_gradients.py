@@ -14,7 +14,6 @@ from numbadlrm.reference import ReferenceDLRM
 
 from ._helpers import random_batch, small_config
 
-
 COMPILING = "compiling kernels (once: they are cached on disk for later runs) ..."
 
 
