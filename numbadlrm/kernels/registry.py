@@ -168,6 +168,7 @@ BUILTIN_MODULES = (
     "numbadlrm.kernels.gemm.bf16",
     "numbadlrm.kernels.embedding.bags_bf16",
     "numbadlrm.kernels.interaction.bf16",
+    "numbadlrm.kernels.naive",
 )
 LAB_PACKAGE = "numbadlrm.kernels.lab"
 
