@@ -25,7 +25,15 @@ import sys
 from functools import partial
 
 import numpy as np
-from _common import blas_sgemm_gflops, header, median_times, set_threads, versions_of
+from _common import (
+    add_kernel_module_option,
+    blas_sgemm_gflops,
+    header,
+    median_times,
+    set_threads,
+    use_kernel_modules,
+    versions_of,
+)
 
 from numbadlrm.kernels import registry
 from numbadlrm.kernels.checks import ops as checks
@@ -116,7 +124,9 @@ def main() -> None:
     parser.add_argument("--configs", default="a,b,c", help="comma-separated subset of a, b, c")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
+    add_kernel_module_option(parser)
     args = parser.parse_args()
+    use_kernel_modules(args)
     set_threads(args.threads)
     names = list(args.configs.replace(",", ""))  # config names are single letters
     unknown = [k for k in names if k not in CONFIGS]
