@@ -165,7 +165,7 @@ def from_reference_optimizer_state(osd: dict, config):
     returned: one ValueError line names the entry, what it needs and what it holds (state
     of the model's shapes, finite and >= 0, one step count >= 0).
     """
-    from ..model.dlrm import optimizer_state_shapes
+    from ..model.state import optimizer_state_shapes
     from ..optim.optimizers import OptimizerConfig
     from .torch_dlrm import reference_names
 
