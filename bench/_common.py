@@ -19,6 +19,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_info
 
+from numbadlrm.kernels.loader import ENVIRONMENT
 from numbadlrm.runtime.threads import set_num_threads
 
 
@@ -167,3 +168,23 @@ def bf16_gemm_gflops(n: int = 2048, repeat: int = 5) -> float:
         pass
     times = median_times(fns, repeat=repeat)
     return 2 * n**3 / min(times.values()) / 1e9
+
+
+def add_kernel_module_option(parser) -> None:
+    """``--kernel-module PATH`` (repeatable), as on ``numbadlrm train`` and ``kernels``."""
+    parser.add_argument(
+        "--kernel-module",
+        action="append",
+        metavar="PATH",
+        help="import kernel modules from this .py file or folder (overrides "
+        "$NUMBADLRM_KERNEL_MODULES); their versions can then be timed",
+    )
+
+
+def use_kernel_modules(args) -> None:
+    """Name --kernel-module's paths in $NUMBADLRM_KERNEL_MODULES, before the registry first
+    loads: this process and any child a bench starts import them (the flag overrides the
+    variable)."""
+    if args.kernel_module:
+        paths = [os.path.abspath(p) for p in args.kernel_module]
+        os.environ[ENVIRONMENT] = os.pathsep.join(paths)

@@ -24,6 +24,7 @@ framework.
     python bench/bench_e2e.py                                   # a, b, c at 1 and 2 threads
     python bench/bench_e2e.py --configs c --threads 2 --steps 20
     python bench/bench_e2e.py --configs a --kernels embedding_update=v1
+    python bench/bench_e2e.py --configs c --kernels embedding_update=v1 --versus ''
     python bench/bench_e2e.py --configs b,c --threads 2 --precision fp32,bf16
     python bench/bench_e2e.py --quick                            # tiny config (CI smoke)
 PyTorch is optional: without it numbadlrm runs alone.
@@ -44,7 +45,15 @@ import time
 from itertools import pairwise
 
 import numpy as np
-from _common import bf16_gemm_gflops, blas_sgemm_gflops, header, set_threads, stream_copy_gbs
+from _common import (
+    add_kernel_module_option,
+    bf16_gemm_gflops,
+    blas_sgemm_gflops,
+    header,
+    set_threads,
+    stream_copy_gbs,
+    use_kernel_modules,
+)
 from _e2e import CONFIGS, LR, QUICK, STEPPERS, Cycle, Setup, batches, torch
 
 from numbadlrm import DLRMConfig, reference
@@ -197,6 +206,8 @@ def breakdown_child(name: str, threads: int, steps: int, kernels: str, precision
 
 
 def _child(mode: str, framework: str, name: str, threads: int, steps: int, kernels: str):
+    if framework == VERSUS:  # numbadlrm fp32, run with the --versus kernels it is given
+        framework = "numbadlrm"
     cmd = [sys.executable, __file__, mode, framework, "--configs", name, "--threads",
            str(threads), "--steps", str(steps), "--kernels", kernels]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.getcwd())
@@ -205,33 +216,38 @@ def _child(mode: str, framework: str, name: str, threads: int, steps: int, kerne
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def frameworks_of(precisions: list[str]) -> list[str]:
-    """numbadlrm per precision, then PyTorch (fp32; with bf16, also under bf16 autocast)."""
+def frameworks_of(precisions: list[str], versus: str | None = None) -> list[str]:
+    """numbadlrm per precision, numbadlrm with the --versus kernels, then PyTorch (fp32;
+    with bf16, also under bf16 autocast)."""
     names = [PRECISION_FRAMEWORK[p] for p in precisions]
+    names += [VERSUS] if versus is not None else []
     if torch is not None:
         names += ["torch"] + (["torch-autocast"] if "bf16" in precisions else [])
     return names
 
 
 PRECISION_FRAMEWORK = {"fp32": "numbadlrm", "bf16": "numbadlrm-bf16"}
+VERSUS = "versus"  # numbadlrm fp32 with the --versus kernels, in the same rounds
 # (faster, slower, label) of the printed speed ratios (samples/s), where both ran
 RATIOS = (
     ("numbadlrm", "torch", "fp32/torch"),
     ("numbadlrm-bf16", "torch", "bf16/torch"),
     ("numbadlrm-bf16", "torch-autocast", "bf16/autocast"),
     ("numbadlrm-bf16", "numbadlrm", "bf16/fp32"),
+    ("numbadlrm", VERSUS, "kernels/versus"),
 )
 
 
 def run_config(name: str, setup: Setup, args, threads: list[int], steps: int) -> list[dict]:
     """Samples/s of each framework: `rounds` alternating subprocess runs, median step."""
-    frameworks = frameworks_of(args.precisions)
+    frameworks = frameworks_of(args.precisions, args.versus)
     rows = []
     for n in threads:
         samples: dict[str, list[float]] = {f: [] for f in frameworks}
         for _ in range(args.rounds):  # alternate, so slow phases of a shared machine hit all
             for f in frameworks:
-                samples[f] += _child("--time-child", f, name, n, steps, args.kernels)
+                kernels = args.versus if f == VERSUS else args.kernels
+                samples[f] += _child("--time-child", f, name, n, steps, kernels)
         t = {f: float(np.median(v)) for f, v in samples.items()}
         print(f"{name:3} {n:7} " + " ".join(f"{setup.batch / t[f]:>14.0f}" for f in frameworks)
               + "".join(f" {t[b] / t[a]:>13.2f}x" for a, b, _ in RATIOS if a in t and b in t),
@@ -295,6 +311,12 @@ def main() -> None:
         "--steps", type=int, help="timed steps per process (default: per config, >= ~1 s)"
     )
     parser.add_argument("--kernels", default="", help="op=version,... for numbadlrm")
+    parser.add_argument(
+        "--versus",
+        metavar="OP=VERSION,...",
+        help="also time numbadlrm with these kernels ('' for the defaults) in the same "
+        "alternating rounds: --kernels A --versus B compares A and B in one run",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny config, 1 thread count")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per framework")
     parser.add_argument(
@@ -304,7 +326,9 @@ def main() -> None:
     )
     parser.add_argument("--breakdown-child", help=argparse.SUPPRESS)
     parser.add_argument("--time-child", help=argparse.SUPPRESS)
+    add_kernel_module_option(parser)
     args = parser.parse_args()
+    use_kernel_modules(args)
     threads = [int(n) for n in args.threads.split(",")]
     args.precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     if not args.precisions or set(args.precisions) - set(PRECISION_FRAMEWORK):
@@ -326,8 +350,12 @@ def main() -> None:
     print(f"torch:    {torch.__version__}" if torch else "torch:    not installed, numbadlrm only")
     print(f"kernels:  {DLRM(QUICK['q'].config(), kernels=args.kernels).kernels.describe()}")
     validate(args.kernels, args.precisions)
+    if args.versus is not None:
+        described = DLRM(QUICK["q"].config(), kernels=args.versus).kernels.describe()
+        print(f"versus:   {described}")
+        validate(args.versus, ["fp32"])
     print("validation: 3 steps match numbadlrm.reference" + (" and PyTorch" if torch else ""))
-    frameworks = frameworks_of(args.precisions)
+    frameworks = frameworks_of(args.precisions, args.versus)
     ratios = [label for a, b, label in RATIOS if a in frameworks and b in frameworks]
     print(
         f"\n{'cfg':3} {'threads':>7} " + " ".join(f"{f + '/s':>14}" for f in frameworks)

@@ -57,7 +57,15 @@ from functools import partial
 
 import numba
 import numpy as np
-from _common import header, median_times, set_threads, stream_copy, versions_of
+from _common import (
+    add_kernel_module_option,
+    header,
+    median_times,
+    set_threads,
+    stream_copy,
+    use_kernel_modules,
+    versions_of,
+)
 from _embedding_optimizers import run_optimizers
 
 from numbadlrm import reference
@@ -144,7 +152,9 @@ def main() -> None:
         "--mode", choices=["versions", "optimizers", "all"], default=None,
         help="kernel versions (default), optimizer updates vs torch, or both (--quick's default)",
     )  # fmt: skip
+    add_kernel_module_option(parser)
     args = parser.parse_args()
+    use_kernel_modules(args)
     mode = args.mode or ("all" if args.quick else "versions")
     if args.quick:  # the split kernels too, so that CI's smoke run validates them
         args.tables, args.rows, args.batch, args.lookups, args.repeat = 2, 20_000, 64, 10, 3
@@ -170,7 +180,9 @@ def main() -> None:
     if split:
         validate_split(rng, D)
     print("validation: every version matches numbadlrm.reference")
-    print(f"{'ids':8} {'kernel':14} {'ms':>8} {'GB/s':>6} {'% STREAM':>9}")
+    # the kernel column fits the longest name ("update " + a version; your names too)
+    width = max([14] + [len(f"update {v}") for names in versions.values() for v in names])
+    print(f"{'ids':8} {'kernel':{width}} {'ms':>8} {'GB/s':>6} {'% STREAM':>9}")
     for dist in ("uniform", "power"):
         problem = make_problem(rng, T, R, D, B, L, dist)
         times, stream_bytes = time_versions(problem, versions, args.quick, args.repeat, split)
@@ -183,7 +195,7 @@ def main() -> None:
             else:
                 nbytes = 2 * n * D * 4 + n * 8 + T * B * D * 4
             gbs = nbytes / t / 1e9
-            print(f"{dist:8} {name:14} {t * 1e3:8.2f} {gbs:6.1f} {100 * gbs / stream:8.0f}%")
+            print(f"{dist:8} {name:{width}} {t * 1e3:8.2f} {gbs:6.1f} {100 * gbs / stream:8.0f}%")
         if split:
             print_split_speedup(dist, times)
 

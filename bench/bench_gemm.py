@@ -32,7 +32,16 @@ import sys
 from functools import partial
 
 import numpy as np
-from _common import blas_sgemm_gflops, cpu_model, header, median_times, set_threads, versions_of
+from _common import (
+    add_kernel_module_option,
+    blas_sgemm_gflops,
+    cpu_model,
+    header,
+    median_times,
+    set_threads,
+    use_kernel_modules,
+    versions_of,
+)
 
 from numbadlrm.kernels import registry
 from numbadlrm.kernels.checks import ops as checks
@@ -212,7 +221,9 @@ def main() -> None:
     parser.add_argument("--matmul", action="store_true", help="also time np.matmul + epilogue")
     parser.add_argument("--markdown", action="store_true", help="rows as a markdown table")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
+    add_kernel_module_option(parser)
     args = parser.parse_args()
+    use_kernel_modules(args)
     set_threads(args.threads)
     names = list(args.configs.replace(",", ""))  # config names are single letters
     unknown = [k for k in names if k not in CONFIGS]

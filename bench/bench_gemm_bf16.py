@@ -36,7 +36,7 @@ import sys
 
 import numba
 import numpy as np
-from _common import header, median_times, set_threads
+from _common import add_kernel_module_option, header, median_times, set_threads, use_kernel_modules
 from bench_gemm import CONFIGS, QUICK, layer_shapes
 from llvmlite import ir
 from numba import prange, types
@@ -238,7 +238,9 @@ def main() -> None:
     parser.add_argument("--configs", default="b,c", help="comma-separated subset of a, b, c")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
+    add_kernel_module_option(parser)
     args = parser.parse_args()
+    use_kernel_modules(args)
     names = list(args.configs.replace(",", ""))
     unknown = [k for k in names if k not in CONFIGS]
     if unknown:

@@ -33,11 +33,13 @@ from functools import partial
 import numba
 import numpy as np
 from _common import (
+    add_kernel_module_option,
     blas_sgemm_gflops,
     header,
     median_times,
     set_threads,
     stream_copy_gbs,
+    use_kernel_modules,
     versions_of,
 )
 
@@ -124,7 +126,9 @@ def main() -> None:
     parser.add_argument("--configs", default="ac", help="subset of configs a, c")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
+    add_kernel_module_option(parser)
     args = parser.parse_args()
+    use_kernel_modules(args)
     versions = {
         "fwd": choices(args.forward_versions, "dot_interaction_forward"),
         "bwd": choices(args.backward_versions, "dot_interaction_backward"),
@@ -148,8 +152,10 @@ def main() -> None:
     print(f"limits:   sgemm {gflops_limit:.0f} GFLOP/s, STREAM copy {gbs_limit:.1f} GB/s")
     rng = np.random.default_rng(0)
     configs = QUICK if args.quick else {k: CONFIGS[k] for k in args.configs}
+    # the kernel column fits the longest name ("dot fwd " + a version + " ser"; yours too)
+    width = max([18] + [len(f"dot fwd {v} ser") for names in versions.values() for v in names])
     print(
-        f"{'cfg':3} {'kernel':18} {'B':>5} {'F':>3} {'D':>4} {'ms':>8} {'GFLOP/s':>8} "
+        f"{'cfg':3} {'kernel':{width}} {'B':>5} {'F':>3} {'D':>4} {'ms':>8} {'GFLOP/s':>8} "
         f"{'%sgemm':>7} {'GB/s':>6} {'%STREAM':>8}"
     )
     for name, (batch, tables, dim) in configs.items():
@@ -163,7 +169,7 @@ def main() -> None:
             flop_cells = f"{rate:8.1f} {rate / gflops_limit:7.0%}" if flops else f"{'-':>16}"
             gbs = nbytes / t / 1e9
             print(
-                f"{name:3} {kernel:18} {batch:5} {tables + 1:3} {dim:4} {t * 1e3:8.3f} "
+                f"{name:3} {kernel:{width}} {batch:5} {tables + 1:3} {dim:4} {t * 1e3:8.3f} "
                 f"{flop_cells} {gbs:6.1f} {gbs / gbs_limit:8.0%}"
             )
         report_torch(name, times, versions)

@@ -34,7 +34,7 @@ import argparse
 import sys
 
 import numpy as np
-from _common import header, median_times, set_threads
+from _common import add_kernel_module_option, header, median_times, set_threads, use_kernel_modules
 from _e2e import CONFIGS, LR, QUICK, batches, torch
 
 from numbadlrm.model.dlrm import DLRM
@@ -134,7 +134,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="Numba and BLAS threads")
     parser.add_argument("--repeat", type=int, default=0, help="timed steps per candidate")
     parser.add_argument("--quick", action="store_true", help="a tiny config only (CI)")
+    add_kernel_module_option(parser)
     args = parser.parse_args()
+    use_kernel_modules(args)
     set_threads(args.threads)
     print(header("bench_optimizers: whole steps with SGD, Adagrad, row-wise Adagrad"))
     validate()

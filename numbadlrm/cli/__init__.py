@@ -3,6 +3,7 @@
     main.py             the parser (flags generated from the configs) and the dispatch
     preprocess.py       ``numbadlrm preprocess``: raw Criteo TSV -> a memory-mapped directory
     tools.py            the smaller commands: predict, plot
+    kernels.py          ``numbadlrm kernels --check op=version [--bench]``: check and time one
     convert.py          ``numbadlrm convert``: to and from the reference's PyTorch format
     reference_flags.py  the reference DLRM's flags with no effect here (notes) or refused
 

@@ -4,10 +4,14 @@ numbadlrm train [--arch-mlp-bot 13-512-256-64-16 ...]   train (default: built-in
 mpiexec -n 4 numbadlrm train ...                         hybrid-parallel on 4 ranks
 numbadlrm preprocess --data-set kaggle --raw-data-file train.txt --out-dir kaggle
 numbadlrm predict | plot | convert                       see numbadlrm/cli/tools.py
-numbadlrm kernels                                        every op's kernel versions
+numbadlrm kernels [--check op=version [--bench]]         every op's versions; check one
 """
 
 from __future__ import annotations
+
+# isort: off
+from ..runtime import pools as _pools  # noqa: F401  first: the pools' and cache's environment
+# isort: on
 
 import argparse
 import dataclasses
@@ -88,9 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument(
         "--output", default="metrics.png", help="the PNG to write (default: metrics.png)"
     )
-    sub.add_parser(
+    kern = sub.add_parser(
         "kernels", help="list every op, its kernel versions and the default (for --kernels)"
     )
+    kern.add_argument(
+        "--check",
+        metavar="OP=VERSION[,...]",
+        help="check these versions against the reference (the packaged checks, no pytest)",
+    )
+    kern.add_argument(
+        "--bench", action="store_true", help="with --check: time each beside the op's default"
+    )
+    for command in (train, kern):
+        add_kernel_module_option(command)
     conv = sub.add_parser(
         "convert",
         help="checkpoint <-> reference DLRM PyTorch state_dict",
@@ -111,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.commands = dict(sub.choices)  # {command: its parser}
     return parser
+
+
+def add_kernel_module_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kernel-module",
+        action="append",
+        metavar="PATH",
+        help="import kernel modules from this .py file or folder (repeatable; overrides "
+        "$NUMBADLRM_KERNEL_MODULES): register versions from anywhere, any install",
+    )
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -154,6 +178,10 @@ def train(cfg: TrainConfig, notes: list[str] = ()) -> None:
 def _run(args: argparse.Namespace) -> int:
     from . import tools
 
+    if getattr(args, "kernel_module", None):
+        from ..kernels.registry import load_all
+
+        load_all(args.kernel_module)
     if args.command == "train":
         check_unsupported(args)
         train(dataclass_from_args(TrainConfig, args), reference_notes(args))
@@ -174,8 +202,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {rows} probabilities to {args.output}")
     elif args.command == "kernels":
         from ..kernels.registry import listing
+        from .kernels import check
 
-        print(listing())
+        if args.check:
+            check(args.check, args.bench)
+        elif args.bench:
+            raise ValueError("kernels --bench times the versions given by --check op=version")
+        else:
+            print(listing())
     elif args.command == "plot":
         tools.plot_metrics(args.metrics_file, args.output)
         print(f"wrote {args.output}")

@@ -2,8 +2,10 @@
 
 ``fastmath`` allows reassociation and FMA contraction (so reductions vectorise) but
 keeps NaN/Inf semantics (``nnan``/``ninf`` are off), so a diverging run still shows
-NaN instead of silently producing garbage. ``cache=True`` writes compiled kernels to
-``__pycache__`` next to this package, so only the first run pays for compilation.
+NaN instead of silently producing garbage. ``cache=True`` writes compiled kernels to disk,
+so only the first run pays for compilation: under the ``numbadlrm`` command and the
+benches to a per-user folder (runtime/pools.py sets NUMBA_CACHE_DIR unless you did),
+otherwise Numba's default, ``__pycache__`` next to each module.
 
 Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, debuggable).
 Your own kernels (numbadlrm/kernels/lab/) use the same decorators. The thread count is
@@ -12,8 +14,9 @@ set by :func:`numbadlrm.runtime.threads.set_num_threads`.
 
 from __future__ import annotations
 
+import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numba
 from numba.core import event
@@ -58,13 +61,37 @@ class _CompileNotice(event.Listener):
         pass
 
 
+# This process's notices: how many announce_compilation blocks are open (the command
+# line's), and which of the Python API's first calls have run (announce_first_compilation).
+_NOTICES = {"open": 0, "first_calls": set()}
+
+
 @contextmanager
 def announce_compilation(log=print):
     """Log "compiling kernels (once ...) ..." when Numba starts compiling inside the block,
     and on leaving it how long the block took from there; silent when every kernel it
     runs was compiled before (this process, or the disk cache)."""
     notice = _CompileNotice(log)
-    with event.install_listener("numba:compile", notice):
-        yield
+    _NOTICES["open"] += 1
+    try:
+        with event.install_listener("numba:compile", notice):
+            yield
+    finally:
+        _NOTICES["open"] -= 1
     if notice.started is not None:
         log(f"compiled kernels in {time.perf_counter() - notice.started:.1f} s")
+
+
+def _stderr(line: str) -> None:
+    print(f"numbadlrm: {line}", file=sys.stderr, flush=True)
+
+
+def announce_first_compilation(call: str):
+    """The Python API's notice: announce_compilation to stderr during the first ``call``
+    of this process ("train_step", "forward", "gradients": each compiles its own
+    kernels), and a no-op after it (a listener costs ~10 us a call) or inside an open
+    announce_compilation block (the command line's own notice)."""
+    if _NOTICES["open"] or call in _NOTICES["first_calls"]:
+        return nullcontext()
+    _NOTICES["first_calls"].add(call)
+    return announce_compilation(_stderr)

@@ -21,10 +21,11 @@ registered after the model was built is used by it as soon as it is selected:
 
 Kernel modules register their versions when imported (at the bottom of each module);
 :func:`load_all` imports every built-in kernel module and every module in
-``numbadlrm/kernels/lab/``, the place for your own kernels (see its docstring). A lab
-module that fails to import stops the load with one line naming its file and how to
-skip it (a leading ``_``). This module imports no kernel module at import time, so it
-never takes part in an import cycle.
+``numbadlrm/kernels/lab/``, the place for your own kernels (see its docstring), then any
+module named by ``--kernel-module PATH`` or $NUMBADLRM_KERNEL_MODULES (kernels/loader.py:
+any folder, any install). A module that fails to import stops the load with one line
+naming its file (a lab module's: and how to skip it, a leading ``_``). This module
+imports no kernel module at import time, so it never takes part in an import cycle.
 
 A version chosen by name (:class:`KernelChoice`, ``--kernels op=version``) is checked
 then: its entries must take the op's arguments. The first call of each of its entries
@@ -36,10 +37,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import pkgutil
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from .loader import KernelError, environment_paths, first_line, import_lab, import_paths
 
 # op name -> (calling convention, what it computes); the order is the listing's order
 OPS: dict[str, tuple[str, str]] = {
@@ -177,12 +179,9 @@ BUILTIN_MODULES = (
     "numbadlrm.kernels.gemm.bf16",
     "numbadlrm.kernels.embedding.bags_bf16",
     "numbadlrm.kernels.interaction.bf16",
+    "numbadlrm.kernels.naive",
 )
 LAB_PACKAGE = "numbadlrm.kernels.lab"
-
-
-class KernelError(ValueError):
-    """A kernel version that cannot be loaded or called as its op needs."""
 
 
 @dataclass(frozen=True)
@@ -245,33 +244,19 @@ def unregister(op: str, name: str) -> None:
     entry.versions.pop(name, None)
 
 
-def load_all() -> None:
-    """Import every built-in kernel module and every module of numbadlrm.kernels.lab."""
+def load_all(modules: Sequence[str | os.PathLike] | None = None) -> None:
+    """Import every built-in kernel module, every module of numbadlrm.kernels.lab, then
+    the kernel modules of ``modules`` (files or folders anywhere; None: those named by
+    $NUMBADLRM_KERNEL_MODULES, read on the first load only). See kernels/loader.py."""
     global _loaded
-    if _loaded:
-        return
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    lab = importlib.import_module(LAB_PACKAGE)
-    for info in pkgutil.iter_modules(lab.__path__):
-        if not info.name.startswith("_"):
-            _import_lab(info)
-    _loaded = True
-
-
-def _import_lab(info: pkgutil.ModuleInfo) -> None:
-    """Import one lab module; any failure becomes one line naming its file."""
-    path = Path(getattr(info.module_finder, "path", "")) / f"{info.name}.py"
-    try:
-        importlib.import_module(f"{LAB_PACKAGE}.{info.name}")
-    except Exception as exc:
-        syntax = isinstance(exc, SyntaxError)
-        where = f"line {exc.lineno}: " if syntax and exc.lineno else ""
-        why = exc.msg if syntax else _first_line(exc)
-        raise KernelError(
-            f"kernels: the lab module {path} failed to import ({where}{type(exc).__name__}: "
-            f"{why}); fix it, or rename it to _{info.name}.py to skip it"
-        ) from exc
+    if not _loaded:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+        import_lab(LAB_PACKAGE)
+        _loaded = True
+        if modules is None:
+            modules = environment_paths()
+    import_paths(modules or ())
 
 
 def _op(op: str) -> _Op:
@@ -400,7 +385,7 @@ class _FirstCall:
             v = self.version
             raise KernelError(
                 f"kernels: {v.op}={v.name} ({self.which} entry) failed on its first call: "
-                f"{type(exc).__name__}: {_first_line(exc)} (the op's arguments: {OPS[v.op][0]})"
+                f"{type(exc).__name__}: {first_line(exc)} (the op's arguments: {OPS[v.op][0]})"
             ) from exc
         self.called = True
         return out
@@ -412,12 +397,6 @@ def _first_calls_named(version: Version) -> Version:
         wrap["serial"] = _FirstCall(version.serial, version, "serial")
     extras = {k: _FirstCall(f, version, k) for k, f in version.extras.items()}
     return dataclasses.replace(version, **wrap, extras=extras)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def parse_choice(text: str) -> dict[str, str]:
@@ -438,10 +417,11 @@ def listing() -> str:
     for op, (signature, what) in OPS.items():
         entry = _REGISTRY[op]
         lines.append(f"{op}{signature}: {what}")
+        width = max(10, *(len(name) for name in entry.versions))
         for name, v in versions(op).items():
             mark = "*" if name == entry.default else " "
             serial = " [serial entry]" if v.serial is not None else ""
             extras = "".join(f" [+{e}]" for e in v.extras)
-            lines.append(f"  {mark} {name:10} {v.description}{serial}{extras}")
+            lines.append(f"  {mark} {name:{width}} {v.description}{serial}{extras}")
     lines.append("(* default)")
     return "\n".join(lines)

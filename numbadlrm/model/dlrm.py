@@ -28,8 +28,9 @@ import numpy as np
 
 from ..batch import Batch, require_batch
 from ..config import DLRMConfig, require_config
+from ..kernels.jit import announce_first_compilation
 from ..kernels.registry import KernelChoice
-from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward
+from ..layers.embedding_bag import embedding_backward_sgd, embedding_forward, embedding_gradient
 from ..layers.linear import gemm_choice
 from ..layers.loss import LossConfig, sigmoid, sigmoid_loss
 from ..optim.optimizers import Optimizer, OptimizerConfig, check_steps
@@ -153,10 +154,11 @@ class DLRM:
         batch.check_against(self.config.num_dense, self.config.embedding_sizes)
         batch.require_rows(0, batch.batch_size)
         ws = self.workspace(batch.batch_size)
-        self.tower.bottom_forward(ws, batch.dense)
-        with timed(self.op_times, "embedding fwd"):
-            self._embedding_forward(ws, batch)
-        self.tower.top_forward(ws)
+        with announce_first_compilation("forward"):  # "compiling kernels ..." on stderr
+            self.tower.bottom_forward(ws, batch.dense)
+            with timed(self.op_times, "embedding fwd"):
+                self._embedding_forward(ws, batch)
+            self.tower.top_forward(ws)
         return ws
 
     def _embedding_forward(self, ws: Workspace, batch: Batch) -> None:
@@ -221,10 +223,37 @@ class DLRM:
         before anything changes.
         """
         lr = check_learning_rate(lr)
-        ws, loss = self._forward_loss(batch)
-        self.optimizer.check_batch(batch.offsets)
-        self._backward_and_update(batch, ws, self.optimizer.begin_step(lr))
+        with announce_first_compilation("train_step"):  # "compiling kernels ..." on stderr
+            ws, loss = self._forward_loss(batch)
+            self.optimizer.check_batch(batch.offsets)
+            self._backward_and_update(batch, ws, self.optimizer.begin_step(lr))
         return loss
+
+    def gradients(self, batch: Batch) -> dict[str, np.ndarray]:
+        """{name: dL/d(parameter)} for the batch's mean loss, fp32, named as
+        :meth:`state_dict` names the parameters; nothing is updated (no optimizer step).
+
+        The tables' gradients are dense (rows, D) arrays, zero on rows the batch does not
+        look up: fine for small models; a training step never forms them (the update is
+        fused into the embedding backward). fp32 models only.
+        """
+        if self.precision != "fp32":
+            raise ValueError(f"gradients: fp32 models only, this one is {self.precision}")
+        with announce_first_compilation("gradients"):
+            ws, _ = self._forward_loss(batch)
+            self.tower.top_backward(ws)  # no lr, no update: dW, db into the grads buffer
+            self.tower.interaction_backward(ws)
+            self.tower.bottom_backward(ws)
+            dtables = np.empty_like(self.weights)
+            embedding_gradient(
+                dtables, self.row_start, batch.offsets, batch.indices, ws.demb, self.kernels
+            )
+        out = {}
+        for slot, layer in self.tower.layers:
+            out[f"{slot.name}.weight"], out[f"{slot.name}.bias"] = layer.dW.copy(), layer.db.copy()
+        for t in range(self.config.num_tables):
+            out[f"embeddings.{t}.weight"] = dtables[self.row_start[t] : self.row_start[t + 1]]
+        return out
 
     def loss(self, batch: Batch) -> float:
         """The batch's mean loss (no update)."""

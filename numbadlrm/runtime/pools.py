@@ -17,6 +17,12 @@ loop: ~70x faster on the OpenMP layer than on workqueue (bench/RESULTS.md, "Thre
 
 (Two pools, OpenBLAS's beside Numba's, were measured and dropped: RESULTS.md.)
 
+- NUMBA_CACHE_DIR=$XDG_CACHE_HOME/numbadlrm/numba (~/.cache/numbadlrm/numba): compiled
+  kernels are cached per user, not in ``__pycache__`` folders inside the installed
+  package, where files left by an uninstall made a namespace package that shadowed a
+  later editable install (issue 24); kernel modules from outside the package
+  (``--kernel-module``) are cached there too.
+
 Settings already in the environment are kept, and nothing is set once numpy or numba is
 loaded (too late to take effect, and a library user's process is theirs to configure).
 """
@@ -24,7 +30,18 @@ loaded (too late to take effect, and a library user's process is theirs to confi
 import os
 import sys
 
-SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMBA_THREADING_LAYER_PRIORITY": "omp tbb workqueue"}
+
+def cache_dir() -> str:
+    """The per-user folder for Numba's cache of numbadlrm's kernels."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "numbadlrm", "numba")
+
+
+SETTINGS = {
+    "OPENBLAS_THREAD_TIMEOUT": "4",
+    "NUMBA_THREADING_LAYER_PRIORITY": "omp tbb workqueue",
+    "NUMBA_CACHE_DIR": cache_dir(),
+}
 if "numpy" not in sys.modules and "numba" not in sys.modules:
     for _name, _value in SETTINGS.items():
         os.environ.setdefault(_name, _value)

@@ -31,6 +31,26 @@ EMBEDDING_CASES = [
 INTERACTION_CASES = [(1, 5, 19), (13, 5, 19), (3, 26, 40)]
 
 
+def case_label(op: str, case) -> str:
+    """A case named by its fields: ``tables (7, 11, 5, 1), D 5, batch 7`` rather than the
+    bare tuple the checks yield; trailing words (``relu``, ``itself``) kept as they are."""
+    if isinstance(case, str):
+        return case
+    if "interaction" in op:
+        names = ("B", "T", "D")
+    elif "linear" in op:
+        names = ("B", "I", "O")
+    elif op in ("dense_update_rowwise_adagrad", "bf16_table_update"):
+        names = ("rows", "D")
+    elif "embedding" in op:
+        names = ("tables", "D", "batch")
+    else:
+        names = ("n",)
+    values = list(case)
+    named = [f"{n} {v}" for n, v in zip(names, values, strict=False) if not isinstance(v, str)]
+    return ", ".join(named + [str(v) for v in values[len(named) :]])
+
+
 def linear_inputs(rng, B, I, O):
     x = rng.standard_normal((B, I), dtype=np.float32)
     W = rng.standard_normal((O, I), dtype=np.float32)

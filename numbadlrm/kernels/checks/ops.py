@@ -35,6 +35,7 @@ from .cases import (
     TOL,
     assert_gemm_close,
     bags,
+    case_label,
     linear_inputs,
 )
 from .optimizers import optimizer_checks
@@ -53,7 +54,28 @@ def validate(op: str, name: str, serial: bool = False) -> None:
             check()
         except AssertionError as exc:
             entry = "serial" if serial else "parallel"
-            raise AssertionError(f"{op}/{name} ({entry} entry), case {case}: {exc}") from None
+            label = case_label(op, case)
+            raise AssertionError(f"{op}/{name} ({entry} entry), case {label}: {exc}") from None
+
+
+def case_calls(op: str, name: str) -> list[tuple[str, tuple]]:
+    """(case label, arguments) of the call each of the op's checks makes to version
+    ``name``'s parallel entry: the cases' inputs, to time a version on (numbadlrm kernels
+    --check ... --bench). The inputs are the same for every version of the op."""
+    version = get(op, name)
+    calls: list[tuple] = []
+
+    def record(*args):
+        calls.append(args)
+        return version.parallel(*args)
+
+    out = []
+    for case, check in _CHECKS[op](np.random.default_rng(list(op.encode())), version, record):
+        calls.clear()
+        check()
+        if calls:
+            out.append((case_label(op, case), calls[-1]))
+    return out
 
 
 def entries(version: Version) -> list[bool]:

@@ -9,11 +9,16 @@ The workflow (README.md, "Write a kernel"):
 2. ``python -m pytest tests/test_registry.py`` checks every registered version of every
    op against the NumPy reference, yours included (tails, empty bags, repeated indices,
    1 and 2 threads, parallel and serial entries).
-3. ``python bench/bench_embedding.py --versions v2,mine`` (or bench_gemm.py,
-   bench_interaction.py for their ops) times it beside the others, with its fraction
-   of the machine's limit.
+3. ``python bench/bench_embedding.py --update-versions v2,mine`` (``--forward-versions``
+   for embedding_forward; bench_gemm.py, bench_interaction.py for their ops) times it
+   beside the others, with its fraction of the machine's limit.
 4. ``python bench/bench_e2e.py --kernels embedding_update=mine`` measures whole training
    steps with it; ``numbadlrm train --kernels embedding_update=mine`` trains with it.
 
-Modules whose name starts with ``_`` are not imported.
+Modules whose name starts with ``_`` are not imported. This folder is read where the
+package is imported from: after ``pip install .`` that is the installed copy, not your
+checkout. A module anywhere else is loaded with ``--kernel-module PATH`` (``train``,
+``kernels``, the benches) or $NUMBADLRM_KERNEL_MODULES, with any install
+(numbadlrm/kernels/loader.py); ``numbadlrm kernels --check op=mine --bench`` checks and
+times it without pytest.
 """
