@@ -58,7 +58,7 @@ from numba.core.errors import TypingError
 from numba.core.imputils import lower_constant
 from numba.extending import NativeValue, models, register_model, typeof_impl, unbox
 
-from .tile import _declare, _vector_intrinsics
+from .llvm_ir import _declare, _vector_intrinsics
 
 _LANES = 16  # floats in a 512-bit vector
 # the bf16 tile's shape (tile_bf16.py), shared by its epilogues and the packing

@@ -9,7 +9,7 @@ from llvmlite import ir
 
 from ..bf16 import merge_bits, round_bits
 from .dpbf16 import _LANES, _Q, NR, _f32, _i16, _i32, _i64, _vf, _vi, _vi64, _vmask
-from .tile import _declare, _splat, _vector_intrinsics
+from .llvm_ir import _declare, _splat, _vector_intrinsics
 
 # ------------------------------------------------------------------ tile epilogue
 _vh16 = ir.VectorType(_i16, _LANES)

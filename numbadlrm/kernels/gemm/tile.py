@@ -53,18 +53,14 @@ from numba.extending import intrinsic
 
 from ...runtime import cpu
 from ..jit import jit_serial
-from .llvm_ir import (  # tile_bf16 imports them from here too
-    _LANES,
+from .llvm_ir import (
     _accumulate,
     _declare,
     _f32,
     _i32,
     _i64,
     _splat,
-    _vector_intrinsics,
     _vector_ops,
-    _vf,
-    _vi64,
 )
 
 

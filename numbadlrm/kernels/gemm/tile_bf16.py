@@ -41,7 +41,7 @@ from .epilogue_bf16 import (
     _epilogue,
     _sgd_epilogue,
 )
-from .tile import _accumulate, _splat, _vector_intrinsics
+from .llvm_ir import _accumulate, _splat, _vector_intrinsics
 
 
 def _step(builder, dp, b_ptr, kk, accs, a_pairs):

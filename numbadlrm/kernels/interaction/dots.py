@@ -10,7 +10,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ..gemm.tile import _LANES, _accumulate, _f32, _i32, _splat, _vector_intrinsics, _vf, _vi64
+from ..gemm.llvm_ir import _LANES, _accumulate, _f32, _i32, _splat, _vector_intrinsics, _vf, _vi64
 from ..jit import jit_serial
 
 # ------------------------------------------------------------ 4 x 4 dot products

@@ -20,7 +20,7 @@ from ..gemm.dpbf16 import (
     _i64,
     _vi,
 )
-from ..gemm.tile import _accumulate, _declare, _splat
+from ..gemm.llvm_ir import _accumulate, _declare, _splat
 from ..jit import jit_serial
 from .dots import _fold_and_store
 
