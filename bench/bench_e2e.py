@@ -348,11 +348,17 @@ def main() -> None:
     print(header("bench_e2e: numbadlrm DLRM.train_step vs TorchDLRM + torch.optim.SGD"))
     print(_pools.describe())
     print(f"torch:    {torch.__version__}" if torch else "torch:    not installed, numbadlrm only")
-    print(f"kernels:  {DLRM(QUICK['q'].config(), kernels=args.kernels).kernels.describe()}")
+    try:  # a bad op=version names itself in one line, before anything is timed
+        chosen = DLRM(QUICK["q"].config(), kernels=args.kernels).kernels.describe()
+        versus = None
+        if args.versus is not None:
+            versus = DLRM(QUICK["q"].config(), kernels=args.versus).kernels.describe()
+    except ValueError as e:
+        sys.exit(f"bench_e2e: {e}")
+    print(f"kernels:  {chosen}")
     validate(args.kernels, args.precisions)
-    if args.versus is not None:
-        described = DLRM(QUICK["q"].config(), kernels=args.versus).kernels.describe()
-        print(f"versus:   {described}")
+    if versus is not None:
+        print(f"versus:   {versus}")
         validate(args.versus, ["fp32"])
     print("validation: 3 steps match numbadlrm.reference" + (" and PyTorch" if torch else ""))
     frameworks = frameworks_of(args.precisions, args.versus)
